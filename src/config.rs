@@ -1,0 +1,330 @@
+//! Settings: one [`Settings`] value, read from layered sources.
+//!
+//! Owns the order of the layers (the compiled-in `config/default.toml`, an
+//! optional file, environment variables, command-line overrides: later wins),
+//! the seed application's environment variable names, and the duration syntax
+//! (seconds or humantime). It must never read settings anywhere else: every
+//! other module gets what it needs from the `Settings` it is handed.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The defaults, compiled in so the binary works from any directory; the file
+/// in the repository is also the documentation of every setting.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Environment variables and the setting each one sets. The seed application's
+/// names are kept so an existing deployment's environment works unchanged.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("NATS_URL", "nats.url"),
+    ("TENANTVEC_PREFIX", "nats.prefix"),
+    ("TENANTVEC_REQUEST_TIMEOUT", "nats.request_timeout"),
+    ("VECTOR_STORE_POOL_SIZE", "pool.size"),
+    ("VECTOR_STORE_TTL_SECONDS", "pool.ttl"),
+    ("TENANTVEC_BACKEND", "store.backend"),
+    ("VECTOR_STORE_FOLDER", "store.folder"),
+    ("EMBEDDING_DIM", "store.dimension"),
+    ("QDRANT_URL", "store.qdrant_url"),
+    ("QDRANT_API_KEY", "store.qdrant_api_key"),
+    ("EMBEDDING_MODEL", "embedding.model"),
+    ("DEFAULT_TOP_K", "search.default_top_k"),
+    ("TENANTVEC_MAX_IN_FLIGHT", "limits.max_in_flight"),
+    ("RUST_LOG", "log.filter"),
+];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub nats: NatsSettings,
+    pub pool: PoolSettings,
+    pub store: StoreSettings,
+    pub embedding: EmbeddingSettings,
+    pub search: SearchSettings,
+    pub limits: Limits,
+    pub ingest: IngestSettings,
+    pub worker: WorkerSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSettings {
+    pub url: String,
+    pub prefix: String,
+    pub connection_name: String,
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    #[serde(with = "duration")]
+    pub discovery_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSettings {
+    pub size: usize,
+    #[serde(with = "duration")]
+    pub ttl: Duration,
+    #[serde(with = "duration")]
+    pub sweep_interval: Duration,
+}
+
+impl PoolSettings {
+    /// How often the supervisor looks for idle actors.
+    pub fn sweep_every(&self) -> Duration {
+        if !self.sweep_interval.is_zero() {
+            return self.sweep_interval;
+        }
+        (self.ttl / 10).clamp(Duration::from_millis(50), Duration::from_secs(60))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    Edge,
+    Qdrant,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    pub backend: Backend,
+    pub folder: PathBuf,
+    pub dimension: usize,
+    pub wal_capacity_kb: usize,
+    pub vectors_on_disk: bool,
+    pub optimize_threshold: usize,
+    pub qdrant_url: String,
+    #[serde(skip_serializing)]
+    pub qdrant_api_key: String,
+    pub collection_prefix: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingSettings {
+    pub model: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchSettings {
+    pub default_top_k: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub max_documents: usize,
+    pub max_top_k: usize,
+    pub max_doc_id_bytes: usize,
+    pub max_text_bytes: usize,
+    pub max_ids: usize,
+    pub max_in_flight: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSettings {
+    pub enabled: bool,
+    #[serde(with = "duration")]
+    pub ack_wait: Duration,
+    pub max_deliver: i64,
+    #[serde(with = "durations")]
+    pub backoff: Vec<Duration>,
+    pub max_ack_pending: usize,
+    pub pull_batch: usize,
+    #[serde(with = "duration")]
+    pub deadletter_max_age: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub threads: usize,
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub filter: String,
+}
+
+/// Overrides given on the command line, as `(setting, value)` pairs.
+pub type Overrides = Vec<(&'static str, serde_json::Value)>;
+
+impl Settings {
+    /// Defaults, then `file`, then the environment, then `overrides`.
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> anyhow::Result<Self> {
+        let mut figment = Figment::new().merge(Toml::string(DEFAULT_TOML));
+        if let Some(file) = file {
+            if !file.is_file() {
+                anyhow::bail!("config file {} does not exist", file.display());
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        let names: Vec<&str> = ENV_VARS.iter().map(|(name, _)| *name).collect();
+        figment = figment.merge(Env::raw().only(&names).map(|name| {
+            ENV_VARS
+                .iter()
+                .find(|(env, _)| name.as_str().eq_ignore_ascii_case(env))
+                .map(|(_, key)| (*key).into())
+                .unwrap_or_else(|| name.into())
+        }));
+        for (key, value) in overrides {
+            figment = figment.merge(Serialized::default(key, value));
+        }
+        let settings: Settings = figment.extract()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The compiled-in defaults alone, for tests and embedding.
+    pub fn defaults() -> Self {
+        Figment::new()
+            .merge(Toml::string(DEFAULT_TOML))
+            .extract()
+            .expect("config/default.toml is valid (checked by a unit test)")
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.pool.size >= 1, "pool.size must be at least 1");
+        anyhow::ensure!(!self.pool.ttl.is_zero(), "pool.ttl must be positive");
+        anyhow::ensure!(
+            (1..=65536).contains(&self.store.dimension),
+            "store.dimension must be 1..=65536"
+        );
+        anyhow::ensure!(
+            self.search.default_top_k >= 1 && self.search.default_top_k <= self.limits.max_top_k,
+            "search.default_top_k must be 1..=limits.max_top_k"
+        );
+        anyhow::ensure!(
+            self.ingest.max_ack_pending >= 1 && self.ingest.pull_batch >= 1,
+            "ingest.max_ack_pending and ingest.pull_batch must be at least 1"
+        );
+        anyhow::ensure!(
+            self.ingest.max_deliver > self.ingest.backoff.len() as i64,
+            "ingest.max_deliver must be larger than the number of ingest.backoff steps"
+        );
+        anyhow::ensure!(
+            self.limits.max_in_flight >= 1,
+            "limits.max_in_flight must be at least 1"
+        );
+        anyhow::ensure!(
+            !self.nats.prefix.is_empty()
+                && self
+                    .nats
+                    .prefix
+                    .split('.')
+                    .all(|t| !t.is_empty() && !t.contains(['*', '>', ' '])),
+            "nats.prefix {:?} must be one or more dot-separated NATS tokens without wildcards",
+            self.nats.prefix
+        );
+        Ok(())
+    }
+}
+
+/// Durations as whole seconds (`3600`, the seed's `VECTOR_STORE_TTL_SECONDS`)
+/// or humantime strings (`"1h 30m"`); written back as humantime.
+///
+/// humantime-serde alone reads only strings, and the seed's variables hold bare
+/// numbers, so numbers are taken as seconds here and strings go to humantime.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        humantime_serde::serialize(d, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Float(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) => Ok(Duration::from_secs(s)),
+            Raw::Float(f) if f >= 0.0 && f.is_finite() => Ok(Duration::from_secs_f64(f)),
+            Raw::Float(f) => Err(de::Error::custom(format!("{f} is not a duration"))),
+            Raw::Text(t) => match t.trim().parse::<u64>() {
+                Ok(secs) => Ok(Duration::from_secs(secs)),
+                Err(_) => humantime::parse_duration(t.trim())
+                    .map_err(|e| de::Error::custom(format!("{t:?} is not a duration: {e}"))),
+            },
+        }
+    }
+}
+
+/// A list of durations, each as [`duration`] reads it.
+pub mod durations {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct One(#[serde(with = "super::duration")] Duration);
+
+    pub fn serialize<S: Serializer>(d: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        d.iter().map(|d| One(*d)).collect::<Vec<_>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        Ok(Vec::<One>::deserialize(d)?
+            .into_iter()
+            .map(|o| o.0)
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_match_the_seed() {
+        let s = Settings::defaults();
+        s.validate().unwrap();
+        assert_eq!(s.pool.size, 10);
+        assert_eq!(s.pool.ttl, Duration::from_secs(3600));
+        assert_eq!(s.store.folder, PathBuf::from("user_data"));
+        assert_eq!(s.search.default_top_k, 5);
+        assert_eq!(s.store.dimension, 384);
+    }
+
+    #[test]
+    fn durations_take_seconds_or_humantime() {
+        #[derive(Deserialize)]
+        struct D {
+            #[serde(with = "duration")]
+            d: Duration,
+        }
+        let secs: D = serde_json::from_str(r#"{"d": 90}"#).unwrap();
+        assert_eq!(secs.d, Duration::from_secs(90));
+        let text: D = serde_json::from_str(r#"{"d": "1h 30m"}"#).unwrap();
+        assert_eq!(text.d, Duration::from_secs(5400));
+        let numeric_text: D = serde_json::from_str(r#"{"d": "42"}"#).unwrap();
+        assert_eq!(numeric_text.d, Duration::from_secs(42));
+        assert!(serde_json::from_str::<D>(r#"{"d": "soon"}"#).is_err());
+    }
+
+    #[test]
+    fn overrides_win() {
+        let s = Settings::load(
+            None,
+            vec![("pool.size", 3.into()), ("pool.ttl", "2s".into())],
+        )
+        .unwrap();
+        assert_eq!(s.pool.size, 3);
+        assert_eq!(s.pool.ttl, Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,59 @@
+//! tenantvec: a multi-tenant vector store worker. Every tenant (user) gets an
+//! isolated vector store of its own, reached over NATS.
+//!
+//! # Layout
+//!
+//! A request travels down this list and its reply back up it:
+//!
+//! * [`transport`]: the NATS side. [`transport::service`] serves the
+//!   request-reply endpoints through the NATS Services API, one task per
+//!   endpoint, with a bound on requests in flight; [`transport::decode`]
+//!   turns a body into a validated command; [`transport::discovery`] refuses
+//!   to start a worker that would split tenants with another one.
+//! * [`supervisor`]: the actor that starts one [`tenant_actor`] per active
+//!   tenant, keeps them in LRU order ([`pool`]), stops the idle and the least
+//!   recently used, and keeps the pool's statistics. While a tenant's actor is
+//!   closing, requests for it wait here, so a tenant never has two open stores.
+//! * [`tenant_actor`]: the only owner of a tenant's store while the tenant is
+//!   active. Applies the tenant's requests in order, each on the blocking
+//!   pool, consecutive upserts as one durable write.
+//! * [`store`]: the [`store::TenantStore`] trait and its backends;
+//!   [`store::edge`] keeps each tenant in its own Qdrant Edge shard under
+//!   `<data>/<tenant>/vector_store/`.
+//! * [`embed`]: text to vector for documents and queries sent without one.
+//! * [`protocol`], [`filter`], [`tenant`]: the wire contract, metadata
+//!   filters, and the tenant id rule with the tenant's paths.
+//! * [`config`]: the layered settings; [`shutdown`]: signals to a
+//!   cancellation; [`worker`]: start-up and the graceful stop in order;
+//!   [`client`]: the client half used by the command line.
+//!
+//! Threads: actors live on the thread that runs the actix system; the NATS
+//! transport runs on the tokio runtime's worker threads; engine work runs on
+//! its blocking pool. No state is global: each piece is owned by one actor or
+//! handed down from [`worker::run`].
+
+pub mod client;
+pub mod config;
+pub mod embed;
+pub mod filter;
+pub mod pool;
+pub mod protocol;
+pub mod shutdown;
+pub mod store;
+pub mod supervisor;
+pub mod tenant;
+pub mod tenant_actor;
+pub mod transport;
+pub mod worker;
+
+/// Install the log subscriber: `filter` in tracing-subscriber's env-filter
+/// syntax. Logs go to stderr so stdout stays free for command output. Safe to
+/// call more than once (later calls do nothing).
+pub fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,206 @@
+//! The `tenantvec` command: `serve` runs the worker; the other subcommands
+//! are a client of a running worker. Thin by design: parsing and printing
+//! only, the work is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+use tenantvec::client::{Client, ClientError};
+use tenantvec::config::{Overrides, Settings};
+use tenantvec::protocol::{AdminVerb, Verb};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "tenantvec",
+    version,
+    about = "A multi-tenant vector store worker over NATS"
+)]
+struct Cli {
+    /// Settings file (TOML) layered over the defaults.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// NATS server URL (overrides NATS_URL).
+    #[arg(long, global = true, value_name = "URL")]
+    nats_url: Option<String>,
+    /// Subject prefix (overrides TENANTVEC_PREFIX).
+    #[arg(long, global = true)]
+    prefix: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the worker until SIGTERM or SIGINT.
+    Serve {
+        /// Data root (overrides VECTOR_STORE_FOLDER).
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// Most tenant actors alive at once (overrides VECTOR_STORE_POOL_SIZE).
+        #[arg(long)]
+        pool_size: Option<usize>,
+        /// Idle time before an actor stops, e.g. 3600 or "1h" (overrides VECTOR_STORE_TTL_SECONDS).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// Upload a docs.jsonl file (one document per line) to a tenant.
+    Upsert {
+        #[arg(long)]
+        tenant: String,
+        file: PathBuf,
+    },
+    /// Search a tenant by text, or by vector with --vector.
+    Search {
+        #[arg(long)]
+        tenant: String,
+        /// Metadata filter as JSON, e.g. '{"category": "health"}'.
+        #[arg(long)]
+        filter: Option<String>,
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// Query vector as a JSON array instead of query text.
+        #[arg(long, conflicts_with = "query")]
+        vector: Option<String>,
+        query: Option<String>,
+    },
+    /// Count a tenant's documents, optionally those matching a filter.
+    Count {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    /// Erase a tenant: every document and file.
+    Drop {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Pool statistics of a worker.
+    Stats,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut overrides: Overrides = Vec::new();
+    if let Some(url) = &cli.nats_url {
+        overrides.push(("nats.url", json!(url)));
+    }
+    if let Some(prefix) = &cli.prefix {
+        overrides.push(("nats.prefix", json!(prefix)));
+    }
+    if let Command::Serve {
+        data,
+        pool_size,
+        ttl,
+    } = &cli.command
+    {
+        if let Some(d) = data {
+            overrides.push(("store.folder", json!(d)));
+        }
+        if let Some(n) = pool_size {
+            overrides.push(("pool.size", json!(n)));
+        }
+        if let Some(t) = ttl {
+            overrides.push(("pool.ttl", json!(t)));
+        }
+    }
+    let settings = match Settings::load(cli.config.as_deref(), overrides) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    tenantvec::init_tracing(&settings.log.filter);
+
+    if let Command::Serve { .. } = cli.command {
+        return match tenantvec::worker::run_blocking(settings, CancellationToken::new(), true) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(client_command(cli.command, &settings)) {
+        Ok(value) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn client_command(command: Command, settings: &Settings) -> Result<Value, ClientError> {
+    let client = Client::connect(settings).await?;
+    match command {
+        Command::Serve { .. } => unreachable!("handled before"),
+        Command::Upsert { tenant, file } => {
+            client
+                .upsert_file(&tenant, &file, settings.limits.max_documents)
+                .await
+        }
+        Command::Search {
+            tenant,
+            filter,
+            top_k,
+            vector,
+            query,
+        } => {
+            let mut body = serde_json::Map::new();
+            match (query, vector) {
+                (Some(q), None) => {
+                    body.insert("query".into(), json!(q));
+                }
+                (None, Some(v)) => {
+                    body.insert("vector".into(), parse_json("--vector", &v)?);
+                }
+                _ => {
+                    return Err(anyhow::anyhow!("give a query text or --vector").into());
+                }
+            }
+            if let Some(f) = filter {
+                body.insert("filter".into(), parse_json("--filter", &f)?);
+            }
+            if let Some(k) = top_k {
+                body.insert("top_k".into(), json!(k));
+            }
+            client
+                .tenant(Verb::Search, &tenant, &Value::Object(body))
+                .await
+        }
+        Command::Count { tenant, filter } => {
+            let body = match filter {
+                Some(f) => json!({ "filter": parse_json("--filter", &f)? }),
+                None => json!({}),
+            };
+            client.tenant(Verb::Count, &tenant, &body).await
+        }
+        Command::Drop { tenant } => client.tenant(Verb::Drop, &tenant, &json!({})).await,
+        Command::Stats => client.admin(AdminVerb::Stats, &json!({})).await,
+    }
+}
+
+fn parse_json(flag: &str, text: &str) -> Result<Value, ClientError> {
+    serde_json::from_str(text).map_err(|e| anyhow::anyhow!("{flag} is not valid JSON: {e}").into())
+}

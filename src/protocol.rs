@@ -1,0 +1,363 @@
+//! The wire contract (PROTOCOL.md): subjects, request and reply bodies, error
+//! codes.
+//!
+//! Owns the JSON shapes and the decoding rules: every body that comes off the
+//! wire is decoded here into a typed value or a [`ServiceError`] that says what
+//! is wrong. It must never touch a store, an actor or a socket; it is the one
+//! place both the worker and the client read the contract from.
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The subject prefix unless configured otherwise.
+pub const DEFAULT_PREFIX: &str = "tenantvec";
+/// NATS Services API name; `$SRV.PING.tenantvec` answers once we serve.
+pub const SERVICE_NAME: &str = "tenantvec";
+/// Header carrying the error text (NATS Services API).
+pub const HEADER_ERROR: &str = "Nats-Service-Error";
+/// Header carrying the numeric status (NATS Services API).
+pub const HEADER_ERROR_CODE: &str = "Nats-Service-Error-Code";
+
+/// Every error code of the protocol, with its status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidTenant,
+    BadRequest,
+    DimensionMismatch,
+    TooLarge,
+    QuotaExceeded,
+    RateLimited,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidTenant => "invalid_tenant",
+            Self::BadRequest => "bad_request",
+            Self::DimensionMismatch => "dimension_mismatch",
+            Self::TooLarge => "too_large",
+            Self::QuotaExceeded => "quota_exceeded",
+            Self::RateLimited => "rate_limited",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// The HTTP-like status sent in `Nats-Service-Error-Code`.
+    pub fn status(self) -> u16 {
+        match self {
+            Self::InvalidTenant | Self::BadRequest | Self::DimensionMismatch => 400,
+            Self::TooLarge => 413,
+            Self::QuotaExceeded | Self::RateLimited => 429,
+            Self::Unavailable => 503,
+            Self::Internal => 500,
+        }
+    }
+
+    /// Whether a JetStream message that failed with this code may succeed
+    /// when delivered again (a backend outage) or never will (bad input).
+    pub fn is_transient(self) -> bool {
+        matches!(self, Self::Unavailable | Self::RateLimited | Self::Internal)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed request, as the client sees it.
+///
+/// One error type for the whole request path, rather than an error enum per
+/// layer: every layer's failure ends as exactly one of the protocol's codes,
+/// so converting at the point of failure keeps the message specific (the
+/// layer knows what went wrong) and the mapping to codes in one place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ServiceError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+macro_rules! constructors {
+    ($($name:ident => $code:ident),* $(,)?) => {
+        impl ServiceError {
+            $(pub fn $name(message: impl Into<String>) -> Self {
+                Self { code: ErrorCode::$code, message: message.into() }
+            })*
+        }
+    };
+}
+
+constructors! {
+    invalid_tenant => InvalidTenant,
+    bad_request => BadRequest,
+    dimension_mismatch => DimensionMismatch,
+    too_large => TooLarge,
+    quota_exceeded => QuotaExceeded,
+    rate_limited => RateLimited,
+    unavailable => Unavailable,
+    internal => Internal,
+}
+
+/// `{"error": {"code", "message"}}`, the body of every failed reply.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ServiceError,
+}
+
+/// Decode a request body; anything that is not the expected JSON is a
+/// `bad_request` naming the problem (serde's message carries the field and
+/// the position). An empty body stands for `{}`.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ServiceError> {
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}".as_slice()
+    } else {
+        body
+    };
+    serde_json::from_slice(body)
+        .map_err(|e| ServiceError::bad_request(format!("invalid body: {e}")))
+}
+
+/// The verbs served per tenant, each on `<prefix>.<verb>.<tenant>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verb {
+    Upsert,
+    Search,
+    Get,
+    Delete,
+    Count,
+    Drop,
+}
+
+impl Verb {
+    pub const ALL: [Verb; 6] = [
+        Verb::Upsert,
+        Verb::Search,
+        Verb::Get,
+        Verb::Delete,
+        Verb::Count,
+        Verb::Drop,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Upsert => "upsert",
+            Verb::Search => "search",
+            Verb::Get => "get",
+            Verb::Delete => "delete",
+            Verb::Count => "count",
+            Verb::Drop => "drop",
+        }
+    }
+}
+
+/// The admin verbs, on `<prefix>.admin.<verb>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AdminVerb {
+    Stats,
+    Cleanup,
+    Evict,
+}
+
+impl AdminVerb {
+    pub const ALL: [AdminVerb; 3] = [AdminVerb::Stats, AdminVerb::Cleanup, AdminVerb::Evict];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminVerb::Stats => "stats",
+            AdminVerb::Cleanup => "cleanup",
+            AdminVerb::Evict => "evict",
+        }
+    }
+}
+
+/// Subject names for one prefix.
+#[derive(Debug, Clone)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<p>.<verb>.<tenant>`
+    pub fn tenant(&self, verb: Verb, tenant: &str) -> String {
+        format!("{}.{}.{}", self.prefix, verb.as_str(), tenant)
+    }
+
+    /// `<p>.<verb>.*`, what an endpoint subscribes to.
+    pub fn tenant_wildcard(&self, verb: Verb) -> String {
+        format!("{}.{}.*", self.prefix, verb.as_str())
+    }
+
+    /// `<p>.admin.<verb>`
+    pub fn admin(&self, verb: AdminVerb) -> String {
+        format!("{}.admin.{}", self.prefix, verb.as_str())
+    }
+}
+
+/// The tenant token of a subject: always its last token.
+pub fn tenant_token(subject: &str) -> &str {
+    subject.rsplit('.').next().unwrap_or(subject)
+}
+
+/// One document as it travels on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Doc {
+    pub doc_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vector: Option<Vec<f32>>,
+}
+
+/// One search result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hit {
+    pub doc_id: String,
+    pub score: f32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vector: Option<Vec<f32>>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpsertRequest {
+    pub documents: Vec<Doc>,
+}
+
+#[derive(Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SearchRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vector: Option<Vec<f32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Value>,
+    #[serde(default)]
+    pub with_vectors: bool,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GetRequest {
+    pub doc_ids: Vec<String>,
+    #[serde(default)]
+    pub with_vectors: bool,
+}
+
+#[derive(Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub doc_ids: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Value>,
+}
+
+#[derive(Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CountRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Value>,
+}
+
+#[derive(Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EmptyRequest {}
+
+#[derive(Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EvictRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+/// Every successful per-tenant reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Reply {
+    Upserted { upserted: usize },
+    Results { results: Vec<Hit> },
+    Documents { documents: Vec<Doc> },
+    Deleted { deleted: usize },
+    Count { count: usize },
+    Dropped { dropped: bool },
+}
+
+/// `admin.stats`: the seed's pool figures plus ours.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub evictions: u64,
+    pub expirations: u64,
+    pub size: usize,
+    pub max_size: usize,
+    pub ttl_seconds: f64,
+    pub keys: Vec<String>,
+    pub hit_rate: f64,
+    /// Actors that were told to stop and are still finishing their queue.
+    pub closing: usize,
+    pub backend: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_have_their_status() {
+        assert_eq!(ErrorCode::TooLarge.status(), 413);
+        assert_eq!(ErrorCode::QuotaExceeded.status(), 429);
+        assert_eq!(ErrorCode::Unavailable.status(), 503);
+        assert_eq!(
+            serde_json::to_value(ErrorCode::DimensionMismatch).unwrap(),
+            "dimension_mismatch"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_json_are_bad_requests() {
+        let err = decode::<SearchRequest>(br#"{"topk": 3}"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        assert!(err.message.contains("topk"), "{}", err.message);
+        let err = decode::<SearchRequest>(b"{nope").unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        assert!(decode::<EmptyRequest>(b"").is_ok());
+    }
+
+    #[test]
+    fn tenant_is_the_last_token() {
+        assert_eq!(tenant_token("tenantvec.search.alice"), "alice");
+        let s = Subjects::new("p");
+        assert_eq!(s.tenant(Verb::Drop, "bob"), "p.drop.bob");
+        assert_eq!(s.admin(AdminVerb::Evict), "p.admin.evict");
+    }
+}

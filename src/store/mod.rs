@@ -1,0 +1,110 @@
+//! Tenant stores: the [`TenantStore`] trait every backend implements, and the
+//! choice of backend from settings.
+//!
+//! Owns the contract between a tenant actor and the engine: what a store must
+//! do (apply writes durably before it returns, answer reads of a tenant with
+//! no data from nothing, never touch another tenant) and the types that cross
+//! it. It must never be shared between tenants or called from an async thread:
+//! a store belongs to exactly one tenant actor, which calls it on the blocking
+//! pool.
+
+pub mod edge;
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::config::{Backend, Settings};
+use crate::filter::Filter;
+use crate::protocol::{Doc, Hit, ServiceError};
+use crate::tenant::TenantId;
+
+/// A document ready to store: its vector is known and has been checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub doc_id: String,
+    pub text: Option<String>,
+    pub metadata: Map<String, Value>,
+    pub vector: Vec<f32>,
+}
+
+/// A nearest-neighbour query against one tenant.
+#[derive(Debug, Clone)]
+pub struct SearchQuery {
+    pub vector: Vec<f32>,
+    pub top_k: usize,
+    pub filter: Option<Filter>,
+    pub with_vectors: bool,
+}
+
+/// Which documents a delete removes.
+#[derive(Debug, Clone)]
+pub enum Selector {
+    Ids(Vec<String>),
+    Filter(Filter),
+}
+
+/// One tenant's store, owned by that tenant's actor alone.
+///
+/// Methods take `&mut self` and are synchronous: the actor moves the store
+/// onto the blocking pool for each job and gets it back afterwards, so a
+/// store needs no locks of its own and two jobs of one tenant can never
+/// overlap. Errors are protocol errors directly: each failure is classified
+/// where it is understood (a wrong dimension, an unreachable backend).
+pub trait TenantStore: Send {
+    /// The tenant's vector dimension: the one kept with its data, or the
+    /// configured one for a tenant that has none yet.
+    fn dimension(&mut self) -> Result<usize, ServiceError>;
+
+    /// Insert or replace by `doc_id`; durable when it returns.
+    fn upsert(&mut self, records: Vec<Record>) -> Result<(), ServiceError>;
+
+    fn search(&mut self, query: &SearchQuery) -> Result<Vec<Hit>, ServiceError>;
+
+    /// The documents among `doc_ids` that exist, in request order.
+    fn get(&mut self, doc_ids: &[String], with_vectors: bool) -> Result<Vec<Doc>, ServiceError>;
+
+    /// Remove the selected documents; durable when it returns. Returns how many existed.
+    fn delete(&mut self, selector: &Selector) -> Result<usize, ServiceError>;
+
+    fn count(&mut self, filter: Option<&Filter>) -> Result<usize, ServiceError>;
+
+    /// Erase every document, file and setting of the tenant. Idempotent.
+    fn drop_tenant(&mut self) -> Result<(), ServiceError>;
+
+    /// Work worth doing while the tenant is idle (building an index once it
+    /// is large). Returns whether anything was done.
+    fn maintain(&mut self) -> Result<bool, ServiceError> {
+        Ok(false)
+    }
+
+    /// Release every handle; the data stays. Called once, before the actor stops.
+    fn close(&mut self) -> Result<(), ServiceError>;
+}
+
+/// Makes the store of a tenant. Opening is lazy: `open` must be cheap and
+/// touch nothing on disk or on the network; the store does that on its first
+/// job, on the blocking pool.
+pub trait StoreFactory: Send + Sync {
+    fn open(&self, tenant: &TenantId) -> Box<dyn TenantStore>;
+    /// `edge` or `qdrant`, for stats and the service metadata.
+    fn backend(&self) -> &'static str;
+}
+
+/// The factory for the configured backend.
+pub fn factory(settings: &Settings) -> anyhow::Result<Arc<dyn StoreFactory>> {
+    match settings.store.backend {
+        Backend::Edge => Ok(Arc::new(edge::EdgeFactory::new(settings)?)),
+        Backend::Qdrant => anyhow::bail!(
+            "store.backend = \"qdrant\" is not available in this version; use \"edge\""
+        ),
+    }
+}
+
+/// The point id of a document: UUIDv5 of its `doc_id`, so an upsert of the
+/// same `doc_id` replaces the point instead of adding one.
+pub fn point_uuid(doc_id: &str) -> uuid::Uuid {
+    /// Fixed namespace of tenantvec point ids; changing it orphans stored data.
+    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f1c_2a4e_8b7d_4c35_9a0e_5d2b_7c41_e9f3);
+    uuid::Uuid::new_v5(&NAMESPACE, doc_id.as_bytes())
+}

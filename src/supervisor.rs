@@ -1,0 +1,343 @@
+//! The supervisor: starts, finds and stops tenant actors.
+//!
+//! Owns the registry of active tenants (through [`Pool`]), the pool's
+//! statistics, the TTL sweep, and the hand-over when a tenant is closing:
+//! requests for it wait here, in order, until its actor has closed the store,
+//! and only then does a new actor open it. It must never touch a store itself,
+//! never let two actors of one tenant live at once, and never drop a request:
+//! each one is forwarded, parked, or answered.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures::future::join_all;
+use tokio::sync::oneshot;
+
+use crate::embed::Embedder;
+use crate::protocol::{PoolStats, ServiceError};
+use crate::store::StoreFactory;
+use crate::tenant::TenantId;
+use crate::tenant_actor::{Close, Closed, Command, Envelope, TenantActor};
+
+/// Forward a request to its tenant's actor, starting one if needed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Route(pub Envelope);
+
+/// `admin.stats`.
+#[derive(Message)]
+#[rtype(result = "PoolStats")]
+pub struct GetStats;
+
+/// `admin.cleanup`: stop every actor idle for longer than the TTL now;
+/// answers with how many, once they are closed.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Cleanup;
+
+/// `admin.evict`: stop one tenant's actor, or all; answers with how many,
+/// once they are closed.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Evict(pub Option<TenantId>);
+
+/// Stop every actor and refuse new requests; resolves when all are closed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// Why an actor is told to stop; decides which counter moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopReason {
+    /// The pool was full and this was the least recently used (`evictions`).
+    Evicted,
+    /// Idle longer than the TTL (`expirations`).
+    Expired,
+    /// `admin.evict`, `drop` or shutdown: counted nowhere.
+    Requested,
+}
+
+struct Active {
+    addr: Addr<TenantActor>,
+    generation: u64,
+}
+
+/// A tenant whose actor was told to stop and has not reported yet.
+struct Closing {
+    generation: u64,
+    /// Requests that arrived meanwhile, in arrival order.
+    parked: Vec<Envelope>,
+    /// Told when the actor has closed its store.
+    waiters: Vec<oneshot::Sender<()>>,
+}
+
+#[derive(Default)]
+struct Counters {
+    hits: u64,
+    misses: u64,
+    evictions: u64,
+    expirations: u64,
+}
+
+pub struct Supervisor {
+    pool: crate::pool::Pool<Active>,
+    closing: HashMap<TenantId, Closing>,
+    ttl: Duration,
+    sweep_every: Duration,
+    factory: Arc<dyn StoreFactory>,
+    embedder: Arc<dyn Embedder>,
+    counters: Counters,
+    next_generation: u64,
+    shutting_down: bool,
+}
+
+impl Supervisor {
+    pub fn new(
+        pool_size: usize,
+        ttl: Duration,
+        sweep_every: Duration,
+        factory: Arc<dyn StoreFactory>,
+        embedder: Arc<dyn Embedder>,
+    ) -> Self {
+        Self {
+            pool: crate::pool::Pool::new(pool_size),
+            closing: HashMap::new(),
+            ttl,
+            sweep_every,
+            factory,
+            embedder,
+            counters: Counters::default(),
+            next_generation: 0,
+            shutting_down: false,
+        }
+    }
+
+    fn route(&mut self, env: Envelope, ctx: &mut Context<Self>) {
+        if self.shutting_down {
+            let _ = env.reply.send(Err(ServiceError::unavailable(
+                "the worker is shutting down",
+            )));
+            return;
+        }
+        let tenant = env.tenant.clone();
+        if let Some(closing) = self.closing.get_mut(&tenant) {
+            closing.parked.push(env);
+            return;
+        }
+        let is_drop = matches!(env.command, Command::Drop);
+        if let Some(active) = self.pool.touch(&tenant, Instant::now()) {
+            self.counters.hits += 1;
+            active.addr.do_send(env);
+        } else {
+            self.counters.misses += 1;
+            if self.pool.is_full() {
+                if let Some(lru) = self.pool.lru().cloned() {
+                    self.stop(&lru, StopReason::Evicted);
+                }
+            }
+            let addr = self.start_actor(&tenant, ctx);
+            addr.do_send(env);
+        }
+        if is_drop {
+            // `drop` ends the actor too: its queue ends with the drop, then
+            // the close; whatever comes next starts from nothing.
+            self.stop(&tenant, StopReason::Requested);
+        }
+    }
+
+    fn start_actor(&mut self, tenant: &TenantId, ctx: &mut Context<Self>) -> Addr<TenantActor> {
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        let addr = TenantActor::new(
+            tenant.clone(),
+            generation,
+            self.factory.clone(),
+            self.embedder.clone(),
+            ctx.address().recipient(),
+        )
+        .start();
+        self.pool.insert(
+            tenant.clone(),
+            Active {
+                addr: addr.clone(),
+                generation,
+            },
+            Instant::now(),
+        );
+        addr
+    }
+
+    /// Tell a tenant's actor to stop; the returned receiver fires once its
+    /// store is closed. `None` when the tenant is neither active nor closing.
+    fn stop(&mut self, tenant: &TenantId, reason: StopReason) -> Option<oneshot::Receiver<()>> {
+        let (tx, rx) = oneshot::channel();
+        if let Some(active) = self.pool.remove(tenant) {
+            match reason {
+                StopReason::Evicted => self.counters.evictions += 1,
+                StopReason::Expired => self.counters.expirations += 1,
+                StopReason::Requested => {}
+            }
+            tracing::debug!(%tenant, ?reason, "stopping tenant actor");
+            active.addr.do_send(Close);
+            self.closing.insert(
+                tenant.clone(),
+                Closing {
+                    generation: active.generation,
+                    parked: Vec::new(),
+                    waiters: vec![tx],
+                },
+            );
+            Some(rx)
+        } else if let Some(closing) = self.closing.get_mut(tenant) {
+            closing.waiters.push(tx);
+            Some(rx)
+        } else {
+            None
+        }
+    }
+
+    fn expire(&mut self) -> Vec<oneshot::Receiver<()>> {
+        let expired = self.pool.expired(Instant::now(), self.ttl);
+        expired
+            .iter()
+            .filter_map(|t| self.stop(t, StopReason::Expired))
+            .collect()
+    }
+
+    fn stats(&self) -> PoolStats {
+        let total = self.counters.hits + self.counters.misses;
+        PoolStats {
+            hits: self.counters.hits,
+            misses: self.counters.misses,
+            evictions: self.counters.evictions,
+            expirations: self.counters.expirations,
+            size: self.pool.len(),
+            max_size: self.pool.capacity(),
+            ttl_seconds: self.ttl.as_secs_f64(),
+            keys: self.pool.keys().iter().map(|t| t.to_string()).collect(),
+            hit_rate: if total == 0 {
+                0.0
+            } else {
+                self.counters.hits as f64 / total as f64
+            },
+            closing: self.closing.len(),
+            backend: self.factory.backend().to_owned(),
+        }
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(self.sweep_every, |act, _ctx| {
+            let n = act.expire().len();
+            if n > 0 {
+                tracing::debug!(expired = n, "idle tenant actors stopped");
+            }
+        });
+    }
+}
+
+impl Handler<Route> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, Route(env): Route, ctx: &mut Self::Context) {
+        self.route(env, ctx);
+    }
+}
+
+impl Handler<Closed> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, closed: Closed, ctx: &mut Self::Context) {
+        let tenant = closed.tenant;
+        let mut parked = closed.leftovers;
+        match self.closing.get(&tenant) {
+            Some(c) if c.generation == closed.generation => {
+                if let Some(c) = self.closing.remove(&tenant) {
+                    for w in c.waiters {
+                        let _ = w.send(());
+                    }
+                    parked.extend(c.parked);
+                }
+            }
+            _ => {
+                // An actor that stopped without being told to (it cannot
+                // today, but the registry must not keep a dead address).
+                if self
+                    .pool
+                    .get(&tenant)
+                    .is_some_and(|a| a.generation == closed.generation)
+                {
+                    self.pool.remove(&tenant);
+                }
+            }
+        }
+        for env in parked {
+            self.route(env, ctx);
+        }
+    }
+}
+
+impl Handler<GetStats> for Supervisor {
+    type Result = MessageResult<GetStats>;
+
+    fn handle(&mut self, _: GetStats, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.stats())
+    }
+}
+
+impl Handler<Cleanup> for Supervisor {
+    type Result = ResponseFuture<usize>;
+
+    fn handle(&mut self, _: Cleanup, _ctx: &mut Self::Context) -> Self::Result {
+        let waits = self.expire();
+        let n = waits.len();
+        Box::pin(async move {
+            join_all(waits).await;
+            n
+        })
+    }
+}
+
+impl Handler<Evict> for Supervisor {
+    type Result = ResponseFuture<usize>;
+
+    fn handle(&mut self, Evict(tenant): Evict, _ctx: &mut Self::Context) -> Self::Result {
+        let targets = match tenant {
+            Some(t) if self.pool.get(&t).is_some() => vec![t],
+            Some(_) => Vec::new(),
+            None => self.pool.keys(),
+        };
+        let waits: Vec<_> = targets
+            .iter()
+            .filter_map(|t| self.stop(t, StopReason::Requested))
+            .collect();
+        let n = waits.len();
+        Box::pin(async move {
+            join_all(waits).await;
+            n
+        })
+    }
+}
+
+impl Handler<Shutdown> for Supervisor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
+        self.shutting_down = true;
+        let mut tenants: Vec<TenantId> = self.closing.keys().cloned().collect();
+        tenants.extend(self.pool.keys());
+        let waits: Vec<_> = tenants
+            .iter()
+            .filter_map(|t| self.stop(t, StopReason::Requested))
+            .collect();
+        tracing::info!(actors = waits.len(), "closing every tenant store");
+        Box::pin(async move {
+            join_all(waits).await;
+        })
+    }
+}

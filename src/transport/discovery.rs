@@ -1,0 +1,55 @@
+//! The start-up guard against two workers splitting one tenant's data.
+//!
+//! Owns asking `$SRV.INFO.tenantvec` who else serves and deciding whether this
+//! worker may join them. The Services API spreads requests over every
+//! instance, so two workers with local (edge) stores on one prefix would each
+//! hold part of a tenant. It must never decide anything about tenants; it only
+//! refuses a start that would split them.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use crate::protocol::SERVICE_NAME;
+
+/// Metadata keys every instance publishes in its service info.
+pub const META_BACKEND: &str = "backend";
+pub const META_PREFIX: &str = "prefix";
+
+/// Fails when another instance on `prefix` makes this one unsafe: any other
+/// instance when either side keeps tenants on local disk.
+pub async fn ensure_compatible(
+    client: &async_nats::Client,
+    backend: &str,
+    prefix: &str,
+    listen: Duration,
+) -> anyhow::Result<()> {
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await?;
+    client
+        .publish_with_reply(format!("$SRV.INFO.{SERVICE_NAME}"), inbox, "".into())
+        .await?;
+    client.flush().await?;
+    let deadline = tokio::time::Instant::now() + listen;
+    while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, replies.next()).await {
+        let Ok(info) = serde_json::from_slice::<serde_json::Value>(&msg.payload) else {
+            continue;
+        };
+        let meta = &info["metadata"];
+        let (Some(other_backend), Some(other_prefix)) =
+            (meta[META_BACKEND].as_str(), meta[META_PREFIX].as_str())
+        else {
+            continue;
+        };
+        if other_prefix == prefix && (backend == "edge" || other_backend == "edge") {
+            anyhow::bail!(
+                "another tenantvec worker (id {}, backend {other_backend}) already serves \
+                 prefix {prefix:?}; with the edge store each worker keeps tenants on its own \
+                 disk, so a second one would split them. Stop it, choose another prefix, or \
+                 use the qdrant backend for several workers",
+                info["id"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    Ok(())
+}

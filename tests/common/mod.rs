@@ -1,0 +1,266 @@
+//! Test harness: a real nats-server per test (free loopback port, JetStream
+//! in a temp dir), a worker in-process or as the built binary, and a client.
+//! Every process and folder it makes is owned by a guard that cleans up on
+//! drop, also when a test fails.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+use tenantvec::client::{Client, ClientError};
+use tenantvec::config::Settings;
+use tenantvec::protocol::{AdminVerb, ErrorCode, Verb};
+use tenantvec::worker::WorkerHandle;
+
+/// The pinned nats-server that scripts/setup installs, or one named by
+/// NATS_SERVER_BIN, or one on PATH.
+pub fn nats_server_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("NATS_SERVER_BIN") {
+        return PathBuf::from(p);
+    }
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/venv/bin/nats-server");
+    if local.exists() {
+        return local;
+    }
+    PathBuf::from("nats-server")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A nats-server process with JetStream; killed on drop.
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+    pub store: TempDir,
+    config: Option<PathBuf>,
+}
+
+impl NatsServer {
+    pub fn start() -> Self {
+        Self::start_on(free_port(), tempfile::tempdir().expect("temp dir"), None)
+    }
+
+    /// Start with a config file (its port and store dir are set here).
+    pub fn start_with_config(config: PathBuf) -> Self {
+        Self::start_on(
+            free_port(),
+            tempfile::tempdir().expect("temp dir"),
+            Some(config),
+        )
+    }
+
+    fn start_on(port: u16, store: TempDir, config: Option<PathBuf>) -> Self {
+        let mut server = Self {
+            child: None,
+            port,
+            store,
+            config,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(nats_server_bin());
+        if let Some(config) = &self.config {
+            cmd.arg("-c").arg(config);
+        }
+        cmd.args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-js",
+            "-sd",
+        ])
+        .arg(self.store.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "cannot start {} ({e}); run scripts/setup first",
+                nats_server_bin().display()
+            )
+        });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start again on the same port with the same JetStream store.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Settings for a test worker: the given server, data root and small pool.
+pub fn settings(nats_url: &str, data: &Path) -> Settings {
+    let mut s = Settings::defaults();
+    s.nats.url = nats_url.to_owned();
+    s.nats.request_timeout = Duration::from_secs(20);
+    s.store.folder = data.to_owned();
+    s.store.dimension = 8;
+    s.worker.threads = 2;
+    s.log.filter = "warn".into();
+    s
+}
+
+/// A nats-server, a data folder, an in-process worker and a client.
+pub struct Harness {
+    pub worker: Option<WorkerHandle>,
+    pub client: Client,
+    pub settings: Settings,
+    pub data: TempDir,
+    pub nats: NatsServer,
+}
+
+impl Harness {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(configure: impl FnOnce(&mut Settings)) -> Self {
+        tenantvec::init_tracing(&std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()));
+        let nats = NatsServer::start();
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut settings = settings(&nats.url(), data.path());
+        configure(&mut settings);
+        let client = Client::connect(&settings).await.expect("client connects");
+        let mut h = Self {
+            worker: None,
+            client,
+            settings,
+            data,
+            nats,
+        };
+        h.start_worker().await;
+        h
+    }
+
+    pub async fn start_worker(&mut self) {
+        let worker = tenantvec::worker::spawn(self.settings.clone());
+        wait_ready(&self.settings, || worker.is_finished()).await;
+        self.worker = Some(worker);
+    }
+
+    /// Graceful stop of the in-process worker; returns how it ended.
+    pub fn stop_worker(&mut self) -> anyhow::Result<()> {
+        match self.worker.take() {
+            Some(w) => w.stop(),
+            None => Ok(()),
+        }
+    }
+
+    pub async fn call(&self, verb: Verb, tenant: &str, body: Value) -> Result<Value, ClientError> {
+        self.client.tenant(verb, tenant, &body).await
+    }
+
+    /// A call that must succeed.
+    pub async fn ok(&self, verb: Verb, tenant: &str, body: Value) -> Value {
+        match self.call(verb, tenant, body).await {
+            Ok(v) => v,
+            Err(e) => panic!("{verb:?} {tenant}: {e}"),
+        }
+    }
+
+    /// A call that must fail with `code`.
+    pub async fn fails(&self, verb: Verb, tenant: &str, body: Value, code: ErrorCode) -> String {
+        match self.call(verb, tenant, body).await {
+            Err(ClientError::Service(e)) => {
+                assert_eq!(e.code, code, "{verb:?} {tenant}: {}", e.message);
+                e.message
+            }
+            other => panic!("{verb:?} {tenant}: expected {code}, got {other:?}"),
+        }
+    }
+
+    pub async fn admin(&self, verb: AdminVerb, body: Value) -> Value {
+        self.client.admin(verb, &body).await.expect("admin call")
+    }
+
+    pub fn tenant_dir(&self, tenant: &str) -> PathBuf {
+        self.data.path().join(tenant)
+    }
+}
+
+/// Wait until `$SRV.PING.tenantvec` answers; fail early if the worker died.
+pub async fn wait_ready(settings: &Settings, finished: impl Fn() -> bool) {
+    let nats = tenantvec::transport::connect(&settings.nats)
+        .await
+        .expect("connect for readiness");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            !finished(),
+            "the worker stopped during start-up (see its log)"
+        );
+        let ping = tokio::time::timeout(
+            Duration::from_millis(500),
+            nats.request("$SRV.PING.tenantvec", "".into()),
+        )
+        .await;
+        if let Ok(Ok(_)) = ping {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the worker never answered PING");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A deterministic unit vector of `dim` floats from a seed.
+pub fn vector(seed: u64, dim: usize) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v: Vec<f32> = (0..dim)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ((x >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect();
+    let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|a| *a /= n);
+    v
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb)
+}
+
+/// The binary built for these tests.
+pub fn tenantvec_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tenantvec"))
+}

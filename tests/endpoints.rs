@@ -1,0 +1,522 @@
+//! Every endpoint against a real nats-server and real edge shards on disk.
+
+mod common;
+
+use std::collections::{BTreeSet, HashSet};
+
+use common::{cosine, vector, Harness};
+use serde_json::{json, Value};
+use tenantvec::filter::Filter;
+use tenantvec::protocol::{AdminVerb, ErrorCode, Verb};
+
+const DIM: usize = 8;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_happy_path() {
+    let h = Harness::start().await;
+    let docs = json!({"documents": [
+        {"doc_id": "run", "text": "morning run in the park", "metadata": {"category": "sport"}},
+        {"doc_id": "salad", "text": "green salad with lemon", "metadata": {"category": "food"}},
+        {"doc_id": "sleep", "text": "sleep eight hours each night", "metadata": {"category": "health", "n": 3}},
+    ]});
+    assert_eq!(
+        h.ok(Verb::Upsert, "alice", docs).await,
+        json!({"upserted": 3})
+    );
+    assert_eq!(
+        h.ok(Verb::Count, "alice", json!({})).await,
+        json!({"count": 3})
+    );
+
+    let found = h
+        .ok(Verb::Search, "alice", json!({"query": "a run in the park"}))
+        .await;
+    let results = found["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3, "default top_k is 5, three docs exist");
+    assert_eq!(results[0]["doc_id"], "run");
+    assert_eq!(results[0]["text"], "morning run in the park");
+    assert_eq!(results[0]["metadata"], json!({"category": "sport"}));
+    let scores: Vec<f64> = results
+        .iter()
+        .map(|r| r["score"].as_f64().unwrap())
+        .collect();
+    assert!(
+        scores.windows(2).all(|w| w[0] >= w[1]),
+        "best first: {scores:?}"
+    );
+
+    let filtered = h
+        .ok(
+            Verb::Search,
+            "alice",
+            json!({"query": "run", "filter": {"category": "health"}, "top_k": 2}),
+        )
+        .await;
+    assert_eq!(filtered["results"].as_array().unwrap().len(), 1);
+    assert_eq!(filtered["results"][0]["doc_id"], "sleep");
+
+    let got = h
+        .ok(
+            Verb::Get,
+            "alice",
+            json!({"doc_ids": ["sleep", "nope", "run"]}),
+        )
+        .await;
+    let ids: Vec<&str> = got["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["doc_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["sleep", "run"], "request order, unknown ids left out");
+    assert!(
+        got["documents"][0].get("vector").is_none(),
+        "vectors only when asked"
+    );
+    let with_vec = h
+        .ok(
+            Verb::Get,
+            "alice",
+            json!({"doc_ids": ["run"], "with_vectors": true}),
+        )
+        .await;
+    assert_eq!(
+        with_vec["documents"][0]["vector"].as_array().unwrap().len(),
+        DIM
+    );
+
+    assert_eq!(
+        h.ok(Verb::Delete, "alice", json!({"doc_ids": ["run", "nope"]}))
+            .await,
+        json!({"deleted": 1})
+    );
+    assert_eq!(
+        h.ok(
+            Verb::Delete,
+            "alice",
+            json!({"filter": {"category": "food"}})
+        )
+        .await,
+        json!({"deleted": 1})
+    );
+    assert_eq!(
+        h.ok(Verb::Count, "alice", json!({})).await,
+        json!({"count": 1})
+    );
+    assert_eq!(
+        h.ok(Verb::Count, "alice", json!({"filter": {"n": {"gte": 3}}}))
+            .await,
+        json!({"count": 1})
+    );
+    assert_eq!(
+        h.ok(Verb::Drop, "alice", json!({})).await,
+        json!({"dropped": true})
+    );
+    assert_eq!(
+        h.ok(Verb::Count, "alice", json!({})).await,
+        json!({"count": 0})
+    );
+
+    let stats = h.admin(AdminVerb::Stats, json!({})).await;
+    for key in [
+        "hits",
+        "misses",
+        "evictions",
+        "expirations",
+        "size",
+        "max_size",
+        "ttl_seconds",
+        "keys",
+        "hit_rate",
+    ] {
+        assert!(stats.get(key).is_some(), "stats lack {key}: {stats}");
+    }
+    assert_eq!(stats["max_size"], 10);
+    assert_eq!(stats["ttl_seconds"], 3600.0);
+    assert_eq!(
+        h.admin(AdminVerb::Cleanup, json!({})).await,
+        json!({"expired": 0})
+    );
+    let evicted = h.admin(AdminVerb::Evict, json!({})).await;
+    assert!(evicted["evicted"].as_u64().is_some());
+    let mut h = h;
+    h.stop_worker().expect("worker stops cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upserting_a_doc_id_again_replaces_it() {
+    let h = Harness::start().await;
+    let v1 = vector(1, DIM);
+    let v2 = vector(2, DIM);
+    h.ok(
+        Verb::Upsert,
+        "bob",
+        json!({"documents": [{"doc_id": "d", "text": "first", "vector": v1}]}),
+    )
+    .await;
+    // Twice in one request: the last one wins; and a later request replaces.
+    h.ok(
+        Verb::Upsert,
+        "bob",
+        json!({"documents": [
+            {"doc_id": "d", "text": "second", "vector": v1},
+            {"doc_id": "d", "text": "third", "vector": v2, "metadata": {"v": 3}},
+        ]}),
+    )
+    .await;
+    assert_eq!(
+        h.ok(Verb::Count, "bob", json!({})).await,
+        json!({"count": 1})
+    );
+    let got = h.ok(Verb::Get, "bob", json!({"doc_ids": ["d"]})).await;
+    assert_eq!(got["documents"][0]["text"], "third");
+    assert_eq!(got["documents"][0]["metadata"], json!({"v": 3}));
+    let hit = h
+        .ok(Verb::Search, "bob", json!({"vector": v2, "top_k": 1}))
+        .await;
+    assert!((hit["results"][0]["score"].as_f64().unwrap() - 1.0).abs() < 1e-4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_code_has_a_clear_reply() {
+    let h = Harness::start().await;
+    use ErrorCode::*;
+    for bad in ["Alice", "-x", "_x", "a%b"] {
+        h.fails(Verb::Search, bad, json!({"query": "x"}), InvalidTenant)
+            .await;
+    }
+    let long = "a".repeat(65);
+    h.fails(Verb::Count, &long, json!({}), InvalidTenant).await;
+
+    let raw = h
+        .client
+        .request("tenantvec.search.carol".into(), &json!("not an object"))
+        .await;
+    assert!(matches!(raw, Err(tenantvec::client::ClientError::Service(e)) if e.code == BadRequest));
+    h.fails(
+        Verb::Search,
+        "carol",
+        json!({"query": "x", "bogus": 1}),
+        BadRequest,
+    )
+    .await;
+    h.fails(
+        Verb::Search,
+        "carol",
+        json!({"query": "x", "filter": {}}),
+        BadRequest,
+    )
+    .await;
+    h.fails(
+        Verb::Search,
+        "carol",
+        json!({"query": "x", "filter": {"a": {"near": 1}}}),
+        BadRequest,
+    )
+    .await;
+    h.fails(
+        Verb::Upsert,
+        "carol",
+        json!({"documents": [{"doc_id": "", "text": "x"}]}),
+        BadRequest,
+    )
+    .await;
+    h.fails(Verb::Delete, "carol", json!({}), BadRequest).await;
+
+    h.ok(
+        Verb::Upsert,
+        "carol",
+        json!({"documents": [{"doc_id": "a", "vector": vector(1, DIM)}]}),
+    )
+    .await;
+    let msg = h
+        .fails(
+            Verb::Upsert,
+            "carol",
+            json!({"documents": [{"doc_id": "b", "vector": vector(1, DIM + 1)}]}),
+            DimensionMismatch,
+        )
+        .await;
+    assert!(msg.contains("9") && msg.contains("8"), "{msg}");
+    h.fails(
+        Verb::Search,
+        "carol",
+        json!({"vector": vector(1, 3)}),
+        DimensionMismatch,
+    )
+    .await;
+
+    h.fails(
+        Verb::Search,
+        "carol",
+        json!({"query": "x", "top_k": 1001}),
+        TooLarge,
+    )
+    .await;
+    let many: Vec<Value> = (0..1001)
+        .map(|i| json!({"doc_id": format!("d{i}"), "text": "x"}))
+        .collect();
+    h.fails(Verb::Upsert, "carol", json!({"documents": many}), TooLarge)
+        .await;
+
+    // A file where the tenant's folder should be: the store refuses to use
+    // it, the request fails as `internal`, and the worker keeps serving.
+    std::fs::write(h.tenant_dir("dave"), b"not a folder").unwrap();
+    h.fails(Verb::Count, "dave", json!({}), Internal).await;
+    assert_eq!(
+        h.ok(Verb::Count, "carol", json!({})).await,
+        json!({"count": 1})
+    );
+
+    // The error headers of the NATS Services API, beside the JSON body.
+    let nats = tenantvec::transport::connect(&h.settings.nats)
+        .await
+        .unwrap();
+    let reply = nats
+        .request("tenantvec.count.NOPE", "{}".into())
+        .await
+        .unwrap();
+    let headers = reply.headers.expect("error headers");
+    assert_eq!(
+        headers.get("Nats-Service-Error-Code").unwrap().as_str(),
+        "400"
+    );
+    assert!(headers
+        .get("Nats-Service-Error")
+        .unwrap()
+        .as_str()
+        .contains("tenant"));
+    let body: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(body["error"]["code"], "invalid_tenant");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_in_flight_bound_replies_unavailable() {
+    let h = Harness::start_with(|s| s.limits.max_in_flight = 1).await;
+    let docs: Vec<Value> = (0..200)
+        .map(|i| json!({"doc_id": format!("d{i}"), "vector": vector(i, DIM)}))
+        .collect();
+    let body = json!({"documents": docs});
+    let calls = (0..40).map(|i| {
+        h.call(
+            Verb::Upsert,
+            if i % 2 == 0 { "x" } else { "y" },
+            body.clone(),
+        )
+    });
+    let outcomes = futures::future::join_all(calls).await;
+    let unavailable = outcomes
+        .iter()
+        .filter(|o| matches!(o, Err(tenantvec::client::ClientError::Service(e)) if e.code == ErrorCode::Unavailable))
+        .count();
+    let ok = outcomes.iter().filter(|o| o.is_ok()).count();
+    assert!(
+        unavailable > 0,
+        "40 concurrent requests against a bound of 1"
+    );
+    assert_eq!(ok + unavailable, 40, "every request answered: {outcomes:?}");
+    // And the worker still serves.
+    assert_eq!(h.ok(Verb::Count, "x", json!({})).await["count"], 200);
+}
+
+/// Metadata for doc `i`: every kind of value the filters compare.
+fn metadata(i: u64) -> Value {
+    let cats = ["health", "finance", "sport", "travel", "food"];
+    let mut m = json!({
+        "category": cats[(i % 5) as usize],
+        "n": i % 10,
+        "score": (i % 7) as f64 / 2.0,
+        "tags": [format!("t{}", i % 3), format!("t{}", i % 4)],
+        "flag": i % 2 == 0,
+    });
+    if i % 11 == 0 {
+        m["category"] = json!(1); // a number where others hold strings
+    }
+    if i % 13 == 0 {
+        m.as_object_mut().unwrap().remove("n");
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_agree_with_brute_force() {
+    let h = Harness::start().await;
+    let n = 300u64;
+    let docs: Vec<Value> = (0..n)
+        .map(|i| json!({"doc_id": format!("d{i}"), "vector": vector(i, DIM), "metadata": metadata(i)}))
+        .collect();
+    h.ok(Verb::Upsert, "erin", json!({"documents": docs})).await;
+
+    let filters = [
+        json!({"category": "health"}),
+        json!({"category": ["sport", "food"]}),
+        json!({"category": 1}),
+        json!({"category": ["health", 1]}),
+        json!({"n": {"gte": 2, "lt": 5}}),
+        json!({"n": {"gt": 7}}),
+        json!({"n": 4}),
+        json!({"n": [1, 8]}),
+        json!({"score": {"lte": 1.0}}),
+        json!({"score": 1.5}),
+        json!({"tags": "t2"}),
+        json!({"tags": ["t0", "t3"]}),
+        json!({"flag": true}),
+        json!({"flag": false, "category": "finance"}),
+        json!({"category": "sport", "n": {"gte": 0, "lte": 9}, "tags": "t1"}),
+        json!({"missing": "x"}),
+    ];
+    let query = vector(9999, DIM);
+    for f in &filters {
+        let parsed = Filter::parse(f).unwrap();
+        let expected: BTreeSet<String> = (0..n)
+            .filter(|i| parsed.matches(metadata(*i).as_object().unwrap()))
+            .map(|i| format!("d{i}"))
+            .collect();
+        let count = h.ok(Verb::Count, "erin", json!({"filter": f})).await;
+        assert_eq!(
+            count["count"].as_u64().unwrap() as usize,
+            expected.len(),
+            "count {f}"
+        );
+        let found = h
+            .ok(
+                Verb::Search,
+                "erin",
+                json!({"vector": query, "top_k": 1000, "filter": f}),
+            )
+            .await;
+        let got: BTreeSet<String> = found["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["doc_id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(got, expected, "search {f}");
+        // top_k of them, best first, are the brute-force best.
+        let top = h
+            .ok(
+                Verb::Search,
+                "erin",
+                json!({"vector": query, "top_k": 5, "filter": f}),
+            )
+            .await;
+        let mut ranked: Vec<(f32, String)> = expected
+            .iter()
+            .map(|id| {
+                let i: u64 = id[1..].parse().unwrap();
+                (cosine(&query, &vector(i, DIM)), id.clone())
+            })
+            .collect();
+        ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let want: Vec<String> = ranked.into_iter().take(5).map(|(_, id)| id).collect();
+        let got: Vec<String> = top["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["doc_id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(got, want, "top 5 {f}");
+    }
+    // Delete by filter removes exactly the matching documents.
+    let f = json!({"n": {"lt": 3}});
+    let parsed = Filter::parse(&f).unwrap();
+    let matching = (0..n)
+        .filter(|i| parsed.matches(metadata(*i).as_object().unwrap()))
+        .count();
+    let deleted = h.ok(Verb::Delete, "erin", json!({"filter": f})).await;
+    assert_eq!(deleted["deleted"].as_u64().unwrap() as usize, matching);
+    let left = h.ok(Verb::Count, "erin", json!({})).await;
+    assert_eq!(
+        left["count"].as_u64().unwrap() as usize,
+        n as usize - matching
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_removes_the_tenant_folder_and_reads_create_nothing() {
+    let h = Harness::start().await;
+    // Reads of a tenant with no data answer from nothing and create nothing.
+    assert_eq!(
+        h.ok(Verb::Count, "frank", json!({})).await,
+        json!({"count": 0})
+    );
+    let empty = h
+        .ok(Verb::Search, "frank", json!({"query": "anything"}))
+        .await;
+    assert_eq!(empty, json!({"results": []}));
+    assert_eq!(
+        h.ok(Verb::Get, "frank", json!({"doc_ids": ["a"]})).await,
+        json!({"documents": []})
+    );
+    assert!(
+        !h.tenant_dir("frank").exists(),
+        "a read created the tenant folder"
+    );
+
+    h.ok(
+        Verb::Upsert,
+        "frank",
+        json!({"documents": [{"doc_id": "a", "text": "hello world"}]}),
+    )
+    .await;
+    assert!(h.tenant_dir("frank").join("vector_store").is_dir());
+    assert_eq!(
+        h.ok(Verb::Drop, "frank", json!({})).await,
+        json!({"dropped": true})
+    );
+    assert!(!h.tenant_dir("frank").exists(), "drop left the folder");
+    assert_eq!(
+        h.ok(Verb::Drop, "frank", json!({})).await,
+        json!({"dropped": true})
+    );
+    assert_eq!(
+        h.ok(Verb::Count, "frank", json!({})).await,
+        json!({"count": 0})
+    );
+    // And the tenant can start over.
+    h.ok(
+        Verb::Upsert,
+        "frank",
+        json!({"documents": [{"doc_id": "b", "text": "again"}]}),
+    )
+    .await;
+    assert_eq!(
+        h.ok(Verb::Count, "frank", json!({})).await,
+        json!({"count": 1})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_never_see_each_other() {
+    let h = Harness::start().await;
+    for (tenant, base) in [("ann", 0u64), ("ben", 1000)] {
+        let docs: Vec<Value> = (0..20)
+            .map(|i| {
+                json!({"doc_id": format!("d{i}"), "vector": vector(base + i, DIM),
+                       "metadata": {"owner": tenant}})
+            })
+            .collect();
+        h.ok(Verb::Upsert, tenant, json!({"documents": docs})).await;
+    }
+    for tenant in ["ann", "ben"] {
+        let found = h
+            .ok(
+                Verb::Search,
+                tenant,
+                json!({"vector": vector(5, DIM), "top_k": 100}),
+            )
+            .await;
+        let owners: HashSet<&str> = found["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["metadata"]["owner"].as_str().unwrap())
+            .collect();
+        assert_eq!(owners, HashSet::from([tenant]));
+        assert_eq!(found["results"].as_array().unwrap().len(), 20);
+    }
+    // Same doc_id, different tenants: two documents.
+    h.ok(Verb::Delete, "ann", json!({"doc_ids": ["d1"]})).await;
+    assert_eq!(h.ok(Verb::Count, "ann", json!({})).await["count"], 19);
+    assert_eq!(h.ok(Verb::Count, "ben", json!({})).await["count"], 20);
+}
