@@ -52,6 +52,15 @@ enum Command {
         tenant: String,
         file: PathBuf,
     },
+    /// Publish a docs.jsonl file to a tenant's durable ingest stream (JetStream).
+    Ingest {
+        #[arg(long)]
+        tenant: String,
+        file: PathBuf,
+        /// Return once JetStream has stored every message, without waiting for the worker.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Search a tenant by text, or by vector with --vector.
     Search {
         #[arg(long)]
@@ -158,6 +167,15 @@ async fn client_command(command: Command, settings: &Settings) -> Result<Value, 
         Command::Upsert { tenant, file } => {
             client
                 .upsert_file(&tenant, &file, settings.limits.max_documents)
+                .await
+        }
+        Command::Ingest {
+            tenant,
+            file,
+            no_wait,
+        } => {
+            client
+                .ingest_file(&tenant, &file, settings.limits.max_documents, !no_wait)
                 .await
         }
         Command::Search {

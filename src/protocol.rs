@@ -326,6 +326,24 @@ pub struct PoolStats {
     /// Actors that were told to stop and are still finishing their queue.
     pub closing: usize,
     pub backend: String,
+    /// Durable ingest figures of this worker, when it consumes the stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest: Option<IngestStats>,
+}
+
+/// Durable ingest figures since the worker started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IngestStats {
+    /// Messages acked after their documents were committed.
+    pub acked: u64,
+    /// Documents in those messages.
+    pub documents: u64,
+    /// Messages that can never succeed: recorded on the dead-letter subject, then terminated.
+    pub dead_lettered: u64,
+    /// Messages delivered more than once (a worker died before acking, or a retry).
+    pub redelivered: u64,
+    /// Messages nak'ed for a retry after a failure that may pass.
+    pub retried: u64,
 }
 
 #[cfg(test)]

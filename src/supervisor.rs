@@ -224,6 +224,7 @@ impl Supervisor {
             },
             closing: self.closing.len(),
             backend: self.factory.backend().to_owned(),
+            ingest: None,
         }
     }
 }

@@ -2,11 +2,13 @@
 //! together, and runs the graceful stop.
 //!
 //! Owns the order of start-up (connect, check for conflicting instances,
-//! start the supervisor, subscribe) and of shutdown (stop taking requests,
-//! answer those in flight, close every store, flush NATS). It must never hold
+//! start the supervisor, create the ingest stream and consumer, subscribe,
+//! pull) and of shutdown (stop taking requests and pulling, settle those in
+//! flight, close every store, flush NATS). It must never hold
 //! tenant state itself, and it must run inside an actix `System`, which
 //! [`run_blocking`] and [`spawn`] provide.
 
+use std::sync::Arc;
 use std::thread;
 
 use actix::Actor;
@@ -15,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::supervisor::{Shutdown, Supervisor};
 use crate::transport;
+use crate::transport::ingest::IngestCounters;
 
 /// Serve until `shutdown` is cancelled, then stop gracefully.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -37,14 +40,38 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         embedder,
     )
     .start();
+    // The stream and its consumer exist before the service answers PING.
+    let ingest = if settings.ingest.enabled {
+        let js = async_nats::jetstream::new(client.clone());
+        let names = transport::ingest::Names::new(&settings.nats.prefix);
+        let consumer = transport::ingest::ensure_streams(&js, &names, &settings.ingest)
+            .await
+            .map_err(|e| {
+                e.context("durable ingest needs JetStream (nats-server -js); or set ingest.enabled = false")
+            })?;
+        Some((js, consumer, Arc::new(IngestCounters::default())))
+    } else {
+        None
+    };
     let serving = transport::service::start(
         client.clone(),
         &settings,
         supervisor.clone(),
         factory.backend(),
+        ingest.as_ref().map(|(_, _, counters)| counters.clone()),
         shutdown.clone(),
     )
     .await?;
+    let ingesting = ingest.map(|(js, consumer, counters)| {
+        transport::ingest::start(
+            js,
+            consumer,
+            &settings,
+            supervisor.clone(),
+            counters,
+            shutdown.clone(),
+        )
+    });
     tracing::info!(
         url = %settings.nats.url,
         prefix = %settings.nats.prefix,
@@ -57,7 +84,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 
     shutdown.cancelled().await;
     tracing::info!("stopping: no new requests; answering those in flight");
-    serving.drain(settings.worker.shutdown_timeout).await;
+    let timeout = settings.worker.shutdown_timeout;
+    match ingesting {
+        Some(ingesting) => {
+            tokio::join!(serving.drain(timeout), ingesting.drain(timeout));
+        }
+        None => serving.drain(timeout).await,
+    }
     if let Err(e) = supervisor.send(Shutdown).await {
         tracing::error!(error = %e, "the supervisor stopped before closing the stores");
     }

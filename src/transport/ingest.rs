@@ -21,7 +21,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{IngestSettings, Settings};
-use crate::protocol::{decode, tenant_token, ServiceError, UpsertRequest, DEFAULT_PREFIX};
+use crate::protocol::{
+    decode, tenant_token, IngestStats, ServiceError, UpsertRequest, DEFAULT_PREFIX,
+};
 use crate::supervisor::{Route, Supervisor};
 use crate::tenant::TenantId;
 use crate::tenant_actor::Envelope;
@@ -46,7 +48,13 @@ impl Names {
         } else {
             let clean: String = prefix
                 .chars()
-                .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_uppercase()
+                    } else {
+                        '_'
+                    }
+                })
                 .collect();
             format!("_{clean}")
         };
@@ -80,15 +88,6 @@ pub struct IngestCounters {
     pub dead_lettered: AtomicU64,
     pub redelivered: AtomicU64,
     pub retried: AtomicU64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct IngestStats {
-    pub acked: u64,
-    pub documents: u64,
-    pub dead_lettered: u64,
-    pub redelivered: u64,
-    pub retried: u64,
 }
 
 impl IngestCounters {
@@ -206,12 +205,18 @@ impl Ingesting {
             .await
             .is_err()
         {
-            tracing::warn!("ingest messages still in flight at the shutdown timeout; they will be redelivered");
+            tracing::warn!(
+                "ingest messages still in flight at the shutdown timeout; they will be redelivered"
+            );
         }
     }
 }
 
-async fn pull_loop(consumer: consumer::PullConsumer, shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn pull_loop(
+    consumer: consumer::PullConsumer,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
     let batch = shared.settings.ingest.pull_batch;
     'connect: loop {
         let messages = tokio::select! {
@@ -258,7 +263,11 @@ async fn pull_loop(consumer: consumer::PullConsumer, shared: Arc<Shared>, shutdo
 }
 
 /// Route one message; settle it when its tenant's actor has answered.
-fn handle(message: jetstream::Message, shared: &Arc<Shared>, permit: tokio::sync::OwnedSemaphorePermit) {
+fn handle(
+    message: jetstream::Message,
+    shared: &Arc<Shared>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
     let (stream_seq, delivered) = message
         .info()
         .map(|i| (i.stream_sequence, i.delivered))
@@ -267,17 +276,20 @@ fn handle(message: jetstream::Message, shared: &Arc<Shared>, permit: tokio::sync
         shared.counters.redelivered.fetch_add(1, Ordering::Relaxed);
     }
     let subject = message.subject.to_string();
-    let tenant = TenantId::parse(tenant_token(&subject));
-    let command = tenant.clone().and_then(|_| {
-        decode::<UpsertRequest>(&message.payload)
-            .and_then(|req| crate::transport::decode::upsert(req, &shared.settings.limits))
+    let tenant = TenantId::parse(tenant_token(&subject)).ok();
+    let parsed = TenantId::parse(tenant_token(&subject)).and_then(|t| {
+        let req = decode::<UpsertRequest>(&message.payload)?;
+        Ok((
+            t,
+            crate::transport::decode::upsert(req, &shared.settings.limits)?,
+        ))
     });
     let shared = shared.clone();
-    let (tenant, command) = match (tenant, command) {
-        (Ok(t), Ok(c)) => (t, c),
-        (t, Err(error)) => {
+    let (tenant, command) = match parsed {
+        Ok(ok) => ok,
+        Err(error) => {
             tokio::spawn(async move {
-                dead_letter(&shared, &message, t.ok().as_ref(), stream_seq, &error).await;
+                dead_letter(&shared, &message, tenant.as_ref(), stream_seq, &error).await;
                 drop(permit);
             });
             return;
@@ -305,7 +317,9 @@ fn handle(message: jetstream::Message, shared: &Arc<Shared>, permit: tokio::sync
                     shared.counters.documents.fetch_add(docs, Ordering::Relaxed);
                 }
                 // Durable already; the redelivery that follows is harmless.
-                Err(e) => tracing::warn!(%tenant, error = %e, "ack failed; message will be redelivered"),
+                Err(e) => {
+                    tracing::warn!(%tenant, error = %e, "ack failed; message will be redelivered")
+                }
             },
             Err(error) if error.code.is_transient() => {
                 shared.counters.retried.fetch_add(1, Ordering::Relaxed);
@@ -355,7 +369,10 @@ async fn dead_letter(
     };
     match stored {
         Ok(()) => {
-            shared.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            shared
+                .counters
+                .dead_lettered
+                .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(subject = %message.subject, stream_seq, %error, "ingest message dead-lettered");
             if let Err(e) = message.ack_with(AckKind::Term).await {
                 tracing::warn!(error = %e, "term failed; the message will be dead-lettered again");
@@ -363,7 +380,9 @@ async fn dead_letter(
         }
         Err(e) => {
             tracing::error!(%subject, error = %e, "cannot store a dead-letter record; retrying the message later");
-            let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                .await;
         }
     }
 }

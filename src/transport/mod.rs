@@ -1,5 +1,5 @@
-//! The NATS side of the worker: connection, request-reply endpoints, and the
-//! start-up check for other instances.
+//! The NATS side of the worker: connection, request-reply endpoints, durable
+//! ingest from JetStream, and the start-up check for other instances.
 //!
 //! Owns everything that speaks NATS; it turns messages into commands for the
 //! supervisor and outcomes into replies. It must never touch a store or hold
@@ -7,6 +7,7 @@
 
 pub mod decode;
 pub mod discovery;
+pub mod ingest;
 pub mod service;
 
 use std::time::Duration;

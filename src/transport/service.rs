@@ -28,6 +28,7 @@ use crate::tenant::TenantId;
 use crate::tenant_actor::Envelope;
 use crate::transport::decode::command;
 use crate::transport::discovery::{META_BACKEND, META_PREFIX};
+use crate::transport::ingest::IngestCounters;
 
 /// What an endpoint serves.
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +43,8 @@ struct Shared {
     supervisor: Addr<Supervisor>,
     /// One permit per request in flight; none left means `unavailable`.
     in_flight: Arc<Semaphore>,
+    /// The ingest figures, when this worker consumes the ingest stream.
+    ingest: Option<Arc<IngestCounters>>,
 }
 
 /// The running endpoints; [`Serving::drain`] stops them and waits for the
@@ -59,6 +62,7 @@ pub async fn start(
     settings: &Settings,
     supervisor: Addr<Supervisor>,
     backend: &str,
+    ingest: Option<Arc<IngestCounters>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Serving> {
     let subjects = Subjects::new(&settings.nats.prefix);
@@ -78,6 +82,7 @@ pub async fn start(
         settings: settings.clone(),
         supervisor,
         in_flight: Arc::new(Semaphore::new(settings.limits.max_in_flight)),
+        ingest,
     });
     let mut endpoints = Vec::new();
     for verb in Verb::ALL {
@@ -214,11 +219,12 @@ async fn admin(verb: AdminVerb, body: &[u8], shared: &Shared) -> Result<Bytes, S
     match verb {
         AdminVerb::Stats => {
             decode::<EmptyRequest>(body)?;
-            let stats = shared
+            let mut stats = shared
                 .supervisor
                 .send(GetStats)
                 .await
                 .map_err(unavailable)?;
+            stats.ingest = shared.ingest.as_ref().map(|c| c.snapshot());
             to_json(&stats)
         }
         AdminVerb::Cleanup => {
