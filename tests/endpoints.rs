@@ -327,12 +327,12 @@ fn metadata(i: u64) -> Value {
         "n": i % 10,
         "score": (i % 7) as f64 / 2.0,
         "tags": [format!("t{}", i % 3), format!("t{}", i % 4)],
-        "flag": i % 2 == 0,
+        "flag": i.is_multiple_of(2),
     });
-    if i % 11 == 0 {
+    if i.is_multiple_of(11) {
         m["category"] = json!(1); // a number where others hold strings
     }
-    if i % 13 == 0 {
+    if i.is_multiple_of(13) {
         m.as_object_mut().unwrap().remove("n");
     }
     m
