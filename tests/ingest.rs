@@ -297,3 +297,36 @@ async fn the_ingest_command_publishes_and_waits() {
     // --wait is the default: the worker has committed everything by now.
     assert_eq!(h.ok(Verb::Count, "cmd", json!({})).await["count"], 2000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_failure_is_retried_until_it_succeeds() {
+    let h = Harness::start_with(|s| {
+        s.ingest.backoff = vec![Duration::from_millis(100)];
+    })
+    .await;
+    let nats = tenantvec::transport::connect(&h.settings.nats).await.unwrap();
+    let js = jetstream::new(nats);
+    // Create the tenant, then make its store unavailable: another process
+    // (here, this test) holds the shard's lock.
+    h.ok(Verb::Upsert, "busy", docs("first", 1, 1)).await;
+    h.admin(AdminVerb::Evict, json!({"tenant": "busy"})).await;
+    let lock_path = h.tenant_dir("busy").join("vector_store/.tenantvec.lock");
+    let lock = std::fs::File::options().write(true).open(&lock_path).unwrap();
+    lock.try_lock().expect("the test takes the shard lock");
+
+    publish(&js, "busy", serde_json::to_vec(&docs("later", 5, 100)).unwrap()).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = h.admin(AdminVerb::Stats, json!({})).await;
+        if stats["ingest"]["retried"].as_u64().unwrap() >= 2 {
+            assert_eq!(stats["ingest"]["dead_lettered"], 0, "a transient failure is not poison");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never retried: {stats}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pending(&js).await, 1, "the message waits in the stream");
+    drop(lock);
+    wait_drained(&js, Duration::from_secs(20)).await;
+    assert_eq!(h.ok(Verb::Count, "busy", json!({})).await["count"], 6);
+}

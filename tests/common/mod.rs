@@ -150,7 +150,7 @@ impl Harness {
     }
 
     pub async fn start_with(configure: impl FnOnce(&mut Settings)) -> Self {
-        tenantvec::init_tracing(&std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()));
+        tenantvec::init_tracing(&std::env::var("TEST_LOG").unwrap_or_else(|_| "error".into()));
         let nats = NatsServer::start();
         let data = tempfile::tempdir().expect("temp dir");
         let mut settings = settings(&nats.url(), data.path());
