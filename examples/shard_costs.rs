@@ -13,8 +13,8 @@ use qdrant_edge::{
     Condition, CreateIndex, Distance, EdgeConfig, EdgeShard, EdgeVectorParamsBuilder,
     FieldCondition, FieldIndexOperations, Filter, Match, NamedQuery, PayloadFieldSchema,
     PayloadSchemaType, PointId, PointInsertOperations, PointOperations, PointStruct,
-    PointStructPersisted, QueryEnum, SearchRequest, UpdateOperation, ValueVariants,
-    VectorInternal, WithPayloadInterface, WithVector, DEFAULT_VECTOR_NAME,
+    PointStructPersisted, QueryEnum, SearchRequest, UpdateOperation, ValueVariants, VectorInternal,
+    WithPayloadInterface, WithVector, DEFAULT_VECTOR_NAME,
 };
 use serde_json::{json, Map, Value};
 use tenantvec::config::Settings;
@@ -104,9 +104,9 @@ fn upsert_raw(shard: &EdgeShard, n: u64, base: u64) {
         })
         .collect();
     shard
-        .update(UpdateOperation::PointOperation(PointOperations::UpsertPoints(
-            PointInsertOperations::PointsList(points),
-        )))
+        .update(UpdateOperation::PointOperation(
+            PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
+        ))
         .unwrap();
     shard.flush();
 }
@@ -139,11 +139,17 @@ fn filtered_search_ms(shard: &EdgeShard, queries: u64) -> f64 {
 }
 
 fn main() {
-    let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let tenants = args.first().copied().unwrap_or(100);
     let docs = args.get(1).copied().unwrap_or(1000);
     let root = tempfile::tempdir().unwrap();
-    println!("shard costs: {tenants} tenants x {docs} docs, {DIM} dims, data in {}", root.path().display());
+    println!(
+        "shard costs: {tenants} tenants x {docs} docs, {DIM} dims, data in {}",
+        root.path().display()
+    );
 
     // --- tenantvec's options, through the store the worker uses.
     let mut settings = Settings::defaults();
@@ -243,18 +249,18 @@ fn main() {
         })
         .collect();
     shard
-        .update(UpdateOperation::PointOperation(PointOperations::UpsertPoints(
-            PointInsertOperations::PointsList(points),
-        )))
+        .update(UpdateOperation::PointOperation(
+            PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
+        ))
         .unwrap();
     let without = filtered_search_ms(&shard, 200);
     shard
-        .update(UpdateOperation::FieldIndexOperation(FieldIndexOperations::CreateIndex(
-            CreateIndex {
+        .update(UpdateOperation::FieldIndexOperation(
+            FieldIndexOperations::CreateIndex(CreateIndex {
                 field_name: "metadata.category".parse().unwrap(),
                 field_schema: Some(PayloadFieldSchema::FieldType(PayloadSchemaType::Keyword)),
-            },
-        )))
+            }),
+        ))
         .unwrap();
     let with = filtered_search_ms(&shard, 200);
     println!(

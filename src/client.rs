@@ -6,6 +6,7 @@
 //! limit. It must never reach into the worker's internals: everything it does
 //! goes over the wire.
 
+use std::collections::{HashMap, VecDeque};
 use std::io::BufRead;
 use std::path::Path;
 use std::time::Instant;
@@ -90,9 +91,10 @@ impl Client {
         max_documents: usize,
     ) -> Result<Value, ClientError> {
         let started = Instant::now();
-        let mut batches = DocBatches::open(file, tenant, max_documents, self.max_batch_bytes())?;
+        let mut batches =
+            DocBatches::open(file, Some(tenant), max_documents, self.max_batch_bytes())?;
         let (mut upserted, mut requests) = (0u64, 0u64);
-        while let Some(batch) = batches.next_batch()? {
+        while let Some((_, batch)) = batches.next_batch()? {
             upserted += self.send_batch(tenant, batch).await?;
             requests += 1;
         }
@@ -107,14 +109,14 @@ impl Client {
         }))
     }
 
-    /// Publish a `docs.jsonl` file to `tenant`'s durable ingest subject:
-    /// JetStream publishes with at most `max_outstanding` acks awaited at
-    /// once, a progress bar on a terminal, then (unless `wait` is false) a
-    /// wait until the worker has committed and acked every message of the
-    /// tenant.
+    /// Publish a `docs.jsonl` file to the durable ingest subject of `tenant`,
+    /// or of each line's own tenant when `tenant` is `None`: JetStream
+    /// publishes with at most [`MAX_OUTSTANDING_ACKS`] acks awaited at once
+    /// and a progress bar on a terminal; then, unless `wait` is false, a wait
+    /// until the workers have committed and acked every message published.
     pub async fn ingest_file(
         &self,
-        tenant: &str,
+        tenant: Option<&str>,
         file: &Path,
         max_documents: usize,
         wait: bool,
@@ -124,12 +126,10 @@ impl Client {
 
         let js = async_nats::jetstream::new(self.nats.clone());
         let names = crate::transport::ingest::Names::new(self.subjects.prefix());
-        let subject = names.ingest_subject(tenant);
-        let total = count_lines(file)?;
-        let progress = indicatif::ProgressBar::new(total);
+        let progress = indicatif::ProgressBar::new(count_lines(file)?);
         progress.set_style(
             indicatif::ProgressStyle::with_template(
-                "{spinner} {bar:40} {pos}/{len} docs  {per_sec}  eta {eta}  {msg}",
+                "{spinner} {bar:40} {pos}/{len} docs  {per_sec}  eta {eta}",
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
@@ -137,12 +137,14 @@ impl Client {
         let mut batches = DocBatches::open(file, tenant, max_documents, self.max_batch_bytes())?;
         let mut outstanding = FuturesUnordered::new();
         let (mut published, mut messages) = (0u64, 0u64);
-        let settle = |acked: Result<u64, async_nats::jetstream::context::PublishError>| {
+        let mut tenants = std::collections::BTreeSet::new();
+        let settle = |acked: Result<_, async_nats::jetstream::context::PublishError>| {
             acked.map(|_| ()).map_err(|e| {
                 ClientError::Other(anyhow::anyhow!("JetStream did not store a message: {e}"))
             })
         };
-        while let Some(batch) = batches.next_batch()? {
+        while let Some((tenant, batch)) = batches.next_batch()? {
+            let subject = names.ingest_subject(&tenant);
             let n = batch.len() as u64;
             let body =
                 serde_json::to_vec(&json!({ "documents": batch })).map_err(anyhow::Error::from)?;
@@ -150,12 +152,13 @@ impl Client {
                 .publish(subject.clone(), body.into())
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot publish to {subject}: {e}"))?;
-            outstanding.push(async move { ack.await.map(|_| n) });
+            outstanding.push(std::future::IntoFuture::into_future(ack));
             while outstanding.len() >= MAX_OUTSTANDING_ACKS {
                 if let Some(acked) = outstanding.next().await {
                     settle(acked)?;
                 }
             }
+            tenants.insert(tenant);
             published += n;
             messages += 1;
             progress.set_position(published + batches.skipped);
@@ -166,8 +169,7 @@ impl Client {
         let publish_seconds = started.elapsed().as_secs_f64();
         progress.finish_and_clear();
         let mut summary = json!({
-            "tenant": tenant,
-            "subject": subject,
+            "tenants": tenants.len(),
             "published": published,
             "messages": messages,
             "skipped_other_tenants": batches.skipped,
@@ -175,7 +177,11 @@ impl Client {
             "publish_docs_per_second": rate(published, publish_seconds),
         });
         if wait {
-            self.wait_drained(&js, &names.ingest_stream, &subject)
+            let filter = match tenant {
+                Some(t) => names.ingest_subject(t),
+                None => names.ingest_subjects.clone(),
+            };
+            self.wait_drained(&js, &names.ingest_stream, &filter)
                 .await?;
             let seconds = started.elapsed().as_secs_f64();
             summary["committed_seconds"] = json!(seconds);
@@ -263,24 +269,27 @@ pub async fn pending_on(
     Ok(counts.iter().map(|(_, n)| *n as u64).sum())
 }
 
-/// A `docs.jsonl` file read as batches of documents for one tenant: each
-/// batch within the per-request document limit and the payload limit. Lines
-/// naming another `"tenant"` are skipped (and counted), so a multi-tenant
-/// file loads one tenant at a time.
+/// A `docs.jsonl` file read as batches of documents, each within the
+/// per-request document limit and the payload limit. For one tenant, lines
+/// naming another `"tenant"` are skipped (and counted), so a multi-tenant file
+/// loads one tenant at a time; for all tenants (`tenant` is `None`), every
+/// line must name its tenant and batches are made per tenant.
 struct DocBatches {
     lines: std::iter::Enumerate<std::io::Lines<std::io::BufReader<std::fs::File>>>,
     file: std::path::PathBuf,
-    tenant: String,
+    tenant: Option<String>,
     max_documents: usize,
     max_bytes: usize,
-    carry: Option<(Value, usize)>,
+    /// Per tenant: the batch being filled and its size in bytes.
+    filling: HashMap<String, (Vec<Value>, usize)>,
+    ready: VecDeque<(String, Vec<Value>)>,
     skipped: u64,
 }
 
 impl DocBatches {
     fn open(
         file: &Path,
-        tenant: &str,
+        tenant: Option<&str>,
         max_documents: usize,
         max_bytes: usize,
     ) -> Result<Self, ClientError> {
@@ -291,56 +300,61 @@ impl DocBatches {
         Ok(Self {
             lines: reader.lines().enumerate(),
             file: file.to_owned(),
-            tenant: tenant.to_owned(),
+            tenant: tenant.map(str::to_owned),
             max_documents: max_documents.max(1),
             max_bytes,
-            carry: None,
+            filling: HashMap::new(),
+            ready: VecDeque::new(),
             skipped: 0,
         })
     }
 
-    fn next_doc(&mut self) -> Result<Option<(Value, usize)>, ClientError> {
-        if let Some(carried) = self.carry.take() {
-            return Ok(Some(carried));
-        }
-        for (n, line) in self.lines.by_ref() {
-            let line = line.map_err(|e| anyhow::anyhow!("reading {}: {e}", self.file.display()))?;
+    /// The next full batch and its tenant; at the end, the partial ones.
+    fn next_batch(&mut self) -> Result<Option<(String, Vec<Value>)>, ClientError> {
+        while self.ready.is_empty() {
+            let Some((n, line)) = self.lines.next() else {
+                let rest: Vec<_> = self.filling.drain().map(|(t, (b, _))| (t, b)).collect();
+                self.ready
+                    .extend(rest.into_iter().filter(|(_, b)| !b.is_empty()));
+                break;
+            };
+            let where_ = || format!("{}:{}", self.file.display(), n + 1);
+            let line = line.map_err(|e| anyhow::anyhow!("reading {}: {e}", where_()))?;
             if line.trim().is_empty() {
                 continue;
             }
-            let mut doc: Value = serde_json::from_str(&line).map_err(|e| {
-                anyhow::anyhow!(
-                    "{}:{}: not a JSON document: {e}",
-                    self.file.display(),
-                    n + 1
-                )
-            })?;
-            if let Some(obj) = doc.as_object_mut() {
-                match obj.remove("tenant") {
-                    Some(Value::String(t)) if t != self.tenant => {
-                        self.skipped += 1;
-                        continue;
-                    }
-                    _ => {}
+            let mut doc: Value = serde_json::from_str(&line)
+                .map_err(|e| anyhow::anyhow!("{}: not a JSON document: {e}", where_()))?;
+            let named = match doc.as_object_mut().map(|o| o.remove("tenant")) {
+                Some(Some(Value::String(t))) => Some(t),
+                _ => None,
+            };
+            let tenant = match (&self.tenant, named) {
+                (Some(want), Some(t)) if *want != t => {
+                    self.skipped += 1;
+                    continue;
                 }
-            }
-            return Ok(Some((doc, line.len() + 1)));
-        }
-        Ok(None)
-    }
-
-    fn next_batch(&mut self) -> Result<Option<Vec<Value>>, ClientError> {
-        let (mut batch, mut bytes) = (Vec::new(), 0usize);
-        while let Some((doc, size)) = self.next_doc()? {
+                (Some(want), _) => want.clone(),
+                (None, Some(t)) => t,
+                (None, None) => {
+                    return Err(anyhow::anyhow!(
+                        "{}: no \"tenant\" field; name the tenant with --tenant",
+                        where_()
+                    )
+                    .into())
+                }
+            };
+            let size = line.len() + 1;
+            let (batch, bytes) = self.filling.entry(tenant.clone()).or_default();
             if !batch.is_empty()
-                && (batch.len() >= self.max_documents || bytes + size > self.max_bytes)
+                && (batch.len() >= self.max_documents || *bytes + size > self.max_bytes)
             {
-                self.carry = Some((doc, size));
-                break;
+                self.ready.push_back((tenant, std::mem::take(batch)));
+                *bytes = 0;
             }
             batch.push(doc);
-            bytes += size;
+            *bytes += size;
         }
-        Ok((!batch.is_empty()).then_some(batch))
+        Ok(self.ready.pop_front())
     }
 }

@@ -52,10 +52,14 @@ enum Command {
         tenant: String,
         file: PathBuf,
     },
-    /// Publish a docs.jsonl file to a tenant's durable ingest stream (JetStream).
+    /// Publish a docs.jsonl file to the durable ingest stream (JetStream):
+    /// to one tenant, or with --all-tenants to the tenant each line names.
     Ingest {
-        #[arg(long)]
-        tenant: String,
+        #[arg(long, required_unless_present = "all_tenants")]
+        tenant: Option<String>,
+        /// Route each line to the tenant in its "tenant" field.
+        #[arg(long, conflicts_with = "tenant")]
+        all_tenants: bool,
         file: PathBuf,
         /// Return once JetStream has stored every message, without waiting for the worker.
         #[arg(long)]
@@ -173,9 +177,15 @@ async fn client_command(command: Command, settings: &Settings) -> Result<Value, 
             tenant,
             file,
             no_wait,
+            ..
         } => {
             client
-                .ingest_file(&tenant, &file, settings.limits.max_documents, !no_wait)
+                .ingest_file(
+                    tenant.as_deref(),
+                    &file,
+                    settings.limits.max_documents,
+                    !no_wait,
+                )
                 .await
         }
         Command::Search {

@@ -296,6 +296,24 @@ async fn the_ingest_command_publishes_and_waits() {
     assert!(summary["committed_docs_per_second"].as_f64().unwrap() > 0.0);
     // --wait is the default: the worker has committed everything by now.
     assert_eq!(h.ok(Verb::Count, "cmd", json!({})).await["count"], 2000);
+    assert_eq!(h.ok(Verb::Count, "other", json!({})).await["count"], 0);
+
+    // Every line to its own tenant; the repeated documents replace themselves.
+    let out = Command::new(common::tenantvec_bin())
+        .args(["ingest", "--all-tenants", file.to_str().unwrap()])
+        .env("NATS_URL", h.nats.url())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["published"], 2500);
+    assert_eq!(summary["tenants"], 2);
+    assert_eq!(h.ok(Verb::Count, "cmd", json!({})).await["count"], 2000);
+    assert_eq!(h.ok(Verb::Count, "other", json!({})).await["count"], 500);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,22 +322,35 @@ async fn a_transient_failure_is_retried_until_it_succeeds() {
         s.ingest.backoff = vec![Duration::from_millis(100)];
     })
     .await;
-    let nats = tenantvec::transport::connect(&h.settings.nats).await.unwrap();
+    let nats = tenantvec::transport::connect(&h.settings.nats)
+        .await
+        .unwrap();
     let js = jetstream::new(nats);
     // Create the tenant, then make its store unavailable: another process
     // (here, this test) holds the shard's lock.
     h.ok(Verb::Upsert, "busy", docs("first", 1, 1)).await;
     h.admin(AdminVerb::Evict, json!({"tenant": "busy"})).await;
     let lock_path = h.tenant_dir("busy").join("vector_store/.tenantvec.lock");
-    let lock = std::fs::File::options().write(true).open(&lock_path).unwrap();
+    let lock = std::fs::File::options()
+        .write(true)
+        .open(&lock_path)
+        .unwrap();
     lock.try_lock().expect("the test takes the shard lock");
 
-    publish(&js, "busy", serde_json::to_vec(&docs("later", 5, 100)).unwrap()).await;
+    publish(
+        &js,
+        "busy",
+        serde_json::to_vec(&docs("later", 5, 100)).unwrap(),
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let stats = h.admin(AdminVerb::Stats, json!({})).await;
         if stats["ingest"]["retried"].as_u64().unwrap() >= 2 {
-            assert_eq!(stats["ingest"]["dead_lettered"], 0, "a transient failure is not poison");
+            assert_eq!(
+                stats["ingest"]["dead_lettered"], 0,
+                "a transient failure is not poison"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "never retried: {stats}");

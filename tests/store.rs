@@ -31,7 +31,9 @@ fn a_shard_is_never_open_twice() {
     let f = factory(dir.path());
     let t = TenantId::parse("solo").unwrap();
     let mut first = f.open(&t);
-    first.upsert(vec![record("a", [1.0, 0.0, 0.0, 0.0])]).unwrap();
+    first
+        .upsert(vec![record("a", [1.0, 0.0, 0.0, 0.0])])
+        .unwrap();
     // A second handle on the same tenant is refused while the first is open.
     let mut second = f.open(&t);
     let err = second.count(None).unwrap_err();
@@ -47,8 +49,11 @@ fn writes_survive_a_handle_dropped_without_close() {
     let f = factory(dir.path());
     let t = TenantId::parse("crash").unwrap();
     let mut s = f.open(&t);
-    s.upsert(vec![record("a", [1.0, 0.0, 0.0, 0.0]), record("b", [0.0, 1.0, 0.0, 0.0])])
-        .unwrap();
+    s.upsert(vec![
+        record("a", [1.0, 0.0, 0.0, 0.0]),
+        record("b", [0.0, 1.0, 0.0, 0.0]),
+    ])
+    .unwrap();
     drop(s);
     let mut again = f.open(&t);
     assert_eq!(again.count(None).unwrap(), 2);
@@ -72,8 +77,14 @@ fn a_symlinked_tenant_folder_is_refused() {
     std::os::unix::fs::symlink(outside.path(), dir.path().join("mallory")).unwrap();
     let f = factory(dir.path());
     let mut s = f.open(&TenantId::parse("mallory").unwrap());
-    let err = s.upsert(vec![record("a", [1.0, 0.0, 0.0, 0.0])]).unwrap_err();
+    let err = s
+        .upsert(vec![record("a", [1.0, 0.0, 0.0, 0.0])])
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::Internal);
     assert!(s.drop_tenant().is_err());
-    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0, "wrote through the link");
+    assert_eq!(
+        std::fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "wrote through the link"
+    );
 }
