@@ -44,7 +44,11 @@ impl Client {
 
     /// Send one request and decode its reply, turning error replies into
     /// [`ClientError::Service`].
-    pub async fn request(&self, subject: String, body: &Value) -> Result<Value, ClientError> {
+    pub async fn request(
+        &self,
+        subject: String,
+        body: &impl serde::Serialize,
+    ) -> Result<Value, ClientError> {
         let payload = Bytes::from(serde_json::to_vec(body).map_err(anyhow::Error::from)?);
         let reply = match self.nats.request(subject.clone(), payload).await {
             Ok(reply) => reply,
@@ -146,8 +150,8 @@ impl Client {
         while let Some((tenant, batch)) = batches.next_batch()? {
             let subject = names.ingest_subject(&tenant);
             let n = batch.len() as u64;
-            let body =
-                serde_json::to_vec(&json!({ "documents": batch })).map_err(anyhow::Error::from)?;
+            let body = serde_json::to_vec(&DocumentsBody { documents: &batch })
+                .map_err(anyhow::Error::from)?;
             let ack = js
                 .publish(subject.clone(), body.into())
                 .await
@@ -226,9 +230,12 @@ impl Client {
             .max(1024)
     }
 
-    async fn send_batch(&self, tenant: &str, documents: Vec<Value>) -> Result<u64, ClientError> {
+    async fn send_batch(&self, tenant: &str, documents: Vec<RawDoc>) -> Result<u64, ClientError> {
+        let body = DocumentsBody {
+            documents: &documents,
+        };
         let reply = self
-            .tenant(Verb::Upsert, tenant, &json!({ "documents": documents }))
+            .request(self.subjects.tenant(Verb::Upsert, tenant), &body)
             .await?;
         Ok(reply["upserted"].as_u64().unwrap_or(0))
     }
@@ -269,6 +276,17 @@ pub async fn pending_on(
     Ok(counts.iter().map(|(_, n)| *n as u64).sum())
 }
 
+/// A document as read from a file: its top-level fields, each kept as the
+/// JSON text it was. The client only needs the `"tenant"` field; leaving
+/// vectors unparsed makes a bulk upload several times cheaper on the CPU.
+type RawDoc = HashMap<String, Box<serde_json::value::RawValue>>;
+
+/// The body of an upsert or ingest message, written without re-parsing.
+#[derive(serde::Serialize)]
+struct DocumentsBody<'a> {
+    documents: &'a [RawDoc],
+}
+
 /// A `docs.jsonl` file read as batches of documents, each within the
 /// per-request document limit and the payload limit. For one tenant, lines
 /// naming another `"tenant"` are skipped (and counted), so a multi-tenant file
@@ -281,8 +299,8 @@ struct DocBatches {
     max_documents: usize,
     max_bytes: usize,
     /// Per tenant: the batch being filled and its size in bytes.
-    filling: HashMap<String, (Vec<Value>, usize)>,
-    ready: VecDeque<(String, Vec<Value>)>,
+    filling: HashMap<String, (Vec<RawDoc>, usize)>,
+    ready: VecDeque<(String, Vec<RawDoc>)>,
     skipped: u64,
 }
 
@@ -310,7 +328,7 @@ impl DocBatches {
     }
 
     /// The next full batch and its tenant; at the end, the partial ones.
-    fn next_batch(&mut self) -> Result<Option<(String, Vec<Value>)>, ClientError> {
+    fn next_batch(&mut self) -> Result<Option<(String, Vec<RawDoc>)>, ClientError> {
         while self.ready.is_empty() {
             let Some((n, line)) = self.lines.next() else {
                 let rest: Vec<_> = self.filling.drain().map(|(t, (b, _))| (t, b)).collect();
@@ -323,12 +341,11 @@ impl DocBatches {
             if line.trim().is_empty() {
                 continue;
             }
-            let mut doc: Value = serde_json::from_str(&line)
+            let mut doc: RawDoc = serde_json::from_str(&line)
                 .map_err(|e| anyhow::anyhow!("{}: not a JSON document: {e}", where_()))?;
-            let named = match doc.as_object_mut().map(|o| o.remove("tenant")) {
-                Some(Some(Value::String(t))) => Some(t),
-                _ => None,
-            };
+            let named: Option<String> = doc
+                .remove("tenant")
+                .and_then(|raw| serde_json::from_str(raw.get()).ok());
             let tenant = match (&self.tenant, named) {
                 (Some(want), Some(t)) if *want != t => {
                     self.skipped += 1;

@@ -127,7 +127,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tenantvec::init_tracing(&settings.log.filter);
+    // The worker logs at log.filter; a client command only warns, unless
+    // RUST_LOG asks for more, so its stdout and stderr stay readable.
+    let is_serve = matches!(cli.command, Command::Serve { .. });
+    let client_filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+    tenantvec::init_tracing(if is_serve {
+        &settings.log.filter
+    } else {
+        &client_filter
+    });
 
     if let Command::Serve { .. } = cli.command {
         return match tenantvec::worker::run_blocking(settings, CancellationToken::new(), true) {
