@@ -35,6 +35,15 @@ pub struct Client {
 }
 
 impl Client {
+    /// The NATS connection, for callers that speak NATS directly (the benchmark).
+    pub fn nats(&self) -> &async_nats::Client {
+        &self.nats
+    }
+
+    pub fn subjects(&self) -> &Subjects {
+        &self.subjects
+    }
+
     pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
         Ok(Self {
             nats: crate::transport::connect(&settings.nats).await?,
@@ -50,6 +59,15 @@ impl Client {
         body: &impl serde::Serialize,
     ) -> Result<Value, ClientError> {
         let payload = Bytes::from(serde_json::to_vec(body).map_err(anyhow::Error::from)?);
+        self.request_bytes(subject, payload).await
+    }
+
+    /// [`Client::request`] with a body already serialised.
+    pub async fn request_bytes(
+        &self,
+        subject: String,
+        payload: Bytes,
+    ) -> Result<Value, ClientError> {
         let reply = match self.nats.request(subject.clone(), payload).await {
             Ok(reply) => reply,
             Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
@@ -221,7 +239,7 @@ impl Client {
         }
     }
 
-    fn max_batch_bytes(&self) -> usize {
+    pub(crate) fn max_batch_bytes(&self) -> usize {
         // Leave room for the envelope and the NATS headers.
         self.nats
             .server_info()
@@ -279,12 +297,12 @@ pub async fn pending_on(
 /// A document as read from a file: its top-level fields, each kept as the
 /// JSON text it was. The client only needs the `"tenant"` field; leaving
 /// vectors unparsed makes a bulk upload several times cheaper on the CPU.
-type RawDoc = HashMap<String, Box<serde_json::value::RawValue>>;
+pub(crate) type RawDoc = HashMap<String, Box<serde_json::value::RawValue>>;
 
 /// The body of an upsert or ingest message, written without re-parsing.
 #[derive(serde::Serialize)]
-struct DocumentsBody<'a> {
-    documents: &'a [RawDoc],
+pub(crate) struct DocumentsBody<'a> {
+    pub(crate) documents: &'a [RawDoc],
 }
 
 /// A `docs.jsonl` file read as batches of documents, each within the
@@ -292,7 +310,7 @@ struct DocumentsBody<'a> {
 /// naming another `"tenant"` are skipped (and counted), so a multi-tenant file
 /// loads one tenant at a time; for all tenants (`tenant` is `None`), every
 /// line must name its tenant and batches are made per tenant.
-struct DocBatches {
+pub(crate) struct DocBatches {
     lines: std::iter::Enumerate<std::io::Lines<std::io::BufReader<std::fs::File>>>,
     file: std::path::PathBuf,
     tenant: Option<String>,
@@ -301,11 +319,11 @@ struct DocBatches {
     /// Per tenant: the batch being filled and its size in bytes.
     filling: HashMap<String, (Vec<RawDoc>, usize)>,
     ready: VecDeque<(String, Vec<RawDoc>)>,
-    skipped: u64,
+    pub(crate) skipped: u64,
 }
 
 impl DocBatches {
-    fn open(
+    pub(crate) fn open(
         file: &Path,
         tenant: Option<&str>,
         max_documents: usize,
@@ -328,7 +346,7 @@ impl DocBatches {
     }
 
     /// The next full batch and its tenant; at the end, the partial ones.
-    fn next_batch(&mut self) -> Result<Option<(String, Vec<RawDoc>)>, ClientError> {
+    pub(crate) fn next_batch(&mut self) -> Result<Option<(String, Vec<RawDoc>)>, ClientError> {
         while self.ready.is_empty() {
             let Some((n, line)) = self.lines.next() else {
                 let rest: Vec<_> = self.filling.drain().map(|(t, (b, _))| (t, b)).collect();

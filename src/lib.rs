@@ -25,13 +25,15 @@
 //!   filters, and the tenant id rule with the tenant's paths.
 //! * [`config`]: the layered settings; [`shutdown`]: signals to a
 //!   cancellation; [`worker`]: start-up and the graceful stop in order;
-//!   [`client`]: the client half used by the command line.
+//!   [`client`]: the client half used by the command line; [`bench`]: the
+//!   end-to-end benchmark, a client of a worker it starts.
 //!
 //! Threads: actors live on the thread that runs the actix system; the NATS
 //! transport runs on the tokio runtime's worker threads; engine work runs on
 //! its blocking pool. No state is global: each piece is owned by one actor or
 //! handed down from [`worker::run`].
 
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod embed;
@@ -50,6 +52,15 @@ pub mod worker;
 /// syntax. Logs go to stderr so stdout stays free for command output. Safe to
 /// call more than once (later calls do nothing).
 pub fn init_tracing(filter: &str) {
+    // qdrant-edge 0.7.2 warns on every shard open that process-wide flags
+    // were never initialised; the functions that would do it are private to
+    // the crate, and its defaults are what we want, so those two notices are
+    // kept out of the log unless a filter names them.
+    let filter = if filter.contains("qdrant_edge") {
+        filter.to_owned()
+    } else {
+        format!("{filter},qdrant_edge::common::flags=error,qdrant_edge::common::mmap::ops=error")
+    };
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()

@@ -93,6 +93,33 @@ enum Command {
     },
     /// Pool statistics of a worker.
     Stats,
+    /// Benchmark a worker (started here as a child process) on a workload
+    /// folder: ingest, Zipf search with 1 and C clients, warm search.
+    Bench {
+        /// Folder with docs.jsonl, queries.jsonl, truth.jsonl, meta.json.
+        #[arg(long, value_name = "DIR")]
+        workload: PathBuf,
+        /// Concurrent clients for the concurrent phases.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Data root of the worker (default: a new temp folder).
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+        #[arg(long, default_value_t = 10)]
+        pool_size: usize,
+        /// Pool size of the warm phase (every queried tenant stays open).
+        #[arg(long, default_value_t = 1000)]
+        warm_pool_size: usize,
+        /// Round trips measured for the floor.
+        #[arg(long, default_value_t = 2000)]
+        samples: usize,
+        /// The data root already holds the workload.
+        #[arg(long)]
+        skip_ingest: bool,
+        /// Print the report as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -101,8 +128,12 @@ fn main() -> ExitCode {
     if let Some(url) = &cli.nats_url {
         overrides.push(("nats.url", json!(url)));
     }
-    if let Some(prefix) = &cli.prefix {
-        overrides.push(("nats.prefix", json!(prefix)));
+    match (&cli.prefix, &cli.command) {
+        (Some(prefix), _) => overrides.push(("nats.prefix", json!(prefix))),
+        // The benchmark's worker gets a prefix of its own, so a worker
+        // already serving the default prefix does not collide with it.
+        (None, Command::Bench { .. }) => overrides.push(("nats.prefix", json!("tvbench"))),
+        (None, _) => {}
     }
     if let Command::Serve {
         data,
@@ -147,6 +178,29 @@ fn main() -> ExitCode {
         };
     }
 
+    if let Command::Bench {
+        workload,
+        clients,
+        data,
+        pool_size,
+        warm_pool_size,
+        samples,
+        skip_ingest,
+        json,
+    } = cli.command
+    {
+        let options = tenantvec::bench::BenchOptions {
+            workload,
+            clients,
+            data,
+            pool_size,
+            warm_pool_size,
+            samples,
+            skip_ingest,
+        };
+        return bench(&settings, &options, json);
+    }
+
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -175,7 +229,7 @@ fn main() -> ExitCode {
 async fn client_command(command: Command, settings: &Settings) -> Result<Value, ClientError> {
     let client = Client::connect(settings).await?;
     match command {
-        Command::Serve { .. } => unreachable!("handled before"),
+        Command::Serve { .. } | Command::Bench { .. } => unreachable!("handled before"),
         Command::Upsert { tenant, file } => {
             client
                 .upsert_file(&tenant, &file, settings.limits.max_documents)
@@ -239,4 +293,33 @@ async fn client_command(command: Command, settings: &Settings) -> Result<Value, 
 
 fn parse_json(flag: &str, text: &str) -> Result<Value, ClientError> {
     serde_json::from_str(text).map_err(|e| anyhow::anyhow!("{flag} is not valid JSON: {e}").into())
+}
+
+/// The benchmark on a multi-thread runtime, so concurrent clients are not
+/// limited by one thread of the measuring side.
+fn bench(settings: &Settings, options: &tenantvec::bench::BenchOptions, json: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(tenantvec::bench::run(settings, options)) {
+        Ok(report) if json => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            print!("{}", tenantvec::bench::table(&report));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

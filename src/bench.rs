@@ -1,0 +1,567 @@
+//! `tenantvec bench`: the benchmark, end to end over NATS, on the shared
+//! multi-tenant workload (`docs.jsonl`, `queries.jsonl`, `truth.jsonl`).
+//!
+//! Owns the phases (the bare NATS round trip as the floor, ingest by upsert
+//! and by JetStream, Zipf-ordered search with one and with C clients, warm
+//! search), their timing and the report. It runs the worker it measures as a
+//! child process (so the worker's memory is its own) and talks to it only over
+//! NATS, like any client. It must never report a figure it did not measure in
+//! this run.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::client::{Client, DocBatches, DocumentsBody};
+use crate::config::Settings;
+use crate::protocol::{AdminVerb, Verb};
+
+/// What to run and how.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub workload: PathBuf,
+    /// Concurrent clients for the concurrent phases.
+    pub clients: usize,
+    /// Data root of the worker; a fresh temp dir when `None`.
+    pub data: Option<PathBuf>,
+    pub pool_size: usize,
+    pub warm_pool_size: usize,
+    /// Sequential round trips measured for the floor and per warm pass.
+    pub samples: usize,
+    /// Skip the ingest phases (the data root already holds the workload).
+    pub skip_ingest: bool,
+}
+
+#[derive(Deserialize)]
+struct Query {
+    qid: u64,
+    tenant: String,
+    top_k: usize,
+    filter: Option<Value>,
+    vector: Vec<f32>,
+}
+
+/// A query ready to send: its body serialised before any clock starts.
+struct Prepared {
+    qid: u64,
+    tenant: String,
+    filtered: bool,
+    body: Bytes,
+}
+
+/// The worker under test, as a child process; stopped with SIGTERM on drop.
+struct WorkerProcess {
+    child: Child,
+}
+
+impl WorkerProcess {
+    fn start(settings: &Settings, data: &Path, pool_size: usize) -> anyhow::Result<Self> {
+        let child = Command::new(std::env::current_exe()?)
+            .args(["serve", "--prefix", &settings.nats.prefix])
+            .env("NATS_URL", &settings.nats.url)
+            .env("VECTOR_STORE_FOLDER", data)
+            .env("VECTOR_STORE_POOL_SIZE", pool_size.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?;
+        Ok(Self { child })
+    }
+
+    /// (current RSS, peak RSS) in MiB.
+    fn rss_mb(&self) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let kb = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
+    }
+
+    fn stop(mut self) -> anyhow::Result<()> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> anyhow::Result<()> {
+        if self.child.try_wait()?.is_none() {
+            Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status()?;
+            let status = self.child.wait()?;
+            anyhow::ensure!(status.success(), "the worker exited with {status}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.terminate();
+    }
+}
+
+/// Run every phase and return the report.
+pub async fn run(settings: &Settings, opts: &BenchOptions) -> anyhow::Result<Value> {
+    let temp;
+    let data = match &opts.data {
+        Some(d) => d.clone(),
+        None => {
+            temp = tempfile_dir()?;
+            temp.clone()
+        }
+    };
+    let client = Client::connect(settings).await?;
+    let queries = read_queries(&opts.workload.join("queries.jsonl"))?;
+    let truth = read_truth(&opts.workload.join("truth.jsonl"))?;
+    let meta: Value = serde_json::from_str(
+        &std::fs::read_to_string(opts.workload.join("meta.json")).unwrap_or_else(|_| "{}".into()),
+    )?;
+    let mut report = json!({
+        "peer": "tenantvec",
+        "version": env!("CARGO_PKG_VERSION"),
+        "dataset": meta,
+        "machine": machine(),
+        "args": {"clients": opts.clients, "pool_size": opts.pool_size,
+                 "warm_pool_size": opts.warm_pool_size, "data": data},
+    });
+
+    eprintln!("bench: floor (bare NATS round trip)");
+    report["floor"] = floor(&client, &queries, opts).await?;
+
+    let worker = WorkerProcess::start(settings, &data, opts.pool_size)?;
+    wait_ready(&client).await?;
+    if !opts.skip_ingest {
+        eprintln!("bench: ingest by upsert request-reply (creates the tenants)");
+        report["ingest_upsert"] = ingest_upsert(&client, opts).await?;
+        eprintln!("bench: ingest by JetStream (replaces every document)");
+        let started = Instant::now();
+        let mut js = client
+            .ingest_file(None, &opts.workload.join("docs.jsonl"), 1000, true)
+            .await?;
+        js["seconds"] = json!(started.elapsed().as_secs_f64());
+        report["ingest_jetstream"] = js;
+        report["ingest_worker_rss_mb"] = rss_json(&worker);
+    }
+    // A fresh worker, so the pool starts empty as the seed's does.
+    worker.stop()?;
+    let worker = WorkerProcess::start(settings, &data, opts.pool_size)?;
+    wait_ready(&client).await?;
+    eprintln!("bench: Zipf search, pool of {}, 1 client", opts.pool_size);
+    let mut search = search_pass(&client, &queries, &truth, 1, Some(opts.pool_size)).await?;
+    search["pool"] = client.admin(AdminVerb::Stats, &json!({})).await?;
+    search["worker_rss_mb"] = rss_json(&worker);
+    report["search"] = search;
+    eprintln!(
+        "bench: Zipf search, pool of {}, {} clients",
+        opts.pool_size, opts.clients
+    );
+    report["search_concurrent"] =
+        search_pass(&client, &queries, &truth, opts.clients, None).await?;
+    worker.stop()?;
+
+    let worker = WorkerProcess::start(settings, &data, opts.warm_pool_size)?;
+    wait_ready(&client).await?;
+    eprintln!("bench: warm search (every queried tenant active)");
+    let tenants: HashSet<&str> = queries.iter().map(|q| q.tenant.as_str()).collect();
+    let started = Instant::now();
+    for t in &tenants {
+        client.tenant(Verb::Count, t, &json!({})).await?;
+    }
+    let mut warm = search_pass(&client, &queries, &truth, 1, None).await?;
+    warm["preload_seconds"] = json!(started.elapsed().as_secs_f64());
+    warm["preloaded_tenants"] = json!(tenants.len());
+    warm["worker_rss_mb"] = rss_json(&worker);
+    report["warm"] = warm;
+    report["warm_concurrent"] = search_pass(&client, &queries, &truth, opts.clients, None).await?;
+    worker.stop()?;
+    Ok(report)
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("tenantvec-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn rss_json(worker: &WorkerProcess) -> Value {
+    let (now, peak) = worker.rss_mb();
+    json!({"current": now, "peak": peak})
+}
+
+/// Wait until the worker on our prefix answers (a PING could be answered
+/// by a worker on another prefix).
+async fn wait_ready(client: &Client) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = tokio::time::timeout(
+            Duration::from_millis(500),
+            client.admin(AdminVerb::Stats, &json!({})),
+        )
+        .await;
+        if let Ok(Ok(_)) = stats {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the worker never answered PING");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn read_queries(path: &Path) -> anyhow::Result<Vec<Prepared>> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+    std::io::BufReader::new(file)
+        .lines()
+        .map(|line| {
+            let q: Query = serde_json::from_str(&line?)?;
+            let mut body = json!({"vector": q.vector, "top_k": q.top_k});
+            if let Some(f) = &q.filter {
+                body["filter"] = f.clone();
+            }
+            Ok(Prepared {
+                qid: q.qid,
+                tenant: q.tenant,
+                filtered: q.filter.is_some(),
+                body: Bytes::from(serde_json::to_vec(&body)?),
+            })
+        })
+        .collect()
+}
+
+fn read_truth(path: &Path) -> anyhow::Result<HashMap<u64, Vec<String>>> {
+    #[derive(Deserialize)]
+    struct Truth {
+        qid: u64,
+        doc_ids: Vec<String>,
+    }
+    let file = std::fs::File::open(path)
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+    std::io::BufReader::new(file)
+        .lines()
+        .map(|line| {
+            let t: Truth = serde_json::from_str(&line?)?;
+            Ok((t.qid, t.doc_ids))
+        })
+        .collect()
+}
+
+/// p50/p95/p99/mean of latencies, in milliseconds.
+fn percentiles(mut xs: Vec<Duration>) -> Value {
+    if xs.is_empty() {
+        return Value::Null;
+    }
+    xs.sort();
+    let at = |p: f64| {
+        let i = ((xs.len() as f64 - 1.0) * p).round() as usize;
+        xs[i].as_secs_f64() * 1000.0
+    };
+    let mean = xs.iter().map(Duration::as_secs_f64).sum::<f64>() / xs.len() as f64 * 1000.0;
+    json!({"p50": at(0.50), "p95": at(0.95), "p99": at(0.99), "mean": mean, "n": xs.len()})
+}
+
+/// The floor: an echo responder in this process, asked with query-sized
+/// bodies and answering with a search-reply-sized body.
+async fn floor(
+    client: &Client,
+    queries: &[Prepared],
+    opts: &BenchOptions,
+) -> anyhow::Result<Value> {
+    let nats = client.nats().clone();
+    let subject = format!("{}.bench.echo", client.subjects().prefix());
+    let mut sub = nats.subscribe(subject.clone()).await?;
+    let reply_body = Bytes::from(vec![b' '; 1200]);
+    let responder = {
+        let nats = nats.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                if let Some(reply) = msg.reply {
+                    let _ = nats.publish(reply, reply_body.clone()).await;
+                }
+            }
+        })
+    };
+    nats.flush().await?;
+    let mut lat = Vec::with_capacity(opts.samples);
+    for i in 0..opts.samples {
+        let body = queries[i % queries.len()].body.clone();
+        let t0 = Instant::now();
+        nats.request(subject.clone(), body).await?;
+        lat.push(t0.elapsed());
+    }
+    let n = opts.samples * 2;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..opts.clients)
+        .map(|_| {
+            let (nats, subject, next) = (nats.clone(), subject.clone(), next.clone());
+            let bodies: Vec<Bytes> = queries.iter().take(64).map(|q| q.body.clone()).collect();
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        return Ok::<(), anyhow::Error>(());
+                    }
+                    nats.request(subject.clone(), bodies[i % bodies.len()].clone())
+                        .await?;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    let qps = n as f64 / started.elapsed().as_secs_f64();
+    responder.abort();
+    Ok(json!({"latency_ms": percentiles(lat), "qps_concurrent": qps}))
+}
+
+/// Every document of the workload by `upsert` requests, `clients` in flight.
+async fn ingest_upsert(client: &Client, opts: &BenchOptions) -> anyhow::Result<Value> {
+    let file = opts.workload.join("docs.jsonl");
+    let mut batches = DocBatches::open(&file, None, 1000, client.max_batch_bytes())?;
+    let mut in_flight = FuturesUnordered::new();
+    let (mut docs, mut requests) = (0u64, 0u64);
+    let started = Instant::now();
+    while let Some((tenant, batch)) = batches.next_batch()? {
+        let subject = client.subjects().tenant(Verb::Upsert, &tenant);
+        let body = serde_json::to_vec(&DocumentsBody { documents: &batch })?;
+        in_flight.push(async move {
+            client
+                .request_bytes(subject, Bytes::from(body))
+                .await
+                .map(|v| v["upserted"].as_u64().unwrap_or(0))
+        });
+        while in_flight.len() >= opts.clients.max(1) {
+            if let Some(r) = in_flight.next().await {
+                docs += r?;
+                requests += 1;
+            }
+        }
+    }
+    while let Some(r) = in_flight.next().await {
+        docs += r?;
+        requests += 1;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(
+        json!({"docs": docs, "requests": requests, "seconds": seconds,
+              "docs_per_s": docs as f64 / seconds, "in_flight": opts.clients}),
+    )
+}
+
+/// Send every query in workload order with `clients` concurrent clients.
+/// With one client and `pool` given, each query is also classed as warm or
+/// cold by replaying the pool's LRU on the client side.
+async fn search_pass(
+    client: &Client,
+    queries: &[Prepared],
+    truth: &HashMap<u64, Vec<String>>,
+    clients: usize,
+    pool: Option<usize>,
+) -> anyhow::Result<Value> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients.max(1) {
+        let next = next.clone();
+        tasks.push(async move {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(q) = queries.get(i) else {
+                    return Ok::<_, anyhow::Error>(out);
+                };
+                let subject = client.subjects().tenant(Verb::Search, &q.tenant);
+                let t0 = Instant::now();
+                let reply = client.request_bytes(subject, q.body.clone()).await?;
+                out.push((i, t0.elapsed(), reply));
+            }
+        });
+    }
+    let mut results: Vec<(usize, Duration, Value)> = futures::future::try_join_all(tasks)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+    let seconds = started.elapsed().as_secs_f64();
+    results.sort_by_key(|r| r.0);
+
+    let (mut rec_u, mut rec_f, mut leaks) = (Vec::new(), Vec::new(), 0usize);
+    let (mut all, mut warm, mut cold) = (Vec::new(), Vec::new(), Vec::new());
+    let mut lru: VecDeque<&str> = VecDeque::new();
+    for (i, latency, reply) in &results {
+        let q = &queries[*i];
+        let ids: Vec<&str> = reply["results"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|h| h["doc_id"].as_str()).collect())
+            .unwrap_or_default();
+        leaks += ids
+            .iter()
+            .filter(|id| !id.starts_with(&format!("{}-", q.tenant)))
+            .count();
+        let want = truth.get(&q.qid).cloned().unwrap_or_default();
+        let recall = if want.is_empty() {
+            1.0
+        } else {
+            want.iter().filter(|w| ids.contains(&w.as_str())).count() as f64 / want.len() as f64
+        };
+        if q.filtered {
+            rec_f.push(recall)
+        } else {
+            rec_u.push(recall)
+        }
+        all.push(*latency);
+        if let Some(size) = pool {
+            let hit = lru.iter().position(|t| *t == q.tenant);
+            match hit {
+                Some(p) => {
+                    lru.remove(p);
+                    warm.push(*latency);
+                }
+                None => {
+                    if lru.len() >= size {
+                        lru.pop_front();
+                    }
+                    cold.push(*latency);
+                }
+            }
+            lru.push_back(&q.tenant);
+        }
+    }
+    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    let mut out = json!({
+        "clients": clients,
+        "queries": results.len(),
+        "seconds": seconds,
+        "qps": results.len() as f64 / seconds,
+        "latency_ms": percentiles(all),
+        "recall_unfiltered": mean(&rec_u),
+        "recall_filtered": mean(&rec_f),
+        "filtered_queries": rec_f.len(),
+        "isolation_violations": leaks,
+    });
+    if pool.is_some() {
+        out["cold_activations"] = json!(cold.len());
+        out["warm_latency_ms"] = percentiles(warm);
+        out["cold_latency_ms"] = percentiles(cold);
+    }
+    Ok(out)
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1048576.0);
+    json!({
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "memory_gib": mem_gib,
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+    })
+}
+
+/// The human table of a report.
+pub fn table(r: &Value) -> String {
+    let f = |v: &Value| v.as_f64().map_or("-".to_owned(), |x| format!("{x:.2}"));
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<46} {v}\n"));
+    line(
+        "floor: bare NATS round trip p50 ms",
+        f(&r["floor"]["latency_ms"]["p50"]),
+    );
+    line(
+        "floor: echo QPS, concurrent",
+        f(&r["floor"]["qps_concurrent"]),
+    );
+    line(
+        "ingest: upsert docs/s",
+        f(&r["ingest_upsert"]["docs_per_s"]),
+    );
+    line(
+        "ingest: JetStream docs/s (replace)",
+        f(&r["ingest_jetstream"]["committed_docs_per_second"]),
+    );
+    for (name, key) in [
+        ("search (pool, 1 client)", "search"),
+        ("search (pool, C clients)", "search_concurrent"),
+        ("warm search (1 client)", "warm"),
+        ("warm search (C clients)", "warm_concurrent"),
+    ] {
+        let s = &r[key];
+        line(&format!("{name}: QPS"), f(&s["qps"]));
+        line(
+            &format!("{name}: p50 / p95 / p99 ms"),
+            format!(
+                "{} / {} / {}",
+                f(&s["latency_ms"]["p50"]),
+                f(&s["latency_ms"]["p95"]),
+                f(&s["latency_ms"]["p99"])
+            ),
+        );
+        line(
+            &format!("{name}: recall@k unfiltered / filtered"),
+            format!(
+                "{} / {}",
+                f(&s["recall_unfiltered"]),
+                f(&s["recall_filtered"])
+            ),
+        );
+    }
+    line(
+        "search: cold activations",
+        r["search"]["cold_activations"].to_string(),
+    );
+    line(
+        "search: cold p50 / p99 ms",
+        format!(
+            "{} / {}",
+            f(&r["search"]["cold_latency_ms"]["p50"]),
+            f(&r["search"]["cold_latency_ms"]["p99"])
+        ),
+    );
+    line(
+        "search: warm p50 / p99 ms",
+        format!(
+            "{} / {}",
+            f(&r["search"]["warm_latency_ms"]["p50"]),
+            f(&r["search"]["warm_latency_ms"]["p99"])
+        ),
+    );
+    line("search: pool hit rate", f(&r["search"]["pool"]["hit_rate"]));
+    line(
+        "worker RSS MiB after search (pool)",
+        f(&r["search"]["worker_rss_mb"]["current"]),
+    );
+    line(
+        "worker RSS MiB, warm (all queried tenants open)",
+        f(&r["warm"]["worker_rss_mb"]["current"]),
+    );
+    out
+}
