@@ -88,3 +88,63 @@ fn a_symlinked_tenant_folder_is_refused() {
         "wrote through the link"
     );
 }
+
+/// The WAL is compacted on close, and operations keep their order across
+/// reopenings: a later write still replaces an earlier one.
+#[test]
+fn the_wal_stays_small_and_later_writes_still_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = factory(dir.path());
+    let t = TenantId::parse("wal").unwrap();
+    let wal = dir.path().join("wal/vector_store/wal");
+    let closed_segments = |wal: &std::path::Path| {
+        std::fs::read_dir(wal)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("closed-")
+            })
+            .count()
+    };
+    let mut most_before_close = 0;
+    for round in 0..12u32 {
+        let mut s = f.open(&t);
+        // Enough data per round to fill more than one WAL segment.
+        let batch: Vec<Record> = (0..3000)
+            .map(|i| {
+                let mut r = record(&format!("d{i}"), [1.0, round as f32, i as f32, 1.0]);
+                r.text = Some(format!("round {round} {}", "x".repeat(1000)));
+                r
+            })
+            .collect();
+        s.upsert(batch).unwrap();
+        let got = s.get(&["d7".to_owned()], false).unwrap();
+        let text = got[0].text.clone().unwrap_or_default();
+        assert!(
+            text.starts_with(&format!("round {round} ")),
+            "round {round}"
+        );
+        most_before_close = most_before_close.max(closed_segments(&wal));
+        s.close().unwrap();
+        let closed = closed_segments(&wal);
+        assert!(
+            closed <= 1,
+            "round {round}: {closed} closed WAL segments kept"
+        );
+    }
+    assert!(
+        most_before_close >= 2,
+        "the WAL never had anything to compact"
+    );
+    let mut s = f.open(&t);
+    assert_eq!(s.count(None).unwrap(), 3000);
+    let got = s.get(&["d2999".to_owned()], false).unwrap();
+    assert!(got[0]
+        .text
+        .as_deref()
+        .unwrap_or_default()
+        .starts_with("round 11 "));
+}

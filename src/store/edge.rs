@@ -121,15 +121,23 @@ impl EdgeStore {
             if !exists && !create {
                 return Ok(None);
             }
+            let started = std::time::Instant::now();
             std::fs::create_dir_all(&self.dir)
                 .map_err(|e| internal(&self.tenant, "create shard folder", e))?;
             let lock = lock(&self.tenant, &self.dir)?;
             let shard = if exists {
+                compact_wal(&self.dir).map_err(|e| internal(&self.tenant, "compact WAL", e))?;
                 EdgeShard::load(&self.dir, None)
             } else {
                 EdgeShard::new(&self.dir, self.edge_config())
             }
             .map_err(|e| internal(&self.tenant, "open shard", e))?;
+            tracing::debug!(
+                tenant = %self.tenant,
+                created = !exists,
+                ms = started.elapsed().as_secs_f64() * 1000.0,
+                "shard opened"
+            );
             let dimension = shard
                 .config()
                 .vectors
@@ -409,10 +417,56 @@ impl TenantStore for EdgeStore {
     }
 
     fn close(&mut self) -> Result<(), ServiceError> {
-        // Dropping the shard flushes it; the lock is released after it.
-        self.open = None;
+        let Some(open) = self.open.take() else {
+            return Ok(());
+        };
+        let started = std::time::Instant::now();
+        let OpenShard { shard, _lock, .. } = open;
+        // Dropping the shard flushes it; the lock is released after it, once
+        // the WAL is compacted.
+        drop(shard);
+        compact_wal(&self.dir).map_err(|e| internal(&self.tenant, "compact WAL", e))?;
+        drop(_lock);
+        tracing::debug!(
+            tenant = %self.tenant,
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+            "shard closed"
+        );
         Ok(())
     }
+}
+
+/// Delete the WAL segments the engine no longer needs, while the shard is
+/// closed and its lock is held.
+///
+/// Qdrant Edge 0.7.2 writes every operation to its WAL but never acknowledges
+/// (truncates) it and never replays it on load: its segments are the data,
+/// flushed after each of our writes. Left alone, the WAL grows with every
+/// write ever made and each load re-reads and checksums all of it. This does
+/// what the engine's own `ack` would: it removes the closed segments
+/// (`closed-<first index>`) except the newest, which the WAL needs to number
+/// the next operation after the last one (operation numbers version the
+/// points, so they must never go back). Open segments are left as they are.
+fn compact_wal(dir: &Path) -> std::io::Result<()> {
+    let wal = dir.join("wal");
+    let mut closed: Vec<(u64, PathBuf)> = match std::fs::read_dir(&wal) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let start = name.strip_prefix("closed-")?.parse::<u64>().ok()?;
+                Some((start, e.path()))
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    closed.sort();
+    closed.pop(); // the newest closed segment stays
+    for (_, path) in closed {
+        std::fs::remove_file(path)?;
+    }
+    Ok(())
 }
 
 /// Take the shard's exclusive lock, or fail: some other handle (another
