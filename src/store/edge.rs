@@ -478,14 +478,28 @@ fn lock(tenant: &TenantId, dir: &Path) -> Result<File, ServiceError> {
         .write(true)
         .open(dir.join(LOCK_FILE))
         .map_err(|e| internal(tenant, "open lock file", e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(ServiceError::unavailable(format!(
-            "tenant {tenant}: its store is open in another process; retry later"
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(internal(tenant, "lock store", e)),
+    // A lock can be held for a moment by someone who is not using the store:
+    // a process forked by this one keeps a copy of the descriptor until it
+    // execs. So wait a little before calling the store taken.
+    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(ServiceError::unavailable(format!(
+                    "tenant {tenant}: its store is open in another process; retry later"
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(internal(tenant, "lock store", e)),
+        }
     }
 }
+
+/// How long opening a shard waits for its lock before answering `unavailable`.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn edge_id(doc_id: &str) -> PointId {
     PointId::Uuid(EdgeUuid::from_bytes(point_uuid(doc_id).into_bytes()))
