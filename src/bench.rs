@@ -71,7 +71,12 @@ impl WorkerProcess {
             .env("NATS_URL", &settings.nats.url)
             .env("VECTOR_STORE_FOLDER", data)
             .env("VECTOR_STORE_POOL_SIZE", pool_size.to_string())
-            .env("RUST_LOG", "warn")
+            // BENCH_WORKER_LOG sets the worker's log filter, e.g. to time
+            // shard opens with "warn,tenantvec::store=debug".
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_WORKER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .spawn()?;
         Ok(Self { child })

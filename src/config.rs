@@ -26,6 +26,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("VECTOR_STORE_POOL_SIZE", "pool.size"),
     ("VECTOR_STORE_TTL_SECONDS", "pool.ttl"),
     ("TENANTVEC_BACKEND", "store.backend"),
+    ("TENANTVEC_LAYOUT", "store.layout"),
     ("VECTOR_STORE_FOLDER", "store.folder"),
     ("EMBEDDING_DIM", "store.dimension"),
     ("QDRANT_URL", "store.qdrant_url"),
@@ -89,10 +90,21 @@ pub enum Backend {
     Qdrant,
 }
 
+/// Where tenants' points live (see README, "Layouts").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// A store per tenant: a shard (edge) or a collection (qdrant) each.
+    PerTenant,
+    /// One store for all tenants, each point tagged with its tenant.
+    Shared,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSettings {
     pub backend: Backend,
+    pub layout: Layout,
     pub folder: PathBuf,
     pub dimension: usize,
     pub wal_capacity_kb: usize,

@@ -6,14 +6,14 @@ use std::collections::{BTreeSet, HashSet};
 
 use common::{cosine, vector, Harness};
 use serde_json::{json, Value};
+use tenantvec::config::Layout;
 use tenantvec::filter::Filter;
 use tenantvec::protocol::{AdminVerb, ErrorCode, Verb};
 
 const DIM: usize = 8;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_endpoint_happy_path() {
-    let h = Harness::start().await;
+async fn every_endpoint_happy_path(layout: Layout) {
+    let h = Harness::start_with(|s| s.store.layout = layout).await;
     let docs = json!({"documents": [
         {"doc_id": "run", "text": "morning run in the park", "metadata": {"category": "sport"}},
         {"doc_id": "salad", "text": "green salad with lemon", "metadata": {"category": "food"}},
@@ -143,9 +143,8 @@ async fn every_endpoint_happy_path() {
     h.stop_worker().expect("worker stops cleanly");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upserting_a_doc_id_again_replaces_it() {
-    let h = Harness::start().await;
+async fn upserting_a_doc_id_again_replaces_it(layout: Layout) {
+    let h = Harness::start_with(|s| s.store.layout = layout).await;
     let v1 = vector(1, DIM);
     let v2 = vector(2, DIM);
     h.ok(
@@ -338,9 +337,8 @@ fn metadata(i: u64) -> Value {
     m
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn filters_agree_with_brute_force() {
-    let h = Harness::start().await;
+async fn filters_agree_with_brute_force(layout: Layout) {
+    let h = Harness::start_with(|s| s.store.layout = layout).await;
     let n = 300u64;
     let docs: Vec<Value> = (0..n)
         .map(|i| json!({"doc_id": format!("d{i}"), "vector": vector(i, DIM), "metadata": metadata(i)}))
@@ -432,9 +430,8 @@ async fn filters_agree_with_brute_force() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drop_removes_the_tenant_folder_and_reads_create_nothing() {
-    let h = Harness::start().await;
+async fn drop_removes_the_tenant_folder_and_reads_create_nothing(layout: Layout) {
+    let h = Harness::start_with(|s| s.store.layout = layout).await;
     // Reads of a tenant with no data answer from nothing and create nothing.
     assert_eq!(
         h.ok(Verb::Count, "frank", json!({})).await,
@@ -459,10 +456,27 @@ async fn drop_removes_the_tenant_folder_and_reads_create_nothing() {
         json!({"documents": [{"doc_id": "a", "text": "hello world"}]}),
     )
     .await;
-    assert!(h.tenant_dir("frank").join("vector_store").is_dir());
+    match layout {
+        Layout::PerTenant => assert!(h.tenant_dir("frank").join("vector_store").is_dir()),
+        Layout::Shared => assert!(
+            !h.tenant_dir("frank").exists(),
+            "shared layout made a folder"
+        ),
+    }
+    // A neighbour that must survive the drop.
+    h.ok(
+        Verb::Upsert,
+        "grace",
+        json!({"documents": [{"doc_id": "a", "text": "hello world"}]}),
+    )
+    .await;
     assert_eq!(
         h.ok(Verb::Drop, "frank", json!({})).await,
         json!({"dropped": true})
+    );
+    assert_eq!(
+        h.ok(Verb::Count, "grace", json!({})).await,
+        json!({"count": 1})
     );
     assert!(!h.tenant_dir("frank").exists(), "drop left the folder");
     assert_eq!(
@@ -486,9 +500,8 @@ async fn drop_removes_the_tenant_folder_and_reads_create_nothing() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tenants_never_see_each_other() {
-    let h = Harness::start().await;
+async fn tenants_never_see_each_other(layout: Layout) {
+    let h = Harness::start_with(|s| s.store.layout = layout).await;
     for (tenant, base) in [("ann", 0u64), ("ben", 1000)] {
         let docs: Vec<Value> = (0..20)
             .map(|i| {
@@ -520,3 +533,11 @@ async fn tenants_never_see_each_other() {
     assert_eq!(h.ok(Verb::Count, "ann", json!({})).await["count"], 19);
     assert_eq!(h.ok(Verb::Count, "ben", json!({})).await["count"], 20);
 }
+
+both_layouts!(
+    every_endpoint_happy_path,
+    upserting_a_doc_id_again_replaces_it,
+    filters_agree_with_brute_force,
+    drop_removes_the_tenant_folder_and_reads_create_nothing,
+    tenants_never_see_each_other,
+);

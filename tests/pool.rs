@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use common::{vector, Harness};
 use proptest::prelude::*;
 use serde_json::{json, Value};
+use tenantvec::config::Layout;
 use tenantvec::protocol::{AdminVerb, Verb};
 
 const DIM: usize = 8;
@@ -18,9 +19,12 @@ fn doc(tenant: &str, id: u64, seed: u64) -> Value {
            "metadata": {"owner": tenant, "seed": seed}})
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn eviction_under_load_loses_nothing() {
-    let h = Harness::start_with(|s| s.pool.size = 2).await;
+async fn eviction_under_load_loses_nothing(layout: Layout) {
+    let h = Harness::start_with(|s| {
+        s.pool.size = 2;
+        s.store.layout = layout;
+    })
+    .await;
     let tenants: Vec<String> = (0..8).map(|i| format!("t{i}")).collect();
     let rounds = 12u64;
     let tasks = tenants.iter().map(|t| {
@@ -172,9 +176,12 @@ fn op() -> impl Strategy<Value = Op> {
 
 /// Random interleavings of writes to four tenants through a pool of two:
 /// each tenant sees exactly its own documents, never another's.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn isolation_holds_under_random_interleavings() {
-    let h = Harness::start_with(|s| s.pool.size = 2).await;
+async fn isolation_holds_under_random_interleavings(layout: Layout) {
+    let h = Harness::start_with(|s| {
+        s.pool.size = 2;
+        s.store.layout = layout;
+    })
+    .await;
     let handle = tokio::runtime::Handle::current();
     let case = std::sync::atomic::AtomicU32::new(0);
     let config = ProptestConfig {
@@ -259,3 +266,8 @@ async fn check(h: &Harness, tenant: &str, model: &BTreeMap<u64, u64>) {
     let want: HashSet<(String, u64)> = model.iter().map(|(d, s)| (format!("d{d}"), *s)).collect();
     assert_eq!(hits, want, "{tenant}");
 }
+
+both_layouts!(
+    eviction_under_load_loses_nothing,
+    isolation_holds_under_random_interleavings,
+);

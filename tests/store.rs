@@ -148,3 +148,39 @@ fn the_wal_stays_small_and_later_writes_still_win() {
         .unwrap_or_default()
         .starts_with("round 11 "));
 }
+
+#[test]
+fn the_shared_store_is_one_worker_s_and_scopes_every_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Settings::defaults();
+    s.store.folder = dir.path().to_owned();
+    s.store.dimension = 4;
+    s.store.layout = tenantvec::config::Layout::Shared;
+    let f = EdgeFactory::new(&s).unwrap();
+    // A second worker on the same folder cannot open the shared shard.
+    let err = EdgeFactory::new(&s)
+        .err()
+        .expect("the shared shard is locked");
+    assert!(err.to_string().contains("another process"), "{err}");
+
+    let (a, b) = (TenantId::parse("a").unwrap(), TenantId::parse("b").unwrap());
+    let (mut sa, mut sb) = (f.open(&a), f.open(&b));
+    sa.upsert(vec![record("same", [1.0, 0.0, 0.0, 0.0])])
+        .unwrap();
+    sb.upsert(vec![
+        record("same", [0.0, 1.0, 0.0, 0.0]),
+        record("other", [0.0, 0.0, 1.0, 0.0]),
+    ])
+    .unwrap();
+    assert_eq!(sa.count(None).unwrap(), 1);
+    assert_eq!(sb.count(None).unwrap(), 2);
+    let got = sa.get(&["same".into(), "other".into()], true).unwrap();
+    assert_eq!(got.len(), 1, "a sees only its own document");
+    assert_eq!(
+        got[0].vector.as_deref(),
+        Some([1.0, 0.0, 0.0, 0.0].as_slice())
+    );
+    sb.drop_tenant().unwrap();
+    assert_eq!(sb.count(None).unwrap(), 0);
+    assert_eq!(sa.count(None).unwrap(), 1, "dropping b left a alone");
+}

@@ -9,6 +9,7 @@
 //! pool.
 
 pub mod edge;
+pub mod shard;
 
 use std::sync::Arc;
 

@@ -264,3 +264,21 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
 pub fn tenantvec_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tenantvec"))
 }
+
+/// Declare `#[tokio::test]`s `<name>::per_tenant` and `<name>::shared` that
+/// run `async fn <name>(layout: Layout)` under each layout of the edge store.
+#[macro_export]
+macro_rules! both_layouts {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn per_tenant() {
+                super::$name(tenantvec::config::Layout::PerTenant).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn shared() {
+                super::$name(tenantvec::config::Layout::Shared).await
+            }
+        }
+    )*};
+}
