@@ -40,6 +40,8 @@ pub struct BenchOptions {
     pub samples: usize,
     /// Skip the ingest phases (the data root already holds the workload).
     pub skip_ingest: bool,
+    /// The store layout of the worker under test.
+    pub layout: crate::config::Layout,
 }
 
 #[derive(Deserialize)]
@@ -65,12 +67,22 @@ struct WorkerProcess {
 }
 
 impl WorkerProcess {
-    fn start(settings: &Settings, data: &Path, pool_size: usize) -> anyhow::Result<Self> {
+    fn start(
+        settings: &Settings,
+        opts: &BenchOptions,
+        data: &Path,
+        pool_size: usize,
+    ) -> anyhow::Result<Self> {
+        let layout = match opts.layout {
+            crate::config::Layout::PerTenant => "per_tenant",
+            crate::config::Layout::Shared => "shared",
+        };
         let child = Command::new(std::env::current_exe()?)
             .args(["serve", "--prefix", &settings.nats.prefix])
             .env("NATS_URL", &settings.nats.url)
             .env("VECTOR_STORE_FOLDER", data)
             .env("VECTOR_STORE_POOL_SIZE", pool_size.to_string())
+            .env("TENANTVEC_LAYOUT", layout)
             // BENCH_WORKER_LOG sets the worker's log filter, e.g. to time
             // shard opens with "warn,tenantvec::store=debug".
             .env(
@@ -82,8 +94,10 @@ impl WorkerProcess {
         Ok(Self { child })
     }
 
-    /// (current RSS, peak RSS) in MiB.
-    fn rss_mb(&self) -> (f64, f64) {
+    /// Memory of the worker in MiB: RSS now and at peak, and what RSS is
+    /// made of now: anonymous (heap) and file-backed (mmapped shards, which
+    /// the kernel can drop and read again).
+    fn rss_mb(&self) -> Value {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
         let kb = |name: &str| {
@@ -94,7 +108,12 @@ impl WorkerProcess {
                 .and_then(|v| v.parse::<f64>().ok())
                 .unwrap_or(0.0)
         };
-        (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
+        json!({
+            "current": kb("VmRSS:") / 1024.0,
+            "peak": kb("VmHWM:") / 1024.0,
+            "anon": kb("RssAnon:") / 1024.0,
+            "file": kb("RssFile:") / 1024.0,
+        })
     }
 
     fn stop(mut self) -> anyhow::Result<()> {
@@ -140,14 +159,14 @@ pub async fn run(settings: &Settings, opts: &BenchOptions) -> anyhow::Result<Val
         "version": env!("CARGO_PKG_VERSION"),
         "dataset": meta,
         "machine": machine(),
-        "args": {"clients": opts.clients, "pool_size": opts.pool_size,
+        "args": {"clients": opts.clients, "pool_size": opts.pool_size, "layout": opts.layout,
                  "warm_pool_size": opts.warm_pool_size, "data": data},
     });
 
     eprintln!("bench: floor (bare NATS round trip)");
     report["floor"] = floor(&client, &queries, opts).await?;
 
-    let worker = WorkerProcess::start(settings, &data, opts.pool_size)?;
+    let worker = WorkerProcess::start(settings, opts, &data, opts.pool_size)?;
     wait_ready(&client).await?;
     if !opts.skip_ingest {
         eprintln!("bench: ingest by upsert request-reply (creates the tenants)");
@@ -163,7 +182,7 @@ pub async fn run(settings: &Settings, opts: &BenchOptions) -> anyhow::Result<Val
     }
     // A fresh worker, so the pool starts empty as the seed's does.
     worker.stop()?;
-    let worker = WorkerProcess::start(settings, &data, opts.pool_size)?;
+    let worker = WorkerProcess::start(settings, opts, &data, opts.pool_size)?;
     wait_ready(&client).await?;
     eprintln!("bench: Zipf search, pool of {}, 1 client", opts.pool_size);
     let mut search = search_pass(&client, &queries, &truth, 1, Some(opts.pool_size)).await?;
@@ -178,7 +197,7 @@ pub async fn run(settings: &Settings, opts: &BenchOptions) -> anyhow::Result<Val
         search_pass(&client, &queries, &truth, opts.clients, None).await?;
     worker.stop()?;
 
-    let worker = WorkerProcess::start(settings, &data, opts.warm_pool_size)?;
+    let worker = WorkerProcess::start(settings, opts, &data, opts.warm_pool_size)?;
     wait_ready(&client).await?;
     eprintln!("bench: warm search (every queried tenant active)");
     let tenants: HashSet<&str> = queries.iter().map(|q| q.tenant.as_str()).collect();
@@ -203,8 +222,7 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 }
 
 fn rss_json(worker: &WorkerProcess) -> Value {
-    let (now, peak) = worker.rss_mb();
-    json!({"current": now, "peak": peak})
+    worker.rss_mb()
 }
 
 /// Wait until the worker on our prefix answers (a PING could be answered

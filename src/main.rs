@@ -116,6 +116,9 @@ enum Command {
         /// The data root already holds the workload.
         #[arg(long)]
         skip_ingest: bool,
+        /// Store layout of the worker under test: per_tenant or shared.
+        #[arg(long, default_value = "per_tenant", value_parser = parse_layout)]
+        layout: tenantvec::config::Layout,
         /// Print the report as JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -186,6 +189,7 @@ fn main() -> ExitCode {
         warm_pool_size,
         samples,
         skip_ingest,
+        layout,
         json,
     } = cli.command
     {
@@ -197,6 +201,7 @@ fn main() -> ExitCode {
             warm_pool_size,
             samples,
             skip_ingest,
+            layout,
         };
         return bench(&settings, &options, json);
     }
@@ -322,4 +327,8 @@ fn bench(settings: &Settings, options: &tenantvec::bench::BenchOptions, json: bo
             ExitCode::FAILURE
         }
     }
+}
+
+fn parse_layout(s: &str) -> Result<tenantvec::config::Layout, String> {
+    serde_json::from_value(json!(s)).map_err(|_| format!("{s:?} is not per_tenant or shared"))
 }

@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Side-by-side table of the seed peer's and tenantvec's benchmark reports
+(the JSON that seed_faiss/bench.py and `tenantvec bench --json` print).
+
+    bench_report.py SEED.json TENANTVEC-per_tenant.json TENANTVEC-shared.json
+"""
+import datetime
+import json
+import sys
+
+
+def get(d, *path):
+    for p in path:
+        if not isinstance(d, dict) or d.get(p) is None:
+            return None
+        d = d[p]
+    return d
+
+
+def fmt(x, digits=1):
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:,.{digits}f}"
+    return f"{x:,}"
+
+
+def ratio(a, b, higher_is_better=True):
+    if not a or not b:
+        return "-"
+    return f"{(a / b if higher_is_better else b / a):.2f}x"
+
+
+def main():
+    seed, per, shared = (json.load(open(p)) for p in sys.argv[1:4])
+    # (label, seed value, tenantvec path, higher is better, digits)
+    rows = [
+        ("ingest docs/s (seed: in-process store only; tenantvec: upsert over NATS, JSON included)",
+         get(seed, "ingest", "docs_per_s"), ("ingest_upsert", "docs_per_s"), True, 0),
+        ("ingest docs/s, seed incl. JSON parsing / tenantvec JetStream (replace)",
+         get(seed, "ingest", "docs_per_s_incl_json_parse"),
+         ("ingest_jetstream", "committed_docs_per_second"), True, 0),
+        ("Zipf search, pool 10, 1 client: QPS", get(seed, "search", "qps"), ("search", "qps"), True, 0),
+        ("  p50 ms", get(seed, "search", "latency_ms", "p50"), ("search", "latency_ms", "p50"), False, 2),
+        ("  p99 ms", get(seed, "search", "latency_ms", "p99"), ("search", "latency_ms", "p99"), False, 2),
+        ("  cold (pool miss) p50 ms", get(seed, "search", "miss_latency_ms", "p50"),
+         ("search", "cold_latency_ms", "p50"), False, 2),
+        ("  cold (pool miss) p99 ms", get(seed, "search", "miss_latency_ms", "p99"),
+         ("search", "cold_latency_ms", "p99"), False, 2),
+        ("  warm (pool hit) p50 ms", get(seed, "search", "hit_latency_ms", "p50"),
+         ("search", "warm_latency_ms", "p50"), False, 3),
+        ("  pool hit rate", get(seed, "search", "pool", "hit_rate"), ("search", "pool", "hit_rate"), True, 3),
+        ("Zipf search, pool 10, 8 clients: QPS", None, ("search_concurrent", "qps"), True, 0),
+        ("  p99 ms", None, ("search_concurrent", "latency_ms", "p99"), False, 2),
+        ("warm search, 1 client: QPS", get(seed, "warm", "qps"), ("warm", "qps"), True, 0),
+        ("  p50 ms", get(seed, "warm", "latency_ms", "p50"), ("warm", "latency_ms", "p50"), False, 3),
+        ("warm search, 8 clients: QPS", None, ("warm_concurrent", "qps"), True, 0),
+        ("recall@5 unfiltered", get(seed, "search", "recall_unfiltered"), ("search", "recall_unfiltered"), True, 3),
+        ("recall@5 filtered", get(seed, "search", "recall_filtered"), ("search", "recall_filtered"), True, 3),
+        ("memory MB after Zipf search, pool 10 (seed: process RSS; tenantvec: worker RSS)",
+         get(seed, "search", "rss_end_mb"), ("search", "worker_rss_mb", "current"), False, 1),
+        ("  of which anonymous (heap) MB", None, ("search", "worker_rss_mb", "anon"), False, 1),
+        ("memory MB, every queried tenant open",
+         get(seed, "warm", "rss_after_preload_mb"), ("warm", "worker_rss_mb", "current"), False, 1),
+        ("  of which anonymous (heap) MB", None, ("warm", "worker_rss_mb", "anon"), False, 1),
+    ]
+    machine = per.get("machine", {})
+    ds = per.get("dataset", {})
+    out = []
+    out.append("# Benchmark results\n")
+    out.append(f"Written by `scripts/bench` on {datetime.date.today().isoformat()}. Machine: "
+               f"{machine.get('cores')} cores of {machine.get('cpu') or 'an unnamed CPU'}, "
+               f"{fmt(machine.get('memory_gib'))} GiB, Linux {machine.get('kernel')}. "
+               f"Workload: {ds.get('tenants')} tenants x {ds.get('docs_per_tenant')} docs, "
+               f"{ds.get('dim')} dims, {ds.get('queries')} queries (Zipf {ds.get('zipf')}, "
+               f"{ds.get('filtered_queries')} filtered), top_k {ds.get('top_k')}.\n")
+    out.append("The seed peer runs in-process (no network); tenantvec is measured end to end "
+               "over NATS on loopback, the worker a separate process. Ratios are tenantvec "
+               "against the seed, > 1 is better for tenantvec. Bare NATS round trip in this run "
+               f"(the floor of any request): p50 {fmt(get(per, 'floor', 'latency_ms', 'p50'), 3)} ms, "
+               f"{fmt(get(per, 'floor', 'qps_concurrent'), 0)} echo requests/s with 8 clients.\n")
+    out.append("| measure | seed (FAISS, in-process) | tenantvec per_tenant | ratio | tenantvec shared | ratio |")
+    out.append("| --- | --- | --- | --- | --- | --- |")
+    for label, s, path, hib, digits in rows:
+        p, sh = get(per, *path), get(shared, *path)
+        out.append(f"| {label} | {fmt(s, digits)} | {fmt(p, digits)} | {ratio(p, s, hib)} | "
+                   f"{fmt(sh, digits)} | {ratio(sh, s, hib)} |")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
