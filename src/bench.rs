@@ -140,12 +140,14 @@ impl Drop for WorkerProcess {
 
 /// Run every phase and return the report.
 pub async fn run(settings: &Settings, opts: &BenchOptions) -> anyhow::Result<Value> {
-    let temp;
+    let mut _temp = None;
     let data = match &opts.data {
         Some(d) => d.clone(),
         None => {
-            temp = tempfile_dir()?;
-            temp.clone()
+            let temp = TempData::create()?;
+            let path = temp.0.clone();
+            _temp = Some(temp);
+            path
         }
     };
     let client = Client::connect(settings).await?;
@@ -215,10 +217,22 @@ pub async fn run(settings: &Settings, opts: &BenchOptions) -> anyhow::Result<Val
     Ok(report)
 }
 
-fn tempfile_dir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("tenantvec-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+/// A data root made for one run; removed (with the shards the run wrote,
+/// often gigabytes) when the run ends, also when it fails.
+struct TempData(PathBuf);
+
+impl TempData {
+    fn create() -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("tenantvec-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for TempData {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn rss_json(worker: &WorkerProcess) -> Value {
