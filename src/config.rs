@@ -22,6 +22,15 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 pub const ENV_VARS: &[(&str, &str)] = &[
     ("NATS_URL", "nats.url"),
     ("TENANTVEC_PREFIX", "nats.prefix"),
+    ("NATS_USER", "nats.user"),
+    ("NATS_PASSWORD", "nats.password"),
+    ("NATS_TOKEN", "nats.token"),
+    ("NATS_NKEY_SEED", "nats.nkey_seed"),
+    ("NATS_CREDS", "nats.credentials_file"),
+    ("NATS_TLS_CA", "nats.tls_ca_file"),
+    ("NATS_TLS_CERT", "nats.tls_cert_file"),
+    ("NATS_TLS_KEY", "nats.tls_key_file"),
+    ("NATS_INBOX_PREFIX", "nats.inbox_prefix"),
     ("TENANTVEC_REQUEST_TIMEOUT", "nats.request_timeout"),
     ("VECTOR_STORE_POOL_SIZE", "pool.size"),
     ("VECTOR_STORE_TTL_SECONDS", "pool.ttl"),
@@ -57,6 +66,25 @@ pub struct NatsSettings {
     pub url: String,
     pub prefix: String,
     pub connection_name: String,
+    /// User and password authentication (both set, or neither).
+    pub user: String,
+    pub password: Secret,
+    /// Token authentication.
+    pub token: Secret,
+    /// NKey authentication: the user's seed (`SU…`).
+    pub nkey_seed: Secret,
+    /// JWT authentication: a `.creds` file.
+    pub credentials_file: PathBuf,
+    /// CA certificate(s) to trust for TLS (PEM); setting it turns TLS on.
+    pub tls_ca_file: PathBuf,
+    /// Client certificate and key for mutual TLS (PEM).
+    pub tls_cert_file: PathBuf,
+    pub tls_key_file: PathBuf,
+    /// Refuse to connect without TLS (also implied by a `tls://` URL).
+    pub tls_required: bool,
+    /// Subject prefix of this connection's reply inboxes; a per-user prefix
+    /// lets the server keep each client to its own replies.
+    pub inbox_prefix: String,
     #[serde(with = "duration")]
     pub request_timeout: Duration,
     #[serde(with = "duration")]
@@ -71,6 +99,25 @@ pub struct PoolSettings {
     pub ttl: Duration,
     #[serde(with = "duration")]
     pub sweep_interval: Duration,
+}
+
+impl NatsSettings {
+    /// The URL(s) without any `user:password@` part, for logs and errors.
+    pub fn display_url(&self) -> String {
+        self.url
+            .split(',')
+            .map(|u| {
+                let u = u.trim();
+                match (u.find("://"), u.rfind('@')) {
+                    (Some(scheme), Some(at)) if at > scheme => {
+                        format!("{}<redacted>@{}", &u[..scheme + 3], &u[at + 1..])
+                    }
+                    _ => u.to_owned(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 impl PoolSettings {
@@ -242,6 +289,43 @@ impl Settings {
     }
 }
 
+/// A secret setting (password, token, seed). Its `Debug` and `Serialize`
+/// say only whether it is set, so it never reaches a log line, an error
+/// message or a reply; [`Secret::expose`] is the one way to read it.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_set(&self) -> bool {
+        !self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.is_set() {
+            "\"<redacted>\""
+        } else {
+            "\"\""
+        })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.is_set() { "<redacted>" } else { "" })
+    }
+}
+
 /// Durations as whole seconds (`3600`, the seed's `VECTOR_STORE_TTL_SECONDS`)
 /// or humantime strings (`"1h 30m"`); written back as humantime.
 ///
@@ -327,6 +411,24 @@ mod tests {
         let numeric_text: D = serde_json::from_str(r#"{"d": "42"}"#).unwrap();
         assert_eq!(numeric_text.d, Duration::from_secs(42));
         assert!(serde_json::from_str::<D>(r#"{"d": "soon"}"#).is_err());
+    }
+
+    #[test]
+    fn secrets_never_show() {
+        let mut s = Settings::defaults();
+        s.nats.password = Secret::new("hunter2");
+        s.nats.token = Secret::new("t0ken");
+        let shown = format!("{s:?} {}", serde_json::to_string(&s).unwrap());
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("t0ken"),
+            "{shown}"
+        );
+        assert_eq!(s.nats.password.expose(), "hunter2");
+        s.nats.url = "nats://u:pw@host:4222, tls://other:4443".into();
+        assert_eq!(
+            s.nats.display_url(),
+            "nats://<redacted>@host:4222,tls://other:4443"
+        );
     }
 
     #[test]

@@ -73,7 +73,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         )
     });
     tracing::info!(
-        url = %settings.nats.url,
+        url = %settings.nats.display_url(),
         prefix = %settings.nats.prefix,
         backend = factory.backend(),
         data = %settings.store.folder.display(),
