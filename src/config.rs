@@ -43,6 +43,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("EMBEDDING_MODEL", "embedding.model"),
     ("DEFAULT_TOP_K", "search.default_top_k"),
     ("TENANTVEC_MAX_IN_FLIGHT", "limits.max_in_flight"),
+    ("TENANTVEC_MAX_DOCUMENTS", "tenants.max_documents"),
+    ("TENANTVEC_MAX_RPS", "tenants.max_rps"),
     ("RUST_LOG", "log.filter"),
 ];
 
@@ -55,6 +57,7 @@ pub struct Settings {
     pub embedding: EmbeddingSettings,
     pub search: SearchSettings,
     pub limits: Limits,
+    pub tenants: crate::policy::TenantDefaults,
     pub ingest: IngestSettings,
     pub worker: WorkerSettings,
     pub log: LogSettings,
@@ -183,6 +186,8 @@ pub struct Limits {
     pub max_doc_id_bytes: usize,
     pub max_text_bytes: usize,
     pub max_ids: usize,
+    pub max_metadata_bytes: usize,
+    pub max_metadata_depth: usize,
     pub max_in_flight: usize,
 }
 

@@ -21,6 +21,7 @@
 //!   [`store::edge`] keeps each tenant in its own Qdrant Edge shard under
 //!   `<data>/<tenant>/vector_store/`.
 //! * [`embed`]: text to vector for documents and queries sent without one.
+//! * [`policy`]: a tenant's default `top_k`, document quota and request rate.
 //! * [`protocol`], [`filter`], [`tenant`]: the wire contract, metadata
 //!   filters, and the tenant id rule with the tenant's paths.
 //! * [`config`]: the layered settings; [`shutdown`]: signals to a
@@ -38,6 +39,7 @@ pub mod client;
 pub mod config;
 pub mod embed;
 pub mod filter;
+pub mod policy;
 pub mod pool;
 pub mod protocol;
 pub mod shutdown;

@@ -15,11 +15,9 @@ use actix::prelude::*;
 use futures::future::join_all;
 use tokio::sync::oneshot;
 
-use crate::embed::Embedder;
 use crate::protocol::{PoolStats, ServiceError};
-use crate::store::StoreFactory;
 use crate::tenant::TenantId;
-use crate::tenant_actor::{Close, Closed, Command, Envelope, TenantActor};
+use crate::tenant_actor::{Close, Closed, Command, Envelope, TenantActor, TenantSetup};
 
 /// Forward a request to its tenant's actor, starting one if needed.
 #[derive(Message)]
@@ -86,8 +84,7 @@ pub struct Supervisor {
     closing: HashMap<TenantId, Closing>,
     ttl: Duration,
     sweep_every: Duration,
-    factory: Arc<dyn StoreFactory>,
-    embedder: Arc<dyn Embedder>,
+    setup: Arc<TenantSetup>,
     counters: Counters,
     next_generation: u64,
     shutting_down: bool,
@@ -98,16 +95,14 @@ impl Supervisor {
         pool_size: usize,
         ttl: Duration,
         sweep_every: Duration,
-        factory: Arc<dyn StoreFactory>,
-        embedder: Arc<dyn Embedder>,
+        setup: Arc<TenantSetup>,
     ) -> Self {
         Self {
             pool: crate::pool::Pool::new(pool_size),
             closing: HashMap::new(),
             ttl,
             sweep_every,
-            factory,
-            embedder,
+            setup,
             counters: Counters::default(),
             next_generation: 0,
             shutting_down: false,
@@ -153,8 +148,7 @@ impl Supervisor {
         let addr = TenantActor::new(
             tenant.clone(),
             generation,
-            self.factory.clone(),
-            self.embedder.clone(),
+            self.setup.clone(),
             ctx.address().recipient(),
         )
         .start();
@@ -223,7 +217,7 @@ impl Supervisor {
                 self.counters.hits as f64 / total as f64
             },
             closing: self.closing.len(),
-            backend: self.factory.backend().to_owned(),
+            backend: self.setup.factory.backend().to_owned(),
             ingest: None,
         }
     }

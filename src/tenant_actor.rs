@@ -14,11 +14,14 @@ use std::sync::Arc;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+use std::time::Instant;
+
 use crate::embed::Embedder;
 use crate::filter::Filter;
+use crate::policy::{RateLimiter, TenantDefaults, TenantPolicy};
 use crate::protocol::{Doc, Reply, ServiceError};
 use crate::store::{Record, SearchQuery, Selector, StoreFactory, TenantStore};
-use crate::tenant::TenantId;
+use crate::tenant::{TenantId, TenantPaths};
 
 /// Most documents applied in one group commit.
 const MAX_GROUP_DOCS: usize = 8192;
@@ -55,7 +58,8 @@ pub enum QueryInput {
 #[derive(Debug)]
 pub struct SearchCommand {
     pub input: QueryInput,
-    pub top_k: usize,
+    /// `None`: the tenant's default, else the worker's.
+    pub top_k: Option<usize>,
     pub filter: Option<Filter>,
     pub with_vectors: bool,
 }
@@ -89,12 +93,26 @@ enum Job {
     Close,
 }
 
+/// What every tenant actor of a worker is started with.
+pub struct TenantSetup {
+    pub factory: Arc<dyn StoreFactory>,
+    pub embedder: Arc<dyn Embedder>,
+    /// Where tenant policy files live.
+    pub paths: TenantPaths,
+    pub defaults: TenantDefaults,
+    pub default_top_k: usize,
+    pub max_top_k: usize,
+}
+
 pub struct TenantActor {
     tenant: TenantId,
     generation: u64,
-    factory: Arc<dyn StoreFactory>,
-    embedder: Arc<dyn Embedder>,
+    setup: Arc<TenantSetup>,
     supervisor: Recipient<Closed>,
+    /// The tenant's policy, read when the actor starts; an unreadable policy
+    /// file fails every request (fail closed).
+    policy: Result<TenantPolicy, ServiceError>,
+    limiter: Option<RateLimiter>,
     /// `None` only while a job has it on the blocking pool.
     store: Option<Box<dyn TenantStore>>,
     queue: VecDeque<Job>,
@@ -108,17 +126,28 @@ impl TenantActor {
     pub fn new(
         tenant: TenantId,
         generation: u64,
-        factory: Arc<dyn StoreFactory>,
-        embedder: Arc<dyn Embedder>,
+        setup: Arc<TenantSetup>,
         supervisor: Recipient<Closed>,
     ) -> Self {
-        let store = factory.open(&tenant);
+        let store = setup.factory.open(&tenant);
+        // A small file, read once per activation: not worth a trip to the
+        // blocking pool before the actor can take its first request.
+        let policy = TenantPolicy::load(&setup.paths, &tenant, &setup.defaults, setup.max_top_k);
+        if let Err(e) = &policy {
+            tracing::error!(%tenant, error = %e, "tenant policy unreadable; refusing its requests");
+        }
+        let limiter = policy
+            .as_ref()
+            .ok()
+            .and_then(|p| p.max_rps)
+            .map(|rate| RateLimiter::new(rate, Instant::now()));
         Self {
             tenant,
             generation,
-            factory,
-            embedder,
+            setup,
             supervisor,
+            policy,
+            limiter,
             store: Some(store),
             queue: VecDeque::new(),
             busy: false,
@@ -132,7 +161,7 @@ impl TenantActor {
         // a fresh handle reopens the data on its next job.
         self.store
             .take()
-            .unwrap_or_else(|| self.factory.open(&self.tenant))
+            .unwrap_or_else(|| self.setup.factory.open(&self.tenant))
     }
 
     /// Start the next job if none is running.
@@ -177,11 +206,20 @@ impl TenantActor {
     fn run(&mut self, ctx: &mut Context<Self>, work: Work) {
         self.busy = true;
         let mut store = self.take_store();
-        let embedder = self.embedder.clone();
+        let setup = self.setup.clone();
         let tenant = self.tenant.clone();
+        let limits = JobLimits {
+            top_k: self
+                .policy
+                .as_ref()
+                .ok()
+                .and_then(|p| p.top_k)
+                .unwrap_or(setup.default_top_k),
+            max_documents: self.policy.as_ref().ok().and_then(|p| p.max_documents),
+        };
         let job = tokio::task::spawn_blocking(move || {
             let close = matches!(work, Work::Close);
-            work.apply(&tenant, store.as_mut(), embedder.as_ref());
+            work.apply(&tenant, store.as_mut(), setup.embedder.as_ref(), &limits);
             (store, close)
         });
         ctx.spawn(job.into_actor(self).map(|outcome, act, ctx| {
@@ -214,6 +252,14 @@ fn upsert_len(env: &Envelope) -> usize {
     }
 }
 
+/// The tenant's limits a job applies.
+struct JobLimits {
+    /// `top_k` of a search that gives none.
+    top_k: usize,
+    /// The document quota.
+    max_documents: Option<u64>,
+}
+
 /// What one job does on the blocking pool.
 enum Work {
     Batch(Vec<Envelope>),
@@ -222,14 +268,20 @@ enum Work {
 }
 
 impl Work {
-    fn apply(self, tenant: &TenantId, store: &mut dyn TenantStore, embedder: &dyn Embedder) {
+    fn apply(
+        self,
+        tenant: &TenantId,
+        store: &mut dyn TenantStore,
+        embedder: &dyn Embedder,
+        limits: &JobLimits,
+    ) {
         match self {
             Work::Batch(batch) if batch[0].command.is_upsert() => {
-                apply_upserts(store, embedder, batch)
+                apply_upserts(tenant, store, embedder, batch, limits.max_documents)
             }
             Work::Batch(batch) => {
                 for env in batch {
-                    let result = apply_one(store, embedder, env.command);
+                    let result = apply_one(store, embedder, env.command, limits.top_k);
                     let _ = env.reply.send(result);
                 }
             }
@@ -248,11 +300,27 @@ impl Work {
 }
 
 /// Apply several upsert requests as one write: each request is checked on
-/// its own (a bad one fails alone), the good ones are written together, and
-/// every request gets the outcome of that one write.
-fn apply_upserts(store: &mut dyn TenantStore, embedder: &dyn Embedder, batch: Vec<Envelope>) {
+/// its own (a bad one, or one that would take the tenant over its quota,
+/// fails alone), the good ones are written together, and every request gets
+/// the outcome of that one write.
+fn apply_upserts(
+    tenant: &TenantId,
+    store: &mut dyn TenantStore,
+    embedder: &dyn Embedder,
+    batch: Vec<Envelope>,
+    quota: Option<u64>,
+) {
     let dimension = match store.dimension() {
         Ok(d) => d,
+        Err(e) => {
+            for env in batch {
+                let _ = env.reply.send(Err(e.clone()));
+            }
+            return;
+        }
+    };
+    let mut quota = match quota.map(|q| Quota::new(tenant, store, q)).transpose() {
+        Ok(q) => q,
         Err(e) => {
             for env in batch {
                 let _ = env.reply.send(Err(e.clone()));
@@ -267,6 +335,12 @@ fn apply_upserts(store: &mut dyn TenantStore, embedder: &dyn Embedder, batch: Ve
             continue;
         };
         let n = docs.len();
+        if let Some(q) = quota.as_mut() {
+            if let Err(e) = q.admit(store, &docs) {
+                let _ = env.reply.send(Err(e));
+                continue;
+            }
+        }
         match to_records(docs, dimension, embedder) {
             Ok(mut r) => {
                 records.append(&mut r);
@@ -297,6 +371,59 @@ fn apply_upserts(store: &mut dyn TenantStore, embedder: &dyn Embedder, batch: Ve
     let outcome = store.upsert(records);
     for (reply, n) in accepted {
         let _ = reply.send(outcome.clone().map(|()| Reply::Upserted { upserted: n }));
+    }
+}
+
+/// A tenant's document quota, counted across the requests of one write.
+struct Quota {
+    limit: u64,
+    held: u64,
+    /// doc_ids this write adds that the store does not hold yet.
+    adding: std::collections::HashSet<String>,
+    tenant: String,
+}
+
+impl Quota {
+    fn new(
+        tenant: &TenantId,
+        store: &mut dyn TenantStore,
+        limit: u64,
+    ) -> Result<Self, ServiceError> {
+        Ok(Self {
+            limit,
+            held: store.count(None)? as u64,
+            adding: std::collections::HashSet::new(),
+            tenant: tenant.to_string(),
+        })
+    }
+
+    /// Count the request's new documents in, or refuse it whole.
+    fn admit(&mut self, store: &mut dyn TenantStore, docs: &[Doc]) -> Result<(), ServiceError> {
+        let ids: Vec<String> = docs
+            .iter()
+            .map(|d| d.doc_id.clone())
+            .filter(|id| !self.adding.contains(id))
+            .collect::<std::collections::HashSet<_>>()
+            .into_iter()
+            .collect();
+        let existing: std::collections::HashSet<String> = store
+            .get(&ids, false)?
+            .into_iter()
+            .map(|d| d.doc_id)
+            .collect();
+        let new: Vec<String> = ids
+            .into_iter()
+            .filter(|id| !existing.contains(id))
+            .collect();
+        let after = self.held + self.adding.len() as u64 + new.len() as u64;
+        if after > self.limit {
+            return Err(ServiceError::quota_exceeded(format!(
+                "tenant {} would hold {after} documents, its quota is {}",
+                self.tenant, self.limit
+            )));
+        }
+        self.adding.extend(new);
+        Ok(())
     }
 }
 
@@ -348,6 +475,7 @@ fn apply_one(
     store: &mut dyn TenantStore,
     embedder: &dyn Embedder,
     command: Command,
+    default_top_k: usize,
 ) -> Result<Reply, ServiceError> {
     match command {
         Command::Upsert(_) => Err(ServiceError::internal("upsert outside a write batch")),
@@ -358,7 +486,7 @@ fn apply_one(
             };
             let query = SearchQuery {
                 vector,
-                top_k: s.top_k,
+                top_k: s.top_k.unwrap_or(default_top_k),
                 filter: s.filter,
                 with_vectors: s.with_vectors,
             };
@@ -416,6 +544,20 @@ impl Handler<Envelope> for TenantActor {
     type Result = ();
 
     fn handle(&mut self, env: Envelope, ctx: &mut Self::Context) {
+        if let Err(e) = &self.policy {
+            let _ = env.reply.send(Err(e.clone()));
+            return;
+        }
+        if let Some(limiter) = self.limiter.as_mut() {
+            if !limiter.try_acquire(Instant::now()) {
+                let _ = env.reply.send(Err(ServiceError::rate_limited(format!(
+                    "tenant {} sends more than {} requests per second",
+                    self.tenant,
+                    limiter.rate()
+                ))));
+                return;
+            }
+        }
         self.queue.push_back(Job::Request(env));
         self.pump(ctx);
     }

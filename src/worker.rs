@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::supervisor::{Shutdown, Supervisor};
+use crate::tenant_actor::TenantSetup;
 use crate::transport;
 use crate::transport::ingest::IngestCounters;
 
@@ -32,12 +33,19 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     )
     .await?;
 
+    let setup = Arc::new(TenantSetup {
+        factory: factory.clone(),
+        embedder,
+        paths: crate::tenant::TenantPaths::new(&settings.store.folder),
+        defaults: settings.tenants.clone(),
+        default_top_k: settings.search.default_top_k,
+        max_top_k: settings.limits.max_top_k,
+    });
     let supervisor = Supervisor::new(
         settings.pool.size,
         settings.pool.ttl,
         settings.pool.sweep_every(),
-        factory.clone(),
-        embedder,
+        setup,
     )
     .start();
     // The stream and its consumer exist before the service answers PING.

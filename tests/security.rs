@@ -103,3 +103,72 @@ async fn the_nats_server_keeps_each_tenant_to_its_own_subjects() {
         .is_err());
     worker.stop().unwrap();
 }
+
+fn write_policy(h: &common::Harness, tenant: &str, json: &str) {
+    let dir = h.tenant_dir(tenant).join("config");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("tenant.json"), json).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_rates_and_tenant_defaults() {
+    use tenantvec::protocol::ErrorCode;
+    let h = common::Harness::start_with(|s| s.tenants.max_documents = 5).await;
+    let docs = |from: u32, to: u32| {
+        let docs: Vec<_> = (from..to)
+            .map(|i| json!({"doc_id": format!("d{i}"), "text": format!("note {i}")}))
+            .collect();
+        json!({ "documents": docs })
+    };
+    // The global quota: 5 documents.
+    h.ok(Verb::Upsert, "small", docs(0, 5)).await;
+    let msg = h
+        .fails(Verb::Upsert, "small", docs(5, 6), ErrorCode::QuotaExceeded)
+        .await;
+    assert!(msg.contains("quota is 5"), "{msg}");
+    // Replacing what it holds is no new document.
+    h.ok(Verb::Upsert, "small", docs(0, 5)).await;
+    assert_eq!(h.ok(Verb::Count, "small", json!({})).await["count"], 5);
+
+    // tenant.json raises the quota and sets the tenant's top_k.
+    write_policy(&h, "big", r#"{"max_documents": 8, "top_k": 2}"#);
+    h.ok(Verb::Upsert, "big", docs(0, 8)).await;
+    h.fails(Verb::Upsert, "big", docs(8, 9), ErrorCode::QuotaExceeded)
+        .await;
+    let found = h.ok(Verb::Search, "big", json!({"query": "note"})).await;
+    assert_eq!(found["results"].as_array().unwrap().len(), 2);
+
+    // A rate limit: 2 requests a second, the third at once is refused.
+    write_policy(&h, "slow", r#"{"max_rps": 2}"#);
+    let mut limited = 0;
+    for _ in 0..6 {
+        if let Err(ClientError::Service(e)) = h.call(Verb::Count, "slow", json!({})).await {
+            assert_eq!(e.code, ErrorCode::RateLimited);
+            limited += 1;
+        }
+    }
+    assert!(limited >= 3, "{limited} of 6 refused");
+    let nats = tenantvec::transport::connect(&h.settings.nats)
+        .await
+        .unwrap();
+    let reply = nats
+        .request("tenantvec.count.slow", "{}".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        reply
+            .headers
+            .unwrap()
+            .get("Nats-Service-Error-Code")
+            .unwrap()
+            .as_str(),
+        "429"
+    );
+
+    // A broken policy file fails the tenant's requests, not open.
+    write_policy(&h, "broken", "{not json");
+    let msg = h
+        .fails(Verb::Count, "broken", json!({}), ErrorCode::Internal)
+        .await;
+    assert!(msg.contains("tenant.json"), "{msg}");
+}

@@ -23,11 +23,7 @@ pub fn command(verb: Verb, body: &[u8], settings: &Settings) -> Result<Command, 
     let limits = &settings.limits;
     match verb {
         Verb::Upsert => upsert(decode::<UpsertRequest>(body)?, limits),
-        Verb::Search => search(
-            decode::<SearchRequest>(body)?,
-            limits,
-            settings.search.default_top_k,
-        ),
+        Verb::Search => search(decode::<SearchRequest>(body)?, limits),
         Verb::Get => {
             let req = decode::<GetRequest>(body)?;
             check_ids(&req.doc_ids, limits)?;
@@ -92,6 +88,7 @@ fn check_doc(doc: &Doc, limits: &Limits) -> Result<(), ServiceError> {
             )));
         }
     }
+    check_metadata(doc, limits)?;
     match &doc.vector {
         Some(v) => check_vector(v).map_err(|e| ServiceError {
             code: e.code,
@@ -103,6 +100,31 @@ fn check_doc(doc: &Doc, limits: &Limits) -> Result<(), ServiceError> {
         ))),
         None => Ok(()),
     }
+}
+
+fn check_metadata(doc: &Doc, limits: &Limits) -> Result<(), ServiceError> {
+    fn depth(v: &serde_json::Value) -> usize {
+        match v {
+            serde_json::Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+            serde_json::Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+    let levels = doc.metadata.values().map(depth).max().unwrap_or(0) + 1;
+    if levels > limits.max_metadata_depth {
+        return Err(ServiceError::too_large(format!(
+            "document {:?}: metadata nests {levels} levels deep, at most {} are allowed",
+            doc.doc_id, limits.max_metadata_depth
+        )));
+    }
+    let bytes = serde_json::to_vec(&doc.metadata).map_or(usize::MAX, |b| b.len());
+    if bytes > limits.max_metadata_bytes {
+        return Err(ServiceError::too_large(format!(
+            "document {:?}: metadata is {bytes} bytes of JSON, at most {} are allowed",
+            doc.doc_id, limits.max_metadata_bytes
+        )));
+    }
+    Ok(())
 }
 
 fn check_doc_id(doc_id: &str, limits: &Limits) -> Result<(), ServiceError> {
@@ -154,11 +176,7 @@ fn check_vector(v: &[f32]) -> Result<(), ServiceError> {
     Ok(())
 }
 
-fn search(
-    req: SearchRequest,
-    limits: &Limits,
-    default_top_k: usize,
-) -> Result<Command, ServiceError> {
+fn search(req: SearchRequest, limits: &Limits) -> Result<Command, ServiceError> {
     let input = match (req.query, req.vector) {
         (Some(q), None) if q.trim().is_empty() => {
             return Err(ServiceError::bad_request("query is empty"))
@@ -183,7 +201,7 @@ fn search(
         (None, None) => return Err(ServiceError::bad_request("search needs query or vector")),
     };
     let top_k = match req.top_k {
-        None => default_top_k,
+        None => None,
         Some(k) if k < 1 => {
             return Err(ServiceError::bad_request(format!(
                 "top_k is {k}, it must be at least 1"
@@ -195,7 +213,7 @@ fn search(
                 limits.max_top_k
             )))
         }
-        Some(k) => k as usize,
+        Some(k) => Some(k as usize),
     };
     Ok(Command::Search(SearchCommand {
         input,
@@ -250,6 +268,13 @@ mod tests {
             "a".repeat(70000)
         );
         assert_eq!(code(Verb::Upsert, &big), TooLarge);
+        let deep = r#"{"documents": [{"doc_id": "a", "text": "x", "metadata": {"a": [[[[[[[[1]]]]]]]]}}]}"#;
+        assert_eq!(code(Verb::Upsert, deep), TooLarge);
+        let wide = format!(
+            r#"{{"documents": [{{"doc_id": "a", "text": "x", "metadata": {{"a": "{}"}}}}]}}"#,
+            "m".repeat(17000)
+        );
+        assert_eq!(code(Verb::Upsert, &wide), TooLarge);
         assert_eq!(code(Verb::Delete, r#"{}"#), BadRequest);
         assert_eq!(
             code(Verb::Delete, r#"{"doc_ids": ["a"], "filter": {"a": 1}}"#),
@@ -260,9 +285,9 @@ mod tests {
     }
 
     #[test]
-    fn defaults_apply() {
+    fn top_k_is_left_to_the_tenant_when_absent() {
         let cmd = command(Verb::Search, br#"{"query": "walk"}"#, &Settings::defaults()).unwrap();
         let Command::Search(s) = cmd else { panic!() };
-        assert_eq!(s.top_k, 5);
+        assert_eq!(s.top_k, None);
     }
 }
