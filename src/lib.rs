@@ -18,8 +18,10 @@
 //!   active. Applies the tenant's requests in order, each on the blocking
 //!   pool, consecutive upserts as one durable write.
 //! * [`store`]: the [`store::TenantStore`] trait and its backends;
-//!   [`store::edge`] keeps each tenant in its own Qdrant Edge shard under
-//!   `<data>/<tenant>/vector_store/`.
+//!   [`store::edge`] keeps tenants in Qdrant Edge shards, a shard per tenant
+//!   under `<data>/<tenant>/vector_store/` or one shared by all;
+//!   [`store::shard`] is one open shard and the translation into the
+//!   engine's terms.
 //! * [`embed`]: text to vector for documents and queries sent without one.
 //! * [`policy`]: a tenant's default `top_k`, document quota and request rate.
 //! * [`protocol`], [`filter`], [`tenant`]: the wire contract, metadata

@@ -71,6 +71,9 @@ pub struct Envelope {
     pub tenant: TenantId,
     pub command: Command,
     pub reply: ReplyTo,
+    /// The request's span (tenant and request id): entered while the job
+    /// works on it, so whatever it logs on the blocking pool says whose it is.
+    pub span: tracing::Span,
 }
 
 /// Sent by the supervisor: finish the queue, close the store, stop.
@@ -281,6 +284,7 @@ impl Work {
             }
             Work::Batch(batch) => {
                 for env in batch {
+                    let _entered = env.span.enter();
                     let result = apply_one(store, embedder, env.command, limits.top_k);
                     let _ = env.reply.send(result);
                 }
@@ -330,7 +334,10 @@ fn apply_upserts(
     };
     let mut records = Vec::new();
     let mut accepted = Vec::with_capacity(batch.len());
+    // The one write of the batch is logged under its first request's span.
+    let write_span = batch[0].span.clone();
     for env in batch {
+        let _entered = env.span.enter();
         let Command::Upsert(docs) = env.command else {
             continue;
         };
@@ -368,7 +375,7 @@ fn apply_upserts(
             .filter_map(|(r, k)| k.then_some(r))
             .collect()
     };
-    let outcome = store.upsert(records);
+    let outcome = write_span.in_scope(|| store.upsert(records));
     for (reply, n) in accepted {
         let _ = reply.send(outcome.clone().map(|()| Reply::Upserted { upserted: n }));
     }

@@ -301,10 +301,12 @@ fn handle(
     };
     // Routed now, in stream order, so the tenant's actor applies it in order.
     let (reply, outcome) = oneshot::channel();
+    let span = tracing::info_span!("ingest", %tenant, stream_seq);
     shared.supervisor.do_send(Route(Envelope {
         tenant: tenant.clone(),
         command,
         reply,
+        span,
     }));
     tokio::spawn(async move {
         let result = outcome

@@ -7,6 +7,7 @@
 //! request unanswered: every path through [`handle`] ends in a reply.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use futures::StreamExt;
 use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::Settings;
 use crate::protocol::{
@@ -45,6 +47,8 @@ struct Shared {
     in_flight: Arc<Semaphore>,
     /// The ingest figures, when this worker consumes the ingest stream.
     ingest: Option<Arc<IngestCounters>>,
+    /// Numbers requests for their log spans.
+    next_request: AtomicU64,
 }
 
 /// The running endpoints; [`Serving::drain`] stops them and waits for the
@@ -83,6 +87,7 @@ pub async fn start(
         supervisor,
         in_flight: Arc::new(Semaphore::new(settings.limits.max_in_flight)),
         ingest,
+        next_request: AtomicU64::new(1),
     });
     let mut endpoints = Vec::new();
     for verb in Verb::ALL {
@@ -172,7 +177,14 @@ async fn serve_endpoint(
 fn dispatch(kind: Endpoint, request: async_nats::service::Request, shared: &Arc<Shared>) {
     let permit = shared.in_flight.clone().try_acquire_owned();
     let shared = shared.clone();
-    tokio::spawn(async move {
+    // Every log line of the request carries its id and tenant token (Debug
+    // formatting, so a hostile token cannot forge log lines).
+    let span = tracing::info_span!(
+        "request",
+        request_id = shared.next_request.fetch_add(1, Ordering::Relaxed),
+        tenant = ?tenant_token(request.message.subject.as_str()),
+    );
+    let task = async move {
         let outcome = match &permit {
             Ok(_) => handle(kind, &request, &shared).await,
             Err(_) => Err(ServiceError::unavailable(format!(
@@ -183,7 +195,8 @@ fn dispatch(kind: Endpoint, request: async_nats::service::Request, shared: &Arc<
         respond(&request, outcome).await;
         // The permit is held until the reply is out, so drain() waits for it.
         drop(permit);
-    });
+    };
+    tokio::spawn(task.instrument(span));
 }
 
 async fn handle(
@@ -201,6 +214,7 @@ async fn handle(
                 tenant: tenant.clone(),
                 command,
                 reply,
+                span: tracing::Span::current(),
             }));
             let reply: Reply = outcome.await.map_err(|_| {
                 tracing::error!(%tenant, ?verb, "request lost its reply channel");
