@@ -12,6 +12,8 @@ fuzz_target!(|data: &[u8]| {
         let s = id.as_str();
         assert!(!s.is_empty() && s.len() <= 64);
         assert!(s != "." && s != ".." && !s.contains(['/', '\\', '.', '*', '>', ' ', '\0']));
-        assert!(s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'));
+        assert!(s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'));
     }
 });
