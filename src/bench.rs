@@ -26,21 +26,31 @@ use crate::client::{Client, DocBatches, DocumentsBody};
 use crate::config::Settings;
 use crate::protocol::{AdminVerb, Verb};
 
-/// What to run and how.
-#[derive(Debug, Clone)]
+/// What to run and how; also the command line of `tenantvec bench`.
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchOptions {
+    /// Folder with docs.jsonl, queries.jsonl, truth.jsonl, meta.json.
+    #[arg(long, value_name = "DIR")]
     pub workload: PathBuf,
     /// Concurrent clients for the concurrent phases.
+    #[arg(long, default_value_t = 8)]
     pub clients: usize,
-    /// Data root of the worker; a fresh temp dir when `None`.
+    /// Data root of the worker (default: a new temp folder, removed after).
+    #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
+    #[arg(long, default_value_t = 10)]
     pub pool_size: usize,
+    /// Pool size of the warm phase (every queried tenant stays open).
+    #[arg(long, default_value_t = 1000)]
     pub warm_pool_size: usize,
-    /// Sequential round trips measured for the floor and per warm pass.
+    /// Round trips measured for the floor.
+    #[arg(long, default_value_t = 2000)]
     pub samples: usize,
-    /// Skip the ingest phases (the data root already holds the workload).
+    /// The data root already holds the workload: skip the ingest phases.
+    #[arg(long)]
     pub skip_ingest: bool,
-    /// The store layout of the worker under test.
+    /// Store layout of the worker under test.
+    #[arg(long, value_enum, default_value = "per_tenant")]
     pub layout: crate::config::Layout,
 }
 

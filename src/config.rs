@@ -141,8 +141,9 @@ pub enum Backend {
 }
 
 /// Where tenants' points live (see README, "Layouts").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum Layout {
     /// A store per tenant: a shard (edge) or a collection (qdrant) each.
     PerTenant,

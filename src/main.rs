@@ -96,29 +96,8 @@ enum Command {
     /// Benchmark a worker (started here as a child process) on a workload
     /// folder: ingest, Zipf search with 1 and C clients, warm search.
     Bench {
-        /// Folder with docs.jsonl, queries.jsonl, truth.jsonl, meta.json.
-        #[arg(long, value_name = "DIR")]
-        workload: PathBuf,
-        /// Concurrent clients for the concurrent phases.
-        #[arg(long, default_value_t = 8)]
-        clients: usize,
-        /// Data root of the worker (default: a new temp folder).
-        #[arg(long, value_name = "DIR")]
-        data: Option<PathBuf>,
-        #[arg(long, default_value_t = 10)]
-        pool_size: usize,
-        /// Pool size of the warm phase (every queried tenant stays open).
-        #[arg(long, default_value_t = 1000)]
-        warm_pool_size: usize,
-        /// Round trips measured for the floor.
-        #[arg(long, default_value_t = 2000)]
-        samples: usize,
-        /// The data root already holds the workload.
-        #[arg(long)]
-        skip_ingest: bool,
-        /// Store layout of the worker under test: per_tenant or shared.
-        #[arg(long, default_value = "per_tenant", value_parser = parse_layout)]
-        layout: tenantvec::config::Layout,
+        #[command(flatten)]
+        options: tenantvec::bench::BenchOptions,
         /// Print the report as JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -181,28 +160,7 @@ fn main() -> ExitCode {
         };
     }
 
-    if let Command::Bench {
-        workload,
-        clients,
-        data,
-        pool_size,
-        warm_pool_size,
-        samples,
-        skip_ingest,
-        layout,
-        json,
-    } = cli.command
-    {
-        let options = tenantvec::bench::BenchOptions {
-            workload,
-            clients,
-            data,
-            pool_size,
-            warm_pool_size,
-            samples,
-            skip_ingest,
-            layout,
-        };
+    if let Command::Bench { options, json } = cli.command {
         return bench(&settings, &options, json);
     }
 
@@ -327,8 +285,4 @@ fn bench(settings: &Settings, options: &tenantvec::bench::BenchOptions, json: bo
             ExitCode::FAILURE
         }
     }
-}
-
-fn parse_layout(s: &str) -> Result<tenantvec::config::Layout, String> {
-    serde_json::from_value(json!(s)).map_err(|_| format!("{s:?} is not per_tenant or shared"))
 }

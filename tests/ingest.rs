@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -29,6 +29,16 @@ async fn publish(js: &jetstream::Context, tenant: &str, body: Vec<u8>) {
         .expect("publish")
         .await
         .expect("stored by JetStream");
+}
+
+/// `total` messages of `per_message` documents each, spread over the
+/// tenants `<prefix>0` to `<prefix>3`.
+async fn publish_many(js: &jetstream::Context, prefix: &str, total: u64, per_message: u64) {
+    for m in 0..total {
+        let body = docs(&format!("m{m}"), per_message, m * per_message);
+        let tenant = format!("{prefix}{}", m % 4);
+        publish(js, &tenant, serde_json::to_vec(&body).unwrap()).await;
+    }
 }
 
 /// Messages left in the ingest stream.
@@ -176,15 +186,7 @@ async fn nats_server_restart_mid_ingest_finishes_by_itself() {
         .unwrap();
     let js = jetstream::new(nats);
     let total = 120u64;
-    for m in 0..total {
-        let body = docs(&format!("m{m}"), 200, m * 200);
-        publish(
-            &js,
-            &format!("r{}", m % 4),
-            serde_json::to_vec(&body).unwrap(),
-        )
-        .await;
-    }
+    publish_many(&js, "r", total, 200).await;
     // Restart the server while the worker is part-way through.
     let deadline = Instant::now() + Duration::from_secs(30);
     while pending(&js).await >= total {
@@ -203,38 +205,17 @@ async fn nats_server_restart_mid_ingest_finishes_by_itself() {
     }
 }
 
-fn spawn_binary(nats: &NatsServer, data: &std::path::Path) -> Child {
-    Command::new(common::tenantvec_bin())
-        .arg("serve")
-        .env("NATS_URL", nats.url())
-        .env("VECTOR_STORE_FOLDER", data)
-        .env("EMBEDDING_DIM", DIM.to_string())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the tenantvec binary")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_ingest_loses_and_duplicates_nothing() {
     let nats = NatsServer::start();
     let data = tempfile::tempdir().unwrap();
     let settings = common::settings(&nats.url(), data.path());
-    let mut worker = spawn_binary(&nats, data.path());
+    let mut worker = common::spawn_worker_binary(&nats, data.path(), DIM);
     common::wait_ready(&settings, || false).await;
     let client = tenantvec::transport::connect(&settings.nats).await.unwrap();
     let js = jetstream::new(client);
     let total = 200u64;
-    for m in 0..total {
-        let body = docs(&format!("m{m}"), 250, m * 250);
-        publish(
-            &js,
-            &format!("k{}", m % 4),
-            serde_json::to_vec(&body).unwrap(),
-        )
-        .await;
-    }
+    publish_many(&js, "k", total, 250).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while pending(&js).await > total * 3 / 4 {
         assert!(Instant::now() < deadline, "ingest never progressed");
@@ -248,7 +229,7 @@ async fn sigkill_mid_ingest_loses_and_duplicates_nothing() {
         "the worker finished before it was killed; nothing tested"
     );
 
-    let mut worker = spawn_binary(&nats, data.path());
+    let mut worker = common::spawn_worker_binary(&nats, data.path(), DIM);
     common::wait_ready(&settings, || false).await;
     wait_drained(&js, Duration::from_secs(120)).await;
     let c = tenantvec::client::Client::connect(&settings).await.unwrap();

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use common::{tenantvec_bin, vector, Harness, NatsServer};
@@ -41,20 +41,6 @@ async fn data_survives_a_restart() {
     assert_eq!(found["results"][0]["doc_id"], "d7");
 }
 
-/// The built binary as a worker, with the test's server and data root.
-fn spawn_binary(nats: &NatsServer, data: &std::path::Path) -> Child {
-    Command::new(tenantvec_bin())
-        .arg("serve")
-        .env("NATS_URL", nats.url())
-        .env("VECTOR_STORE_FOLDER", data)
-        .env("EMBEDDING_DIM", DIM.to_string())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the tenantvec binary")
-}
-
 fn sigterm(child: &Child) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -68,7 +54,7 @@ async fn sigterm_answers_work_in_flight_then_exits_zero() {
     let nats = NatsServer::start();
     let data = tempfile::tempdir().unwrap();
     let settings = common::settings(&nats.url(), data.path());
-    let mut child = spawn_binary(&nats, data.path());
+    let mut child = common::spawn_worker_binary(&nats, data.path(), DIM);
     common::wait_ready(&settings, || false).await;
     let client = tenantvec::client::Client::connect(&settings).await.unwrap();
 
@@ -113,7 +99,7 @@ async fn sigterm_answers_work_in_flight_then_exits_zero() {
     assert!(!acked.is_empty(), "no request was in flight at SIGTERM");
 
     // Every acknowledged write is on disk.
-    let mut child = spawn_binary(&nats, data.path());
+    let mut child = common::spawn_worker_binary(&nats, data.path(), DIM);
     common::wait_ready(&settings, || false).await;
     for (tenant, n) in &acked {
         let count = client

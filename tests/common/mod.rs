@@ -265,6 +265,21 @@ pub fn tenantvec_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tenantvec"))
 }
 
+/// The built binary as a worker on `nats`, with `data` as its data root and
+/// vectors of `dim` dimensions.
+pub fn spawn_worker_binary(nats: &NatsServer, data: &Path, dim: usize) -> Child {
+    Command::new(tenantvec_bin())
+        .arg("serve")
+        .env("NATS_URL", nats.url())
+        .env("VECTOR_STORE_FOLDER", data)
+        .env("EMBEDDING_DIM", dim.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the tenantvec binary")
+}
+
 /// Declare `#[tokio::test]`s `<name>::per_tenant` and `<name>::shared` that
 /// run `async fn <name>(layout: Layout)` under each layout of the edge store.
 #[macro_export]
