@@ -352,6 +352,9 @@ async fn filters_agree_with_brute_force(layout: Layout) {
         json!({"category": ["health", 1]}),
         json!({"n": {"gte": 2, "lt": 5}}),
         json!({"n": {"gt": 7}}),
+        // Both lower (or both upper) bounds: the tighter one decides.
+        json!({"n": {"gte": 5, "gt": 1}}),
+        json!({"n": {"lt": 3, "lte": 8}}),
         json!({"n": 4}),
         json!({"n": [1, 8]}),
         json!({"score": {"lte": 1.0}}),

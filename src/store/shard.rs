@@ -459,15 +459,9 @@ pub fn to_edge_filter(
                 must: None,
                 must_not: None,
             }),
-            Condition::Range(r) => EdgeCondition::Field(FieldCondition::new_range(
-                path,
-                EdgeRange {
-                    lt: r.lt.map(OrderedFloat),
-                    gt: r.gt.map(OrderedFloat),
-                    gte: r.gte.map(OrderedFloat),
-                    lte: r.lte.map(OrderedFloat),
-                },
-            )),
+            Condition::Range(r) => {
+                EdgeCondition::Field(FieldCondition::new_range(path, tightest(r)))
+            }
         };
         must.push(c);
     }
@@ -477,6 +471,28 @@ pub fn to_edge_filter(
         must: Some(must),
         must_not: None,
     }))
+}
+
+/// The range with at most one lower and one upper bound, the tightest of
+/// each. The engine does not apply both `gt` and `gte` (or `lt` and `lte`)
+/// when both are given, so they are reduced here to the one that decides.
+fn tightest(r: &crate::filter::Range) -> EdgeRange<OrderedFloat<f64>> {
+    let (gt, gte) = match (r.gt, r.gte) {
+        (Some(gt), Some(gte)) if gt >= gte => (Some(gt), None),
+        (Some(_), Some(gte)) => (None, Some(gte)),
+        other => other,
+    };
+    let (lt, lte) = match (r.lt, r.lte) {
+        (Some(lt), Some(lte)) if lt <= lte => (Some(lt), None),
+        (Some(_), Some(lte)) => (None, Some(lte)),
+        other => other,
+    };
+    EdgeRange {
+        lt: lt.map(OrderedFloat),
+        gt: gt.map(OrderedFloat),
+        gte: gte.map(OrderedFloat),
+        lte: lte.map(OrderedFloat),
+    }
 }
 
 fn scalar_condition(path: &qdrant_edge::JsonPath, s: &Scalar) -> EdgeCondition {
