@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::{wait_ready, NatsServer};
@@ -32,7 +31,7 @@ fn refused(outcome: Result<serde_json::Value, ClientError>) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_nats_server_keeps_each_tenant_to_its_own_subjects() {
-    let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/nats-server.conf");
+    let conf = common::project_dir().join("config/nats-server.conf");
     let nats = NatsServer::start_with_config(conf);
     let data = tempfile::tempdir().unwrap();
     let base = common::settings(&nats.url(), data.path());

@@ -22,11 +22,21 @@ pub fn nats_server_bin() -> PathBuf {
     if let Ok(p) = std::env::var("NATS_SERVER_BIN") {
         return PathBuf::from(p);
     }
-    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/venv/bin/nats-server");
+    let local = project_dir().join(".tools/venv/bin/nats-server");
     if local.exists() {
         return local;
     }
     PathBuf::from("nats-server")
+}
+
+/// The checkout the tests run from. Read at run time (cargo sets it for each
+/// test process): builds are shared between checkouts through one target
+/// folder, and a test binary compiled in another clone would carry that
+/// clone's path in `env!("CARGO_MANIFEST_DIR")`.
+pub fn project_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 pub fn free_port() -> u16 {
