@@ -160,14 +160,13 @@ fn main() -> ExitCode {
         };
     }
 
-    if let Command::Bench { options, json } = cli.command {
-        return bench(&settings, &options, json);
-    }
-
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // The benchmark gets a multi-thread runtime, so its concurrent clients
+    // are not limited by one thread of the measuring side.
+    let mut builder = match cli.command {
+        Command::Bench { .. } => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start a runtime: {e}");
@@ -175,11 +174,8 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(client_command(cli.command, &settings)) {
-        Ok(value) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&value).unwrap_or_default()
-            );
+        Ok(output) => {
+            println!("{output}");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -189,7 +185,22 @@ fn main() -> ExitCode {
     }
 }
 
-async fn client_command(command: Command, settings: &Settings) -> Result<Value, ClientError> {
+/// Run a client command; its output as printed on success.
+async fn client_command(command: Command, settings: &Settings) -> Result<String, ClientError> {
+    let pretty = |value: Value| serde_json::to_string_pretty(&value).unwrap_or_default();
+    if let Command::Bench { options, json } = command {
+        let report = tenantvec::bench::run(settings, &options)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        return Ok(match json {
+            true => report.to_string(),
+            false => tenantvec::bench::table(&report).trim_end().to_owned(),
+        });
+    }
+    request_command(command, settings).await.map(pretty)
+}
+
+async fn request_command(command: Command, settings: &Settings) -> Result<Value, ClientError> {
     let client = Client::connect(settings).await?;
     match command {
         Command::Serve { .. } | Command::Bench { .. } => unreachable!("handled before"),
@@ -256,33 +267,4 @@ async fn client_command(command: Command, settings: &Settings) -> Result<Value, 
 
 fn parse_json(flag: &str, text: &str) -> Result<Value, ClientError> {
     serde_json::from_str(text).map_err(|e| anyhow::anyhow!("{flag} is not valid JSON: {e}").into())
-}
-
-/// The benchmark on a multi-thread runtime, so concurrent clients are not
-/// limited by one thread of the measuring side.
-fn bench(settings: &Settings, options: &tenantvec::bench::BenchOptions, json: bool) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start a runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(tenantvec::bench::run(settings, options)) {
-        Ok(report) if json => {
-            println!("{report}");
-            ExitCode::SUCCESS
-        }
-        Ok(report) => {
-            print!("{}", tenantvec::bench::table(&report));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
 }

@@ -248,6 +248,22 @@ async fn sigkill_mid_ingest_loses_and_duplicates_nothing() {
     worker.wait().ok();
 }
 
+/// `tenantvec ingest ARGS` against the harness's server; its JSON summary.
+fn ingest_command(h: &Harness, args: &[&str]) -> Value {
+    let out = Command::new(common::tenantvec_bin())
+        .arg("ingest")
+        .args(args)
+        .env("NATS_URL", h.nats.url())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ingest_command_publishes_and_waits() {
     let h = Harness::start().await;
@@ -261,17 +277,8 @@ async fn the_ingest_command_publishes_and_waits() {
         })
         .collect();
     std::fs::write(&file, lines.join("\n")).unwrap();
-    let out = Command::new(common::tenantvec_bin())
-        .args(["ingest", "--tenant", "cmd", file.to_str().unwrap()])
-        .env("NATS_URL", h.nats.url())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let file = file.to_str().unwrap();
+    let summary = ingest_command(&h, &["--tenant", "cmd", file]);
     assert_eq!(summary["published"], 2000);
     assert_eq!(summary["skipped_other_tenants"], 500);
     assert!(summary["committed_docs_per_second"].as_f64().unwrap() > 0.0);
@@ -280,17 +287,7 @@ async fn the_ingest_command_publishes_and_waits() {
     assert_eq!(h.ok(Verb::Count, "other", json!({})).await["count"], 0);
 
     // Every line to its own tenant; the repeated documents replace themselves.
-    let out = Command::new(common::tenantvec_bin())
-        .args(["ingest", "--all-tenants", file.to_str().unwrap()])
-        .env("NATS_URL", h.nats.url())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let summary = ingest_command(&h, &["--all-tenants", file]);
     assert_eq!(summary["published"], 2500);
     assert_eq!(summary["tenants"], 2);
     assert_eq!(h.ok(Verb::Count, "cmd", json!({})).await["count"], 2000);
