@@ -40,6 +40,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("EMBEDDING_DIM", "store.dimension"),
     ("QDRANT_URL", "store.qdrant_url"),
     ("QDRANT_API_KEY", "store.qdrant_api_key"),
+    ("QDRANT_TIMEOUT", "store.qdrant_timeout"),
+    ("QDRANT_COLLECTION_PREFIX", "store.collection_prefix"),
     ("EMBEDDING_MODEL", "embedding.model"),
     ("DEFAULT_TOP_K", "search.default_top_k"),
     ("TENANTVEC_MAX_IN_FLIGHT", "limits.max_in_flight"),
@@ -107,20 +109,24 @@ pub struct PoolSettings {
 impl NatsSettings {
     /// The URL(s) without any `user:password@` part, for logs and errors.
     pub fn display_url(&self) -> String {
-        self.url
-            .split(',')
-            .map(|u| {
-                let u = u.trim();
-                match (u.find("://"), u.rfind('@')) {
-                    (Some(scheme), Some(at)) if at > scheme => {
-                        format!("{}<redacted>@{}", &u[..scheme + 3], &u[at + 1..])
-                    }
-                    _ => u.to_owned(),
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(",")
+        redact_urls(&self.url)
     }
+}
+
+/// Comma-separated URLs without any `user:password@` part, for logs and errors.
+pub fn redact_urls(urls: &str) -> String {
+    urls.split(',')
+        .map(|u| {
+            let u = u.trim();
+            match (u.find("://"), u.rfind('@')) {
+                (Some(scheme), Some(at)) if at > scheme => {
+                    format!("{}<redacted>@{}", &u[..scheme + 3], &u[at + 1..])
+                }
+                _ => u.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl PoolSettings {
@@ -162,8 +168,14 @@ pub struct StoreSettings {
     pub vectors_on_disk: bool,
     pub optimize_threshold: usize,
     pub qdrant_url: String,
-    #[serde(skip_serializing)]
-    pub qdrant_api_key: String,
+    pub qdrant_api_key: Secret,
+    /// Longest a request to the Qdrant server may take before it is
+    /// answered `unavailable`.
+    #[serde(with = "duration")]
+    pub qdrant_timeout: Duration,
+    /// Longest a connection attempt to the Qdrant server may take.
+    #[serde(with = "duration")]
+    pub qdrant_connect_timeout: Duration,
     pub collection_prefix: String,
 }
 
@@ -290,6 +302,20 @@ impl Settings {
                     .all(|t| !t.is_empty() && !t.contains(['*', '>', ' '])),
             "nats.prefix {:?} must be one or more dot-separated NATS tokens without wildcards",
             self.nats.prefix
+        );
+        anyhow::ensure!(
+            self.store.collection_prefix.len() <= 100
+                && self
+                    .store
+                    .collection_prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+            "store.collection_prefix {:?} may hold at most 100 letters, digits, '_' and '-'",
+            self.store.collection_prefix
+        );
+        anyhow::ensure!(
+            !self.store.qdrant_timeout.is_zero() && !self.store.qdrant_connect_timeout.is_zero(),
+            "store.qdrant_timeout and store.qdrant_connect_timeout must be positive"
         );
         Ok(())
     }

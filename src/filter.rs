@@ -35,6 +35,26 @@ pub struct Range {
     pub lte: Option<f64>,
 }
 
+impl Range {
+    /// The same range with at most one lower and one upper bound, the
+    /// tightest of each. Qdrant (edge and server) does not apply both `gt`
+    /// and `gte` (or `lt` and `lte`) when both are given, so every backend
+    /// sends this form.
+    pub fn tightest(&self) -> Self {
+        let (gt, gte) = match (self.gt, self.gte) {
+            (Some(gt), Some(gte)) if gt >= gte => (Some(gt), None),
+            (Some(_), Some(gte)) => (None, Some(gte)),
+            other => other,
+        };
+        let (lt, lte) = match (self.lt, self.lte) {
+            (Some(lt), Some(lte)) if lt <= lte => (Some(lt), None),
+            (Some(_), Some(lte)) => (None, Some(lte)),
+            other => other,
+        };
+        Self { gt, gte, lt, lte }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Condition {
     Equals(Scalar),

@@ -1,4 +1,5 @@
-//! The edge store on its own: real shards on disk, no NATS.
+//! What only the edge store has: shard files, locks and the WAL, on real
+//! shards on disk, no NATS. What every store must do is in `conformance.rs`.
 
 use std::sync::Arc;
 
@@ -149,148 +150,18 @@ fn the_wal_stays_small_and_later_writes_still_win() {
         .starts_with("round 11 "));
 }
 
+/// The shared shard is one worker's: a second factory on the same folder
+/// cannot open it. (How it scopes tenants is in the conformance suite.)
 #[test]
-fn the_shared_store_is_one_worker_s_and_scopes_every_tenant() {
+fn the_shared_store_is_one_worker_s() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Settings::defaults();
     s.store.folder = dir.path().to_owned();
     s.store.dimension = 4;
     s.store.layout = tenantvec::config::Layout::Shared;
-    let f = EdgeFactory::new(&s).unwrap();
-    // A second worker on the same folder cannot open the shared shard.
+    let _first = EdgeFactory::new(&s).unwrap();
     let err = EdgeFactory::new(&s)
         .err()
         .expect("the shared shard is locked");
     assert!(err.to_string().contains("another process"), "{err}");
-
-    let (a, b) = (TenantId::parse("a").unwrap(), TenantId::parse("b").unwrap());
-    let (mut sa, mut sb) = (f.open(&a), f.open(&b));
-    sa.upsert(vec![record("same", [1.0, 0.0, 0.0, 0.0])])
-        .unwrap();
-    sb.upsert(vec![
-        record("same", [0.0, 1.0, 0.0, 0.0]),
-        record("other", [0.0, 0.0, 1.0, 0.0]),
-    ])
-    .unwrap();
-    assert_eq!(sa.count(None).unwrap(), 1);
-    assert_eq!(sb.count(None).unwrap(), 2);
-    let got = sa.get(&["same".into(), "other".into()], true).unwrap();
-    assert_eq!(got.len(), 1, "a sees only its own document");
-    assert_eq!(
-        got[0].vector.as_deref(),
-        Some([1.0, 0.0, 0.0, 0.0].as_slice())
-    );
-    sb.drop_tenant().unwrap();
-    assert_eq!(sb.count(None).unwrap(), 0);
-    assert_eq!(sa.count(None).unwrap(), 1, "dropping b left a alone");
-}
-
-mod filter_semantics {
-    //! Random metadata and random filters: the store's answer (count and
-    //! search) equals the reference semantics of `Filter::matches`, in both
-    //! layouts.
-    use super::*;
-    use proptest::prelude::*;
-    use serde_json::{json, Value};
-    use tenantvec::filter::Filter;
-
-    fn scalar() -> impl Strategy<Value = Value> {
-        prop_oneof![
-            prop::sample::select(vec!["a", "b", "c"]).prop_map(|s| json!(s)),
-            (0i64..4).prop_map(|n| json!(n)),
-            prop::sample::select(vec![0.5f64, 1.0, 2.5]).prop_map(|f| json!(f)),
-            any::<bool>().prop_map(|b| json!(b)),
-        ]
-    }
-
-    fn metadata() -> impl Strategy<Value = Map<String, Value>> {
-        let value = prop_oneof![
-            3 => scalar(),
-            1 => prop::collection::vec(scalar(), 0..3).prop_map(Value::Array),
-        ];
-        prop::collection::btree_map(prop::sample::select(vec!["k", "m", "n"]), value, 0..3)
-            .prop_map(|m| m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
-    }
-
-    fn condition() -> impl Strategy<Value = Value> {
-        let bound = prop::sample::select(vec![0.0f64, 0.5, 1.0, 2.0, 3.0]);
-        prop_oneof![
-            scalar(),
-            prop::collection::vec(scalar(), 1..4).prop_map(Value::Array),
-            (
-                prop::sample::select(vec!["gt", "gte", "lt", "lte"]),
-                bound.clone(),
-                prop::option::of((prop::sample::select(vec!["gt", "gte", "lt", "lte"]), bound))
-            )
-                .prop_map(|(op, b, other)| {
-                    let mut r = serde_json::Map::new();
-                    r.insert(op.into(), json!(b));
-                    if let Some((op2, b2)) = other {
-                        r.insert(op2.into(), json!(b2));
-                    }
-                    Value::Object(r)
-                }),
-        ]
-    }
-
-    fn filter() -> impl Strategy<Value = Value> {
-        prop::collection::btree_map(prop::sample::select(vec!["k", "m", "n"]), condition(), 1..3)
-            .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()))
-    }
-
-    fn check(
-        layout: tenantvec::config::Layout,
-        docs: Vec<Map<String, Value>>,
-        filters: Vec<Value>,
-    ) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Settings::defaults();
-        s.store.folder = dir.path().to_owned();
-        s.store.dimension = 4;
-        s.store.layout = layout;
-        let f = EdgeFactory::new(&s).unwrap();
-        let mut store = f.open(&TenantId::parse("p").unwrap());
-        let records: Vec<Record> = docs
-            .iter()
-            .enumerate()
-            .map(|(i, m)| Record {
-                doc_id: format!("d{i}"),
-                text: None,
-                metadata: m.clone(),
-                vector: vec![1.0, i as f32, 0.5, 0.25],
-            })
-            .collect();
-        store.upsert(records).unwrap();
-        for fj in filters {
-            let parsed = Filter::parse(&fj).unwrap();
-            let want = docs.iter().filter(|m| parsed.matches(m)).count();
-            assert_eq!(store.count(Some(&parsed)).unwrap(), want, "count {fj}");
-            let hits = store
-                .search(&SearchQuery {
-                    vector: vec![1.0, 0.0, 0.0, 0.0],
-                    top_k: 100,
-                    filter: Some(parsed.clone()),
-                    with_vectors: false,
-                })
-                .unwrap();
-            assert_eq!(hits.len(), want, "search {fj}");
-            assert!(
-                hits.iter().all(|h| parsed.matches(&h.metadata)),
-                "search {fj}"
-            );
-        }
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
-        #[test]
-        fn per_tenant(docs in prop::collection::vec(metadata(), 1..25), filters in prop::collection::vec(filter(), 1..6)) {
-            check(tenantvec::config::Layout::PerTenant, docs, filters);
-        }
-
-        #[test]
-        fn shared(docs in prop::collection::vec(metadata(), 1..25), filters in prop::collection::vec(filter(), 1..6)) {
-            check(tenantvec::config::Layout::Shared, docs, filters);
-        }
-    }
 }

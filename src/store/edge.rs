@@ -23,7 +23,9 @@ use crate::config::{Layout, Settings};
 use crate::filter::Filter;
 use crate::protocol::{Doc, Hit, ServiceError};
 use crate::store::shard::{self, Shard, ShardOptions};
-use crate::store::{point_uuid, Record, SearchQuery, Selector, StoreFactory, TenantStore};
+use crate::store::{
+    payload, remove_tenant_folder, Record, SearchQuery, Selector, StoreFactory, TenantStore,
+};
 use crate::tenant::{TenantId, TenantPaths};
 use qdrant_edge::external::uuid::Uuid as EdgeUuid;
 use qdrant_edge::{PointId, PointStruct, PointStructPersisted};
@@ -145,10 +147,7 @@ impl EdgeStore {
     /// A document's point id: from its `doc_id`, and in the shared layout
     /// from the tenant too, so equal `doc_id`s of two tenants never meet.
     fn point_id(&self, doc_id: &str) -> PointId {
-        let key = match self.scope() {
-            Some(t) => point_uuid(&format!("{t}/{doc_id}")),
-            None => point_uuid(doc_id),
-        };
+        let key = payload::point_uuid(self.scope(), doc_id);
         PointId::Uuid(EdgeUuid::from_bytes(key.into_bytes()))
     }
 
@@ -173,7 +172,8 @@ impl EdgeStore {
             .into_iter()
             // Ids are tenant-scoped already; the payload check is a second lock.
             .filter(|(payload, _)| {
-                tenant.is_none() || shard::payload_tenant(payload.as_ref()) == tenant.as_deref()
+                tenant.is_none()
+                    || payload.as_ref().and_then(|p| payload::tenant_of(&p.0)) == tenant.as_deref()
             })
             .map(|(payload, vector)| shard::to_doc(payload, vector))
             .collect())
@@ -202,9 +202,11 @@ impl TenantStore for EdgeStore {
         let mut persisted = Vec::with_capacity(points.len());
         for (id, r) in points {
             shard.check_dimension(&r.vector)?;
-            let payload = shard::payload(tenant.as_deref(), r.doc_id, r.text, r.metadata);
+            let payload = payload::build(tenant.as_deref(), r.doc_id, r.text, r.metadata);
             persisted.push(PointStructPersisted::from(PointStruct::new(
-                id, r.vector, payload,
+                id,
+                r.vector,
+                serde_json::Value::Object(payload),
             )));
         }
         shard.upsert(&who, persisted)
@@ -298,14 +300,7 @@ impl TenantStore for EdgeStore {
             shard.delete_filter(&self.who, everything)?;
         }
         self.close()?;
-        self.paths
-            .check_tenant_dir(&self.tenant)
-            .map_err(|e| shard::internal(&self.who, "tenant folder", e))?;
-        match std::fs::remove_dir_all(self.paths.tenant_dir(&self.tenant)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(shard::internal(&self.who, "remove tenant folder", e)),
-        }
+        remove_tenant_folder(&self.paths, &self.tenant)
     }
 
     fn maintain(&mut self) -> Result<bool, ServiceError> {

@@ -9,6 +9,8 @@
 //! pool.
 
 pub mod edge;
+pub mod payload;
+pub mod qdrant;
 pub mod shard;
 
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use serde_json::{Map, Value};
 use crate::config::{Backend, Settings};
 use crate::filter::Filter;
 use crate::protocol::{Doc, Hit, ServiceError};
-use crate::tenant::TenantId;
+use crate::tenant::{TenantId, TenantPaths};
 
 /// A document ready to store: its vector is known and has been checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,16 +98,21 @@ pub trait StoreFactory: Send + Sync {
 pub fn factory(settings: &Settings) -> anyhow::Result<Arc<dyn StoreFactory>> {
     match settings.store.backend {
         Backend::Edge => Ok(Arc::new(edge::EdgeFactory::new(settings)?)),
-        Backend::Qdrant => anyhow::bail!(
-            "store.backend = \"qdrant\" is not available in this version; use \"edge\""
-        ),
+        Backend::Qdrant => Ok(Arc::new(qdrant::QdrantFactory::new(settings)?)),
     }
 }
 
-/// The point id of a document: UUIDv5 of its `doc_id`, so an upsert of the
-/// same `doc_id` replaces the point instead of adding one.
-pub fn point_uuid(doc_id: &str) -> uuid::Uuid {
-    /// Fixed namespace of tenantvec point ids; changing it orphans stored data.
-    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f1c_2a4e_8b7d_4c35_9a0e_5d2b_7c41_e9f3);
-    uuid::Uuid::new_v5(&NAMESPACE, doc_id.as_bytes())
+/// Remove a tenant's folder under the data root (its shard, if any, and its
+/// `tenant.json`): the last step of every backend's `drop`. A missing folder
+/// is fine; a symlinked one is refused, never followed.
+pub fn remove_tenant_folder(paths: &TenantPaths, tenant: &TenantId) -> Result<(), ServiceError> {
+    let who = format!("tenant {tenant}");
+    paths
+        .check_tenant_dir(tenant)
+        .map_err(|e| shard::internal(&who, "tenant folder", e))?;
+    match std::fs::remove_dir_all(paths.tenant_dir(tenant)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(shard::internal(&who, "remove tenant folder", e)),
+    }
 }

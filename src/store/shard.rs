@@ -25,10 +25,10 @@ use qdrant_edge::{
     ValueVariants, VectorInternal, VectorStructInternal, WalOptions, WithPayloadInterface,
     WithVector, DEFAULT_VECTOR_NAME,
 };
-use serde_json::{Map, Value};
 
 use crate::filter::{Condition, Filter, Scalar};
 use crate::protocol::{Doc, ServiceError};
+use crate::store::payload::{self, metadata_path, IndexKind, TENANT};
 
 /// Lock file inside a shard folder; held exclusively while the shard is open.
 const LOCK_FILE: &str = ".tenantvec.lock";
@@ -36,13 +36,6 @@ const LOCK_FILE: &str = ".tenantvec.lock";
 const CONFIG_FILE: &str = "edge_config.json";
 /// How long opening a shard waits for its lock before answering `unavailable`.
 const LOCK_PATIENCE: Duration = Duration::from_secs(2);
-
-/// Payload keys of a point.
-pub const DOC_ID: &str = "doc_id";
-pub const TEXT: &str = "text";
-pub const METADATA: &str = "metadata";
-/// The tenant of a point in a shard shared by all tenants.
-pub const TENANT: &str = "tenant";
 
 /// A point as read back: its payload and, when asked for, its vector.
 pub type StoredPoint = (Option<Payload>, Option<VectorStructInternal>);
@@ -217,7 +210,9 @@ impl Shard {
                 .conditions
                 .iter()
                 .filter(|(key, _)| !state.indexed.contains(&metadata_path(key)))
-                .filter_map(|(key, cond)| Some((metadata_path(key), index_kind(cond)?)))
+                .filter_map(|(key, cond)| {
+                    Some((metadata_path(key), schema_type(IndexKind::of(cond)?)))
+                })
                 .collect()
         };
         if missing.is_empty() {
@@ -409,29 +404,17 @@ fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }
 
-pub fn metadata_path(key: &str) -> String {
-    format!("{METADATA}.{key}")
-}
-
 fn json_path(path: &str) -> Result<qdrant_edge::JsonPath, ServiceError> {
     path.parse()
         .map_err(|()| ServiceError::bad_request(format!("filter key path {path:?} is not usable")))
 }
 
-/// The index type that serves a condition, if one does.
-fn index_kind(cond: &Condition) -> Option<PayloadSchemaType> {
-    let of = |s: &Scalar| match s {
-        Scalar::String(_) => PayloadSchemaType::Keyword,
-        Scalar::Number(_) => PayloadSchemaType::Float,
-        Scalar::Bool(_) => PayloadSchemaType::Bool,
-    };
-    match cond {
-        Condition::Equals(s) => Some(of(s)),
-        Condition::Range(_) => Some(PayloadSchemaType::Float),
-        Condition::AnyOf(list) => {
-            let first = of(list.first()?);
-            list.iter().all(|s| of(s) == first).then_some(first)
-        }
+/// The engine's index type of an [`IndexKind`].
+fn schema_type(kind: IndexKind) -> PayloadSchemaType {
+    match kind {
+        IndexKind::Keyword => PayloadSchemaType::Keyword,
+        IndexKind::Float => PayloadSchemaType::Float,
+        IndexKind::Bool => PayloadSchemaType::Bool,
     }
 }
 
@@ -460,7 +443,16 @@ pub fn to_edge_filter(
                 must_not: None,
             }),
             Condition::Range(r) => {
-                EdgeCondition::Field(FieldCondition::new_range(path, tightest(r)))
+                let r = r.tightest();
+                EdgeCondition::Field(FieldCondition::new_range(
+                    path,
+                    EdgeRange {
+                        lt: r.lt.map(OrderedFloat),
+                        gt: r.gt.map(OrderedFloat),
+                        gte: r.gte.map(OrderedFloat),
+                        lte: r.lte.map(OrderedFloat),
+                    },
+                ))
             }
         };
         must.push(c);
@@ -471,28 +463,6 @@ pub fn to_edge_filter(
         must: Some(must),
         must_not: None,
     }))
-}
-
-/// The range with at most one lower and one upper bound, the tightest of
-/// each. The engine does not apply both `gt` and `gte` (or `lt` and `lte`)
-/// when both are given, so they are reduced here to the one that decides.
-fn tightest(r: &crate::filter::Range) -> EdgeRange<OrderedFloat<f64>> {
-    let (gt, gte) = match (r.gt, r.gte) {
-        (Some(gt), Some(gte)) if gt >= gte => (Some(gt), None),
-        (Some(_), Some(gte)) => (None, Some(gte)),
-        other => other,
-    };
-    let (lt, lte) = match (r.lt, r.lte) {
-        (Some(lt), Some(lte)) if lt <= lte => (Some(lt), None),
-        (Some(_), Some(lte)) => (None, Some(lte)),
-        other => other,
-    };
-    EdgeRange {
-        lt: lt.map(OrderedFloat),
-        gt: gt.map(OrderedFloat),
-        gte: gte.map(OrderedFloat),
-        lte: lte.map(OrderedFloat),
-    }
 }
 
 fn scalar_condition(path: &qdrant_edge::JsonPath, s: &Scalar) -> EdgeCondition {
@@ -517,45 +487,8 @@ fn scalar_condition(path: &qdrant_edge::JsonPath, s: &Scalar) -> EdgeCondition {
     EdgeCondition::Field(field)
 }
 
-/// The payload stored with a document.
-pub fn payload(
-    tenant: Option<&str>,
-    doc_id: String,
-    text: Option<String>,
-    metadata: Map<String, Value>,
-) -> Value {
-    let mut payload = Map::new();
-    if let Some(t) = tenant {
-        payload.insert(TENANT.into(), Value::String(t.to_owned()));
-    }
-    payload.insert(DOC_ID.into(), Value::String(doc_id));
-    if let Some(text) = text {
-        payload.insert(TEXT.into(), Value::String(text));
-    }
-    payload.insert(METADATA.into(), Value::Object(metadata));
-    Value::Object(payload)
-}
-
-/// The tenant a stored point belongs to, if the payload names one.
-pub fn payload_tenant(payload: Option<&Payload>) -> Option<&str> {
-    payload?.0.get(TENANT)?.as_str()
-}
-
-/// A stored point back as a document.
+/// A point read from the engine as a document.
 pub fn to_doc(payload: Option<Payload>, vector: Option<VectorStructInternal>) -> Doc {
-    let mut payload = payload.map(|p| p.0).unwrap_or_default();
-    let doc_id = match payload.remove(DOC_ID) {
-        Some(Value::String(s)) => s,
-        _ => String::new(),
-    };
-    let text = match payload.remove(TEXT) {
-        Some(Value::String(s)) => Some(s),
-        _ => None,
-    };
-    let metadata = match payload.remove(METADATA) {
-        Some(Value::Object(m)) => m,
-        _ => Map::new(),
-    };
     let vector = vector.and_then(|v| match v {
         VectorStructInternal::Single(v) => Some(v),
         VectorStructInternal::Named(mut named) => match named.remove(DEFAULT_VECTOR_NAME) {
@@ -564,12 +497,7 @@ pub fn to_doc(payload: Option<Payload>, vector: Option<VectorStructInternal>) ->
         },
         _ => None,
     });
-    Doc {
-        doc_id,
-        text,
-        metadata,
-        vector,
-    }
+    payload::to_doc(payload.map(|p| p.0).unwrap_or_default(), vector)
 }
 
 pub fn internal(who: &str, what: &str, e: impl std::fmt::Display) -> ServiceError {

@@ -4,6 +4,8 @@
 //! drop, also when a test fails.
 #![allow(dead_code)]
 
+pub mod qdrant;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

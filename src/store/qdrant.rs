@@ -1,0 +1,801 @@
+//! The server store: tenants' points in a Qdrant server (or cluster), reached
+//! over gRPC with `qdrant-client`, in one of two layouts.
+//!
+//! * `per_tenant`: a collection per tenant, `<collection_prefix><tenant>`,
+//!   created on the tenant's first write with the configured dimension and
+//!   cosine distance; `drop` deletes it.
+//! * `shared`: one collection, `<collection_prefix>_shared` (`_` cannot begin
+//!   a tenant id), whose `tenant` payload key is indexed as Qdrant's tenant
+//!   key (`is_tenant`); every read, count, delete and search gets the tenant
+//!   condition here, so no caller can forget it; `drop` deletes by it.
+//!
+//! Both: payload indexes on filtered keys made on first use, every write sent
+//! with `wait=true` (the reply means the server has applied it), and a server
+//! that cannot be reached answered `unavailable`, never a panic; the client
+//! reconnects by itself on the next request.
+//!
+//! Owns the translation to Qdrant's API and the classification of its
+//! failures. It must never let one tenant's request touch another tenant's
+//! collection or points, and never block an async thread: its calls run on
+//! the blocking pool, like every store's, and wait there for the gRPC reply
+//! on the factory's own small runtime.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use qdrant_client::qdrant::{
+    vector_output::Vector as VectorOutput, vectors_config, Condition as QCondition,
+    CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
+    DeletePointsBuilder, Distance, FieldType, Filter as QFilter, GetPointsBuilder,
+    KeywordIndexParamsBuilder, PointId as QPointId, PointStruct, PointsIdsList, Range as QRange,
+    RetrievedPoint, SearchParamsBuilder, SearchPointsBuilder, UpsertPointsBuilder,
+    VectorParamsBuilder, VectorsOutput,
+};
+use qdrant_client::{Payload, Qdrant, QdrantError};
+use serde_json::Map;
+
+use crate::config::{Layout, Settings};
+use crate::filter::{Condition, Filter, Scalar};
+use crate::protocol::{Doc, Hit, ServiceError};
+use crate::store::payload::{self, metadata_path, IndexKind, TENANT};
+use crate::store::{
+    remove_tenant_folder, Record, SearchQuery, Selector, StoreFactory, TenantStore,
+};
+use crate::tenant::{TenantId, TenantPaths};
+
+/// Suffix of the shared layout's collection name, after the prefix.
+const SHARED_COLLECTION: &str = "_shared";
+/// Most bytes (estimated) sent in one upsert request: Qdrant refuses
+/// requests over its `max_request_size_mb` (32 MiB by default), and an
+/// upsert of 1,000 documents with long texts can be larger than that.
+const MAX_UPSERT_BYTES: usize = 8 << 20;
+
+/// Makes [`QdrantStore`]s that share one client and one I/O runtime.
+pub struct QdrantFactory {
+    client: Arc<Qdrant>,
+    io: Arc<IoRuntime>,
+    /// The server, without credentials, for errors and logs.
+    url: String,
+    prefix: String,
+    dimension: usize,
+    paths: TenantPaths,
+    /// What is known of the shared collection, in the shared layout.
+    shared: Option<Arc<Mutex<Known>>>,
+}
+
+/// The runtime that drives the gRPC client: stores run on the blocking
+/// pool and wait here for replies.
+///
+/// Its own runtime, not the worker's, because a store must also work where
+/// no runtime runs (the conformance tests, tools), and because waiting with
+/// `block_on` needs a runtime whose I/O is driven by threads of its own.
+/// Dropped through [`Runtime::shutdown_background`], which (unlike dropping a
+/// runtime) is allowed on an async thread, where the last store may go.
+///
+/// [`Runtime::shutdown_background`]: tokio::runtime::Runtime::shutdown_background
+struct IoRuntime(Option<tokio::runtime::Runtime>);
+
+impl IoRuntime {
+    fn new() -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("qdrant-io")
+            .enable_all()
+            .build()?;
+        Ok(Self(Some(runtime)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        // Only `Drop` takes the runtime out.
+        self.0
+            .as_ref()
+            .map(tokio::runtime::Runtime::handle)
+            .expect("the I/O runtime lives as long as its owner")
+    }
+}
+
+impl Drop for IoRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl QdrantFactory {
+    /// Set up the client; nothing is sent yet (gRPC connects on first use).
+    /// A probe reports in the log, in the background, whether the server
+    /// answers and its version; an unreachable server is not fatal.
+    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        let store = &settings.store;
+        std::fs::create_dir_all(&store.folder).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create the data folder {}: {e}",
+                store.folder.display()
+            )
+        })?;
+        let mut config = Qdrant::from_url(&store.qdrant_url)
+            .timeout(store.qdrant_timeout)
+            .connect_timeout(store.qdrant_connect_timeout)
+            // The check runs a blocking round trip at build time and prints
+            // to stdout; the probe below logs the server version instead.
+            .skip_compatibility_check();
+        if store.qdrant_api_key.is_set() {
+            config = config.api_key(store.qdrant_api_key.expose());
+        }
+        let client = Arc::new(
+            config
+                .build()
+                .map_err(|e| anyhow::anyhow!("store.qdrant_url {:?}: {e}", store.qdrant_url))?,
+        );
+        let io = Arc::new(IoRuntime::new()?);
+        let url = crate::config::redact_urls(&store.qdrant_url);
+        let probe = client.clone();
+        let probe_url = url.clone();
+        io.handle().spawn(async move {
+            match probe.health_check().await {
+                Ok(reply) => {
+                    tracing::info!(url = %probe_url, version = %reply.version, "qdrant server answers")
+                }
+                Err(e) => tracing::warn!(
+                    url = %probe_url,
+                    error = %e,
+                    "qdrant server does not answer; requests get `unavailable` until it does"
+                ),
+            }
+        });
+        let shared = (store.layout == Layout::Shared).then(|| Arc::new(Mutex::new(Known::None)));
+        Ok(Self {
+            client,
+            io,
+            url,
+            prefix: store.collection_prefix.clone(),
+            dimension: store.dimension,
+            paths: TenantPaths::new(&store.folder),
+            shared,
+        })
+    }
+}
+
+impl StoreFactory for QdrantFactory {
+    fn open(&self, tenant: &TenantId) -> Box<dyn TenantStore> {
+        let (collection, scope, known) = match &self.shared {
+            Some(known) => (
+                format!("{}{SHARED_COLLECTION}", self.prefix),
+                Some(tenant.as_str().to_owned()),
+                known.clone(),
+            ),
+            None => (
+                format!("{}{tenant}", self.prefix),
+                None,
+                Arc::new(Mutex::new(Known::None)),
+            ),
+        };
+        Box::new(QdrantStore {
+            tenant: tenant.clone(),
+            who: format!("tenant {tenant}"),
+            client: self.client.clone(),
+            io: self.io.clone(),
+            url: self.url.clone(),
+            collection,
+            scope,
+            dimension: self.dimension,
+            paths: self.paths.clone(),
+            known,
+        })
+    }
+
+    fn backend(&self) -> &'static str {
+        "qdrant"
+    }
+}
+
+/// What this worker knows of a collection. Another worker may create or
+/// delete it at any time, so "missing" is never trusted: reads ask the
+/// server, and a write that finds the collection gone makes it again.
+#[derive(Debug, Clone)]
+enum Known {
+    /// Not looked at yet, or found missing.
+    None,
+    Exists {
+        dimension: usize,
+        /// Payload paths that have an index (of any type).
+        indexed: HashSet<String>,
+    },
+}
+
+pub struct QdrantStore {
+    tenant: TenantId,
+    /// "tenant <id>", for errors and logs.
+    who: String,
+    client: Arc<Qdrant>,
+    io: Arc<IoRuntime>,
+    url: String,
+    collection: String,
+    /// The tenant condition, in the shared layout.
+    scope: Option<String>,
+    /// Dimension of a collection made from now on.
+    dimension: usize,
+    paths: TenantPaths,
+    /// Shared by every store of the shared layout, own in `per_tenant`.
+    known: Arc<Mutex<Known>>,
+}
+
+impl QdrantStore {
+    /// Wait for `call` on the I/O runtime. Called on the blocking pool only.
+    fn run<T>(&self, call: impl Future<Output = Result<T, QdrantError>>) -> Result<T, QdrantError> {
+        self.io.handle().block_on(call)
+    }
+
+    fn known(&self) -> MutexGuard<'_, Known> {
+        // Known is a cache: a panic mid-update leaves at worst a stale entry,
+        // which the next "not found" corrects.
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn forget(&self) {
+        *self.known() = Known::None;
+    }
+
+    /// A failure of `what` as a protocol error.
+    fn fail(&self, what: &str, e: QdrantError) -> ServiceError {
+        classify(&self.who, &self.url, what, e)
+    }
+
+    /// The collection's dimension, asking the server the first time;
+    /// `None` while the collection does not exist.
+    fn existing_dimension(&self) -> Result<Option<usize>, ServiceError> {
+        if let Known::Exists { dimension, .. } = &*self.known() {
+            return Ok(Some(*dimension));
+        }
+        let info = match self.run(self.client.collection_info(&self.collection)) {
+            Ok(info) => info,
+            Err(e) if is_missing(&e) => return Ok(None),
+            Err(e) => return Err(self.fail("collection info", e)),
+        };
+        let info = info.result.unwrap_or_default();
+        let dimension = info
+            .config
+            .and_then(|c| c.params)
+            .and_then(|p| p.vectors_config)
+            .and_then(|v| v.config)
+            .and_then(|c| match c {
+                vectors_config::Config::Params(p) => usize::try_from(p.size).ok(),
+                vectors_config::Config::ParamsMap(_) => None,
+            })
+            .ok_or_else(|| {
+                internal(
+                    &self.who,
+                    "collection info",
+                    format!(
+                        "collection {} has no unnamed dense vector; it was not made by tenantvec",
+                        self.collection
+                    ),
+                )
+            })?;
+        let indexed = info.payload_schema.into_keys().collect();
+        *self.known() = Known::Exists { dimension, indexed };
+        Ok(Some(dimension))
+    }
+
+    /// Make the collection unless it exists, with the configured dimension,
+    /// cosine distance and, in the shared layout, the tenant index.
+    fn ensure_collection(&self) -> Result<usize, ServiceError> {
+        if let Some(d) = self.existing_dimension()? {
+            return Ok(d);
+        }
+        let create = CreateCollectionBuilder::new(&self.collection)
+            .vectors_config(VectorParamsBuilder::new(
+                self.dimension as u64,
+                Distance::Cosine,
+            ))
+            .on_disk_payload(true);
+        match self.run(self.client.create_collection(create)) {
+            Ok(_) => {
+                tracing::info!(who = %self.who, collection = %self.collection, "collection created")
+            }
+            // Another worker made it first: use theirs.
+            Err(e) if is_already_there(&e) => {}
+            Err(e) => return Err(self.fail("create collection", e)),
+        }
+        if self.scope.is_some() {
+            let tenant_index = CreateFieldIndexCollectionBuilder::new(
+                &self.collection,
+                TENANT,
+                FieldType::Keyword,
+            )
+            .field_index_params(KeywordIndexParamsBuilder::default().is_tenant(true))
+            .wait(true);
+            self.run(self.client.create_field_index(tenant_index))
+                .map_err(|e| self.fail("create tenant index", e))?;
+        }
+        self.forget();
+        self.existing_dimension()?
+            .ok_or_else(|| internal(&self.who, "create collection", "missing right after create"))
+    }
+
+    /// Give every key `filter` uses a payload index (the first kind seen
+    /// for a key wins), so a filtered search does not scan the collection.
+    /// Returns `false` if the collection does not exist.
+    fn ensure_indexes(&self, filter: Option<&Filter>) -> Result<bool, ServiceError> {
+        if self.existing_dimension()?.is_none() {
+            return Ok(false);
+        }
+        let Some(filter) = filter else {
+            return Ok(true);
+        };
+        let missing: Vec<(String, IndexKind)> = {
+            let known = self.known();
+            let Known::Exists { indexed, .. } = &*known else {
+                return Ok(false);
+            };
+            filter
+                .conditions
+                .iter()
+                .map(|(key, cond)| (metadata_path(key), cond))
+                .filter(|(path, _)| !indexed.contains(path))
+                .filter_map(|(path, cond)| Some((path, IndexKind::of(cond)?)))
+                .collect()
+        };
+        for (path, kind) in missing {
+            let field_type = match kind {
+                IndexKind::Keyword => FieldType::Keyword,
+                IndexKind::Float => FieldType::Float,
+                IndexKind::Bool => FieldType::Bool,
+            };
+            let create =
+                CreateFieldIndexCollectionBuilder::new(&self.collection, &path, field_type)
+                    .wait(true);
+            match self.run(self.client.create_field_index(create)) {
+                Ok(_) => {}
+                Err(e) if is_missing(&e) => {
+                    self.forget();
+                    return Ok(false);
+                }
+                Err(e) => return Err(self.fail("create payload index", e)),
+            }
+            if let Known::Exists { indexed, .. } = &mut *self.known() {
+                indexed.insert(path);
+            }
+        }
+        Ok(true)
+    }
+
+    fn point_id(&self, doc_id: &str) -> QPointId {
+        QPointId::from(payload::point_uuid(self.scope.as_deref(), doc_id).to_string())
+    }
+
+    /// `filter` with the tenant condition added in the shared layout.
+    fn filter(&self, filter: Option<&Filter>) -> Option<QFilter> {
+        to_qdrant_filter(filter, self.scope.as_deref())
+    }
+
+    /// The documents among `doc_ids` that exist and belong to this tenant,
+    /// in request order.
+    fn existing(&self, doc_ids: &[String], with_vectors: bool) -> Result<Vec<Doc>, ServiceError> {
+        if doc_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<QPointId> = doc_ids.iter().map(|d| self.point_id(d)).collect();
+        let request = GetPointsBuilder::new(&self.collection, ids)
+            .with_payload(true)
+            .with_vectors(with_vectors);
+        let points = match self.run(self.client.get_points(request)) {
+            Ok(reply) => reply.result,
+            Err(e) if is_missing(&e) => {
+                self.forget();
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(self.fail("get", e)),
+        };
+        let mut by_id: HashMap<String, Doc> = points
+            .into_iter()
+            .filter_map(|p| self.to_doc(p))
+            .map(|d| (d.doc_id.clone(), d))
+            .collect();
+        let mut docs = Vec::with_capacity(by_id.len());
+        for doc_id in doc_ids {
+            if let Some(doc) = by_id.remove(doc_id) {
+                docs.push(doc);
+            }
+        }
+        Ok(docs)
+    }
+
+    /// A retrieved point as a document, if it is this tenant's: ids are
+    /// tenant-scoped already, the payload check is a second lock.
+    fn to_doc(&self, point: RetrievedPoint) -> Option<Doc> {
+        let payload = Map::from(Payload::from(point.payload));
+        if self.scope.is_some() && payload::tenant_of(&payload) != self.scope.as_deref() {
+            return None;
+        }
+        Some(payload::to_doc(payload, dense(point.vectors)))
+    }
+
+    fn count_matching(&self, filter: Option<QFilter>) -> Result<usize, ServiceError> {
+        let mut request = CountPointsBuilder::new(&self.collection).exact(true);
+        if let Some(f) = filter {
+            request = request.filter(f);
+        }
+        match self.run(self.client.count(request)) {
+            Ok(reply) => Ok(reply.result.map_or(0, |r| r.count) as usize),
+            Err(e) if is_missing(&e) => {
+                self.forget();
+                Ok(0)
+            }
+            Err(e) => Err(self.fail("count", e)),
+        }
+    }
+
+    fn delete_points(
+        &self,
+        selector: impl Into<qdrant_client::qdrant::points_selector::PointsSelectorOneOf>,
+    ) -> Result<(), ServiceError> {
+        let request = DeletePointsBuilder::new(&self.collection)
+            .points(selector)
+            .wait(true);
+        match self.run(self.client.delete_points(request)) {
+            Ok(_) => Ok(()),
+            Err(e) if is_missing(&e) => {
+                self.forget();
+                Ok(())
+            }
+            Err(e) => Err(self.fail("delete", e)),
+        }
+    }
+
+    fn check_dimension(&self, vector: &[f32], dimension: usize) -> Result<(), ServiceError> {
+        if vector.len() != dimension {
+            return Err(ServiceError::dimension_mismatch(format!(
+                "vector has {} dimensions, the tenant's store has {dimension}",
+                vector.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Send `points` in requests of at most [`MAX_UPSERT_BYTES`], each
+    /// waited for. Upserts replace by id, so a retry after a failure part
+    /// way through leaves the same result as one request would have.
+    fn upsert_points(&self, points: Vec<(usize, PointStruct)>) -> Result<(), QdrantError> {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let mut points = points.into_iter().peekable();
+        while let Some((size, point)) = points.next() {
+            bytes += size;
+            batch.push(point);
+            let full = points
+                .peek()
+                .is_none_or(|(next, _)| bytes + next > MAX_UPSERT_BYTES);
+            if full {
+                let request =
+                    UpsertPointsBuilder::new(&self.collection, std::mem::take(&mut batch))
+                        .wait(true);
+                self.run(self.client.upsert_points(request))?;
+                bytes = 0;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TenantStore for QdrantStore {
+    fn dimension(&mut self) -> Result<usize, ServiceError> {
+        Ok(self.existing_dimension()?.unwrap_or(self.dimension))
+    }
+
+    fn upsert(&mut self, records: Vec<Record>) -> Result<(), ServiceError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let dimension = self.ensure_collection()?;
+        let mut points = Vec::with_capacity(records.len());
+        for r in records {
+            self.check_dimension(&r.vector, dimension)?;
+            let id = self.point_id(&r.doc_id);
+            let size = r.vector.len() * 4
+                + r.text.as_ref().map_or(0, String::len)
+                + serde_json::to_vec(&r.metadata).map_or(0, |m| m.len())
+                + r.doc_id.len()
+                + 64;
+            let payload = payload::build(self.scope.as_deref(), r.doc_id, r.text, r.metadata);
+            points.push((size, PointStruct::new(id, r.vector, Payload::from(payload))));
+        }
+        match self.upsert_points(points.clone()) {
+            Ok(()) => Ok(()),
+            // Dropped by another worker since we looked: make it again, once.
+            Err(e) if is_missing(&e) => {
+                self.forget();
+                self.ensure_collection()?;
+                self.upsert_points(points)
+                    .map_err(|e| self.fail("upsert", e))
+            }
+            Err(e) => Err(self.fail("upsert", e)),
+        }
+    }
+
+    fn search(&mut self, query: &SearchQuery) -> Result<Vec<Hit>, ServiceError> {
+        let Some(dimension) = self.existing_dimension()? else {
+            return Ok(Vec::new());
+        };
+        self.check_dimension(&query.vector, dimension)?;
+        if !self.ensure_indexes(query.filter.as_ref())? {
+            return Ok(Vec::new());
+        }
+        let mut request =
+            SearchPointsBuilder::new(&self.collection, query.vector.clone(), query.top_k as u64)
+                .with_payload(true)
+                .with_vectors(query.with_vectors)
+                // Used once the server has built an HNSW index; high enough
+                // that tenants of this size are searched (almost) exactly.
+                .params(SearchParamsBuilder::default().hnsw_ef(query.top_k.max(256) as u64));
+        if let Some(f) = self.filter(query.filter.as_ref()) {
+            request = request.filter(f);
+        }
+        let points = match self.run(self.client.search_points(request)) {
+            Ok(reply) => reply.result,
+            Err(e) if is_missing(&e) => {
+                self.forget();
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(self.fail("search", e)),
+        };
+        Ok(points
+            .into_iter()
+            .filter_map(|p| {
+                let score = p.score;
+                let doc = self.to_doc(RetrievedPoint {
+                    id: p.id,
+                    payload: p.payload,
+                    vectors: p.vectors,
+                    shard_key: p.shard_key,
+                    order_value: p.order_value,
+                })?;
+                Some(Hit {
+                    doc_id: doc.doc_id,
+                    score,
+                    text: doc.text,
+                    metadata: doc.metadata,
+                    vector: doc.vector,
+                })
+            })
+            .collect())
+    }
+
+    fn get(&mut self, doc_ids: &[String], with_vectors: bool) -> Result<Vec<Doc>, ServiceError> {
+        self.existing(doc_ids, with_vectors)
+    }
+
+    fn delete(&mut self, selector: &Selector) -> Result<usize, ServiceError> {
+        match selector {
+            Selector::Ids(doc_ids) => {
+                let unique: HashSet<&String> = doc_ids.iter().collect();
+                let unique: Vec<String> = unique.into_iter().cloned().collect();
+                let found = self.existing(&unique, false)?;
+                if !found.is_empty() {
+                    let ids: Vec<QPointId> =
+                        found.iter().map(|d| self.point_id(&d.doc_id)).collect();
+                    self.delete_points(PointsIdsList { ids })?;
+                }
+                Ok(found.len())
+            }
+            Selector::Filter(f) => {
+                if !self.ensure_indexes(Some(f))? {
+                    return Ok(0);
+                }
+                let Some(filter) = self.filter(Some(f)) else {
+                    return Ok(0);
+                };
+                let n = self.count_matching(Some(filter.clone()))?;
+                if n > 0 {
+                    self.delete_points(filter)?;
+                }
+                Ok(n)
+            }
+        }
+    }
+
+    fn count(&mut self, filter: Option<&Filter>) -> Result<usize, ServiceError> {
+        if !self.ensure_indexes(filter)? {
+            return Ok(0);
+        }
+        self.count_matching(self.filter(filter))
+    }
+
+    fn drop_tenant(&mut self) -> Result<(), ServiceError> {
+        match &self.scope {
+            Some(_) => {
+                if self.existing_dimension()?.is_some() {
+                    let everything = self.filter(None).ok_or_else(|| {
+                        internal(
+                            &self.who,
+                            "drop",
+                            "no tenant condition in the shared layout",
+                        )
+                    })?;
+                    self.delete_points(everything)?;
+                }
+            }
+            None => {
+                // Deleting a collection that does not exist succeeds.
+                self.run(self.client.delete_collection(&self.collection))
+                    .map_err(|e| self.fail("delete collection", e))?;
+                self.forget();
+            }
+        }
+        remove_tenant_folder(&self.paths, &self.tenant)
+    }
+
+    fn close(&mut self) -> Result<(), ServiceError> {
+        // Nothing is held per tenant: the client and its connections are the
+        // factory's, shared by every tenant.
+        Ok(())
+    }
+}
+
+/// The default dense vector of a point, if it was asked for.
+fn dense(vectors: Option<VectorsOutput>) -> Option<Vec<f32>> {
+    match vectors?.get_vector()? {
+        VectorOutput::Dense(v) => Some(v.data),
+        _ => None,
+    }
+}
+
+/// `must` conditions in Qdrant's terms, the same as the edge store's: every
+/// one of `filter`'s on `metadata.<key>` (numbers compare as a closed range,
+/// so `1` equals `1.0`), plus `tenant == <tenant>` when a scope is given.
+pub fn to_qdrant_filter(filter: Option<&Filter>, tenant: Option<&str>) -> Option<QFilter> {
+    let mut must = Vec::new();
+    if let Some(t) = tenant {
+        must.push(QCondition::matches(TENANT, t.to_owned()));
+    }
+    for (key, cond) in filter.map(|f| f.conditions.as_slice()).unwrap_or_default() {
+        let path = metadata_path(key);
+        must.push(match cond {
+            Condition::Equals(s) => scalar_condition(&path, s),
+            Condition::AnyOf(list) => QCondition::from(QFilter::should(
+                list.iter().map(|s| scalar_condition(&path, s)),
+            )),
+            Condition::Range(r) => {
+                let r = r.tightest();
+                QCondition::range(
+                    path,
+                    QRange {
+                        lt: r.lt,
+                        gt: r.gt,
+                        gte: r.gte,
+                        lte: r.lte,
+                    },
+                )
+            }
+        });
+    }
+    (!must.is_empty()).then(|| QFilter::must(must))
+}
+
+fn scalar_condition(path: &str, s: &Scalar) -> QCondition {
+    match s {
+        Scalar::String(v) => QCondition::matches(path, v.clone()),
+        Scalar::Bool(b) => QCondition::matches(path, *b),
+        Scalar::Number(n) => QCondition::range(
+            path,
+            QRange {
+                lt: None,
+                gt: None,
+                gte: Some(*n),
+                lte: Some(*n),
+            },
+        ),
+    }
+}
+
+/// Whether Qdrant answered that the collection does not exist.
+fn is_missing(e: &QdrantError) -> bool {
+    matches!(e, QdrantError::ResponseError { status } if status.code() == tonic_code::NotFound)
+}
+
+/// Whether a create failed because the collection is already there.
+fn is_already_there(e: &QdrantError) -> bool {
+    matches!(e, QdrantError::ResponseError { status }
+        if status.code() == tonic_code::AlreadyExists
+            || status.message().contains("already exists"))
+}
+
+/// How qdrant-client begins the message of a failed connection attempt.
+const CONNECT_FAILED: &str = "Failed to connect to";
+
+/// gRPC status codes of the client's errors.
+mod tonic_code {
+    pub use tonic::Code::*;
+}
+
+/// A Qdrant failure as a protocol error: the server being unreachable,
+/// slow or overloaded is `unavailable` (retry later; ingest `nak`s it), a
+/// request it refuses is `bad_request` with its reason, the rest `internal`.
+fn classify(who: &str, url: &str, what: &str, e: QdrantError) -> ServiceError {
+    use tonic_code as c;
+    let transient = match &e {
+        QdrantError::ResponseError { status } => {
+            matches!(
+                status.code(),
+                c::Unavailable | c::DeadlineExceeded | c::Cancelled | c::Aborted | c::Unknown
+            )
+            // qdrant-client reports a connection that cannot be made as
+            // `Internal` with this message, not as `Unavailable`.
+            || (status.code() == c::Internal && status.message().starts_with(CONNECT_FAILED))
+        }
+        QdrantError::ResourceExhaustedError { .. } | QdrantError::Io(_) => true,
+        _ => false,
+    };
+    if transient {
+        tracing::warn!(%who, %url, error = %e, "qdrant unavailable: {what}");
+        return ServiceError::unavailable(format!(
+            "{who}: {what}: the Qdrant server at {url} cannot be reached or is overloaded; retry later"
+        ));
+    }
+    match &e {
+        QdrantError::ResponseError { status } if status.code() == c::InvalidArgument => {
+            ServiceError::bad_request(format!(
+                "{who}: {what}: Qdrant refused it: {}",
+                status.message()
+            ))
+        }
+        _ => internal(who, what, e),
+    }
+}
+
+fn internal(who: &str, what: &str, e: impl std::fmt::Display) -> ServiceError {
+    crate::store::shard::internal(who, what, e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tenant_condition_is_always_first_and_kept() {
+        let f = Filter::parse(&serde_json::json!({"k": "v", "n": {"gte": 1, "gt": 0}})).unwrap();
+        let q = to_qdrant_filter(Some(&f), Some("alice")).unwrap();
+        assert_eq!(q.must.len(), 3);
+        assert_eq!(q.must[0], QCondition::matches(TENANT, "alice".to_owned()));
+        assert!(to_qdrant_filter(None, None).is_none());
+        assert_eq!(to_qdrant_filter(None, Some("a")).unwrap().must.len(), 1);
+    }
+
+    #[test]
+    fn unreachable_is_unavailable() {
+        let status = tonic::Status::unavailable("tcp connect error");
+        let e = classify(
+            "t",
+            "http://x",
+            "search",
+            QdrantError::ResponseError { status },
+        );
+        assert_eq!(e.code, crate::protocol::ErrorCode::Unavailable);
+        let status = tonic::Status::internal("Failed to connect to http://x/: refused");
+        let e = classify(
+            "t",
+            "http://x",
+            "search",
+            QdrantError::ResponseError { status },
+        );
+        assert_eq!(e.code, crate::protocol::ErrorCode::Unavailable);
+        let status = tonic::Status::internal("segment broke");
+        let e = classify(
+            "t",
+            "http://x",
+            "search",
+            QdrantError::ResponseError { status },
+        );
+        assert_eq!(e.code, crate::protocol::ErrorCode::Internal);
+        let status = tonic::Status::invalid_argument("bad");
+        let e = classify(
+            "t",
+            "http://x",
+            "search",
+            QdrantError::ResponseError { status },
+        );
+        assert_eq!(e.code, crate::protocol::ErrorCode::BadRequest);
+    }
+}

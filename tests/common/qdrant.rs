@@ -1,0 +1,203 @@
+//! A real Qdrant server for the tests of the qdrant backend: the one named by
+//! `QDRANT_URL` (its gRPC port), or none, and then those tests are skipped
+//! with the reason printed. Each test gets its own collection prefix, and a
+//! guard deletes every collection under it on drop. [`Proxy`] stands between
+//! a worker and the server to cut and restore the connection; it forwards
+//! bytes and never answers for Qdrant.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use qdrant_client::Qdrant;
+
+/// The Qdrant server under test, or why there is none (printed once per test).
+pub fn url() -> Result<String, &'static str> {
+    match std::env::var("QDRANT_URL") {
+        Ok(u) if !u.trim().is_empty() => Ok(u.trim().to_owned()),
+        _ => Err("QDRANT_URL is not set (a Qdrant server's gRPC URL, e.g. http://127.0.0.1:6334)"),
+    }
+}
+
+/// Print why a qdrant test does not run. Shown with `--nocapture`;
+/// `scripts/test` prints the same once for the whole suite.
+pub fn skip(test: &str, reason: &str) {
+    eprintln!("SKIPPED {test}: {reason}");
+}
+
+/// A collection prefix no other test (or run) uses; its collections are
+/// deleted when this is dropped, also when the test fails.
+pub struct Space {
+    pub url: String,
+    pub prefix: String,
+}
+
+impl Space {
+    pub fn new(url: &str) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let prefix = format!(
+            "tvtest{}x{nanos}x{}_",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        Self {
+            url: url.to_owned(),
+            prefix,
+        }
+    }
+
+    /// Names of the collections under this prefix, as the server lists them.
+    pub fn collections(&self) -> Vec<String> {
+        with_client(&self.url, |c| async move {
+            c.list_collections().await.map(|r| {
+                r.collections
+                    .into_iter()
+                    .map(|d| d.name)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.starts_with(&self.prefix))
+        .collect()
+    }
+}
+
+impl Drop for Space {
+    fn drop(&mut self) {
+        for name in self.collections() {
+            let _ = with_client(
+                &self.url,
+                |c| async move { c.delete_collection(name).await },
+            );
+        }
+    }
+}
+
+/// Run one call of a fresh client on a throwaway runtime (test code only).
+fn with_client<T, F>(
+    url: &str,
+    call: impl FnOnce(Qdrant) -> F,
+) -> Result<T, qdrant_client::QdrantError>
+where
+    F: std::future::Future<Output = Result<T, qdrant_client::QdrantError>>,
+{
+    let client = Qdrant::from_url(url).skip_compatibility_check().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(call(client))
+}
+
+/// A TCP forwarder on a free loopback port to `target`, that can cut every
+/// connection and refuse new ones ([`Proxy::cut`]) and let them through
+/// again ([`Proxy::restore`]): a Qdrant server going away and coming back.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    open: Arc<AtomicBool>,
+    live: Arc<Mutex<Vec<TcpStream>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    /// Forward to the host:port of `url` (an http:// URL).
+    pub fn to(url: &str) -> Self {
+        let target = url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let open = Arc::new(AtomicBool::new(true));
+        let live = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (o, l, s) = (open.clone(), live.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for inbound in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(inbound) = inbound else { continue };
+                if !o.load(Ordering::SeqCst) {
+                    let _ = inbound.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(outbound) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                let mut live = l.lock().unwrap_or_else(|p| p.into_inner());
+                for s in [&inbound, &outbound] {
+                    if let Ok(c) = s.try_clone() {
+                        live.push(c);
+                    }
+                }
+                pipe(&inbound, &outbound);
+                pipe(&outbound, &inbound);
+            }
+        });
+        Self {
+            addr,
+            open,
+            live,
+            stop,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Close every connection through the proxy and refuse new ones.
+    pub fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for s in self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    pub fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.cut();
+        // Wake the accept loop so it sees `stop`.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+/// Copy `from` to `to` on a thread until either side closes.
+fn pipe(from: &TcpStream, to: &TcpStream) {
+    let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to.shutdown(Shutdown::Both);
+        let _ = from.shutdown(Shutdown::Both);
+    });
+}
