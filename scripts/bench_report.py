@@ -2,7 +2,10 @@
 """Side-by-side table of the seed peer's and tenantvec's benchmark reports
 (the JSON that seed_faiss/bench.py and `tenantvec bench --json` print).
 
-    bench_report.py SEED.json TENANTVEC-per_tenant.json TENANTVEC-shared.json
+    bench_report.py SEED.json TENANTVEC.json [TENANTVEC.json ...]
+
+One column (and a ratio column) per tenantvec report, named by its backend
+and layout.
 """
 import datetime
 import json
@@ -32,7 +35,9 @@ def ratio(a, b, higher_is_better=True):
 
 
 def main():
-    seed, per, shared = (json.load(open(p)) for p in sys.argv[1:4])
+    seed = json.load(open(sys.argv[1]))
+    runs = [json.load(open(p)) for p in sys.argv[2:]]
+    per = runs[0]
     # (label, seed value, tenantvec path, higher is better, digits)
     rows = [
         ("ingest docs/s (seed: in-process store only; tenantvec: upsert over NATS, JSON included)",
@@ -79,12 +84,22 @@ def main():
                "against the seed, > 1 is better for tenantvec. Bare NATS round trip in this run "
                f"(the floor of any request): p50 {fmt(get(per, 'floor', 'latency_ms', 'p50'), 3)} ms, "
                f"{fmt(get(per, 'floor', 'qps_concurrent'), 0)} echo requests/s with 8 clients.\n")
-    out.append("| measure | seed (FAISS, in-process) | tenantvec per_tenant | ratio | tenantvec shared | ratio |")
-    out.append("| --- | --- | --- | --- | --- | --- |")
+    for r in runs:
+        q = r.get("qdrant")
+        if q:
+            out.append(f"The qdrant columns use Qdrant server {q.get('version')} at {q.get('url')}, "
+                       "on the same machine (its CPU and memory are not in the worker's figures).\n")
+            break
+    names = [f"{get(r, 'args', 'backend') or 'edge'} {get(r, 'args', 'layout')}" for r in runs]
+    out.append("| measure | seed (FAISS, in-process) | "
+               + " | ".join(f"tenantvec {n} | ratio" for n in names) + " |")
+    out.append("| --- | --- |" + " --- | --- |" * len(runs))
     for label, s, path, hib, digits in rows:
-        p, sh = get(per, *path), get(shared, *path)
-        out.append(f"| {label} | {fmt(s, digits)} | {fmt(p, digits)} | {ratio(p, s, hib)} | "
-                   f"{fmt(sh, digits)} | {ratio(sh, s, hib)} |")
+        cells = []
+        for r in runs:
+            v = get(r, *path)
+            cells.append(f"{fmt(v, digits)} | {ratio(v, s, hib)}")
+        out.append(f"| {label} | {fmt(s, digits)} | " + " | ".join(cells) + " |")
     print("\n".join(out))
 
 

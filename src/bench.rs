@@ -52,6 +52,14 @@ pub struct BenchOptions {
     /// Store layout of the worker under test.
     #[arg(long, value_enum, default_value = "per_tenant")]
     pub layout: crate::config::Layout,
+    /// Store backend of the worker under test; `qdrant` uses the server of
+    /// QDRANT_URL (`store.qdrant_url`).
+    #[arg(long, value_enum, default_value = "edge")]
+    pub backend: crate::config::Backend,
+    /// Collection prefix of a qdrant run. Its collections are deleted before
+    /// the ingest phases, and after the run when no `--data` is given.
+    #[arg(long, default_value = "tvbench_")]
+    pub collection_prefix: String,
 }
 
 #[derive(Deserialize)]
@@ -87,12 +95,19 @@ impl WorkerProcess {
             crate::config::Layout::PerTenant => "per_tenant",
             crate::config::Layout::Shared => "shared",
         };
+        let backend = match opts.backend {
+            crate::config::Backend::Edge => "edge",
+            crate::config::Backend::Qdrant => "qdrant",
+        };
         let child = Command::new(std::env::current_exe()?)
             .args(["serve", "--prefix", &settings.nats.prefix])
             .env("NATS_URL", &settings.nats.url)
             .env("VECTOR_STORE_FOLDER", data)
             .env("VECTOR_STORE_POOL_SIZE", pool_size.to_string())
             .env("TENANTVEC_LAYOUT", layout)
+            .env("TENANTVEC_BACKEND", backend)
+            .env("QDRANT_URL", &settings.store.qdrant_url)
+            .env("QDRANT_COLLECTION_PREFIX", &opts.collection_prefix)
             // BENCH_WORKER_LOG sets the worker's log filter, e.g. to time
             // shard opens with "warn,tenantvec::store=debug".
             .env(
@@ -172,12 +187,22 @@ pub async fn run(settings: &Settings, opts: &BenchOptions) -> anyhow::Result<Val
         "dataset": meta,
         "machine": machine(),
         "args": {"clients": opts.clients, "pool_size": opts.pool_size, "layout": opts.layout,
+                 "backend": opts.backend,
                  "warm_pool_size": opts.warm_pool_size, "data": data},
     });
 
     eprintln!("bench: floor (bare NATS round trip)");
     report["floor"] = floor(&client, &queries, opts).await?;
 
+    let on_qdrant = opts.backend == crate::config::Backend::Qdrant;
+    if on_qdrant {
+        let version = qdrant_client(settings)?.health_check().await?.version;
+        report["qdrant"] = json!({"url": crate::config::redact_urls(&settings.store.qdrant_url),
+                                  "version": version});
+        if !opts.skip_ingest {
+            clear_collections(settings, &opts.collection_prefix).await?;
+        }
+    }
     let worker = WorkerProcess::start(settings, opts, &data, opts.pool_size)?;
     wait_ready(&client).await?;
     if !opts.skip_ingest {
@@ -224,7 +249,48 @@ pub async fn run(settings: &Settings, opts: &BenchOptions) -> anyhow::Result<Val
     report["warm"] = warm;
     report["warm_concurrent"] = search_pass(&client, &queries, &truth, opts.clients, None).await?;
     worker.stop()?;
+    if on_qdrant && _temp.is_some() {
+        clear_collections(settings, &opts.collection_prefix).await?;
+    }
     Ok(report)
+}
+
+/// A client of the configured Qdrant server, for the bench's own calls.
+fn qdrant_client(settings: &Settings) -> anyhow::Result<qdrant_client::Qdrant> {
+    let store = &settings.store;
+    let mut config = qdrant_client::Qdrant::from_url(&store.qdrant_url)
+        .timeout(store.qdrant_timeout)
+        .skip_compatibility_check();
+    if store.qdrant_api_key.is_set() {
+        config = config.api_key(store.qdrant_api_key.expose());
+    }
+    Ok(config.build()?)
+}
+
+/// Delete the Qdrant collections whose names begin with `prefix`: what an
+/// earlier run left, or what this run made.
+async fn clear_collections(settings: &Settings, prefix: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !prefix.is_empty(),
+        "--collection-prefix must not be empty: the bench deletes the collections under it"
+    );
+    let qdrant = qdrant_client(settings)?;
+    let names: Vec<String> = qdrant
+        .list_collections()
+        .await?
+        .collections
+        .into_iter()
+        .map(|c| c.name)
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    eprintln!(
+        "bench: deleting {} qdrant collections under {prefix:?}",
+        names.len()
+    );
+    for name in names {
+        qdrant.delete_collection(name).await?;
+    }
+    Ok(())
 }
 
 /// A data root made for one run; removed (with the shards the run wrote,

@@ -1,0 +1,174 @@
+//! The worker on the qdrant backend, end to end over NATS: requests and
+//! ingest while the Qdrant server is away and after it returns, and several
+//! workers sharing one server. A real nats-server always; a real Qdrant
+//! server when `QDRANT_URL` names one (otherwise those tests print why and
+//! pass as skipped). The unreachable-server test needs no server at all.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use common::{qdrant as server, vector, Harness};
+use serde_json::{json, Value};
+use tenantvec::config::{Backend, Layout, Settings};
+use tenantvec::protocol::{AdminVerb, ErrorCode, Verb};
+
+const DIM: usize = 8;
+
+fn docs(prefix: &str, n: u64) -> Value {
+    let docs: Vec<Value> = (0..n)
+        .map(|i| json!({"doc_id": format!("{prefix}-{i}"), "vector": vector(i, DIM), "metadata": {"i": i}}))
+        .collect();
+    json!({ "documents": docs })
+}
+
+fn on_qdrant(s: &mut Settings, url: &str, prefix: &str, layout: Layout) {
+    s.store.backend = Backend::Qdrant;
+    s.store.layout = layout;
+    s.store.qdrant_url = url.to_owned();
+    s.store.collection_prefix = prefix.to_owned();
+    s.store.qdrant_timeout = Duration::from_secs(3);
+    s.ingest.backoff = vec![Duration::from_millis(200)];
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_qdrant_is_answered_unavailable_and_the_worker_keeps_serving() {
+    let nowhere = format!("http://127.0.0.1:{}", common::free_port());
+    let h = Harness::start_with(|s| on_qdrant(s, &nowhere, "tv_", Layout::PerTenant)).await;
+    for verb in [Verb::Upsert, Verb::Search, Verb::Count] {
+        let body = match verb {
+            Verb::Upsert => docs("a", 2),
+            Verb::Search => json!({"vector": vector(1, DIM)}),
+            _ => json!({}),
+        };
+        let message = h.fails(verb, "t1", body, ErrorCode::Unavailable).await;
+        assert!(message.contains("retry later"), "{message}");
+    }
+    // Bad input is still answered as such, and the admin side works.
+    h.fails(
+        Verb::Upsert,
+        "t1",
+        json!({"documents": 3}),
+        ErrorCode::BadRequest,
+    )
+    .await;
+    let stats = h.admin(AdminVerb::Stats, json!({})).await;
+    assert_eq!(stats["backend"], "qdrant");
+}
+
+/// Writes through one worker are read through the other: with the qdrant
+/// backend, workers on one prefix are interchangeable (the edge guard lets
+/// them start), whichever of them NATS hands a request to.
+async fn two_workers_share_one_server(layout: Layout) {
+    let url = match server::url() {
+        Ok(u) => u,
+        Err(reason) => return server::skip("two_workers_share_one_server", reason),
+    };
+    let space = server::Space::new(&url);
+    let mut h = Harness::start_with(|s| on_qdrant(s, &url, &space.prefix, layout)).await;
+    let second_data = tempfile::tempdir().unwrap();
+    let mut second = h.settings.clone();
+    second.store.folder = second_data.path().to_owned();
+    let other = tenantvec::worker::spawn(second.clone());
+    common::wait_ready(&second, || other.is_finished()).await;
+
+    for round in 0..10 {
+        h.ok(Verb::Upsert, "shared-t", docs(&format!("r{round}"), 3))
+            .await;
+        let count = h.ok(Verb::Count, "shared-t", json!({})).await;
+        assert_eq!(
+            count["count"],
+            3 * (round + 1),
+            "read-your-writes across workers"
+        );
+    }
+    let hits = h
+        .ok(
+            Verb::Search,
+            "shared-t",
+            json!({"vector": vector(2, DIM), "top_k": 3, "filter": {"i": 2}}),
+        )
+        .await;
+    assert_eq!(hits["results"].as_array().unwrap().len(), 3);
+    assert_eq!(h.ok(Verb::Count, "other-t", json!({})).await["count"], 0);
+    h.ok(Verb::Drop, "shared-t", json!({})).await;
+    assert_eq!(h.ok(Verb::Count, "shared-t", json!({})).await["count"], 0);
+    other.stop().unwrap();
+    h.stop_worker().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_one_server_per_tenant() {
+    two_workers_share_one_server(Layout::PerTenant).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_one_server_shared() {
+    two_workers_share_one_server(Layout::Shared).await
+}
+
+/// Qdrant goes away with ingest messages in the stream: they are nak'ed
+/// (retried, never dead-lettered, never lost), requests are answered
+/// `unavailable`, and when the server returns everything lands by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_waits_out_a_qdrant_outage() {
+    let url = match server::url() {
+        Ok(u) => u,
+        Err(reason) => return server::skip("ingest_waits_out_a_qdrant_outage", reason),
+    };
+    let space = server::Space::new(&url);
+    let proxy = server::Proxy::to(&url);
+    let h =
+        Harness::start_with(|s| on_qdrant(s, &proxy.url(), &space.prefix, Layout::PerTenant)).await;
+    h.ok(Verb::Upsert, "outage", docs("before", 2)).await;
+    proxy.cut();
+    h.fails(
+        Verb::Upsert,
+        "outage",
+        docs("during", 1),
+        ErrorCode::Unavailable,
+    )
+    .await;
+
+    let js = jetstream::new(
+        tenantvec::transport::connect(&h.settings.nats)
+            .await
+            .unwrap(),
+    );
+    for m in 0..5 {
+        let body = serde_json::to_vec(&docs(&format!("m{m}"), 10)).unwrap();
+        js.publish("tenantvec.ingest.outage", body.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = h.admin(AdminVerb::Stats, json!({})).await;
+        if stats["ingest"]["retried"].as_u64().unwrap_or(0) >= 2 {
+            assert_eq!(
+                stats["ingest"]["dead_lettered"], 0,
+                "an outage is not poison"
+            );
+            assert_eq!(stats["ingest"]["acked"], 0, "{stats}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never retried: {stats}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match h.call(Verb::Count, "outage", json!({})).await {
+            Ok(c) if c["count"] == 52 => break,
+            other => assert!(Instant::now() < deadline, "not recovered: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stats = h.admin(AdminVerb::Stats, json!({})).await;
+    assert_eq!(stats["ingest"]["acked"], 5, "{stats}");
+    assert_eq!(stats["ingest"]["dead_lettered"], 0, "{stats}");
+}
