@@ -80,19 +80,28 @@ impl Drop for Space {
     }
 }
 
-/// Run one call of a fresh client on a throwaway runtime (test code only).
+/// Run one call of a fresh client on a throwaway runtime in a thread of its
+/// own, so that sync and async tests alike can use it.
 fn with_client<T, F>(
     url: &str,
-    call: impl FnOnce(Qdrant) -> F,
+    call: impl FnOnce(Qdrant) -> F + Send,
 ) -> Result<T, qdrant_client::QdrantError>
 where
+    T: Send,
     F: std::future::Future<Output = Result<T, qdrant_client::QdrantError>>,
 {
-    let client = Qdrant::from_url(url).skip_compatibility_check().build()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(call(client))
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let client = Qdrant::from_url(url).skip_compatibility_check().build()?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(call(client))
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// A TCP forwarder on a free loopback port to `target`, that can cut every
