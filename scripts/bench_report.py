@@ -9,6 +9,7 @@ and layout.
 """
 import datetime
 import json
+import os
 import sys
 
 
@@ -87,8 +88,11 @@ def main():
     for r in runs:
         q = r.get("qdrant")
         if q:
-            out.append(f"The qdrant columns use Qdrant server {q.get('version')} at {q.get('url')}, "
-                       "on the same machine (its CPU and memory are not in the worker's figures).\n")
+            build = os.environ.get("QDRANT_BUILD")
+            out.append(f"The qdrant columns use Qdrant server {q.get('version')} at {q.get('url')}"
+                       + (f" ({build})" if build else "")
+                       + ", on the same machine: its CPU is shared with the worker, nats-server "
+                       "and the client, and its memory is not in the worker's figures.\n")
             break
     names = [f"{get(r, 'args', 'backend') or 'edge'} {get(r, 'args', 'layout')}" for r in runs]
     out.append("| measure | seed (FAISS, in-process) | "

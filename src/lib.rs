@@ -21,7 +21,9 @@
 //!   [`store::edge`] keeps tenants in Qdrant Edge shards, a shard per tenant
 //!   under `<data>/<tenant>/vector_store/` or one shared by all;
 //!   [`store::shard`] is one open shard and the translation into the
-//!   engine's terms.
+//!   engine's terms; [`store::qdrant`] keeps them in a Qdrant server, a
+//!   collection per tenant or one shared by all; [`store::payload`] is the
+//!   stored shape of a document, the same in both.
 //! * [`embed`]: text to vector for documents and queries sent without one.
 //! * [`policy`]: a tenant's default `top_k`, document quota and request rate.
 //! * [`protocol`], [`filter`], [`tenant`]: the wire contract, metadata
@@ -33,7 +35,8 @@
 //!
 //! Threads: actors live on the thread that runs the actix system; the NATS
 //! transport runs on the tokio runtime's worker threads; engine work runs on
-//! its blocking pool. No state is global: each piece is owned by one actor or
+//! its blocking pool (with the qdrant backend, a blocking-pool thread waits
+//! there for the gRPC reply, which a small runtime of the store's drives). No state is global: each piece is owned by one actor or
 //! handed down from [`worker::run`].
 
 pub mod bench;

@@ -243,6 +243,19 @@ pub struct Hit {
     pub vector: Option<Vec<f32>>,
 }
 
+impl Hit {
+    /// A stored document found with `score`.
+    pub fn new(doc: Doc, score: f32) -> Self {
+        Self {
+            doc_id: doc.doc_id,
+            score,
+            text: doc.text,
+            metadata: doc.metadata,
+            vector: doc.vector,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpsertRequest {

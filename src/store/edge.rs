@@ -15,7 +15,6 @@
 //! (the shared shard excepted), nor let a read or write of one tenant reach
 //! another tenant's points.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -24,7 +23,7 @@ use crate::filter::Filter;
 use crate::protocol::{Doc, Hit, ServiceError};
 use crate::store::shard::{self, Shard, ShardOptions};
 use crate::store::{
-    payload, remove_tenant_folder, Record, SearchQuery, Selector, StoreFactory, TenantStore,
+    payload, remove_tenant_folder, unique, Record, SearchQuery, Selector, StoreFactory, TenantStore,
 };
 use crate::tenant::{TenantId, TenantPaths};
 use qdrant_edge::external::uuid::Uuid as EdgeUuid;
@@ -231,16 +230,7 @@ impl TenantStore for EdgeStore {
         )?;
         Ok(points
             .into_iter()
-            .map(|p| {
-                let doc = shard::to_doc(p.payload, p.vector);
-                Hit {
-                    doc_id: doc.doc_id,
-                    score: p.score,
-                    text: doc.text,
-                    metadata: doc.metadata,
-                    vector: doc.vector,
-                }
-            })
+            .map(|p| Hit::new(shard::to_doc(p.payload, p.vector), p.score))
             .collect())
     }
 
@@ -251,9 +241,7 @@ impl TenantStore for EdgeStore {
     fn delete(&mut self, selector: &Selector) -> Result<usize, ServiceError> {
         match selector {
             Selector::Ids(doc_ids) => {
-                let unique: HashSet<&String> = doc_ids.iter().collect();
-                let unique: Vec<String> = unique.into_iter().cloned().collect();
-                let found = self.existing(&unique, false)?;
+                let found = self.existing(&unique(doc_ids), false)?;
                 let ids: Vec<PointId> = found.iter().map(|d| self.point_id(&d.doc_id)).collect();
                 let who = self.who.clone();
                 if let (false, Some(shard)) = (ids.is_empty(), self.shard(false)?) {

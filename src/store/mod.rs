@@ -102,6 +102,17 @@ pub fn factory(settings: &Settings) -> anyhow::Result<Arc<dyn StoreFactory>> {
     }
 }
 
+/// `doc_ids` without repeats, in first-seen order: a delete counts each
+/// document once however often it is named.
+pub fn unique(doc_ids: &[String]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    doc_ids
+        .iter()
+        .filter(|d| seen.insert(d.as_str()))
+        .cloned()
+        .collect()
+}
+
 /// Remove a tenant's folder under the data root (its shard, if any, and its
 /// `tenant.json`): the last step of every backend's `drop`. A missing folder
 /// is fine; a symlinked one is refused, never followed.

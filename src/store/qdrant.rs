@@ -40,7 +40,7 @@ use crate::filter::{Condition, Filter, Scalar};
 use crate::protocol::{Doc, Hit, ServiceError};
 use crate::store::payload::{self, metadata_path, IndexKind, TENANT};
 use crate::store::{
-    remove_tenant_folder, Record, SearchQuery, Selector, StoreFactory, TenantStore,
+    remove_tenant_folder, unique, Record, SearchQuery, Selector, StoreFactory, TenantStore,
 };
 use crate::tenant::{TenantId, TenantPaths};
 
@@ -544,7 +544,6 @@ impl TenantStore for QdrantStore {
         Ok(points
             .into_iter()
             .filter_map(|p| {
-                let score = p.score;
                 let doc = self.to_doc(RetrievedPoint {
                     id: p.id,
                     payload: p.payload,
@@ -552,13 +551,7 @@ impl TenantStore for QdrantStore {
                     shard_key: p.shard_key,
                     order_value: p.order_value,
                 })?;
-                Some(Hit {
-                    doc_id: doc.doc_id,
-                    score,
-                    text: doc.text,
-                    metadata: doc.metadata,
-                    vector: doc.vector,
-                })
+                Some(Hit::new(doc, p.score))
             })
             .collect())
     }
@@ -570,9 +563,7 @@ impl TenantStore for QdrantStore {
     fn delete(&mut self, selector: &Selector) -> Result<usize, ServiceError> {
         match selector {
             Selector::Ids(doc_ids) => {
-                let unique: HashSet<&String> = doc_ids.iter().collect();
-                let unique: Vec<String> = unique.into_iter().cloned().collect();
-                let found = self.existing(&unique, false)?;
+                let found = self.existing(&unique(doc_ids), false)?;
                 if !found.is_empty() {
                     let ids: Vec<QPointId> =
                         found.iter().map(|d| self.point_id(&d.doc_id)).collect();
@@ -764,38 +755,26 @@ mod tests {
     }
 
     #[test]
-    fn unreachable_is_unavailable() {
-        let status = tonic::Status::unavailable("tcp connect error");
-        let e = classify(
-            "t",
-            "http://x",
-            "search",
-            QdrantError::ResponseError { status },
-        );
-        assert_eq!(e.code, crate::protocol::ErrorCode::Unavailable);
-        let status = tonic::Status::internal("Failed to connect to http://x/: refused");
-        let e = classify(
-            "t",
-            "http://x",
-            "search",
-            QdrantError::ResponseError { status },
-        );
-        assert_eq!(e.code, crate::protocol::ErrorCode::Unavailable);
-        let status = tonic::Status::internal("segment broke");
-        let e = classify(
-            "t",
-            "http://x",
-            "search",
-            QdrantError::ResponseError { status },
-        );
-        assert_eq!(e.code, crate::protocol::ErrorCode::Internal);
-        let status = tonic::Status::invalid_argument("bad");
-        let e = classify(
-            "t",
-            "http://x",
-            "search",
-            QdrantError::ResponseError { status },
-        );
-        assert_eq!(e.code, crate::protocol::ErrorCode::BadRequest);
+    fn failures_are_classified() {
+        use crate::protocol::ErrorCode::*;
+        let cases = [
+            (tonic::Status::unavailable("tcp connect error"), Unavailable),
+            (tonic::Status::deadline_exceeded("slow"), Unavailable),
+            (
+                tonic::Status::internal("Failed to connect to http://x/: refused"),
+                Unavailable,
+            ),
+            (tonic::Status::internal("segment broke"), Internal),
+            (tonic::Status::invalid_argument("bad"), BadRequest),
+        ];
+        for (status, want) in cases {
+            let e = classify(
+                "t",
+                "http://x",
+                "search",
+                QdrantError::ResponseError { status },
+            );
+            assert_eq!(e.code, want, "{e:?}");
+        }
     }
 }
