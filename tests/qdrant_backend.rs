@@ -23,11 +23,10 @@ fn docs(prefix: &str, n: u64) -> Value {
     json!({ "documents": docs })
 }
 
-fn on_qdrant(s: &mut Settings, url: &str, prefix: &str, layout: Layout) {
+fn on_qdrant(s: &mut Settings, url: &str, space: &server::Space, layout: Layout) {
     s.store.backend = Backend::Qdrant;
     s.store.layout = layout;
-    s.store.qdrant_url = url.to_owned();
-    s.store.collection_prefix = prefix.to_owned();
+    server::configure(s, url, space);
     s.store.qdrant_timeout = Duration::from_secs(3);
     s.ingest.backoff = vec![Duration::from_millis(200)];
 }
@@ -35,7 +34,8 @@ fn on_qdrant(s: &mut Settings, url: &str, prefix: &str, layout: Layout) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_qdrant_is_answered_unavailable_and_the_worker_keeps_serving() {
     let nowhere = format!("http://127.0.0.1:{}", common::free_port());
-    let h = Harness::start_with(|s| on_qdrant(s, &nowhere, "tv_", Layout::PerTenant)).await;
+    let space = server::Space::unused();
+    let h = Harness::start_with(|s| on_qdrant(s, &nowhere, &space, Layout::PerTenant)).await;
     for verb in [Verb::Upsert, Verb::Search, Verb::Count] {
         let body = match verb {
             Verb::Upsert => docs("a", 2),
@@ -66,7 +66,7 @@ async fn two_workers_share_one_server(layout: Layout) {
         Err(reason) => return server::skip("two_workers_share_one_server", reason),
     };
     let space = server::Space::new(&url);
-    let mut h = Harness::start_with(|s| on_qdrant(s, &url, &space.prefix, layout)).await;
+    let mut h = Harness::start_with(|s| on_qdrant(s, &url, &space, layout)).await;
     let second_data = tempfile::tempdir().unwrap();
     let mut second = h.settings.clone();
     second.store.folder = second_data.path().to_owned();
@@ -119,8 +119,7 @@ async fn ingest_waits_out_a_qdrant_outage() {
     };
     let space = server::Space::new(&url);
     let proxy = server::Proxy::to(&url);
-    let h =
-        Harness::start_with(|s| on_qdrant(s, &proxy.url(), &space.prefix, Layout::PerTenant)).await;
+    let h = Harness::start_with(|s| on_qdrant(s, &proxy.url(), &space, Layout::PerTenant)).await;
     h.ok(Verb::Upsert, "outage", docs("before", 2)).await;
     proxy.cut();
     h.fails(

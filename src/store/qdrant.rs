@@ -703,7 +703,9 @@ mod tonic_code {
 
 /// A Qdrant failure as a protocol error: the server being unreachable,
 /// slow or overloaded is `unavailable` (retry later; ingest `nak`s it), a
-/// request it refuses is `bad_request` with its reason, the rest `internal`.
+/// request it refuses is `bad_request` with its reason, refused credentials
+/// are `internal` with a pointer to the API key (the worker's fault, not the
+/// caller's; ingest retries until it is fixed), the rest `internal`.
 fn classify(who: &str, url: &str, what: &str, e: QdrantError) -> ServiceError {
     use tonic_code as c;
     let transient = match &e {
@@ -726,6 +728,15 @@ fn classify(who: &str, url: &str, what: &str, e: QdrantError) -> ServiceError {
         ));
     }
     match &e {
+        QdrantError::ResponseError { status }
+            if matches!(status.code(), c::Unauthenticated | c::PermissionDenied) =>
+        {
+            tracing::error!(%who, %url, error = %e, "qdrant refused the worker's credentials");
+            ServiceError::internal(format!(
+                "{who}: {what}: the Qdrant server at {url} refused the worker's credentials \
+                 (check QDRANT_API_KEY)"
+            ))
+        }
         QdrantError::ResponseError { status } if status.code() == c::InvalidArgument => {
             ServiceError::bad_request(format!(
                 "{who}: {what}: Qdrant refused it: {}",
@@ -766,6 +777,7 @@ mod tests {
             ),
             (tonic::Status::internal("segment broke"), Internal),
             (tonic::Status::invalid_argument("bad"), BadRequest),
+            (tonic::Status::unauthenticated("no key"), Internal),
         ];
         for (status, want) in cases {
             let e = classify(

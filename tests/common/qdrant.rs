@@ -21,6 +21,23 @@ pub fn url() -> Result<String, &'static str> {
     }
 }
 
+/// The API key of the server under test (`QDRANT_API_KEY`), if it wants one.
+pub fn api_key() -> Option<String> {
+    std::env::var("QDRANT_API_KEY")
+        .ok()
+        .filter(|k| !k.is_empty())
+}
+
+/// Point `settings` at the server under test: its URL (or `url`, a proxy
+/// in front of it), its API key, and `space`'s collections.
+pub fn configure(settings: &mut tenantvec::config::Settings, url: &str, space: &Space) {
+    settings.store.qdrant_url = url.to_owned();
+    settings.store.collection_prefix = space.prefix.clone();
+    if let Some(key) = api_key() {
+        settings.store.qdrant_api_key = tenantvec::config::Secret::new(key);
+    }
+}
+
 /// Print why a qdrant test does not run. Shown with `--nocapture`;
 /// `scripts/test` prints the same once for the whole suite.
 pub fn skip(test: &str, reason: &str) {
@@ -52,6 +69,14 @@ impl Space {
         }
     }
 
+    /// A prefix for a test whose server does not exist: nothing to clean up.
+    pub fn unused() -> Self {
+        Self {
+            url: String::new(),
+            prefix: "tv_".into(),
+        }
+    }
+
     /// Names of the collections under this prefix, as the server lists them.
     pub fn collections(&self) -> Vec<String> {
         with_client(&self.url, |c| async move {
@@ -71,6 +96,9 @@ impl Space {
 
 impl Drop for Space {
     fn drop(&mut self) {
+        if self.url.is_empty() {
+            return;
+        }
         for name in self.collections() {
             let _ = with_client(
                 &self.url,
@@ -93,7 +121,10 @@ where
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                let client = Qdrant::from_url(url).skip_compatibility_check().build()?;
+                let client = Qdrant::from_url(url)
+                    .api_key(api_key())
+                    .skip_compatibility_check()
+                    .build()?;
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
@@ -105,11 +136,13 @@ where
 }
 
 /// A TCP forwarder on a free loopback port to `target`, that can cut every
-/// connection and refuse new ones ([`Proxy::cut`]) and let them through
-/// again ([`Proxy::restore`]): a Qdrant server going away and coming back.
+/// connection and refuse new ones ([`Proxy::cut`]), or hold every byte while
+/// keeping connections open ([`Proxy::stall`]: a server that hangs), and let
+/// them through again ([`Proxy::restore`]).
 pub struct Proxy {
     pub addr: SocketAddr,
     open: Arc<AtomicBool>,
+    stalled: Arc<AtomicBool>,
     live: Arc<Mutex<Vec<TcpStream>>>,
     stop: Arc<AtomicBool>,
 }
@@ -124,9 +157,10 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
         let addr = listener.local_addr().expect("proxy address");
         let open = Arc::new(AtomicBool::new(true));
+        let stalled = Arc::new(AtomicBool::new(false));
         let live = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (o, l, s) = (open.clone(), live.clone(), stop.clone());
+        let (o, l, s, h) = (open.clone(), live.clone(), stop.clone(), stalled.clone());
         std::thread::spawn(move || {
             for inbound in listener.incoming() {
                 if s.load(Ordering::SeqCst) {
@@ -146,13 +180,14 @@ impl Proxy {
                         live.push(c);
                     }
                 }
-                pipe(&inbound, &outbound);
-                pipe(&outbound, &inbound);
+                pipe(&inbound, &outbound, &h);
+                pipe(&outbound, &inbound, &h);
             }
         });
         Self {
             addr,
             open,
+            stalled,
             live,
             stop,
         }
@@ -175,7 +210,13 @@ impl Proxy {
         }
     }
 
+    /// Hold every byte in both directions; connections stay open.
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+    }
+
     pub fn restore(&self) {
+        self.stalled.store(false, Ordering::SeqCst);
         self.open.store(true, Ordering::SeqCst);
     }
 }
@@ -189,17 +230,22 @@ impl Drop for Proxy {
     }
 }
 
-/// Copy `from` to `to` on a thread until either side closes.
-fn pipe(from: &TcpStream, to: &TcpStream) {
+/// Copy `from` to `to` on a thread until either side closes, holding the
+/// bytes while `stalled` is set.
+fn pipe(from: &TcpStream, to: &TcpStream, stalled: &Arc<AtomicBool>) {
     let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
         return;
     };
+    let stalled = stalled.clone();
     std::thread::spawn(move || {
         let mut buf = [0u8; 16 * 1024];
         loop {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    while stalled.load(Ordering::SeqCst) {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
                     if to.write_all(&buf[..n]).is_err() {
                         break;
                     }
