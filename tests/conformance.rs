@@ -735,3 +735,31 @@ fn a_wrong_qdrant_api_key_is_named_in_the_error() {
         "the key is never shown"
     );
 }
+
+/// A shared collection left without its tenant index (a worker stopped
+/// between making it and indexing it) gets the index on the next write.
+#[test]
+fn a_shared_collection_missing_its_tenant_index_gets_it() {
+    let test = "a_shared_collection_missing_its_tenant_index_gets_it";
+    let url = match server::url() {
+        Ok(u) => u,
+        Err(reason) => return server::skip(test, reason),
+    };
+    let space = server::Space::new(&url);
+    space.create_bare("_shared", DIM as u64);
+    assert_eq!(space.payload_index("_shared", "tenant"), None);
+    let data = tempfile::tempdir().unwrap();
+    let mut s = Settings::defaults();
+    s.store.folder = data.path().to_owned();
+    s.store.dimension = DIM;
+    s.store.layout = Layout::Shared;
+    server::configure(&mut s, &url, &space);
+    let factory = QdrantFactory::new(&s).unwrap();
+    let mut st = factory.open(&TenantId::parse("a").unwrap());
+    st.upsert(vec![record("x", [1.0, 0.0, 0.0, 0.0], json!({}))])
+        .unwrap();
+    let index = space
+        .payload_index("_shared", "tenant")
+        .expect("tenant index");
+    assert!(index.contains("is_tenant: Some(true)"), "{index}");
+}

@@ -282,24 +282,34 @@ impl QdrantStore {
     /// Make the collection unless it exists, with the configured dimension,
     /// cosine distance and, in the shared layout, the tenant index.
     fn ensure_collection(&self) -> Result<usize, ServiceError> {
-        if let Some(d) = self.existing_dimension()? {
-            return Ok(d);
-        }
-        let create = CreateCollectionBuilder::new(&self.collection)
-            .vectors_config(VectorParamsBuilder::new(
-                self.dimension as u64,
-                Distance::Cosine,
-            ))
-            .on_disk_payload(true);
-        match self.run(self.client.create_collection(create)) {
-            Ok(_) => {
-                tracing::info!(who = %self.who, collection = %self.collection, "collection created")
+        let dimension = match self.existing_dimension()? {
+            Some(d) => d,
+            None => {
+                let create = CreateCollectionBuilder::new(&self.collection)
+                    .vectors_config(VectorParamsBuilder::new(
+                        self.dimension as u64,
+                        Distance::Cosine,
+                    ))
+                    .on_disk_payload(true);
+                match self.run(self.client.create_collection(create)) {
+                    Ok(_) => tracing::info!(
+                        who = %self.who,
+                        collection = %self.collection,
+                        "collection created"
+                    ),
+                    // Another worker made it first: use theirs.
+                    Err(e) if is_already_there(&e) => {}
+                    Err(e) => return Err(self.fail("create collection", e)),
+                }
+                self.existing_dimension()?.ok_or_else(|| {
+                    internal(&self.who, "create collection", "missing right after create")
+                })?
             }
-            // Another worker made it first: use theirs.
-            Err(e) if is_already_there(&e) => {}
-            Err(e) => return Err(self.fail("create collection", e)),
-        }
-        if self.scope.is_some() {
+        };
+        // Checked on every first write, not only after a create: a worker
+        // that stopped between making the shared collection and indexing it
+        // must not leave it without its tenant index.
+        if self.scope.is_some() && !self.is_indexed(TENANT) {
             let tenant_index = CreateFieldIndexCollectionBuilder::new(
                 &self.collection,
                 TENANT,
@@ -309,10 +319,19 @@ impl QdrantStore {
             .wait(true);
             self.run(self.client.create_field_index(tenant_index))
                 .map_err(|e| self.fail("create tenant index", e))?;
+            self.mark_indexed(TENANT);
         }
-        self.forget();
-        self.existing_dimension()?
-            .ok_or_else(|| internal(&self.who, "create collection", "missing right after create"))
+        Ok(dimension)
+    }
+
+    fn is_indexed(&self, path: &str) -> bool {
+        matches!(&*self.known(), Known::Exists { indexed, .. } if indexed.contains(path))
+    }
+
+    fn mark_indexed(&self, path: &str) {
+        if let Known::Exists { indexed, .. } = &mut *self.known() {
+            indexed.insert(path.to_owned());
+        }
     }
 
     /// Give every key `filter` uses a payload index (the first kind seen
@@ -355,9 +374,7 @@ impl QdrantStore {
                 }
                 Err(e) => return Err(self.fail("create payload index", e)),
             }
-            if let Known::Exists { indexed, .. } = &mut *self.known() {
-                indexed.insert(path);
-            }
+            self.mark_indexed(&path);
         }
         Ok(true)
     }

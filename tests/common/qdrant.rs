@@ -94,6 +94,33 @@ impl Space {
     }
 }
 
+impl Space {
+    /// Make collection `<prefix><suffix>` by hand: `dim` cosine vectors, no
+    /// payload index (what a worker stopped half-way would leave).
+    pub fn create_bare(&self, suffix: &str, dim: u64) {
+        use qdrant_client::qdrant::{CreateCollectionBuilder, Distance, VectorParamsBuilder};
+        let name = format!("{}{suffix}", self.prefix);
+        with_client(&self.url, |c| async move {
+            c.create_collection(
+                CreateCollectionBuilder::new(name)
+                    .vectors_config(VectorParamsBuilder::new(dim, Distance::Cosine)),
+            )
+            .await
+        })
+        .expect("create a collection by hand");
+    }
+
+    /// The payload index of `key` in `<prefix><suffix>`, as the server
+    /// describes it (`None` if there is none).
+    pub fn payload_index(&self, suffix: &str, key: &str) -> Option<String> {
+        let name = format!("{}{suffix}", self.prefix);
+        let info = with_client(&self.url, |c| async move { c.collection_info(name).await })
+            .expect("collection info");
+        let schema = info.result?.payload_schema;
+        schema.get(key).map(|s| format!("{s:?}"))
+    }
+}
+
 impl Drop for Space {
     fn drop(&mut self) {
         if self.url.is_empty() {
