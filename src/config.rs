@@ -47,6 +47,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("TENANTVEC_MAX_IN_FLIGHT", "limits.max_in_flight"),
     ("TENANTVEC_MAX_DOCUMENTS", "tenants.max_documents"),
     ("TENANTVEC_MAX_RPS", "tenants.max_rps"),
+    ("TENANTVEC_INGEST_ORDERED", "ingest.ordered"),
     ("RUST_LOG", "log.filter"),
 ];
 
@@ -219,6 +220,13 @@ pub struct IngestSettings {
     pub pull_batch: usize,
     #[serde(with = "duration")]
     pub deadletter_max_age: Duration,
+    /// One worker at a time takes ingest messages (JetStream's pinned
+    /// client), so a tenant's messages are applied in stream order even with
+    /// several workers; the others stand by and take over when it stops
+    /// pulling for `pin_timeout`.
+    pub ordered: bool,
+    #[serde(with = "duration")]
+    pub pin_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -290,6 +298,10 @@ impl Settings {
         anyhow::ensure!(
             self.ingest.max_deliver > self.ingest.backoff.len() as i64,
             "ingest.max_deliver must be larger than the number of ingest.backoff steps"
+        );
+        anyhow::ensure!(
+            self.ingest.pin_timeout >= Duration::from_secs(3),
+            "ingest.pin_timeout must be at least 3s (pulls are renewed at a third of it)"
         );
         anyhow::ensure!(
             self.limits.max_in_flight >= 1,

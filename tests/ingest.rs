@@ -339,3 +339,31 @@ async fn a_transient_failure_is_retried_until_it_succeeds() {
     wait_drained(&js, Duration::from_secs(20)).await;
     assert_eq!(h.ok(Verb::Count, "busy", json!({})).await["count"], 6);
 }
+
+/// `ingest.ordered` (the pinned consumer) on one worker: every message
+/// lands, in order. The two-worker hand-over is in `qdrant_backend.rs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_ingest_on_one_worker() {
+    let h = Harness::start_with(|s| {
+        s.ingest.ordered = true;
+        s.ingest.pin_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let nats = tenantvec::transport::connect(&h.settings.nats)
+        .await
+        .unwrap();
+    let js = jetstream::new(nats);
+    for i in 0..50u64 {
+        let body = json!({"documents": [
+            {"doc_id": "latest", "vector": vector(i, DIM), "metadata": {"i": i}},
+            {"doc_id": format!("m{i}"), "vector": vector(i, DIM)},
+        ]});
+        publish(&js, "pinned", serde_json::to_vec(&body).unwrap()).await;
+    }
+    wait_drained(&js, Duration::from_secs(30)).await;
+    assert_eq!(h.ok(Verb::Count, "pinned", json!({})).await["count"], 51);
+    let got = h
+        .ok(Verb::Get, "pinned", json!({"doc_ids": ["latest"]}))
+        .await;
+    assert_eq!(got["documents"][0]["metadata"]["i"], 49);
+}

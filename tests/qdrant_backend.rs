@@ -171,3 +171,105 @@ async fn ingest_waits_out_a_qdrant_outage() {
     assert_eq!(stats["ingest"]["acked"], 5, "{stats}");
     assert_eq!(stats["ingest"]["dead_lettered"], 0, "{stats}");
 }
+
+/// With `ingest.ordered`, one worker at a time takes ingest messages, so a
+/// tenant's messages land in stream order even with two workers; when that
+/// worker stops, the other takes over after `pin_timeout`. The consumer made
+/// earlier without the setting is replaced on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_ingest_keeps_stream_order_across_two_workers() {
+    let url = match server::url() {
+        Ok(u) => u,
+        Err(reason) => {
+            return server::skip(
+                "ordered_ingest_keeps_stream_order_across_two_workers",
+                reason,
+            )
+        }
+    };
+    let space = server::Space::new(&url);
+    // First without the setting: the consumer exists unpinned.
+    let mut h = Harness::start_with(|s| on_qdrant(s, &url, &space, Layout::Shared)).await;
+    h.stop_worker().unwrap();
+    h.settings.ingest.ordered = true;
+    h.settings.ingest.pin_timeout = Duration::from_secs(3);
+    h.start_worker().await;
+    let second_data = tempfile::tempdir().unwrap();
+    let mut second = h.settings.clone();
+    second.store.folder = second_data.path().to_owned();
+    let other = tenantvec::worker::spawn(second.clone());
+    common::wait_ready(&second, || other.is_finished()).await;
+
+    let js = jetstream::new(
+        tenantvec::transport::connect(&h.settings.nats)
+            .await
+            .unwrap(),
+    );
+    let publish = |from: u64, to: u64| {
+        let js = js.clone();
+        async move {
+            for i in from..to {
+                // Every message replaces "latest" and adds one document.
+                let body = json!({"documents": [
+                    {"doc_id": "latest", "vector": vector(i, DIM), "metadata": {"i": i}},
+                    {"doc_id": format!("m{i}"), "vector": vector(i, DIM)},
+                ]});
+                js.publish(
+                    "tenantvec.ingest.ord",
+                    serde_json::to_vec(&body).unwrap().into(),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            }
+        }
+    };
+    let info = js
+        .get_stream("TENANTVEC_INGEST")
+        .await
+        .unwrap()
+        .consumer_info("tenantvec-ingest")
+        .await
+        .unwrap();
+    assert_eq!(
+        info.config.priority_policy,
+        jetstream::consumer::PriorityPolicy::PinnedClient,
+        "the unpinned consumer was replaced"
+    );
+    publish(0, 80).await;
+    landed(&h, 80).await;
+
+    // Stop one worker, then start a third and stop the first: the pin holder
+    // stops at least once, and another takes over after the pin timeout.
+    other.stop().unwrap();
+    publish(80, 120).await;
+    landed(&h, 120).await;
+    let third_data = tempfile::tempdir().unwrap();
+    let mut third = h.settings.clone();
+    third.store.folder = third_data.path().to_owned();
+    let third_worker = tenantvec::worker::spawn(third.clone());
+    common::wait_ready(&third, || third_worker.is_finished()).await;
+    h.stop_worker().unwrap();
+    // Only the third answers PING now: it is serving.
+    common::wait_ready(&third, || third_worker.is_finished()).await;
+    publish(120, 160).await;
+    landed(&h, 160).await;
+    third_worker.stop().unwrap();
+}
+
+/// Wait until tenant `ord` holds `n + 1` documents and "latest" is from
+/// message `n - 1`: every message landed, the last one last.
+async fn landed(h: &Harness, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let count = h.ok(Verb::Count, "ord", json!({})).await;
+        if count["count"] == n + 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not landed: {count}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = h.ok(Verb::Get, "ord", json!({"doc_ids": ["latest"]})).await;
+    assert_eq!(got["documents"][0]["metadata"]["i"], n - 1, "{got}");
+}

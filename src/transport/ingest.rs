@@ -139,7 +139,7 @@ pub async fn ensure_streams(
     js.create_or_update_stream(deadletter)
         .await
         .map_err(|e| anyhow::anyhow!("cannot create stream {}: {e}", names.deadletter_stream))?;
-    let config = consumer::pull::Config {
+    let mut config = consumer::pull::Config {
         durable_name: Some(names.consumer.clone()),
         description: Some("tenantvec workers: durable ingest".into()),
         ack_policy: consumer::AckPolicy::Explicit,
@@ -149,16 +149,48 @@ pub async fn ensure_streams(
         max_ack_pending: settings.max_ack_pending as i64,
         ..Default::default()
     };
+    if settings.ordered {
+        config.priority_policy = consumer::PriorityPolicy::PinnedClient;
+        config.priority_groups = vec![PIN_GROUP.into()];
+        config.priority_timeout = settings.pin_timeout;
+    }
     let stream = js
         .get_stream(&names.ingest_stream)
         .await
         .map_err(|e| anyhow::anyhow!("cannot open stream {}: {e}", names.ingest_stream))?;
     // create_consumer updates a durable consumer whose config changed.
-    stream
-        .create_consumer(config)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot create consumer {}: {e}", names.consumer))
+    match stream.create_consumer(config.clone()).await {
+        Ok(c) => Ok(c),
+        Err(first) => {
+            // The server does not change a consumer's priority policy in
+            // place. Deleting it loses nothing: the messages stay in the
+            // stream and those delivered but unacked go to the new consumer.
+            let other_policy = match stream.consumer_info(&names.consumer).await {
+                Ok(info) => info.config.priority_policy != config.priority_policy,
+                Err(_) => false,
+            };
+            if !other_policy {
+                anyhow::bail!("cannot create consumer {}: {first}", names.consumer);
+            }
+            tracing::warn!(
+                consumer = %names.consumer,
+                ordered = settings.ordered,
+                "ingest.ordered changed: recreating the ingest consumer"
+            );
+            stream
+                .delete_consumer(&names.consumer)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot recreate consumer {}: {e}", names.consumer))?;
+            stream
+                .create_consumer(config)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot create consumer {}: {e}", names.consumer))
+        }
+    }
 }
+
+/// The priority group every worker pulls in when `ingest.ordered` is on.
+const PIN_GROUP: &str = "workers";
 
 struct Shared {
     js: jetstream::Context,
@@ -212,16 +244,37 @@ impl Ingesting {
     }
 }
 
+/// Open a pull stream. With `ordered`, in the pinned group, and renewed at a
+/// third of the pin timeout so the pin is never lost between pulls.
+async fn pull(
+    consumer: &consumer::PullConsumer,
+    settings: &IngestSettings,
+) -> Result<consumer::pull::Stream, consumer::StreamError> {
+    let stream = consumer
+        .stream()
+        .max_messages_per_batch(settings.pull_batch);
+    if settings.ordered {
+        let expires = settings.pin_timeout / 3;
+        stream
+            .group(PIN_GROUP)
+            .expires(expires)
+            .heartbeat(expires / 4)
+            .messages()
+            .await
+    } else {
+        stream.heartbeat(Duration::from_secs(5)).messages().await
+    }
+}
+
 async fn pull_loop(
     consumer: consumer::PullConsumer,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    let batch = shared.settings.ingest.pull_batch;
     'connect: loop {
         let messages = tokio::select! {
             _ = shutdown.cancelled() => return,
-            m = consumer.stream().max_messages_per_batch(batch).heartbeat(Duration::from_secs(5)).messages() => m,
+            m = pull(&consumer, &shared.settings.ingest) => m,
         };
         let mut messages = match messages {
             Ok(m) => m,
