@@ -478,6 +478,34 @@ mod tests {
     }
 
     #[test]
+    fn the_qdrant_backend_and_ordered_ingest_come_from_the_environment() {
+        // Only this test sets these variables in this test binary.
+        std::env::set_var("TENANTVEC_BACKEND", "qdrant");
+        std::env::set_var("QDRANT_API_KEY", "k3y-secret");
+        std::env::set_var("QDRANT_TIMEOUT", "3s");
+        std::env::set_var("QDRANT_COLLECTION_PREFIX", "app_");
+        std::env::set_var("TENANTVEC_INGEST_ORDERED", "true");
+        let s = Settings::load(None, vec![]).unwrap();
+        assert_eq!(s.store.backend, Backend::Qdrant);
+        assert_eq!(s.store.qdrant_api_key.expose(), "k3y-secret");
+        assert_eq!(s.store.qdrant_timeout, Duration::from_secs(3));
+        assert_eq!(s.store.collection_prefix, "app_");
+        assert!(s.ingest.ordered);
+        assert!(!format!("{s:?}").contains("k3y-secret"));
+        std::env::set_var("QDRANT_COLLECTION_PREFIX", "no/slash");
+        assert!(Settings::load(None, vec![]).is_err(), "prefix is validated");
+        for v in [
+            "TENANTVEC_BACKEND",
+            "QDRANT_API_KEY",
+            "QDRANT_TIMEOUT",
+            "QDRANT_COLLECTION_PREFIX",
+            "TENANTVEC_INGEST_ORDERED",
+        ] {
+            std::env::remove_var(v);
+        }
+    }
+
+    #[test]
     fn overrides_win() {
         let s = Settings::load(
             None,
