@@ -28,6 +28,16 @@ use common::qdrant as server;
 /// Vector dimension of every store in the suite.
 const DIM: usize = 4;
 
+/// Store settings of a test: its data folder, [`DIM`], `backend`, `layout`.
+fn settings(data: &TempDir, backend: Backend, layout: Layout) -> Settings {
+    let mut s = Settings::defaults();
+    s.store.folder = data.path().to_owned();
+    s.store.dimension = DIM;
+    s.store.backend = backend;
+    s.store.layout = layout;
+    s
+}
+
 /// One backend and layout under test, with what it needs kept alive.
 struct Subject {
     factory: Arc<dyn StoreFactory>,
@@ -39,21 +49,11 @@ impl Subject {
     /// `None` (after printing why) when the backend cannot run here.
     fn new(test: &str, backend: Backend, layout: Layout) -> Option<Self> {
         let data = tempfile::tempdir().expect("temp dir");
-        let mut s = Settings::defaults();
-        s.store.folder = data.path().to_owned();
-        s.store.dimension = DIM;
-        s.store.layout = layout;
-        s.store.backend = backend;
+        let mut s = settings(&data, backend, layout);
         let (factory, space): (Arc<dyn StoreFactory>, _) = match backend {
             Backend::Edge => (Arc::new(EdgeFactory::new(&s).expect("edge factory")), None),
             Backend::Qdrant => {
-                let url = match server::url() {
-                    Ok(u) => u,
-                    Err(reason) => {
-                        server::skip(test, reason);
-                        return None;
-                    }
-                };
+                let url = server::url_or_skip(test)?;
                 let space = server::Space::new(&url);
                 server::configure(&mut s, &url, &space);
                 (
@@ -611,10 +611,7 @@ fn tenants_stay_isolated(s: &Subject) {
 fn an_unreachable_qdrant_is_unavailable() {
     for layout in [Layout::PerTenant, Layout::Shared] {
         let data = tempfile::tempdir().unwrap();
-        let mut s = Settings::defaults();
-        s.store.folder = data.path().to_owned();
-        s.store.dimension = DIM;
-        s.store.layout = layout;
+        let mut s = settings(&data, Backend::Qdrant, layout);
         s.store.qdrant_url = format!("http://127.0.0.1:{}", common::free_port());
         let factory = QdrantFactory::new(&s).expect("a factory needs no server");
         let mut st = factory.open(&TenantId::parse("t").unwrap());
@@ -646,18 +643,13 @@ fn an_unreachable_qdrant_is_unavailable() {
 /// after, with the same factory and store.
 #[test]
 fn the_qdrant_store_recovers_when_the_server_returns() {
-    let url = match server::url() {
-        Ok(u) => u,
-        Err(reason) => {
-            return server::skip("the_qdrant_store_recovers_when_the_server_returns", reason)
-        }
+    let Some(url) = server::url_or_skip("the_qdrant_store_recovers_when_the_server_returns") else {
+        return;
     };
     let space = server::Space::new(&url);
     let proxy = server::Proxy::to(&url);
     let data = tempfile::tempdir().unwrap();
-    let mut s = Settings::defaults();
-    s.store.folder = data.path().to_owned();
-    s.store.dimension = DIM;
+    let mut s = settings(&data, Backend::Qdrant, Layout::PerTenant);
     server::configure(&mut s, &proxy.url(), &space);
     s.store.qdrant_timeout = std::time::Duration::from_secs(1);
     let factory = QdrantFactory::new(&s).unwrap();
@@ -708,18 +700,15 @@ fn the_qdrant_store_recovers_when_the_server_returns() {
 #[test]
 fn a_wrong_qdrant_api_key_is_named_in_the_error() {
     let test = "a_wrong_qdrant_api_key_is_named_in_the_error";
-    let url = match server::url() {
-        Ok(u) => u,
-        Err(reason) => return server::skip(test, reason),
+    let Some(url) = server::url_or_skip(test) else {
+        return;
     };
     if server::api_key().is_none() {
         return server::skip(test, "QDRANT_API_KEY is not set: the server wants no key");
     }
     let space = server::Space::new(&url);
     let data = tempfile::tempdir().unwrap();
-    let mut s = Settings::defaults();
-    s.store.folder = data.path().to_owned();
-    s.store.dimension = DIM;
+    let mut s = settings(&data, Backend::Qdrant, Layout::PerTenant);
     server::configure(&mut s, &url, &space);
     s.store.qdrant_api_key = tenantvec::config::Secret::new("not-the-key");
     let mut st = QdrantFactory::new(&s)
@@ -741,18 +730,14 @@ fn a_wrong_qdrant_api_key_is_named_in_the_error() {
 #[test]
 fn a_shared_collection_missing_its_tenant_index_gets_it() {
     let test = "a_shared_collection_missing_its_tenant_index_gets_it";
-    let url = match server::url() {
-        Ok(u) => u,
-        Err(reason) => return server::skip(test, reason),
+    let Some(url) = server::url_or_skip(test) else {
+        return;
     };
     let space = server::Space::new(&url);
     space.create_bare("_shared", DIM as u64);
     assert_eq!(space.payload_index("_shared", "tenant"), None);
     let data = tempfile::tempdir().unwrap();
-    let mut s = Settings::defaults();
-    s.store.folder = data.path().to_owned();
-    s.store.dimension = DIM;
-    s.store.layout = Layout::Shared;
+    let mut s = settings(&data, Backend::Qdrant, Layout::Shared);
     server::configure(&mut s, &url, &space);
     let factory = QdrantFactory::new(&s).unwrap();
     let mut st = factory.open(&TenantId::parse("a").unwrap());

@@ -61,9 +61,8 @@ async fn an_unreachable_qdrant_is_answered_unavailable_and_the_worker_keeps_serv
 /// backend, workers on one prefix are interchangeable (the edge guard lets
 /// them start), whichever of them NATS hands a request to.
 async fn two_workers_share_one_server(layout: Layout) {
-    let url = match server::url() {
-        Ok(u) => u,
-        Err(reason) => return server::skip("two_workers_share_one_server", reason),
+    let Some(url) = server::url_or_skip("two_workers_share_one_server") else {
+        return;
     };
     let space = server::Space::new(&url);
     let mut h = Harness::start_with(|s| on_qdrant(s, &url, &space, layout)).await;
@@ -113,9 +112,8 @@ async fn two_workers_share_one_server_shared() {
 /// `unavailable`, and when the server returns everything lands by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_waits_out_a_qdrant_outage() {
-    let url = match server::url() {
-        Ok(u) => u,
-        Err(reason) => return server::skip("ingest_waits_out_a_qdrant_outage", reason),
+    let Some(url) = server::url_or_skip("ingest_waits_out_a_qdrant_outage") else {
+        return;
     };
     let space = server::Space::new(&url);
     let proxy = server::Proxy::to(&url);
@@ -178,14 +176,9 @@ async fn ingest_waits_out_a_qdrant_outage() {
 /// earlier without the setting is replaced on the way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ordered_ingest_keeps_stream_order_across_two_workers() {
-    let url = match server::url() {
-        Ok(u) => u,
-        Err(reason) => {
-            return server::skip(
-                "ordered_ingest_keeps_stream_order_across_two_workers",
-                reason,
-            )
-        }
+    let test = "ordered_ingest_keeps_stream_order_across_two_workers";
+    let Some(url) = server::url_or_skip(test) else {
+        return;
     };
     let space = server::Space::new(&url);
     // First without the setting: the consumer exists unpinned.

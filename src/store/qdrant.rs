@@ -238,6 +238,24 @@ impl QdrantStore {
         *self.known() = Known::None;
     }
 
+    /// Wait for `call`; `None` when the collection does not exist (it is
+    /// forgotten: another worker may have dropped it), so that a read or a
+    /// delete of a tenant without a collection finds nothing.
+    fn unless_missing<T>(
+        &self,
+        what: &str,
+        call: impl Future<Output = Result<T, QdrantError>>,
+    ) -> Result<Option<T>, ServiceError> {
+        match self.run(call) {
+            Ok(reply) => Ok(Some(reply)),
+            Err(e) if is_missing(&e) => {
+                self.forget();
+                Ok(None)
+            }
+            Err(e) => Err(self.fail(what, e)),
+        }
+    }
+
     /// A failure of `what` as a protocol error.
     fn fail(&self, what: &str, e: QdrantError) -> ServiceError {
         classify(&self.who, &self.url, what, e)
@@ -398,14 +416,10 @@ impl QdrantStore {
         let request = GetPointsBuilder::new(&self.collection, ids)
             .with_payload(true)
             .with_vectors(with_vectors);
-        let points = match self.run(self.client.get_points(request)) {
-            Ok(reply) => reply.result,
-            Err(e) if is_missing(&e) => {
-                self.forget();
-                return Ok(Vec::new());
-            }
-            Err(e) => return Err(self.fail("get", e)),
+        let Some(reply) = self.unless_missing("get", self.client.get_points(request))? else {
+            return Ok(Vec::new());
         };
+        let points = reply.result;
         let mut by_id: HashMap<String, Doc> = points
             .into_iter()
             .filter_map(|p| self.to_doc(p))
@@ -435,14 +449,8 @@ impl QdrantStore {
         if let Some(f) = filter {
             request = request.filter(f);
         }
-        match self.run(self.client.count(request)) {
-            Ok(reply) => Ok(reply.result.map_or(0, |r| r.count) as usize),
-            Err(e) if is_missing(&e) => {
-                self.forget();
-                Ok(0)
-            }
-            Err(e) => Err(self.fail("count", e)),
-        }
+        let reply = self.unless_missing("count", self.client.count(request))?;
+        Ok(reply.and_then(|r| r.result).map_or(0, |r| r.count) as usize)
     }
 
     fn delete_points(
@@ -452,14 +460,9 @@ impl QdrantStore {
         let request = DeletePointsBuilder::new(&self.collection)
             .points(selector)
             .wait(true);
-        match self.run(self.client.delete_points(request)) {
-            Ok(_) => Ok(()),
-            Err(e) if is_missing(&e) => {
-                self.forget();
-                Ok(())
-            }
-            Err(e) => Err(self.fail("delete", e)),
-        }
+        // Nothing to delete in a collection that does not exist.
+        self.unless_missing("delete", self.client.delete_points(request))?;
+        Ok(())
     }
 
     fn check_dimension(&self, vector: &[f32], dimension: usize) -> Result<(), ServiceError> {
@@ -550,14 +553,10 @@ impl TenantStore for QdrantStore {
         if let Some(f) = self.filter(query.filter.as_ref()) {
             request = request.filter(f);
         }
-        let points = match self.run(self.client.search_points(request)) {
-            Ok(reply) => reply.result,
-            Err(e) if is_missing(&e) => {
-                self.forget();
-                return Ok(Vec::new());
-            }
-            Err(e) => return Err(self.fail("search", e)),
+        let Some(reply) = self.unless_missing("search", self.client.search_points(request))? else {
+            return Ok(Vec::new());
         };
+        let points = reply.result;
         Ok(points
             .into_iter()
             .filter_map(|p| {

@@ -38,6 +38,17 @@ pub fn configure(settings: &mut tenantvec::config::Settings, url: &str, space: &
     }
 }
 
+/// The server under test, or `None` after printing why `test` is skipped.
+pub fn url_or_skip(test: &str) -> Option<String> {
+    match url() {
+        Ok(u) => Some(u),
+        Err(reason) => {
+            skip(test, reason);
+            None
+        }
+    }
+}
+
 /// Print why a qdrant test does not run. Shown with `--nocapture`;
 /// `scripts/test` prints the same once for the whole suite.
 pub fn skip(test: &str, reason: &str) {
