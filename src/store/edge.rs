@@ -23,7 +23,8 @@ use crate::filter::Filter;
 use crate::protocol::{Doc, Hit, ServiceError};
 use crate::store::shard::{self, Shard, ShardOptions};
 use crate::store::{
-    payload, remove_tenant_folder, unique, Record, SearchQuery, Selector, StoreFactory, TenantStore,
+    create_data_folder, internal, payload, remove_tenant_folder, unique, Record, SearchQuery,
+    Selector, StoreFactory, TenantStore,
 };
 use crate::tenant::{TenantId, TenantPaths};
 use qdrant_edge::external::uuid::Uuid as EdgeUuid;
@@ -44,9 +45,7 @@ pub struct EdgeFactory {
 impl EdgeFactory {
     pub fn new(settings: &Settings) -> anyhow::Result<Self> {
         let root = &settings.store.folder;
-        std::fs::create_dir_all(root).map_err(|e| {
-            anyhow::anyhow!("cannot create the data folder {}: {e}", root.display())
-        })?;
+        create_data_folder(root)?;
         let options = ShardOptions {
             dimension: settings.store.dimension,
             wal_capacity: settings.store.wal_capacity_kb.max(64) * 1024,
@@ -126,7 +125,7 @@ impl EdgeStore {
                 if open.is_none() {
                     self.paths
                         .check_tenant_dir(&self.tenant)
-                        .map_err(|e| shard::internal(&self.who, "tenant folder", e))?;
+                        .map_err(|e| internal(&self.who, "tenant folder", e))?;
                     *open = Shard::open(&self.dir, &self.options, create, &self.who)?.map(Box::new);
                 }
                 Ok(open.as_deref())
@@ -197,7 +196,7 @@ impl TenantStore for EdgeStore {
         let who = self.who.clone();
         let shard = self
             .shard(true)?
-            .ok_or_else(|| shard::internal(&who, "create shard", "shard missing after create"))?;
+            .ok_or_else(|| internal(&who, "create shard", "shard missing after create"))?;
         let mut persisted = Vec::with_capacity(points.len());
         for (id, r) in points {
             shard.check_dimension(&r.vector)?;
@@ -279,7 +278,7 @@ impl TenantStore for EdgeStore {
     fn drop_tenant(&mut self) -> Result<(), ServiceError> {
         if let Slot::Shared(shard) = &self.slot {
             let everything = self.filter(None)?.ok_or_else(|| {
-                shard::internal(
+                internal(
                     &self.who,
                     "drop",
                     "no tenant condition in the shared layout",

@@ -102,6 +102,31 @@ pub fn factory(settings: &Settings) -> anyhow::Result<Arc<dyn StoreFactory>> {
     }
 }
 
+/// A store failure that is not the caller's: logged with its cause, and
+/// answered `internal` naming the tenant and the step that failed.
+pub fn internal(who: &str, what: &str, e: impl std::fmt::Display) -> ServiceError {
+    tracing::error!(%who, error = %e, "store failure: {what}");
+    ServiceError::internal(format!("{who}: {what} failed: {e}"))
+}
+
+/// `dimension_mismatch` unless `vector` has the store's `dimension`.
+pub fn check_dimension(vector: &[f32], dimension: usize) -> Result<(), ServiceError> {
+    if vector.len() != dimension {
+        return Err(ServiceError::dimension_mismatch(format!(
+            "vector has {} dimensions, the tenant's store has {dimension}",
+            vector.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Make the data root at start: every backend keeps tenants' folders
+/// (`tenant.json`, and the edge store's shards) under it.
+pub fn create_data_folder(root: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(root)
+        .map_err(|e| anyhow::anyhow!("cannot create the data folder {}: {e}", root.display()))
+}
+
 /// `doc_ids` without repeats, in first-seen order: a delete counts each
 /// document once however often it is named.
 pub fn unique(doc_ids: &[String]) -> Vec<String> {
@@ -120,10 +145,10 @@ pub fn remove_tenant_folder(paths: &TenantPaths, tenant: &TenantId) -> Result<()
     let who = format!("tenant {tenant}");
     paths
         .check_tenant_dir(tenant)
-        .map_err(|e| shard::internal(&who, "tenant folder", e))?;
+        .map_err(|e| internal(&who, "tenant folder", e))?;
     match std::fs::remove_dir_all(paths.tenant_dir(tenant)) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(shard::internal(&who, "remove tenant folder", e)),
+        Err(e) => Err(internal(&who, "remove tenant folder", e)),
     }
 }

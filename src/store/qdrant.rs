@@ -40,7 +40,8 @@ use crate::filter::{Condition, Filter, Scalar};
 use crate::protocol::{Doc, Hit, ServiceError};
 use crate::store::payload::{self, metadata_path, IndexKind, TENANT};
 use crate::store::{
-    remove_tenant_folder, unique, Record, SearchQuery, Selector, StoreFactory, TenantStore,
+    check_dimension, create_data_folder, internal, remove_tenant_folder, unique, Record,
+    SearchQuery, Selector, StoreFactory, TenantStore,
 };
 use crate::tenant::{TenantId, TenantPaths};
 
@@ -109,12 +110,7 @@ impl QdrantFactory {
     /// answers and its version; an unreachable server is not fatal.
     pub fn new(settings: &Settings) -> anyhow::Result<Self> {
         let store = &settings.store;
-        std::fs::create_dir_all(&store.folder).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot create the data folder {}: {e}",
-                store.folder.display()
-            )
-        })?;
+        create_data_folder(&store.folder)?;
         let mut config = Qdrant::from_url(&store.qdrant_url)
             .timeout(store.qdrant_timeout)
             .connect_timeout(store.qdrant_connect_timeout)
@@ -465,16 +461,6 @@ impl QdrantStore {
         Ok(())
     }
 
-    fn check_dimension(&self, vector: &[f32], dimension: usize) -> Result<(), ServiceError> {
-        if vector.len() != dimension {
-            return Err(ServiceError::dimension_mismatch(format!(
-                "vector has {} dimensions, the tenant's store has {dimension}",
-                vector.len()
-            )));
-        }
-        Ok(())
-    }
-
     /// Send `points` in requests of at most [`MAX_UPSERT_BYTES`], each
     /// waited for. Upserts replace by id, so a retry after a failure part
     /// way through leaves the same result as one request would have.
@@ -512,7 +498,7 @@ impl TenantStore for QdrantStore {
         let dimension = self.ensure_collection()?;
         let mut points = Vec::with_capacity(records.len());
         for r in records {
-            self.check_dimension(&r.vector, dimension)?;
+            check_dimension(&r.vector, dimension)?;
             let id = self.point_id(&r.doc_id);
             let size = r.vector.len() * 4
                 + r.text.as_ref().map_or(0, String::len)
@@ -539,7 +525,7 @@ impl TenantStore for QdrantStore {
         let Some(dimension) = self.existing_dimension()? else {
             return Ok(Vec::new());
         };
-        self.check_dimension(&query.vector, dimension)?;
+        check_dimension(&query.vector, dimension)?;
         if !self.ensure_indexes(query.filter.as_ref())? {
             return Ok(Vec::new());
         }
@@ -761,10 +747,6 @@ fn classify(who: &str, url: &str, what: &str, e: QdrantError) -> ServiceError {
         }
         _ => internal(who, what, e),
     }
-}
-
-fn internal(who: &str, what: &str, e: impl std::fmt::Display) -> ServiceError {
-    crate::store::shard::internal(who, what, e)
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use qdrant_edge::{
 
 use crate::filter::{Condition, Filter, Scalar};
 use crate::protocol::{Doc, ServiceError};
+use crate::store::internal;
 use crate::store::payload::{self, metadata_path, IndexKind, TENANT};
 
 /// Lock file inside a shard folder; held exclusively while the shard is open.
@@ -226,14 +227,7 @@ impl Shard {
     }
 
     pub fn check_dimension(&self, vector: &[f32]) -> Result<(), ServiceError> {
-        if vector.len() != self.dimension {
-            return Err(ServiceError::dimension_mismatch(format!(
-                "vector has {} dimensions, the tenant's store has {}",
-                vector.len(),
-                self.dimension
-            )));
-        }
-        Ok(())
+        crate::store::check_dimension(vector, self.dimension)
     }
 
     pub fn upsert(&self, who: &str, points: Vec<PointStructPersisted>) -> Result<(), ServiceError> {
@@ -498,9 +492,4 @@ pub fn to_doc(payload: Option<Payload>, vector: Option<VectorStructInternal>) ->
         _ => None,
     });
     payload::to_doc(payload.map(|p| p.0).unwrap_or_default(), vector)
-}
-
-pub fn internal(who: &str, what: &str, e: impl std::fmt::Display) -> ServiceError {
-    tracing::error!(%who, error = %e, "store failure: {what}");
-    ServiceError::internal(format!("{who}: {what} failed: {e}"))
 }
