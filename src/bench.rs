@@ -196,7 +196,10 @@ pub async fn run(settings: &Settings, opts: &BenchOptions) -> anyhow::Result<Val
 
     let on_qdrant = opts.backend == crate::config::Backend::Qdrant;
     if on_qdrant {
-        let version = qdrant_client(settings)?.health_check().await?.version;
+        let version = crate::store::qdrant::client(&settings.store)?
+            .health_check()
+            .await?
+            .version;
         report["qdrant"] = json!({"url": crate::config::redact_urls(&settings.store.qdrant_url),
                                   "version": version});
         if !opts.skip_ingest {
@@ -255,18 +258,6 @@ pub async fn run(settings: &Settings, opts: &BenchOptions) -> anyhow::Result<Val
     Ok(report)
 }
 
-/// A client of the configured Qdrant server, for the bench's own calls.
-fn qdrant_client(settings: &Settings) -> anyhow::Result<qdrant_client::Qdrant> {
-    let store = &settings.store;
-    let mut config = qdrant_client::Qdrant::from_url(&store.qdrant_url)
-        .timeout(store.qdrant_timeout)
-        .skip_compatibility_check();
-    if store.qdrant_api_key.is_set() {
-        config = config.api_key(store.qdrant_api_key.expose());
-    }
-    Ok(config.build()?)
-}
-
 /// Delete the Qdrant collections whose names begin with `prefix`: what an
 /// earlier run left, or what this run made.
 async fn clear_collections(settings: &Settings, prefix: &str) -> anyhow::Result<()> {
@@ -274,7 +265,7 @@ async fn clear_collections(settings: &Settings, prefix: &str) -> anyhow::Result<
         !prefix.is_empty(),
         "--collection-prefix must not be empty: the bench deletes the collections under it"
     );
-    let qdrant = qdrant_client(settings)?;
+    let qdrant = crate::store::qdrant::client(&settings.store)?;
     let names: Vec<String> = qdrant
         .list_collections()
         .await?

@@ -108,6 +108,7 @@ conformance!(
     a_tenant_without_data_reads_empty,
     drop_erases_one_tenant_only,
     wrong_dimension_is_refused,
+    a_large_upsert_lands_whole,
     filters_match_brute_force,
     tenants_stay_isolated,
 );
@@ -386,6 +387,24 @@ fn wrong_dimension_is_refused(s: &Subject) {
         })
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::DimensionMismatch, "{err:?}");
+}
+
+/// An upsert larger than one request part of the qdrant store (12 MB of
+/// text here, against 8 MiB parts) lands whole.
+fn a_large_upsert_lands_whole(s: &Subject) {
+    let mut st = s.store("big");
+    let text = "x".repeat(300_000);
+    let records: Vec<Record> = (0..40)
+        .map(|i| Record {
+            text: Some(text.clone()),
+            ..record(&format!("b{i}"), [1.0, i as f32, 0.0, 0.0], json!({"i": i}))
+        })
+        .collect();
+    st.upsert(records).unwrap();
+    assert_eq!(st.count(None).unwrap(), 40);
+    let got = st.get(&["b0".into(), "b39".into()], false).unwrap();
+    assert_eq!(ids(&got, |d| &d.doc_id), vec!["b0", "b39"]);
+    assert!(got.iter().all(|d| d.text.as_deref() == Some(text.as_str())));
 }
 
 // ---- filters against a brute-force answer ----

@@ -29,13 +29,13 @@ use qdrant_client::qdrant::{
     CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
     DeletePointsBuilder, Distance, FieldType, Filter as QFilter, GetPointsBuilder,
     KeywordIndexParamsBuilder, PointId as QPointId, PointStruct, PointsIdsList, Range as QRange,
-    RetrievedPoint, SearchParamsBuilder, SearchPointsBuilder, UpsertPointsBuilder,
+    SearchParamsBuilder, SearchPointsBuilder, UpsertPointsBuilder, Value as QValue,
     VectorParamsBuilder, VectorsOutput,
 };
 use qdrant_client::{Payload, Qdrant, QdrantError};
 use serde_json::Map;
 
-use crate::config::{Layout, Settings};
+use crate::config::{Layout, Settings, StoreSettings};
 use crate::filter::{Condition, Filter, Scalar};
 use crate::protocol::{Doc, Hit, ServiceError};
 use crate::store::payload::{self, metadata_path, IndexKind, TENANT};
@@ -47,9 +47,12 @@ use crate::tenant::{TenantId, TenantPaths};
 
 /// Suffix of the shared layout's collection name, after the prefix.
 const SHARED_COLLECTION: &str = "_shared";
-/// Most bytes (estimated) sent in one upsert request: Qdrant refuses
-/// requests over its `max_request_size_mb` (32 MiB by default), and an
-/// upsert of 1,000 documents with long texts can be larger than that.
+/// Most bytes (estimated) sent in one upsert request. Qdrant's gRPC port sets
+/// no size limit (its 32 MiB `max_request_size_mb` is for REST), but a group
+/// commit merges every upsert queued for a tenant into one write (up to
+/// `ingest.max_ack_pending` ingest messages of up to the NATS `max_payload`
+/// each, plus requests): parts keep each request's encoding buffer and its
+/// time against `qdrant_timeout` bounded.
 const MAX_UPSERT_BYTES: usize = 8 << 20;
 
 /// Makes [`QdrantStore`]s that share one client and one I/O runtime.
@@ -104,6 +107,23 @@ impl Drop for IoRuntime {
     }
 }
 
+/// A client of the configured Qdrant server: its URL, API key and
+/// timeouts. Nothing is sent until the first call.
+pub fn client(store: &StoreSettings) -> anyhow::Result<Qdrant> {
+    let mut config = Qdrant::from_url(&store.qdrant_url)
+        .timeout(store.qdrant_timeout)
+        .connect_timeout(store.qdrant_connect_timeout)
+        // The check runs a blocking round trip at build time and prints to
+        // stdout; the factory's probe logs the server version instead.
+        .skip_compatibility_check();
+    if store.qdrant_api_key.is_set() {
+        config = config.api_key(store.qdrant_api_key.expose());
+    }
+    config
+        .build()
+        .map_err(|e| anyhow::anyhow!("store.qdrant_url {:?}: {e}", store.qdrant_url))
+}
+
 impl QdrantFactory {
     /// Set up the client; nothing is sent yet (gRPC connects on first use).
     /// A probe reports in the log, in the background, whether the server
@@ -111,20 +131,7 @@ impl QdrantFactory {
     pub fn new(settings: &Settings) -> anyhow::Result<Self> {
         let store = &settings.store;
         create_data_folder(&store.folder)?;
-        let mut config = Qdrant::from_url(&store.qdrant_url)
-            .timeout(store.qdrant_timeout)
-            .connect_timeout(store.qdrant_connect_timeout)
-            // The check runs a blocking round trip at build time and prints
-            // to stdout; the probe below logs the server version instead.
-            .skip_compatibility_check();
-        if store.qdrant_api_key.is_set() {
-            config = config.api_key(store.qdrant_api_key.expose());
-        }
-        let client = Arc::new(
-            config
-                .build()
-                .map_err(|e| anyhow::anyhow!("store.qdrant_url {:?}: {e}", store.qdrant_url))?,
-        );
+        let client = Arc::new(client(store)?);
         let io = Arc::new(IoRuntime::new()?);
         let url = crate::config::redact_urls(&store.qdrant_url);
         let probe = client.clone();
@@ -418,7 +425,7 @@ impl QdrantStore {
         let points = reply.result;
         let mut by_id: HashMap<String, Doc> = points
             .into_iter()
-            .filter_map(|p| self.to_doc(p))
+            .filter_map(|p| self.to_doc(p.payload, p.vectors))
             .map(|d| (d.doc_id.clone(), d))
             .collect();
         let mut docs = Vec::with_capacity(by_id.len());
@@ -432,12 +439,16 @@ impl QdrantStore {
 
     /// A retrieved point as a document, if it is this tenant's: ids are
     /// tenant-scoped already, the payload check is a second lock.
-    fn to_doc(&self, point: RetrievedPoint) -> Option<Doc> {
-        let payload = Map::from(Payload::from(point.payload));
+    fn to_doc(
+        &self,
+        payload: HashMap<String, QValue>,
+        vectors: Option<VectorsOutput>,
+    ) -> Option<Doc> {
+        let payload = Map::from(Payload::from(payload));
         if self.scope.is_some() && payload::tenant_of(&payload) != self.scope.as_deref() {
             return None;
         }
-        Some(payload::to_doc(payload, dense(point.vectors)))
+        Some(payload::to_doc(payload, dense(vectors)))
     }
 
     fn count_matching(&self, filter: Option<QFilter>) -> Result<usize, ServiceError> {
@@ -461,29 +472,54 @@ impl QdrantStore {
         Ok(())
     }
 
-    /// Send `points` in requests of at most [`MAX_UPSERT_BYTES`], each
-    /// waited for. Upserts replace by id, so a retry after a failure part
-    /// way through leaves the same result as one request would have.
-    fn upsert_points(&self, points: Vec<(usize, PointStruct)>) -> Result<(), QdrantError> {
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        let mut points = points.into_iter().peekable();
-        while let Some((size, point)) = points.next() {
-            bytes += size;
-            batch.push(point);
-            let full = points
-                .peek()
-                .is_none_or(|(next, _)| bytes + next > MAX_UPSERT_BYTES);
-            if full {
-                let request =
-                    UpsertPointsBuilder::new(&self.collection, std::mem::take(&mut batch))
-                        .wait(true);
-                self.run(self.client.upsert_points(request))?;
-                bytes = 0;
-            }
+    /// Send `records` in requests of at most [`MAX_UPSERT_BYTES`]
+    /// (estimated), each waited for. Upserts replace by id, so a retry after
+    /// a failure part way through leaves the same result as one request
+    /// would have. Points are built per request, so a retry needs no copy
+    /// made in advance.
+    fn upsert_records(&self, records: &[Record]) -> Result<(), QdrantError> {
+        let mut rest = records;
+        while !rest.is_empty() {
+            let mut bytes = 0;
+            let n = rest
+                .iter()
+                .take_while(|r| {
+                    bytes += approx_bytes(r);
+                    bytes <= MAX_UPSERT_BYTES
+                })
+                .count()
+                .max(1);
+            let (batch, tail) = rest.split_at(n);
+            let points: Vec<PointStruct> = batch.iter().map(|r| self.point(r)).collect();
+            let request = UpsertPointsBuilder::new(&self.collection, points).wait(true);
+            self.run(self.client.upsert_points(request))?;
+            rest = tail;
         }
         Ok(())
     }
+
+    fn point(&self, r: &Record) -> PointStruct {
+        let payload = payload::build(
+            self.scope.as_deref(),
+            r.doc_id.clone(),
+            r.text.clone(),
+            r.metadata.clone(),
+        );
+        PointStruct::new(
+            self.point_id(&r.doc_id),
+            r.vector.clone(),
+            Payload::from(payload),
+        )
+    }
+}
+
+/// About how many bytes a record takes in an upsert request.
+fn approx_bytes(r: &Record) -> usize {
+    r.vector.len() * 4
+        + r.text.as_ref().map_or(0, String::len)
+        + serde_json::to_vec(&r.metadata).map_or(0, |m| m.len())
+        + r.doc_id.len()
+        + 64
 }
 
 impl TenantStore for QdrantStore {
@@ -496,25 +532,16 @@ impl TenantStore for QdrantStore {
             return Ok(());
         }
         let dimension = self.ensure_collection()?;
-        let mut points = Vec::with_capacity(records.len());
-        for r in records {
+        for r in &records {
             check_dimension(&r.vector, dimension)?;
-            let id = self.point_id(&r.doc_id);
-            let size = r.vector.len() * 4
-                + r.text.as_ref().map_or(0, String::len)
-                + serde_json::to_vec(&r.metadata).map_or(0, |m| m.len())
-                + r.doc_id.len()
-                + 64;
-            let payload = payload::build(self.scope.as_deref(), r.doc_id, r.text, r.metadata);
-            points.push((size, PointStruct::new(id, r.vector, Payload::from(payload))));
         }
-        match self.upsert_points(points.clone()) {
+        match self.upsert_records(&records) {
             Ok(()) => Ok(()),
             // Dropped by another worker since we looked: make it again, once.
             Err(e) if is_missing(&e) => {
                 self.forget();
                 self.ensure_collection()?;
-                self.upsert_points(points)
+                self.upsert_records(&records)
                     .map_err(|e| self.fail("upsert", e))
             }
             Err(e) => Err(self.fail("upsert", e)),
@@ -542,19 +569,10 @@ impl TenantStore for QdrantStore {
         let Some(reply) = self.unless_missing("search", self.client.search_points(request))? else {
             return Ok(Vec::new());
         };
-        let points = reply.result;
-        Ok(points
+        Ok(reply
+            .result
             .into_iter()
-            .filter_map(|p| {
-                let doc = self.to_doc(RetrievedPoint {
-                    id: p.id,
-                    payload: p.payload,
-                    vectors: p.vectors,
-                    shard_key: p.shard_key,
-                    order_value: p.order_value,
-                })?;
-                Some(Hit::new(doc, p.score))
-            })
+            .filter_map(|p| Some(Hit::new(self.to_doc(p.payload, p.vectors)?, p.score)))
             .collect())
     }
 
