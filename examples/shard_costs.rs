@@ -38,17 +38,8 @@ fn vector(seed: u64) -> Vec<f32> {
 
 /// (RssAnon, RssFile) of this process in MiB.
 fn rss() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (field("RssAnon:"), field("RssFile:"))
+    let m = tenantvec::bench::Memory::of(std::process::id());
+    (m.anon, m.file)
 }
 
 /// (apparent bytes, allocated bytes) of everything below `dir`.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::client::{Client, DocBatches, DocumentsBody};
@@ -119,26 +119,9 @@ impl WorkerProcess {
         Ok(Self { child })
     }
 
-    /// Memory of the worker in MiB: RSS now and at peak, and what RSS is
-    /// made of now: anonymous (heap) and file-backed (mmapped shards, which
-    /// the kernel can drop and read again).
+    /// Memory of the worker, in MiB.
     fn rss_mb(&self) -> Value {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        let kb = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        json!({
-            "current": kb("VmRSS:") / 1024.0,
-            "peak": kb("VmHWM:") / 1024.0,
-            "anon": kb("RssAnon:") / 1024.0,
-            "file": kb("RssFile:") / 1024.0,
-        })
+        json!(Memory::of(self.child.id()))
     }
 
     fn stop(mut self) -> anyhow::Result<()> {
@@ -218,7 +201,7 @@ pub async fn run(settings: &Settings, opts: &BenchOptions) -> anyhow::Result<Val
             .await?;
         js["seconds"] = json!(started.elapsed().as_secs_f64());
         report["ingest_jetstream"] = js;
-        report["ingest_worker_rss_mb"] = rss_json(&worker);
+        report["ingest_worker_rss_mb"] = worker.rss_mb();
     }
     // A fresh worker, so the pool starts empty as the seed's does.
     worker.stop()?;
@@ -227,7 +210,7 @@ pub async fn run(settings: &Settings, opts: &BenchOptions) -> anyhow::Result<Val
     eprintln!("bench: Zipf search, pool of {}, 1 client", opts.pool_size);
     let mut search = search_pass(&client, &queries, &truth, 1, Some(opts.pool_size)).await?;
     search["pool"] = client.admin(AdminVerb::Stats, &json!({})).await?;
-    search["worker_rss_mb"] = rss_json(&worker);
+    search["worker_rss_mb"] = worker.rss_mb();
     report["search"] = search;
     eprintln!(
         "bench: Zipf search, pool of {}, {} clients",
@@ -248,7 +231,7 @@ pub async fn run(settings: &Settings, opts: &BenchOptions) -> anyhow::Result<Val
     let mut warm = search_pass(&client, &queries, &truth, 1, None).await?;
     warm["preload_seconds"] = json!(started.elapsed().as_secs_f64());
     warm["preloaded_tenants"] = json!(tenants.len());
-    warm["worker_rss_mb"] = rss_json(&worker);
+    warm["worker_rss_mb"] = worker.rss_mb();
     report["warm"] = warm;
     report["warm_concurrent"] = search_pass(&client, &queries, &truth, opts.clients, None).await?;
     worker.stop()?;
@@ -302,8 +285,37 @@ impl Drop for TempData {
     }
 }
 
-fn rss_json(worker: &WorkerProcess) -> Value {
-    worker.rss_mb()
+/// Memory of a process in MiB, from `/proc/<pid>/status`: RSS now and at
+/// peak, and what RSS is made of now: anonymous (heap) and file-backed
+/// (mmapped shards, which the kernel can drop and read again).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Memory {
+    pub current: f64,
+    pub peak: f64,
+    pub anon: f64,
+    pub file: f64,
+}
+
+impl Memory {
+    /// Of process `pid`; 0 where the kernel does not say.
+    pub fn of(pid: u32) -> Self {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let mib = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+                .unwrap_or(0.0)
+                / 1024.0
+        };
+        Self {
+            current: mib("VmRSS:"),
+            peak: mib("VmHWM:"),
+            anon: mib("RssAnon:"),
+            file: mib("RssFile:"),
+        }
+    }
 }
 
 /// Wait until the worker on our prefix answers (a PING could be answered
@@ -324,13 +336,20 @@ async fn wait_ready(client: &Client) -> anyhow::Result<()> {
     }
 }
 
-fn read_queries(path: &Path) -> anyhow::Result<Vec<Prepared>> {
+/// Every line of a JSON-lines file, parsed.
+fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Vec<T>> {
     let file = std::fs::File::open(path)
         .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
     std::io::BufReader::new(file)
         .lines()
-        .map(|line| {
-            let q: Query = serde_json::from_str(&line?)?;
+        .map(|line| Ok(serde_json::from_str(&line?)?))
+        .collect()
+}
+
+fn read_queries(path: &Path) -> anyhow::Result<Vec<Prepared>> {
+    read_jsonl::<Query>(path)?
+        .into_iter()
+        .map(|q| {
             let mut body = json!({"vector": q.vector, "top_k": q.top_k});
             if let Some(f) = &q.filter {
                 body["filter"] = f.clone();
@@ -351,15 +370,10 @@ fn read_truth(path: &Path) -> anyhow::Result<HashMap<u64, Vec<String>>> {
         qid: u64,
         doc_ids: Vec<String>,
     }
-    let file = std::fs::File::open(path)
-        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
-    std::io::BufReader::new(file)
-        .lines()
-        .map(|line| {
-            let t: Truth = serde_json::from_str(&line?)?;
-            Ok((t.qid, t.doc_ids))
-        })
-        .collect()
+    Ok(read_jsonl::<Truth>(path)?
+        .into_iter()
+        .map(|t| (t.qid, t.doc_ids))
+        .collect())
 }
 
 /// p50/p95/p99/mean of latencies, in milliseconds.

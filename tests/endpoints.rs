@@ -268,9 +268,7 @@ async fn every_error_code_has_a_clear_reply() {
     );
 
     // The error headers of the NATS Services API, beside the JSON body.
-    let nats = tenantvec::transport::connect(&h.settings.nats)
-        .await
-        .unwrap();
+    let nats = h.nats().await;
     let reply = nats
         .request("tenantvec.count.NOPE", "{}".into())
         .await

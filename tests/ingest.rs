@@ -70,10 +70,7 @@ async fn wait_drained(js: &jetstream::Context, limit: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_documents_land_exactly_once() {
     let h = Harness::start().await;
-    let nats = tenantvec::transport::connect(&h.settings.nats)
-        .await
-        .unwrap();
-    let js = jetstream::new(nats);
+    let js = h.jetstream().await;
     for m in 0..100u64 {
         let tenant = format!("i{}", m % 10);
         let body = docs(&format!("m{m}"), 100, m * 100);
@@ -93,9 +90,7 @@ async fn ten_thousand_documents_land_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_are_dead_lettered_and_block_nothing() {
     let h = Harness::start().await;
-    let nats = tenantvec::transport::connect(&h.settings.nats)
-        .await
-        .unwrap();
+    let nats = h.nats().await;
     let mut letters = nats.subscribe("tenantvec.deadletter.>").await.unwrap();
     nats.flush().await.unwrap();
     let js = jetstream::new(nats);
@@ -159,11 +154,25 @@ async fn poison_messages_are_dead_lettered_and_block_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_tenant_order_is_stream_order() {
-    let h = Harness::start().await;
-    let nats = tenantvec::transport::connect(&h.settings.nats)
-        .await
-        .unwrap();
-    let js = jetstream::new(nats);
+    order_is_stream_order(Harness::start().await).await
+}
+
+/// `ingest.ordered` (the pinned consumer) on one worker: the same. The
+/// two-worker hand-over is in `qdrant_backend.rs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_ingest_on_one_worker() {
+    let h = Harness::start_with(|s| {
+        s.ingest.ordered = true;
+        s.ingest.pin_timeout = Duration::from_secs(3);
+    })
+    .await;
+    order_is_stream_order(h).await
+}
+
+/// 60 versions of one document of tenant `ord`, interleaved with another
+/// tenant's messages: the last version wins, every other message lands.
+async fn order_is_stream_order(h: Harness) {
+    let js = h.jetstream().await;
     for v in 0..60u64 {
         let body = json!({"documents": [{"doc_id": "same", "vector": vector(v, DIM), "metadata": {"v": v}}]});
         // Another tenant's messages interleave.
@@ -181,10 +190,7 @@ async fn per_tenant_order_is_stream_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_server_restart_mid_ingest_finishes_by_itself() {
     let mut h = Harness::start().await;
-    let nats = tenantvec::transport::connect(&h.settings.nats)
-        .await
-        .unwrap();
-    let js = jetstream::new(nats);
+    let js = h.jetstream().await;
     let total = 120u64;
     publish_many(&js, "r", total, 200).await;
     // Restart the server while the worker is part-way through.
@@ -300,10 +306,7 @@ async fn a_transient_failure_is_retried_until_it_succeeds() {
         s.ingest.backoff = vec![Duration::from_millis(100)];
     })
     .await;
-    let nats = tenantvec::transport::connect(&h.settings.nats)
-        .await
-        .unwrap();
-    let js = jetstream::new(nats);
+    let js = h.jetstream().await;
     // Create the tenant, then make its store unavailable: another process
     // (here, this test) holds the shard's lock.
     h.ok(Verb::Upsert, "busy", docs("first", 1, 1)).await;
@@ -338,32 +341,4 @@ async fn a_transient_failure_is_retried_until_it_succeeds() {
     drop(lock);
     wait_drained(&js, Duration::from_secs(20)).await;
     assert_eq!(h.ok(Verb::Count, "busy", json!({})).await["count"], 6);
-}
-
-/// `ingest.ordered` (the pinned consumer) on one worker: every message
-/// lands, in order. The two-worker hand-over is in `qdrant_backend.rs`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ordered_ingest_on_one_worker() {
-    let h = Harness::start_with(|s| {
-        s.ingest.ordered = true;
-        s.ingest.pin_timeout = Duration::from_secs(3);
-    })
-    .await;
-    let nats = tenantvec::transport::connect(&h.settings.nats)
-        .await
-        .unwrap();
-    let js = jetstream::new(nats);
-    for i in 0..50u64 {
-        let body = json!({"documents": [
-            {"doc_id": "latest", "vector": vector(i, DIM), "metadata": {"i": i}},
-            {"doc_id": format!("m{i}"), "vector": vector(i, DIM)},
-        ]});
-        publish(&js, "pinned", serde_json::to_vec(&body).unwrap()).await;
-    }
-    wait_drained(&js, Duration::from_secs(30)).await;
-    assert_eq!(h.ok(Verb::Count, "pinned", json!({})).await["count"], 51);
-    let got = h
-        .ok(Verb::Get, "pinned", json!({"doc_ids": ["latest"]}))
-        .await;
-    assert_eq!(got["documents"][0]["metadata"]["i"], 49);
 }

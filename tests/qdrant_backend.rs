@@ -128,11 +128,7 @@ async fn ingest_waits_out_a_qdrant_outage() {
     )
     .await;
 
-    let js = jetstream::new(
-        tenantvec::transport::connect(&h.settings.nats)
-            .await
-            .unwrap(),
-    );
+    let js = h.jetstream().await;
     for m in 0..5 {
         let body = serde_json::to_vec(&docs(&format!("m{m}"), 10)).unwrap();
         js.publish("tenantvec.ingest.outage", body.into())
@@ -193,11 +189,7 @@ async fn ordered_ingest_keeps_stream_order_across_two_workers() {
     let other = tenantvec::worker::spawn(second.clone());
     common::wait_ready(&second, || other.is_finished()).await;
 
-    let js = jetstream::new(
-        tenantvec::transport::connect(&h.settings.nats)
-            .await
-            .unwrap(),
-    );
+    let js = h.jetstream().await;
     let publish = |from: u64, to: u64| {
         let js = js.clone();
         async move {

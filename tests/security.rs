@@ -147,9 +147,7 @@ async fn quotas_rates_and_tenant_defaults() {
         }
     }
     assert!(limited >= 3, "{limited} of 6 refused");
-    let nats = tenantvec::transport::connect(&h.settings.nats)
-        .await
-        .unwrap();
+    let nats = h.nats().await;
     let reply = nats
         .request("tenantvec.count.slow", "{}".into())
         .await

@@ -220,6 +220,19 @@ impl Harness {
         self.client.admin(verb, &body).await.expect("admin call")
     }
 
+    /// A plain NATS connection with the harness's settings, for what the
+    /// client does not do (raw requests, subscriptions).
+    pub async fn nats(&self) -> async_nats::Client {
+        tenantvec::transport::connect(&self.settings.nats)
+            .await
+            .expect("connect to nats-server")
+    }
+
+    /// JetStream on a connection of its own, to publish ingest messages.
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        async_nats::jetstream::new(self.nats().await)
+    }
+
     pub fn tenant_dir(&self, tenant: &str) -> PathBuf {
         self.data.path().join(tenant)
     }
