@@ -136,6 +136,10 @@ fn main() {
         .collect();
     let tenants = args.first().copied().unwrap_or(100);
     let docs = args.get(1).copied().unwrap_or(1000);
+    if tenants < 3 || docs == 0 {
+        eprintln!("shard_costs: TENANTS must be at least 3 and DOCS_PER_TENANT at least 1");
+        std::process::exit(2);
+    }
     let root = tempfile::tempdir().unwrap();
     println!(
         "shard costs: {tenants} tenants x {docs} docs, {DIM} dims, data in {}",
