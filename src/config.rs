@@ -42,6 +42,9 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("QDRANT_API_KEY", "store.qdrant_api_key"),
     ("QDRANT_TIMEOUT", "store.qdrant_timeout"),
     ("QDRANT_COLLECTION_PREFIX", "store.collection_prefix"),
+    ("TENANTVEC_INDEXED_KEYS", "store.indexed_keys"),
+    ("TENANTVEC_MAX_PAYLOAD_INDEXES", "store.max_payload_indexes"),
+    ("TENANTVEC_MIN_FREE_DISK_MB", "store.min_free_disk_mb"),
     ("EMBEDDING_MODEL", "embedding.model"),
     ("DEFAULT_TOP_K", "search.default_top_k"),
     ("TENANTVEC_MAX_IN_FLIGHT", "limits.max_in_flight"),
@@ -180,6 +183,23 @@ pub struct StoreSettings {
     #[serde(with = "duration")]
     pub qdrant_connect_timeout: Duration,
     pub collection_prefix: String,
+    /// Metadata keys that may get a payload index; empty: any key a filter
+    /// uses. A list, or one string of comma-separated keys (the environment).
+    #[serde(with = "keys")]
+    pub indexed_keys: Vec<String>,
+    /// Most payload indexes made on first use in one store (one shard or
+    /// collection; in the shared layout, the one all tenants share).
+    pub max_payload_indexes: usize,
+    /// Edge: writes are refused while the data folder's disk has less free
+    /// space than this, in MiB (0: never).
+    pub min_free_disk_mb: u64,
+}
+
+impl StoreSettings {
+    /// Which filter keys get a payload index.
+    pub fn index_policy(&self) -> crate::store::payload::IndexPolicy {
+        crate::store::payload::IndexPolicy::new(&self.indexed_keys, self.max_payload_indexes)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -218,6 +238,13 @@ pub struct IngestSettings {
     pub backoff: Vec<Duration>,
     pub max_ack_pending: usize,
     pub pull_batch: usize,
+    /// Most tries of a message that fails `internal` before it is
+    /// dead-lettered (`unavailable` and `rate_limited` wait without limit).
+    pub max_retries: u32,
+    /// Most messages of one tenant a worker holds while that tenant's
+    /// ingest is stalled (retrying, or waiting for an earlier message);
+    /// past it they go back to the stream for later.
+    pub stalled_tenant_messages: usize,
     #[serde(with = "duration")]
     pub deadletter_max_age: Duration,
     /// One worker at a time takes ingest messages (JetStream's pinned
@@ -296,6 +323,14 @@ impl Settings {
             "ingest.max_ack_pending and ingest.pull_batch must be at least 1"
         );
         anyhow::ensure!(
+            self.ingest.stalled_tenant_messages >= 1 && self.ingest.max_retries >= 1,
+            "ingest.stalled_tenant_messages and ingest.max_retries must be at least 1"
+        );
+        anyhow::ensure!(
+            self.ingest.ack_wait >= Duration::from_secs(1),
+            "ingest.ack_wait must be at least 1s (messages held longer get progress acks at a quarter of it)"
+        );
+        anyhow::ensure!(
             self.ingest.max_deliver > self.ingest.backoff.len() as i64,
             "ingest.max_deliver must be larger than the number of ingest.backoff steps"
         );
@@ -330,6 +365,24 @@ impl Settings {
         anyhow::ensure!(
             !self.store.qdrant_timeout.is_zero() && !self.store.qdrant_connect_timeout.is_zero(),
             "store.qdrant_timeout and store.qdrant_connect_timeout must be positive"
+        );
+        let max_key = crate::filter::MAX_KEY_LEN;
+        for key in &self.store.indexed_keys {
+            anyhow::ensure!(
+                !key.is_empty()
+                    && key.len() <= max_key
+                    && key
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+                "store.indexed_keys: {key:?} is not a metadata key (1 to {max_key} of [A-Za-z0-9_-])"
+            );
+        }
+        // Refused rather than silently leaving listed keys unindexed.
+        anyhow::ensure!(
+            self.store.indexed_keys.len() <= self.store.max_payload_indexes,
+            "store.indexed_keys lists {} keys, more than store.max_payload_indexes ({}) allows",
+            self.store.indexed_keys.len(),
+            self.store.max_payload_indexes
         );
         Ok(())
     }
@@ -407,6 +460,36 @@ pub mod duration {
     }
 }
 
+/// A list of keys: a list, or one string of comma-separated keys (how an
+/// environment variable gives it). Keys that look like numbers are kept as
+/// written.
+pub mod keys {
+    use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::Value;
+
+    pub fn serialize<S: Serializer>(keys: &[String], s: S) -> Result<S::Ok, S::Error> {
+        keys.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        let one = |v: Value| match v {
+            Value::String(s) => Ok(s),
+            Value::Number(n) => Ok(n.to_string()),
+            v => Err(de::Error::custom(format!("{v} is not a key"))),
+        };
+        match Value::deserialize(d)? {
+            Value::String(s) => Ok(s
+                .split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(str::to_owned)
+                .collect()),
+            Value::Array(items) => items.into_iter().map(one).collect(),
+            v => one(v).map(|k| vec![k]),
+        }
+    }
+}
+
 /// A list of durations, each as [`duration`] reads it.
 pub mod durations {
     use std::time::Duration;
@@ -431,6 +514,15 @@ pub mod durations {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Held by every test that sets environment variables or loads settings
+    /// from them: tests run in parallel, and one test's variables (some
+    /// invalid on purpose) must not reach another's load.
+    static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn env_lock() -> std::sync::MutexGuard<'static, ()> {
+        ENV.lock().unwrap_or_else(|p| p.into_inner())
+    }
 
     #[test]
     fn defaults_parse_and_match_the_seed() {
@@ -479,7 +571,7 @@ mod tests {
 
     #[test]
     fn the_qdrant_backend_and_ordered_ingest_come_from_the_environment() {
-        // Only this test sets these variables in this test binary.
+        let _env = env_lock();
         std::env::set_var("TENANTVEC_BACKEND", "qdrant");
         std::env::set_var("QDRANT_API_KEY", "k3y-secret");
         std::env::set_var("QDRANT_TIMEOUT", "3s");
@@ -506,7 +598,31 @@ mod tests {
     }
 
     #[test]
+    fn index_settings_come_from_the_environment_and_are_checked() {
+        let _env = env_lock();
+        std::env::set_var("TENANTVEC_INDEXED_KEYS", "color, size,42");
+        std::env::set_var("TENANTVEC_MAX_PAYLOAD_INDEXES", "4");
+        let s = Settings::load(None, vec![]).unwrap();
+        assert_eq!(s.store.indexed_keys, ["color", "size", "42"]);
+        assert_eq!(s.store.max_payload_indexes, 4);
+        std::env::set_var("TENANTVEC_MAX_PAYLOAD_INDEXES", "2");
+        assert!(
+            Settings::load(None, vec![]).is_err(),
+            "more keys than the cap"
+        );
+        std::env::set_var("TENANTVEC_INDEXED_KEYS", "a.b");
+        assert!(Settings::load(None, vec![]).is_err(), "not a metadata key");
+        for v in ["TENANTVEC_INDEXED_KEYS", "TENANTVEC_MAX_PAYLOAD_INDEXES"] {
+            std::env::remove_var(v);
+        }
+        let d = Settings::defaults();
+        assert!(d.store.indexed_keys.is_empty());
+        assert_eq!(d.store.max_payload_indexes, 16);
+    }
+
+    #[test]
     fn overrides_win() {
+        let _env = env_lock();
         let s = Settings::load(
             None,
             vec![("pool.size", 3.into()), ("pool.ttl", "2s".into())],

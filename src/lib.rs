@@ -6,14 +6,20 @@
 //! A request travels down this list and its reply back up it:
 //!
 //! * [`transport`]: the NATS side. [`transport::service`] serves the
-//!   request-reply endpoints through the NATS Services API, one task per
-//!   endpoint, with a bound on requests in flight; [`transport::decode`]
-//!   turns a body into a validated command; [`transport::discovery`] refuses
-//!   to start a worker that would split tenants with another one.
+//!   request-reply verbs through the NATS Services API, all on one
+//!   subscription so that a tenant's requests keep their order, with a bound
+//!   on requests in flight; [`transport::decode`]
+//!   turns a body into a validated command; [`transport::ingest`] consumes
+//!   the JetStream ingest stream, each tenant's messages in a lane of
+//!   [`transport::lanes`] that applies them in stream order;
+//!   [`transport::discovery`] refuses to start a worker that would split
+//!   tenants with another one.
 //! * [`supervisor`]: the actor that starts one [`tenant_actor`] per active
 //!   tenant, keeps them in LRU order ([`pool`]), stops the idle and the least
 //!   recently used, and keeps the pool's statistics. While a tenant's actor is
-//!   closing, requests for it wait here, so a tenant never has two open stores.
+//!   closing, requests for it wait here, so a tenant never has two open stores;
+//!   while `2 × pool.size` actors hold a store, requests that would start
+//!   another wait here too.
 //! * [`tenant_actor`]: the only owner of a tenant's store while the tenant is
 //!   active. Applies the tenant's requests in order, each on the blocking
 //!   pool, consecutive upserts as one durable write.
@@ -36,8 +42,9 @@
 //! Threads: actors live on the thread that runs the actix system; the NATS
 //! transport runs on the tokio runtime's worker threads; engine work runs on
 //! its blocking pool (with the qdrant backend, a blocking-pool thread waits
-//! there for the gRPC reply, which a small runtime of the store's drives). No state is global: each piece is owned by one actor or
-//! handed down from [`worker::run`].
+//! there for the gRPC reply, which a small runtime of the store's drives).
+//! No state is global: each piece is owned by one actor or handed down from
+//! [`worker::run`].
 
 pub mod bench;
 pub mod client;

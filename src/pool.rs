@@ -1,11 +1,13 @@
 //! The pool's bookkeeping: which tenants are active, in what order they were
-//! last used, and which have been idle too long.
+//! last used, which have been idle too long, and which wait for room.
 //!
-//! Owns the LRU order and idle clocks, nothing else: it holds whatever value
-//! the supervisor gives it per tenant and never starts, stops or messages an
-//! actor. Keeping it free of actors makes the eviction policy testable alone.
+//! Owns the LRU order, idle clocks, the bound on actors that hold a store,
+//! and the queue of requests waiting for room, nothing else: it holds
+//! whatever values the supervisor gives it per tenant and never starts,
+//! stops or messages an actor. Keeping it free of actors makes the eviction
+//! policy testable alone.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::tenant::TenantId;
@@ -117,6 +119,78 @@ impl<V> Pool<V> {
     }
 }
 
+/// Most actors that may hold a store at once, serving or closing, for a pool
+/// of `capacity`: `capacity` serving plus up to as many closing.
+///
+/// Why twice the pool rather than a setting of its own: an actor told to stop
+/// keeps its store open until it has worked off its queue, so without a bound
+/// a burst over cold tenants leaves one open store (shard files, locks,
+/// mmaps) per tenant touched. The pool size is what an operator sizes for
+/// memory and file descriptors, so the worst case stays a fixed multiple of
+/// it; as many closing as serving slots means a closing actor (a few ms)
+/// rarely holds up a cold start, and a separate knob would only trade that
+/// wait against the worst case, which this multiple already keeps small.
+pub fn max_holders(capacity: usize) -> usize {
+    capacity.saturating_mul(2)
+}
+
+/// Requests of tenants that are neither active nor closing and wait for
+/// room: tenants are served in the order of their first waiting request
+/// (FIFO, so none starves), each tenant's requests in arrival order.
+pub struct Waiting<E> {
+    order: VecDeque<TenantId>,
+    items: HashMap<TenantId, Vec<E>>,
+    len: usize,
+}
+
+impl<E> Default for Waiting<E> {
+    fn default() -> Self {
+        Self {
+            order: VecDeque::new(),
+            items: HashMap::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<E> Waiting<E> {
+    /// Requests waiting, over all tenants.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Add a request behind the tenant's earlier ones.
+    pub fn push(&mut self, tenant: TenantId, item: E) {
+        self.len += 1;
+        match self.items.get_mut(&tenant) {
+            Some(items) => items.push(item),
+            None => {
+                self.order.push_back(tenant.clone());
+                self.items.insert(tenant, vec![item]);
+            }
+        }
+    }
+
+    /// The tenant that has waited longest, with all its requests in order.
+    pub fn pop(&mut self) -> Option<(TenantId, Vec<E>)> {
+        let tenant = self.order.pop_front()?;
+        let items = self.items.remove(&tenant).unwrap_or_default();
+        self.len -= items.len();
+        Some((tenant, items))
+    }
+
+    /// Every waiting request, tenant by tenant in [`Waiting::pop`] order.
+    pub fn take_all(&mut self) -> Vec<E> {
+        std::iter::from_fn(|| self.pop())
+            .flat_map(|(_, items)| items)
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,5 +226,32 @@ mod tests {
         assert_eq!(pool.expired(later, Duration::from_secs(4)).len(), 2);
         pool.touch(&t("old"), later);
         assert_eq!(pool.expired(later, Duration::from_secs(4)), vec![t("new")]);
+    }
+
+    #[test]
+    fn waiting_keeps_tenant_order_and_request_order() {
+        let mut w = Waiting::default();
+        assert!(w.is_empty());
+        w.push(t("b"), 1);
+        w.push(t("a"), 2);
+        w.push(t("b"), 3);
+        w.push(t("c"), 4);
+        w.push(t("a"), 5);
+        assert_eq!(w.len(), 5);
+        assert_eq!(w.pop(), Some((t("b"), vec![1, 3])));
+        assert_eq!(w.len(), 3);
+        // A tenant that comes back after being served queues at the end.
+        w.push(t("b"), 6);
+        assert_eq!(w.pop(), Some((t("a"), vec![2, 5])));
+        assert_eq!(w.take_all(), vec![4, 6]);
+        assert!(w.is_empty());
+        assert_eq!(w.pop(), None);
+    }
+
+    #[test]
+    fn holders_are_bounded_by_twice_the_pool() {
+        assert_eq!(max_holders(1), 2);
+        assert_eq!(max_holders(10), 20);
+        assert_eq!(max_holders(usize::MAX), usize::MAX);
     }
 }

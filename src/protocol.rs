@@ -157,6 +157,11 @@ impl Verb {
             Verb::Drop => "drop",
         }
     }
+
+    /// The verb a subject token names, if any (case-sensitive, as subjects are).
+    pub fn parse(token: &str) -> Option<Verb> {
+        Verb::ALL.into_iter().find(|v| v.as_str() == token)
+    }
 }
 
 /// The admin verbs, on `<prefix>.admin.<verb>`.
@@ -177,6 +182,49 @@ impl AdminVerb {
             AdminVerb::Evict => "evict",
         }
     }
+
+    pub fn parse(token: &str) -> Option<AdminVerb> {
+        AdminVerb::ALL.into_iter().find(|v| v.as_str() == token)
+    }
+}
+
+/// The verb token of the admin subjects, `<prefix>.admin.<verb>`.
+pub const ADMIN: &str = "admin";
+/// Verb tokens under the prefix that belong to JetStream streams, not to the
+/// request-reply endpoint: `<prefix>.ingest.<tenant>`, `<prefix>.deadletter.<tenant>`.
+pub const STREAM_VERBS: [&str; 2] = ["ingest", "deadletter"];
+
+/// What a subject under the prefix addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Addressed<'a> {
+    /// `<prefix>.<verb>.<tenant>`, with the tenant token unchecked.
+    Tenant(Verb, &'a str),
+    /// `<prefix>.admin.<verb>`.
+    Admin(AdminVerb),
+    /// A subject a JetStream stream captures; its publisher waits for the
+    /// stream's PubAck on the reply subject, so it is never answered here.
+    Stream,
+    /// Anything else: a verb (or admin verb) nobody serves.
+    Unknown,
+}
+
+/// The error for [`Addressed::Unknown`]: names every verb served.
+pub fn unknown_verb(subject: &str) -> ServiceError {
+    let verbs: Vec<String> = Verb::ALL
+        .iter()
+        .map(|v| v.as_str().to_owned())
+        .chain(
+            AdminVerb::ALL
+                .iter()
+                .map(|v| format!("{ADMIN}.{}", v.as_str())),
+        )
+        .collect();
+    // Debug formatting and a length cap: the subject comes from the client.
+    let shown: String = subject.chars().take(128).collect();
+    ServiceError::bad_request(format!(
+        "no such verb in subject {shown:?}; the verbs are {}",
+        verbs.join(", ")
+    ))
 }
 
 /// Subject names for one prefix.
@@ -201,9 +249,35 @@ impl Subjects {
         format!("{}.{}.{}", self.prefix, verb.as_str(), tenant)
     }
 
-    /// `<p>.<verb>.*`, what an endpoint subscribes to.
-    pub fn tenant_wildcard(&self, verb: Verb) -> String {
-        format!("{}.{}.*", self.prefix, verb.as_str())
+    /// `<p>.*.*`: every tenant verb and admin verb, the one subject the
+    /// worker's endpoint subscribes to (why one: `transport::service`).
+    pub fn requests(&self) -> String {
+        format!("{}.*.*", self.prefix)
+    }
+
+    /// What `subject` addresses; `subject` is one that [`Subjects::requests`]
+    /// matched, anything else is [`Addressed::Unknown`].
+    pub fn classify<'a>(&self, subject: &'a str) -> Addressed<'a> {
+        let Some((verb, last)) = subject
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix('.'))
+            .and_then(|rest| rest.split_once('.'))
+        else {
+            return Addressed::Unknown;
+        };
+        if last.contains('.') {
+            return Addressed::Unknown;
+        }
+        if let Some(verb) = Verb::parse(verb) {
+            return Addressed::Tenant(verb, last);
+        }
+        if verb == ADMIN {
+            return AdminVerb::parse(last).map_or(Addressed::Unknown, Addressed::Admin);
+        }
+        if STREAM_VERBS.contains(&verb) {
+            return Addressed::Stream;
+        }
+        Addressed::Unknown
     }
 
     /// `<p>.admin.<verb>`
@@ -338,6 +412,10 @@ pub struct PoolStats {
     pub hit_rate: f64,
     /// Actors that were told to stop and are still finishing their queue.
     pub closing: usize,
+    /// Requests of inactive tenants waiting for an actor to finish closing,
+    /// because `2 × max_size` actors hold a store already.
+    #[serde(default)]
+    pub waiting: usize,
     pub backend: String,
     /// Durable ingest figures of this worker, when it consumes the stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -355,8 +433,12 @@ pub struct IngestStats {
     pub dead_lettered: u64,
     /// Messages delivered more than once (a worker died before acking, or a retry).
     pub redelivered: u64,
-    /// Messages nak'ed for a retry after a failure that may pass.
+    /// Tries that failed for a reason that may pass, retried in order.
     pub retried: u64,
+    /// Messages handed back to the stream for later because their tenant
+    /// was stalled and held its share of max_ack_pending already.
+    #[serde(default)]
+    pub deferred: u64,
 }
 
 #[cfg(test)]
@@ -390,5 +472,43 @@ mod tests {
         let s = Subjects::new("p");
         assert_eq!(s.tenant(Verb::Drop, "bob"), "p.drop.bob");
         assert_eq!(s.admin(AdminVerb::Evict), "p.admin.evict");
+    }
+
+    #[test]
+    fn subjects_are_classified_by_their_verb_token() {
+        let s = Subjects::new("a.b");
+        assert_eq!(s.requests(), "a.b.*.*");
+        assert_eq!(
+            s.classify("a.b.upsert.alice"),
+            Addressed::Tenant(Verb::Upsert, "alice")
+        );
+        // The tenant token is checked later, by TenantId::parse.
+        assert_eq!(
+            s.classify("a.b.drop.NOPE"),
+            Addressed::Tenant(Verb::Drop, "NOPE")
+        );
+        // A tenant called "admin" or "stats" is a tenant, not an admin verb.
+        assert_eq!(
+            s.classify("a.b.count.admin"),
+            Addressed::Tenant(Verb::Count, "admin")
+        );
+        assert_eq!(
+            s.classify("a.b.admin.stats"),
+            Addressed::Admin(AdminVerb::Stats)
+        );
+        assert_eq!(s.classify("a.b.admin.nope"), Addressed::Unknown);
+        assert_eq!(s.classify("a.b.ingest.alice"), Addressed::Stream);
+        assert_eq!(s.classify("a.b.deadletter._invalid"), Addressed::Stream);
+        assert_eq!(s.classify("a.b.Upsert.alice"), Addressed::Unknown);
+        assert_eq!(s.classify("a.b.upsert"), Addressed::Unknown);
+        assert_eq!(s.classify("a.b.upsert.x.y"), Addressed::Unknown);
+        assert_eq!(s.classify("a.c.upsert.alice"), Addressed::Unknown);
+        assert_eq!(s.classify("a.bupsert.alice"), Addressed::Unknown);
+        let e = unknown_verb("a.b.frob.alice");
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e.message.contains("frob"), "{}", e.message);
+        assert!(e
+            .message
+            .contains("upsert, search, get, delete, count, drop, admin.stats"));
     }
 }

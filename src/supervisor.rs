@@ -1,11 +1,17 @@
 //! The supervisor: starts, finds and stops tenant actors.
 //!
 //! Owns the registry of active tenants (through [`Pool`]), the pool's
-//! statistics, the TTL sweep, and the hand-over when a tenant is closing:
-//! requests for it wait here, in order, until its actor has closed the store,
-//! and only then does a new actor open it. It must never touch a store itself,
-//! never let two actors of one tenant live at once, and never drop a request:
-//! each one is forwarded, parked, or answered.
+//! statistics, the TTL sweep, the hand-over when a tenant is closing
+//! (requests for it wait here, in order, until its actor has closed the
+//! store, and only then does a new actor open it), and the bound on actors
+//! that hold a store: at most [`max_holders`] serving or closing, so a burst
+//! over cold tenants cannot leave an open store behind per tenant; a request
+//! that would start one more waits here, in order, until one has closed. It
+//! must never touch a store itself, never let two actors of one tenant live
+//! at once, never reorder two requests of a tenant, and never drop a
+//! request: each one is forwarded, parked, or answered.
+//!
+//! [`Pool`]: crate::pool::Pool
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +21,7 @@ use actix::prelude::*;
 use futures::future::join_all;
 use tokio::sync::oneshot;
 
+use crate::pool::{max_holders, Waiting};
 use crate::protocol::{PoolStats, ServiceError};
 use crate::tenant::TenantId;
 use crate::tenant_actor::{Close, Closed, Command, Envelope, TenantActor, TenantSetup};
@@ -82,6 +89,9 @@ struct Counters {
 pub struct Supervisor {
     pool: crate::pool::Pool<Active>,
     closing: HashMap<TenantId, Closing>,
+    /// Requests of tenants that are neither active nor closing, while
+    /// [`max_holders`] actors hold a store.
+    waiting: Waiting<Envelope>,
     ttl: Duration,
     sweep_every: Duration,
     setup: Arc<TenantSetup>,
@@ -100,6 +110,7 @@ impl Supervisor {
         Self {
             pool: crate::pool::Pool::new(pool_size),
             closing: HashMap::new(),
+            waiting: Waiting::default(),
             ttl,
             sweep_every,
             setup,
@@ -111,34 +122,75 @@ impl Supervisor {
 
     fn route(&mut self, env: Envelope, ctx: &mut Context<Self>) {
         if self.shutting_down {
-            let _ = env.reply.send(Err(ServiceError::unavailable(
-                "the worker is shutting down",
-            )));
+            env.fail(ServiceError::unavailable("the worker is shutting down"));
             return;
         }
-        let tenant = env.tenant.clone();
-        if let Some(closing) = self.closing.get_mut(&tenant) {
+        if let Some(closing) = self.closing.get_mut(&env.tenant) {
             closing.parked.push(env);
             return;
         }
-        let is_drop = matches!(env.command, Command::Drop);
-        if let Some(active) = self.pool.touch(&tenant, Instant::now()) {
+        if let Some(active) = self.pool.touch(&env.tenant, Instant::now()) {
             self.counters.hits += 1;
-            active.addr.do_send(env);
-        } else {
-            self.counters.misses += 1;
-            if self.pool.is_full() {
-                if let Some(lru) = self.pool.lru().cloned() {
-                    self.stop(&lru, StopReason::Evicted);
-                }
-            }
-            let addr = self.start_actor(&tenant, ctx);
-            addr.do_send(env);
+            let addr = active.addr.clone();
+            self.forward(&addr, env);
+            return;
         }
+        // A miss. Behind anyone already waiting (a tenant with waiting
+        // requests is always among them, so its order holds), or when a new
+        // actor would be one store too many: wait for a close.
+        if !self.waiting.is_empty() || !self.has_room() {
+            self.waiting.push(env.tenant.clone(), env);
+            return;
+        }
+        self.activate(env, ctx);
+    }
+
+    /// Whether one more actor may open a store: fewer than [`max_holders`]
+    /// are serving or closing. A full pool makes room by evicting its least
+    /// recently used, which keeps its store until it has closed, hence the
+    /// count of both.
+    fn has_room(&self) -> bool {
+        self.pool.len() + self.closing.len() < max_holders(self.pool.capacity())
+    }
+
+    /// Start an actor for `env`'s tenant (a miss, with room) and give it `env`.
+    fn activate(&mut self, env: Envelope, ctx: &mut Context<Self>) {
+        self.counters.misses += 1;
+        if self.pool.is_full() {
+            if let Some(lru) = self.pool.lru().cloned() {
+                self.stop(&lru, StopReason::Evicted);
+            }
+        }
+        let addr = self.start_actor(&env.tenant, ctx);
+        self.forward(&addr, env);
+    }
+
+    fn forward(&mut self, addr: &Addr<TenantActor>, env: Envelope) {
+        let tenant = env.tenant.clone();
+        let is_drop = matches!(env.command, Command::Drop);
+        addr.do_send(env);
         if is_drop {
             // `drop` ends the actor too: its queue ends with the drop, then
             // the close; whatever comes next starts from nothing.
             self.stop(&tenant, StopReason::Requested);
+        }
+    }
+
+    /// Start waiting tenants, longest waiting first, while there is room.
+    fn admit_waiting(&mut self, ctx: &mut Context<Self>) {
+        while self.has_room() {
+            let Some((_, envs)) = self.waiting.pop() else {
+                return;
+            };
+            let mut envs = envs.into_iter();
+            if let Some(first) = envs.next() {
+                self.activate(first, ctx);
+            }
+            // The tenant is active now (or closing, after a drop), so the
+            // rest follow the first in order, as hits or parked.
+            for env in envs {
+                self.route(env, ctx);
+            }
         }
     }
 
@@ -217,6 +269,7 @@ impl Supervisor {
                 self.counters.hits as f64 / total as f64
             },
             closing: self.closing.len(),
+            waiting: self.waiting.len(),
             backend: self.setup.factory.backend().to_owned(),
             ingest: None,
         }
@@ -271,9 +324,13 @@ impl Handler<Closed> for Supervisor {
                 }
             }
         }
+        // The closed actor's place is free: its own leftovers and parked
+        // requests queue behind those already waiting, then the longest
+        // waiting go first.
         for env in parked {
             self.route(env, ctx);
         }
+        self.admit_waiting(ctx);
     }
 }
 
@@ -324,6 +381,9 @@ impl Handler<Shutdown> for Supervisor {
 
     fn handle(&mut self, _: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
         self.shutting_down = true;
+        for env in self.waiting.take_all() {
+            env.fail(ServiceError::unavailable("the worker is shutting down"));
+        }
         let mut tenants: Vec<TenantId> = self.closing.keys().cloned().collect();
         tenants.extend(self.pool.keys());
         let waits: Vec<_> = tenants

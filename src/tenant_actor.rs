@@ -33,6 +33,11 @@ pub type ReplyTo = oneshot::Sender<Result<Reply, ServiceError>>;
 #[derive(Debug)]
 pub enum Command {
     Upsert(Vec<Doc>),
+    /// Consecutive ingest messages of the tenant, in stream order. Each part
+    /// gets its own outcome; a part that fails for a reason that may pass
+    /// stops the parts after it (they are answered without being written),
+    /// so a retry of the rest can never land behind a later message.
+    Ingest(Vec<IngestPart>),
     Search(SearchCommand),
     Get {
         doc_ids: Vec<String>,
@@ -44,9 +49,17 @@ pub enum Command {
 }
 
 impl Command {
+    /// A write that joins a group commit: an upsert or ingest messages.
     pub fn is_upsert(&self) -> bool {
-        matches!(self, Command::Upsert(_))
+        matches!(self, Command::Upsert(_) | Command::Ingest(_))
     }
+}
+
+/// One ingest message inside [`Command::Ingest`].
+#[derive(Debug)]
+pub struct IngestPart {
+    pub docs: Vec<Doc>,
+    pub reply: ReplyTo,
 }
 
 #[derive(Debug)]
@@ -74,6 +87,18 @@ pub struct Envelope {
     /// The request's span (tenant and request id): entered while the job
     /// works on it, so whatever it logs on the blocking pool says whose it is.
     pub span: tracing::Span,
+}
+
+impl Envelope {
+    /// Answer the request with `error`: its reply, and each ingest part's.
+    pub fn fail(self, error: ServiceError) {
+        if let Command::Ingest(parts) = self.command {
+            for part in parts {
+                let _ = part.reply.send(Err(error.clone()));
+            }
+        }
+        let _ = self.reply.send(Err(error));
+    }
 }
 
 /// Sent by the supervisor: finish the queue, close the store, stop.
@@ -198,9 +223,12 @@ impl TenantActor {
                         }
                     }
                 }
-                self.wrote |= batch
-                    .iter()
-                    .any(|e| matches!(e.command, Command::Upsert(_) | Command::Delete(_)));
+                self.wrote |= batch.iter().any(|e| {
+                    matches!(
+                        e.command,
+                        Command::Upsert(_) | Command::Ingest(_) | Command::Delete(_)
+                    )
+                });
                 self.run(ctx, Work::Batch(batch));
             }
         }
@@ -251,6 +279,7 @@ impl TenantActor {
 fn upsert_len(env: &Envelope) -> usize {
     match &env.command {
         Command::Upsert(docs) => docs.len(),
+        Command::Ingest(parts) => parts.iter().map(|p| p.docs.len()).sum(),
         _ => 0,
     }
 }
@@ -303,10 +332,52 @@ impl Work {
     }
 }
 
-/// Apply several upsert requests as one write: each request is checked on
-/// its own (a bad one, or one that would take the tenant over its quota,
-/// fails alone), the good ones are written together, and every request gets
-/// the outcome of that one write.
+/// One request's documents inside a group commit, with where its outcome goes.
+struct Write {
+    docs: Vec<Doc>,
+    reply: ReplyTo,
+    span: tracing::Span,
+    /// The ingest envelope it came from: a transient failure stops the
+    /// later parts of the same envelope.
+    chain: Option<usize>,
+}
+
+/// Split a batch of upsert and ingest envelopes into their writes, in order.
+/// An ingest envelope's own reply gets the outcome of the whole write.
+fn writes(batch: Vec<Envelope>) -> (Vec<Write>, Vec<ReplyTo>) {
+    let mut writes = Vec::new();
+    let mut envelope_replies = Vec::new();
+    for (i, env) in batch.into_iter().enumerate() {
+        match env.command {
+            Command::Upsert(docs) => writes.push(Write {
+                docs,
+                reply: env.reply,
+                span: env.span,
+                chain: None,
+            }),
+            Command::Ingest(parts) => {
+                for part in parts {
+                    writes.push(Write {
+                        docs: part.docs,
+                        reply: part.reply,
+                        span: env.span.clone(),
+                        chain: Some(i),
+                    });
+                }
+                envelope_replies.push(env.reply);
+            }
+            _ => env.fail(ServiceError::internal("not a write in a write batch")),
+        }
+    }
+    (writes, envelope_replies)
+}
+
+/// Apply several upsert requests (and ingest messages) as one write: each
+/// is checked on its own (a bad one, or one that would take the tenant over
+/// its quota, fails alone), the good ones are written together, and every
+/// request gets the outcome of that one write. The quota counts a request's
+/// documents only once it has passed every other check, so a refused
+/// request never uses up room a later one needs.
 fn apply_upserts(
     tenant: &TenantId,
     store: &mut dyn TenantStore,
@@ -314,47 +385,57 @@ fn apply_upserts(
     batch: Vec<Envelope>,
     quota: Option<u64>,
 ) {
+    let write_span = batch[0].span.clone();
+    let (writes, envelope_replies) = writes(batch);
+    let fail_all = |writes: Vec<Write>, replies: Vec<ReplyTo>, e: &ServiceError| {
+        for w in writes {
+            let _ = w.reply.send(Err(e.clone()));
+        }
+        for r in replies {
+            let _ = r.send(Err(e.clone()));
+        }
+    };
     let dimension = match store.dimension() {
         Ok(d) => d,
-        Err(e) => {
-            for env in batch {
-                let _ = env.reply.send(Err(e.clone()));
-            }
-            return;
-        }
+        Err(e) => return fail_all(writes, envelope_replies, &e),
     };
     let mut quota = match quota.map(|q| Quota::new(tenant, store, q)).transpose() {
         Ok(q) => q,
-        Err(e) => {
-            for env in batch {
-                let _ = env.reply.send(Err(e.clone()));
-            }
-            return;
-        }
+        Err(e) => return fail_all(writes, envelope_replies, &e),
     };
     let mut records = Vec::new();
-    let mut accepted = Vec::with_capacity(batch.len());
-    // The one write of the batch is logged under its first request's span.
-    let write_span = batch[0].span.clone();
-    for env in batch {
-        let _entered = env.span.enter();
-        let Command::Upsert(docs) = env.command else {
+    let mut accepted = Vec::with_capacity(writes.len());
+    // Ingest envelopes stopped by a transient failure, with that failure.
+    let mut stopped: HashMap<usize, ServiceError> = HashMap::new();
+    for w in writes {
+        let _entered = w.span.enter();
+        if let Some(e) = w.chain.and_then(|c| stopped.get(&c)) {
+            let _ = w.reply.send(Err(ServiceError {
+                code: e.code,
+                message: format!(
+                    "not applied: an earlier message failed first ({})",
+                    e.message
+                ),
+            }));
             continue;
-        };
-        let n = docs.len();
-        if let Some(q) = quota.as_mut() {
-            if let Err(e) = q.admit(store, &docs) {
-                let _ = env.reply.send(Err(e));
-                continue;
-            }
         }
-        match to_records(docs, dimension, embedder) {
+        let n = w.docs.len();
+        let checked = to_records(w.docs, dimension, embedder).and_then(|r| {
+            if let Some(q) = quota.as_mut() {
+                q.admit(store, &r)?;
+            }
+            Ok(r)
+        });
+        match checked {
             Ok(mut r) => {
                 records.append(&mut r);
-                accepted.push((env.reply, n));
+                accepted.push((w.reply, n));
             }
             Err(e) => {
-                let _ = env.reply.send(Err(e));
+                if let (Some(c), true) = (w.chain, e.code.is_transient()) {
+                    stopped.insert(c, e.clone());
+                }
+                let _ = w.reply.send(Err(e));
             }
         }
     }
@@ -376,8 +457,17 @@ fn apply_upserts(
             .collect()
     };
     let outcome = write_span.in_scope(|| store.upsert(records));
+    let mut total = 0;
     for (reply, n) in accepted {
+        total += n;
         let _ = reply.send(outcome.clone().map(|()| Reply::Upserted { upserted: n }));
+    }
+    for reply in envelope_replies {
+        let _ = reply.send(
+            outcome
+                .clone()
+                .map(|()| Reply::Upserted { upserted: total }),
+        );
     }
 }
 
@@ -405,7 +495,7 @@ impl Quota {
     }
 
     /// Count the request's new documents in, or refuse it whole.
-    fn admit(&mut self, store: &mut dyn TenantStore, docs: &[Doc]) -> Result<(), ServiceError> {
+    fn admit(&mut self, store: &mut dyn TenantStore, docs: &[Record]) -> Result<(), ServiceError> {
         let ids: Vec<String> = docs
             .iter()
             .map(|d| d.doc_id.clone())
@@ -485,7 +575,9 @@ fn apply_one(
     default_top_k: usize,
 ) -> Result<Reply, ServiceError> {
     match command {
-        Command::Upsert(_) => Err(ServiceError::internal("upsert outside a write batch")),
+        Command::Upsert(_) | Command::Ingest(_) => {
+            Err(ServiceError::internal("a write outside a write batch"))
+        }
         Command::Search(s) => {
             let vector = match s.input {
                 QueryInput::Vector(v) => v,
@@ -552,16 +644,37 @@ impl Handler<Envelope> for TenantActor {
 
     fn handle(&mut self, env: Envelope, ctx: &mut Self::Context) {
         if let Err(e) = &self.policy {
-            let _ = env.reply.send(Err(e.clone()));
+            env.fail(e.clone());
             return;
         }
+        let mut env = env;
         if let Some(limiter) = self.limiter.as_mut() {
-            if !limiter.try_acquire(Instant::now()) {
-                let _ = env.reply.send(Err(ServiceError::rate_limited(format!(
-                    "tenant {} sends more than {} requests per second",
+            let rate = limiter.rate();
+            let limited = || {
+                ServiceError::rate_limited(format!(
+                    "tenant {} sends more than {rate} requests per second",
                     self.tenant,
-                    limiter.rate()
-                ))));
+                ))
+            };
+            let now = Instant::now();
+            if let Command::Ingest(parts) = &mut env.command {
+                // Each message is a request; the ones the bucket admits go
+                // on, and the first refused one stops the rest, so what
+                // is retried later is always a tail of the stream.
+                let admitted = parts
+                    .iter()
+                    .take_while(|_| limiter.try_acquire(now))
+                    .count();
+                let limited = limited();
+                for part in parts.drain(admitted..) {
+                    let _ = part.reply.send(Err(limited.clone()));
+                }
+                if parts.is_empty() {
+                    let _ = env.reply.send(Err(limited));
+                    return;
+                }
+            } else if !limiter.try_acquire(now) {
+                let _ = env.reply.send(Err(limited()));
                 return;
             }
         }
@@ -576,5 +689,148 @@ impl Handler<Close> for TenantActor {
     fn handle(&mut self, _: Close, ctx: &mut Self::Context) {
         self.queue.push_back(Job::Close);
         self.pump(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::embed::HashingEmbedder;
+    use crate::store::StoreFactory;
+    use serde_json::Map;
+
+    const DIM: usize = 8;
+
+    fn doc(id: &str, dim: usize) -> Doc {
+        Doc {
+            doc_id: id.into(),
+            text: None,
+            metadata: Map::new(),
+            vector: Some(vec![0.5; dim]),
+        }
+    }
+
+    fn envelope(
+        tenant: &TenantId,
+        command: Command,
+    ) -> (Envelope, oneshot::Receiver<ReplyOutcome>) {
+        let (reply, outcome) = oneshot::channel();
+        let env = Envelope {
+            tenant: tenant.clone(),
+            command,
+            reply,
+            span: tracing::Span::none(),
+        };
+        (env, outcome)
+    }
+
+    type ReplyOutcome = Result<Reply, ServiceError>;
+
+    fn store(dir: &std::path::Path, tenant: &TenantId) -> Box<dyn TenantStore> {
+        let mut settings = Settings::defaults();
+        settings.store.folder = dir.to_owned();
+        settings.store.dimension = DIM;
+        crate::store::edge::EdgeFactory::new(&settings)
+            .unwrap()
+            .open(tenant)
+    }
+
+    /// A request refused for a bad vector reserves nothing: a valid request
+    /// in the same group commit still fits the quota.
+    #[test]
+    fn a_refused_request_takes_no_quota() {
+        let dir = tempfile::tempdir().unwrap();
+        let tenant = TenantId::parse("q").unwrap();
+        let mut store = store(dir.path(), &tenant);
+        store
+            .upsert(vec![Record {
+                doc_id: "old".into(),
+                text: None,
+                metadata: Map::new(),
+                vector: vec![0.5; DIM],
+            }])
+            .unwrap();
+        let (bad, bad_reply) = envelope(&tenant, Command::Upsert(vec![doc("new-bad", DIM + 1)]));
+        let (good, good_reply) = envelope(&tenant, Command::Upsert(vec![doc("new-good", DIM)]));
+        let embedder = HashingEmbedder::new(DIM);
+        apply_upserts(&tenant, store.as_mut(), &embedder, vec![bad, good], Some(2));
+        let bad = bad_reply.blocking_recv().unwrap().unwrap_err();
+        assert_eq!(bad.code, crate::protocol::ErrorCode::DimensionMismatch);
+        assert!(good_reply.blocking_recv().unwrap().is_ok());
+        assert_eq!(store.count(None).unwrap(), 2);
+    }
+
+    /// The hashing embedder, except that the text "down" finds it
+    /// unavailable, as a remote embedder in an outage would be.
+    struct Outage(HashingEmbedder);
+
+    impl Embedder for Outage {
+        fn name(&self) -> &str {
+            "outage"
+        }
+        fn dimension(&self) -> usize {
+            self.0.dimension()
+        }
+        fn embed(&self, text: &str) -> Result<Vec<f32>, ServiceError> {
+            if text == "down" {
+                return Err(ServiceError::unavailable("the embedder is down"));
+            }
+            self.0.embed(text)
+        }
+    }
+
+    /// Inside an ingest command, a part that fails for a reason that may pass
+    /// stops the parts after it (not written, answered with the same code);
+    /// a permanent failure stops nothing.
+    #[test]
+    fn an_ingest_part_failing_transiently_stops_the_later_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let tenant = TenantId::parse("i").unwrap();
+        let mut store = store(dir.path(), &tenant);
+        let with_text = |id: &str, text: Option<&str>| Doc {
+            text: text.map(str::to_owned),
+            vector: None,
+            ..doc(id, DIM)
+        };
+        let mut replies = Vec::new();
+        let mut parts = Vec::new();
+        for docs in [
+            vec![doc("a", DIM)],
+            vec![with_text("b", None)],
+            vec![doc("c", DIM)],
+            vec![with_text("d", Some("down"))],
+            vec![doc("e", DIM)],
+        ] {
+            let (reply, outcome) = oneshot::channel();
+            parts.push(IngestPart { docs, reply });
+            replies.push(outcome);
+        }
+        let (env, _) = envelope(&tenant, Command::Ingest(parts));
+        let embedder = Outage(HashingEmbedder::new(DIM));
+        apply_upserts(&tenant, store.as_mut(), &embedder, vec![env], None);
+        use crate::protocol::ErrorCode;
+        let codes: Vec<Option<ErrorCode>> = replies
+            .into_iter()
+            .map(|r| r.blocking_recv().unwrap().err().map(|e| e.code))
+            .collect();
+        assert_eq!(
+            codes,
+            vec![
+                None,
+                Some(ErrorCode::BadRequest),
+                None,
+                Some(ErrorCode::Unavailable),
+                Some(ErrorCode::Unavailable),
+            ]
+        );
+        let ids: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
+        let stored: Vec<String> = store
+            .get(&ids, false)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.doc_id)
+            .collect();
+        assert_eq!(stored, vec!["a", "c"]);
     }
 }

@@ -542,3 +542,179 @@ both_layouts!(
     drop_removes_the_tenant_folder_and_reads_create_nothing,
     tenants_never_see_each_other,
 );
+
+/// A client that pipelines requests (publishes without waiting for replies)
+/// sees each tenant's applied in the order it sent them, across verbs: an
+/// upsert then a delete of one document leaves it deleted, the last of
+/// several upserts of one document wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_of_a_tenant_apply_in_send_order() {
+    pipelined_requests_apply_in_order(1, 10).await;
+}
+
+/// The same over 30 tenants through a pool of 2: requests wait for room and
+/// for closing actors, and still keep their order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_keep_their_order_through_a_churning_pool() {
+    pipelined_requests_apply_in_order(30, 2).await;
+}
+
+async fn pipelined_requests_apply_in_order(tenants: u64, pool: usize) {
+    let h = Harness::start_with(|s| s.pool.size = pool).await;
+    let nats = h.nats().await;
+    let inbox = nats.new_inbox();
+    let mut replies = nats.subscribe(format!("{inbox}.*")).await.unwrap();
+    let n = 300u64;
+    let versioned = 7u64;
+    let tenant = |k: u64| format!("pipe{}", k % tenants);
+    // Per k, to tenant k % tenants: upsert d<k>, upsert e<k % 7> at
+    // version k, delete d<k>.
+    let mut sent = Vec::new();
+    for k in 0..n {
+        let requests = [
+            (
+                Verb::Upsert,
+                json!({"documents": [{"doc_id": format!("d{k}"), "vector": vector(k, DIM)}]}),
+            ),
+            (
+                Verb::Upsert,
+                json!({"documents": [{"doc_id": format!("e{}", k % versioned),
+                    "vector": vector(k, DIM), "metadata": {"v": k}}]}),
+            ),
+            (Verb::Delete, json!({"doc_ids": [format!("d{k}")]})),
+        ];
+        for (verb, body) in requests {
+            let i = sent.len();
+            nats.publish_with_reply(
+                format!("tenantvec.{}.{}", verb.as_str(), tenant(k)),
+                format!("{inbox}.{i}"),
+                body.to_string().into(),
+            )
+            .await
+            .unwrap();
+            sent.push(verb);
+        }
+    }
+    nats.flush().await.unwrap();
+    let mut got: Vec<Option<Value>> = vec![None; sent.len()];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    for _ in 0..sent.len() {
+        let msg = tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut replies))
+            .await
+            .expect("every request answered within 60 s")
+            .unwrap();
+        let i: usize = msg.subject.rsplit('.').next().unwrap().parse().unwrap();
+        got[i] = Some(serde_json::from_slice(&msg.payload).unwrap());
+    }
+    let mut misordered = 0;
+    for (i, (verb, reply)) in sent.iter().zip(&got).enumerate() {
+        let reply = reply.as_ref().unwrap();
+        match verb {
+            Verb::Upsert => assert_eq!(reply, &json!({"upserted": 1}), "request {i}"),
+            // Each delete follows its upsert, so it finds the document.
+            _ => misordered += usize::from(reply != &json!({"deleted": 1})),
+        }
+    }
+    assert_eq!(misordered, 0, "deletes applied before their upsert");
+    for t in 0..tenants {
+        let mine = |k: &u64| k % tenants == t;
+        let ids: Vec<String> = (0..n).filter(mine).map(|k| format!("d{k}")).collect();
+        assert_eq!(
+            h.ok(Verb::Get, &tenant(t), json!({"doc_ids": ids})).await,
+            json!({"documents": []}),
+            "every d<k> was deleted after it was written"
+        );
+        let latest = h
+            .ok(
+                Verb::Search,
+                &tenant(t),
+                json!({"vector": vector(0, DIM), "top_k": 100}),
+            )
+            .await;
+        let mut versions: Vec<(String, u64)> = latest["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let id = r["doc_id"].as_str().unwrap().to_owned();
+                (id, r["metadata"]["v"].as_u64().unwrap())
+            })
+            .collect();
+        versions.sort();
+        let mut want: Vec<(String, u64)> = (0..versioned)
+            .filter_map(|j| {
+                let last = (0..n).filter(mine).filter(|k| k % versioned == j).max()?;
+                Some((format!("e{j}"), last))
+            })
+            .collect();
+        want.sort();
+        assert_eq!(versions, want, "tenant {t}: each e<j> at its last version");
+    }
+}
+
+/// Every subject under the prefix reaches the one endpoint: an unknown verb
+/// gets a `bad_request` naming the verbs, while JetStream's subjects (ingest,
+/// dead letters) are left to the streams: their publishers get the stream's
+/// PubAck and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_verbs_are_refused_and_stream_subjects_left_alone() {
+    let h = Harness::start().await;
+    let nats = h.nats().await;
+    let info = nats
+        .request("$SRV.INFO.tenantvec", "".into())
+        .await
+        .unwrap();
+    let info: Value = serde_json::from_slice(&info.payload).unwrap();
+    assert_eq!(info["endpoints"].as_array().unwrap().len(), 1, "{info}");
+    assert_eq!(info["endpoints"][0]["subject"], "tenantvec.*.*", "{info}");
+    for subject in [
+        "tenantvec.frobnicate.alice",
+        "tenantvec.UPSERT.alice",
+        "tenantvec.admin.bogus",
+    ] {
+        let reply = nats.request(subject, "{}".into()).await.unwrap();
+        let headers = reply.headers.expect("error headers");
+        assert_eq!(
+            headers.get("Nats-Service-Error-Code").unwrap().as_str(),
+            "400"
+        );
+        let body: Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_eq!(body["error"]["code"], "bad_request", "{subject}");
+        let message = body["error"]["message"].as_str().unwrap();
+        for verb in ["upsert", "drop", "admin.stats", "admin.evict"] {
+            assert!(message.contains(verb), "{subject}: {message}");
+        }
+    }
+
+    let body = json!({"documents": [{"doc_id": "j1", "vector": vector(1, DIM)}]});
+    for (subject, stream) in [
+        ("tenantvec.ingest.alice", "TENANTVEC_INGEST"),
+        ("tenantvec.deadletter.alice", "TENANTVEC_DEADLETTER"),
+    ] {
+        let inbox = nats.new_inbox();
+        let mut replies = nats.subscribe(inbox.clone()).await.unwrap();
+        nats.publish_with_reply(subject, inbox, body.to_string().into())
+            .await
+            .unwrap();
+        nats.flush().await.unwrap();
+        let mut got = Vec::new();
+        while let Ok(Some(msg)) = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            futures::StreamExt::next(&mut replies),
+        )
+        .await
+        {
+            got.push(msg);
+        }
+        assert_eq!(got.len(), 1, "{subject}: one reply, the PubAck: {got:?}");
+        assert!(got[0].headers.is_none(), "{subject}: {got:?}");
+        let ack: Value = serde_json::from_slice(&got[0].payload).unwrap();
+        assert_eq!(ack["stream"], stream, "{subject}: {ack}");
+    }
+    // And the ingest message lands.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while h.ok(Verb::Count, "alice", json!({})).await["count"] != 1 {
+        assert!(std::time::Instant::now() < deadline, "ingest never landed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

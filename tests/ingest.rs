@@ -342,3 +342,269 @@ async fn a_transient_failure_is_retried_until_it_succeeds() {
     wait_drained(&js, Duration::from_secs(20)).await;
     assert_eq!(h.ok(Verb::Count, "busy", json!({})).await["count"], 6);
 }
+
+/// Busy processes beside the worker, so a burst meets a worker that is
+/// momentarily slower than its producers, as on any shared host. Killed on drop.
+struct Load(Vec<std::process::Child>);
+
+impl Load {
+    fn start(n: usize) -> Self {
+        Self(
+            (0..n)
+                .map(|_| {
+                    Command::new("sh")
+                        .args(["-c", "while :; do :; done"])
+                        .spawn()
+                        .expect("start a busy process")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `docs` documents `d0..` of one version: `metadata.v` = `version`.
+fn versioned(docs: u64, version: u64, round: u64) -> Vec<u8> {
+    versioned_dim(docs, version, round, DIM)
+}
+
+fn versioned_dim(docs: u64, version: u64, round: u64, dim: usize) -> Vec<u8> {
+    let docs: Vec<Value> = (0..docs)
+        .map(|i| {
+            json!({"doc_id": format!("d{i}"), "vector": vector(i, dim),
+                   "metadata": {"v": version, "round": round}})
+        })
+        .collect();
+    serde_json::to_vec(&json!({ "documents": docs })).unwrap()
+}
+
+async fn ingest_stats(h: &Harness) -> Value {
+    h.admin(AdminVerb::Stats, json!({})).await["ingest"].clone()
+}
+
+/// Wait until `acked + dead_lettered` reaches `settled`.
+async fn wait_settled(h: &Harness, settled: u64, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let s = ingest_stats(h).await;
+        let done = s["acked"].as_u64().unwrap() + s["dead_lettered"].as_u64().unwrap();
+        if done >= settled {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {done} of {settled} settled: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every document `d0..d<docs>` of `tenant` is at `version` of `round`.
+async fn assert_latest(h: &Harness, tenant: &str, docs: u64, version: u64, round: u64) {
+    let ids: Vec<String> = (0..docs).map(|i| format!("d{i}")).collect();
+    let got = h.ok(Verb::Get, tenant, json!({ "doc_ids": ids })).await;
+    let got = got["documents"].as_array().unwrap();
+    assert_eq!(got.len() as u64, docs, "{tenant}: documents missing");
+    let stale: Vec<String> = got
+        .iter()
+        .filter(|d| d["metadata"]["v"] != version || d["metadata"]["round"] != round)
+        .map(|d| format!("{}@{}", d["doc_id"], d["metadata"]))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "{tenant}: {} documents left at an older version, e.g. {:?}",
+        stale.len(),
+        &stale[..stale.len().min(3)]
+    );
+}
+
+/// The burst that used to leave documents at an older version: one tenant
+/// rewriting the same documents 600 times, interleaved with 20 others,
+/// published with plain core NATS publishes, on a loaded host, with a pool
+/// small enough that tenants churn and real-sized vectors (256 dimensions:
+/// a message of 150 documents is ~0.8 MB of JSON, so the worker is slower
+/// than its producers). Every document ends at its latest version, and nothing
+/// is delivered twice, since nothing failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_on_a_loaded_host_keeps_the_latest_version_and_redelivers_nothing() {
+    const BIG: usize = 256;
+    let _load = Load::start(4);
+    let h = Harness::start_with(|s| {
+        s.pool.size = 2;
+        s.store.dimension = BIG;
+    })
+    .await;
+    // The ack wait the server applies is the one configured: with a
+    // server-side backoff, nats-server took its first step (1 s) instead.
+    let js = h.jetstream().await;
+    let info = js
+        .get_stream(STREAM)
+        .await
+        .unwrap()
+        .consumer_info("tenantvec-ingest")
+        .await
+        .unwrap();
+    assert_eq!(info.config.ack_wait, h.settings.ingest.ack_wait);
+    assert!(info.config.backoff.is_empty());
+    let nats = h.nats().await;
+    const ROUNDS: u64 = 3;
+    const MESSAGES: u64 = 600;
+    const DOCS: u64 = 150;
+    for round in 0..ROUNDS {
+        for i in 0..MESSAGES {
+            let hot = versioned_dim(DOCS, i, round, BIG);
+            nats.publish("tenantvec.ingest.hot", hot.into())
+                .await
+                .unwrap();
+            let other = format!("tenantvec.ingest.n{}", i % 20);
+            nats.publish(other, versioned_dim(5, i, round, BIG).into())
+                .await
+                .unwrap();
+        }
+        nats.flush().await.unwrap();
+        let stats = wait_settled(&h, 2 * MESSAGES * (round + 1), Duration::from_secs(240)).await;
+        assert_latest(&h, "hot", DOCS, MESSAGES - 1, round).await;
+        for t in 0..20 {
+            let last = MESSAGES - 20 + t;
+            assert_latest(&h, &format!("n{t}"), 5, last, round).await;
+        }
+        assert_eq!(stats["redelivered"], 0, "round {round}: {stats}");
+        assert_eq!(stats["dead_lettered"], 0, "round {round}: {stats}");
+    }
+}
+
+/// A tenant's messages beyond its rate limit wait their turn: none is
+/// applied after a later one, none is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_ingest_keeps_stream_order() {
+    let h = Harness::start().await;
+    let config = h.tenant_dir("slow").join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(config.join("tenant.json"), r#"{"max_rps": 20}"#).unwrap();
+    let js = h.jetstream().await;
+    for i in 0..100 {
+        publish(&js, "slow", versioned(10, i, 0)).await;
+    }
+    let stats = wait_settled(&h, 100, Duration::from_secs(60)).await;
+    assert_latest(&h, "slow", 10, 99, 0).await;
+    assert_eq!(stats["dead_lettered"], 0, "{stats}");
+    assert!(
+        stats["retried"].as_u64().unwrap() > 0,
+        "the limit was never met: {stats}"
+    );
+}
+
+fn break_policy(h: &Harness, tenant: &str) {
+    let config = h.tenant_dir(tenant).join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(config.join("tenant.json"), "{not json").unwrap();
+}
+
+/// The next dead-letter record, with the body it carries.
+async fn next_dead_letter(letters: &mut async_nats::Subscriber) -> (Value, Vec<u8>) {
+    use base64::Engine;
+    let msg = tokio::time::timeout(Duration::from_secs(30), letters.next())
+        .await
+        .expect("a dead letter")
+        .unwrap();
+    let record: Value = serde_json::from_slice(&msg.payload).unwrap();
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(record["body_base64"].as_str().expect("the body is kept"))
+        .unwrap();
+    (record, body)
+}
+
+/// `internal` is not retried forever: a tenant whose policy file is broken
+/// has its message dead-lettered after `ingest.max_retries` tries, and the
+/// other tenants are not held up meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_failures_are_dead_lettered_after_bounded_tries() {
+    let h = Harness::start_with(|s| {
+        s.ingest.max_retries = 3;
+        s.ingest.backoff = vec![Duration::from_millis(50)];
+    })
+    .await;
+    break_policy(&h, "broken");
+    let nats = h.nats().await;
+    let mut letters = nats.subscribe("tenantvec.deadletter.>").await.unwrap();
+    nats.flush().await.unwrap();
+    let js = jetstream::new(nats);
+    let body = serde_json::to_vec(&docs("x", 2, 1)).unwrap();
+    publish(&js, "broken", body.clone()).await;
+    publish(&js, "fine", serde_json::to_vec(&docs("y", 3, 1)).unwrap()).await;
+    let (record, kept) = next_dead_letter(&mut letters).await;
+    assert_eq!(record["error"]["code"], "internal", "{record}");
+    assert_eq!(kept, body, "the dead letter keeps the message");
+    let stats = wait_settled(&h, 2, Duration::from_secs(20)).await;
+    assert_eq!(stats["dead_lettered"], 1, "{stats}");
+    assert_eq!(stats["retried"], 2, "three tries: {stats}");
+    assert_eq!(h.ok(Verb::Count, "fine", json!({})).await["count"], 3);
+    wait_drained(&js, Duration::from_secs(10)).await;
+}
+
+/// A message that reaches `max_deliver` and fails is dead-lettered (with its
+/// body) and counted, not left in the stream where no worker would ever get
+/// it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_message_at_max_deliver_is_dead_lettered() {
+    let mut h = Harness::start_with(|s| {
+        s.ingest.max_deliver = 3;
+        s.ingest.max_retries = 1000;
+        s.ingest.backoff = vec![Duration::from_millis(50)];
+    })
+    .await;
+    h.stop_worker().unwrap();
+    break_policy(&h, "poison");
+    let nats = h.nats().await;
+    let mut letters = nats.subscribe("tenantvec.deadletter.>").await.unwrap();
+    nats.flush().await.unwrap();
+    let js = jetstream::new(nats);
+    let body = serde_json::to_vec(&docs("z", 1, 1)).unwrap();
+    publish(&js, "poison", body.clone()).await;
+    // Two deliveries that end in a nak, as two workers that died would.
+    let consumer: jetstream::consumer::PullConsumer = js
+        .get_stream(STREAM)
+        .await
+        .unwrap()
+        .get_consumer("tenantvec-ingest")
+        .await
+        .unwrap();
+    for delivery in 1..=2 {
+        let mut batch = consumer
+            .batch()
+            .max_messages(1)
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await
+            .unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(10), batch.next())
+            .await
+            .expect("delivered")
+            .unwrap()
+            .unwrap();
+        assert_eq!(msg.info().unwrap().delivered, delivery);
+        msg.ack_with(jetstream::AckKind::Nak(None)).await.unwrap();
+    }
+    h.start_worker().await;
+    let (record, kept) = next_dead_letter(&mut letters).await;
+    assert_eq!(record["error"]["code"], "internal", "{record}");
+    assert!(
+        record["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("last delivery"),
+        "{record}"
+    );
+    assert_eq!(kept, body);
+    wait_drained(&js, Duration::from_secs(10)).await;
+    let stats = ingest_stats(&h).await;
+    assert_eq!(stats["dead_lettered"], 1, "{stats}");
+}

@@ -159,6 +159,77 @@ async fn cleanup_and_evict_stop_actors_and_keep_data() {
     assert!(bad.is_err());
 }
 
+/// Shard lock files of stores under `root` that this process holds open:
+/// one per open shard (the worker runs in-process).
+fn open_shard_locks(root: &std::path::Path) -> usize {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter(|target| target.starts_with(root) && target.ends_with(".tenantvec.lock"))
+        .count()
+}
+
+/// A burst over many cold tenants cannot pile up closing actors: at most
+/// `2 × pool.size` actors hold a store (serving or closing), so at most that
+/// many shards are open, and every request still succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_stores_stay_bounded_under_a_burst_of_cold_tenants() {
+    let h = Harness::start_with(|s| s.pool.size = 2).await;
+    let bound = 4u64;
+    let root = h.data.path().canonicalize().unwrap();
+    let tenants: Vec<String> = (0..60).map(|i| format!("cold{i}")).collect();
+    let rounds = 3u64;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let burst = async {
+        let h = &h;
+        let calls = tenants.iter().flat_map(|t| {
+            (0..rounds).map(move |r| {
+                let body = json!({"documents": [doc(t, r, r + 1)]});
+                async move { (t, h.call(Verb::Upsert, t, body).await) }
+            })
+        });
+        let outcomes = futures::future::join_all(calls).await;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        outcomes
+    };
+    let sampler = async {
+        let (mut held, mut locks, mut waited) = (0u64, 0usize, 0u64);
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            let stats = h.admin(AdminVerb::Stats, json!({})).await;
+            held = held.max(stats["size"].as_u64().unwrap() + stats["closing"].as_u64().unwrap());
+            locks = locks.max(open_shard_locks(&root));
+            waited = waited.max(stats["waiting"].as_u64().unwrap());
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        (held, locks, waited)
+    };
+    let (outcomes, (held, locks, waited)) = tokio::join!(burst, sampler);
+    for (t, outcome) in &outcomes {
+        assert_eq!(
+            outcome.as_ref().map(|v| v["upserted"].clone()).ok(),
+            Some(json!(1)),
+            "{t}: {outcome:?}"
+        );
+    }
+    assert!(waited > 0, "the burst never had to wait for room");
+    assert!(held <= bound, "{held} actors held a store, bound {bound}");
+    assert!(
+        locks as u64 <= bound,
+        "{locks} shards open at once, bound {bound}"
+    );
+    for t in &tenants {
+        assert_eq!(
+            h.ok(Verb::Count, t, json!({})).await["count"],
+            rounds,
+            "{t}"
+        );
+    }
+    let stats = h.admin(AdminVerb::Stats, json!({})).await;
+    assert!(stats["size"].as_u64().unwrap() <= 2, "{stats}");
+    assert_eq!(stats["waiting"], 0, "{stats}");
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Upsert { tenant: usize, doc: u64, seed: u64 },

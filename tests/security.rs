@@ -169,3 +169,36 @@ async fn quotas_rates_and_tenant_defaults() {
         .await;
     assert!(msg.contains("tenant.json"), "{msg}");
 }
+
+/// `drop` erases a tenant's documents, never the operator's `tenant.json`:
+/// a tenant cannot lift its own quota by dropping itself and starting over.
+async fn drop_keeps_the_operator_s_policy(layout: tenantvec::config::Layout) {
+    use tenantvec::protocol::ErrorCode;
+    let h = common::Harness::start_with(|s| s.store.layout = layout).await;
+    let docs = |from: u32, to: u32| {
+        let docs: Vec<_> = (from..to)
+            .map(|i| json!({"doc_id": format!("d{i}"), "text": format!("note {i}")}))
+            .collect();
+        json!({ "documents": docs })
+    };
+    let policy = r#"{"max_documents": 2}"#;
+    write_policy(&h, "capped", policy);
+    h.ok(Verb::Upsert, "capped", docs(0, 2)).await;
+    h.fails(Verb::Upsert, "capped", docs(2, 3), ErrorCode::QuotaExceeded)
+        .await;
+
+    h.ok(Verb::Drop, "capped", json!({})).await;
+    assert_eq!(h.ok(Verb::Count, "capped", json!({})).await["count"], 0);
+    let file = h.tenant_dir("capped").join("config/tenant.json");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), policy);
+    assert!(!h.tenant_dir("capped").join("vector_store").exists());
+
+    // A new activation reads the policy again: the quota still holds.
+    h.admin(AdminVerb::Evict, json!({"tenant": "capped"})).await;
+    h.fails(Verb::Upsert, "capped", docs(0, 3), ErrorCode::QuotaExceeded)
+        .await;
+    h.ok(Verb::Upsert, "capped", docs(0, 2)).await;
+    assert_eq!(h.ok(Verb::Count, "capped", json!({})).await["count"], 2);
+}
+
+both_layouts!(drop_keeps_the_operator_s_policy);

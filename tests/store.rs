@@ -3,10 +3,13 @@
 
 use std::sync::Arc;
 
-use serde_json::Map;
-use tenantvec::config::Settings;
+use serde_json::{json, Map, Value};
+use tenantvec::config::{Layout, Settings};
+use tenantvec::filter::Filter;
 use tenantvec::protocol::ErrorCode;
 use tenantvec::store::edge::EdgeFactory;
+use tenantvec::store::payload::IndexPolicy;
+use tenantvec::store::shard::{Shard, ShardOptions};
 use tenantvec::store::{Record, SearchQuery, StoreFactory};
 use tenantvec::tenant::TenantId;
 
@@ -164,4 +167,167 @@ fn the_shared_store_is_one_worker_s() {
         .err()
         .expect("the shared shard is locked");
     assert!(err.to_string().contains("another process"), "{err}");
+}
+
+fn shard_options() -> ShardOptions {
+    ShardOptions {
+        dimension: 4,
+        wal_capacity: 1 << 20,
+        vectors_on_disk: true,
+        indexes: IndexPolicy::new(&[], 16),
+        min_free_bytes: 0,
+    }
+}
+
+/// The payload indexes of the shard in `dir`, read once its store is closed.
+fn indexes_on_disk(dir: &std::path::Path) -> Vec<String> {
+    let shard = Shard::open(dir, &shard_options(), false, "test")
+        .unwrap()
+        .expect("the shard exists");
+    let keys = shard.indexed_keys("test").unwrap();
+    shard.close("test").unwrap();
+    keys
+}
+
+fn metadata(pairs: &[(String, Value)]) -> Map<String, Value> {
+    pairs.iter().cloned().collect()
+}
+
+/// In the shared layout a tenant chooses filter keys for a shard every
+/// tenant uses: indexes made on demand stop at the cap, and filters on keys
+/// past it still answer right (unindexed), for that tenant and others.
+#[test]
+fn payload_indexes_stop_at_the_cap_and_filters_still_work() {
+    const KEYS: usize = 64;
+    const CAP: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Settings::defaults();
+    s.store.folder = dir.path().to_owned();
+    s.store.dimension = 4;
+    s.store.layout = Layout::Shared;
+    s.store.max_payload_indexes = CAP;
+    let f = EdgeFactory::new(&s).unwrap();
+    let mut noisy = f.open(&TenantId::parse("noisy").unwrap());
+    let mut quiet = f.open(&TenantId::parse("quiet").unwrap());
+    // Even keys hold strings, odd keys numbers: keyword and float indexes.
+    let value = |i: usize, j: usize| -> Value {
+        let v = (i * (j + 1)) % 5;
+        if j.is_multiple_of(2) {
+            Value::from(format!("v{v}"))
+        } else {
+            Value::from(v)
+        }
+    };
+    let docs: Vec<Record> = (0..40)
+        .map(|i| Record {
+            metadata: metadata(
+                &(0..KEYS)
+                    .map(|j| (format!("k{j}"), value(i, j)))
+                    .collect::<Vec<_>>(),
+            ),
+            ..record(&format!("d{i}"), [1.0, i as f32, 0.5, 0.0])
+        })
+        .collect();
+    noisy.upsert(docs.clone()).unwrap();
+    quiet
+        .upsert(vec![
+            Record {
+                metadata: metadata(&[("k63".into(), json!(3)), ("k0".into(), json!("v0"))]),
+                ..record("q1", [1.0, 0.0, 0.0, 0.0])
+            },
+            Record {
+                metadata: metadata(&[("k63".into(), json!(1)), ("k0".into(), json!("v0"))]),
+                ..record("q2", [0.0, 1.0, 0.0, 0.0])
+            },
+        ])
+        .unwrap();
+
+    for j in 0..KEYS {
+        let cond = if j.is_multiple_of(2) {
+            json!({ format!("k{j}"): "v1" })
+        } else {
+            json!({ format!("k{j}"): {"gte": 2} })
+        };
+        let filter = Filter::parse(&cond).unwrap();
+        let want = docs.iter().filter(|d| filter.matches(&d.metadata)).count();
+        assert_eq!(noisy.count(Some(&filter)).unwrap(), want, "k{j}");
+    }
+    // Another tenant's filtered search on a key past the cap, and on one
+    // with an index: right answers, its own documents only.
+    let hits = quiet
+        .search(&SearchQuery {
+            vector: vec![1.0, 0.0, 0.0, 0.0],
+            top_k: 10,
+            filter: Some(Filter::parse(&json!({"k63": {"gte": 2}, "k0": "v0"})).unwrap()),
+            with_vectors: false,
+        })
+        .unwrap();
+    let ids: Vec<&str> = hits.iter().map(|h| h.doc_id.as_str()).collect();
+    assert_eq!(ids, ["q1"]);
+
+    drop((noisy, quiet, f));
+    let keys = indexes_on_disk(&dir.path().join("_shared/vector_store"));
+    let on_demand = keys.iter().filter(|k| k.starts_with("metadata.")).count();
+    assert_eq!(on_demand, CAP, "{keys:?}");
+    assert!(keys.iter().any(|k| k == "tenant"), "{keys:?}");
+}
+
+/// With an allow-list, only the listed keys ever get an index.
+#[test]
+fn only_allowed_keys_get_a_payload_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Settings::defaults();
+    s.store.folder = dir.path().to_owned();
+    s.store.dimension = 4;
+    s.store.indexed_keys = vec!["color".into()];
+    let f = EdgeFactory::new(&s).unwrap();
+    let mut st = f.open(&TenantId::parse("listed").unwrap());
+    st.upsert(vec![
+        Record {
+            metadata: metadata(&[("color".into(), json!("red")), ("size".into(), json!(2))]),
+            ..record("a", [1.0, 0.0, 0.0, 0.0])
+        },
+        Record {
+            metadata: metadata(&[("color".into(), json!("red")), ("size".into(), json!(3))]),
+            ..record("b", [0.0, 1.0, 0.0, 0.0])
+        },
+    ])
+    .unwrap();
+    let both = Filter::parse(&json!({"color": "red", "size": 3, "shape": ["x", "y"]})).unwrap();
+    assert_eq!(st.count(Some(&both)).unwrap(), 0);
+    let two = Filter::parse(&json!({"color": "red", "size": {"lt": 3}})).unwrap();
+    assert_eq!(st.count(Some(&two)).unwrap(), 1);
+    st.close().unwrap();
+    assert_eq!(
+        indexes_on_disk(&dir.path().join("listed/vector_store")),
+        ["metadata.color"]
+    );
+}
+
+/// `drop` erases the tenant's shard and keeps what the operator put in its
+/// folder; a folder with nothing else in it goes.
+#[test]
+fn drop_keeps_the_tenant_s_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = factory(dir.path());
+    let t = TenantId::parse("kept").unwrap();
+    let config = dir.path().join("kept/config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(config.join("tenant.json"), r#"{"max_documents": 1}"#).unwrap();
+    let mut s = f.open(&t);
+    s.upsert(vec![record("a", [1.0, 0.0, 0.0, 0.0])]).unwrap();
+    s.drop_tenant().unwrap();
+    assert!(!dir.path().join("kept/vector_store").exists());
+    assert_eq!(
+        std::fs::read_to_string(config.join("tenant.json")).unwrap(),
+        r#"{"max_documents": 1}"#
+    );
+    assert_eq!(s.count(None).unwrap(), 0);
+
+    let mut plain = f.open(&TenantId::parse("plain").unwrap());
+    plain
+        .upsert(vec![record("a", [1.0, 0.0, 0.0, 0.0])])
+        .unwrap();
+    plain.drop_tenant().unwrap();
+    assert!(!dir.path().join("plain").exists());
 }

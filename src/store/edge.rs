@@ -4,6 +4,8 @@
 //! * `per_tenant`: a shard per tenant in `<root>/<tenant>/vector_store/`,
 //!   created on the tenant's first write, opened by its actor's first job,
 //!   closed when the actor stops. Physical isolation, as in the seed design.
+//!   A shard that a failed write left broken is closed and opened again from
+//!   disk by the tenant's next job.
 //! * `shared`: one shard for every tenant in `<root>/_shared/vector_store/`
 //!   (`_` cannot begin a tenant id), opened at start; each point carries its
 //!   tenant in a `tenant` payload key indexed as the engine's tenant key, and
@@ -23,7 +25,7 @@ use crate::filter::Filter;
 use crate::protocol::{Doc, Hit, ServiceError};
 use crate::store::shard::{self, Shard, ShardOptions};
 use crate::store::{
-    create_data_folder, internal, payload, remove_tenant_folder, unique, Record, SearchQuery,
+    create_data_folder, internal, payload, remove_tenant_data, unique, Record, SearchQuery,
     Selector, StoreFactory, TenantStore,
 };
 use crate::tenant::{TenantId, TenantPaths};
@@ -50,6 +52,8 @@ impl EdgeFactory {
             dimension: settings.store.dimension,
             wal_capacity: settings.store.wal_capacity_kb.max(64) * 1024,
             vectors_on_disk: settings.store.vectors_on_disk,
+            indexes: settings.store.index_policy(),
+            min_free_bytes: settings.store.min_free_disk_mb.saturating_mul(1 << 20),
         };
         let shared = match settings.store.layout {
             Layout::PerTenant => None,
@@ -95,6 +99,19 @@ impl StoreFactory for EdgeFactory {
     }
 }
 
+/// Close a per-tenant shard that a failed write has broken, so that the
+/// next use opens it again from disk, where everything acknowledged is.
+/// (The shared shard is not reopened under its tenants: once broken, every
+/// tenant's request is answered `internal` until the worker restarts.)
+fn discard_broken(open: &mut Option<Box<Shard>>, who: &str) {
+    if open.as_ref().is_some_and(|s| s.is_broken()) {
+        if let Some(shard) = open.take() {
+            // The failure was logged and answered when the shard broke.
+            let _ = shard.close(who);
+        }
+    }
+}
+
 /// The shard a tenant's store uses.
 enum Slot {
     /// `per_tenant`: the tenant's own shard, `None` until a job needs it and
@@ -122,6 +139,7 @@ impl EdgeStore {
         match &mut self.slot {
             Slot::Shared(shard) => Ok(Some(shard)),
             Slot::Own(open) => {
+                discard_broken(open, &self.who);
                 if open.is_none() {
                     self.paths
                         .check_tenant_dir(&self.tenant)
@@ -286,13 +304,20 @@ impl TenantStore for EdgeStore {
             })?;
             shard.delete_filter(&self.who, everything)?;
         }
+        // A broken shard cannot be closed cleanly, and its files go anyway.
+        if let Slot::Own(open) = &mut self.slot {
+            discard_broken(open, &self.who);
+        }
         self.close()?;
-        remove_tenant_folder(&self.paths, &self.tenant)
+        remove_tenant_data(&self.paths, &self.tenant)
     }
 
     fn maintain(&mut self) -> Result<bool, ServiceError> {
         match &self.slot {
-            Slot::Own(Some(shard)) => shard.maintain(&self.who, self.optimize_threshold),
+            // A broken shard waits for the tenant's next job to reopen it.
+            Slot::Own(Some(shard)) if !shard.is_broken() => {
+                shard.maintain(&self.who, self.optimize_threshold)
+            }
             // The shared shard is everyone's; it is not optimised per tenant.
             _ => Ok(false),
         }

@@ -72,7 +72,9 @@ pub trait TenantStore: Send {
 
     fn count(&mut self, filter: Option<&Filter>) -> Result<usize, ServiceError>;
 
-    /// Erase every document, file and setting of the tenant. Idempotent.
+    /// Erase every document of the tenant and the files that hold them. The
+    /// operator's configuration of the tenant (`config/tenant.json`) stays.
+    /// Idempotent.
     fn drop_tenant(&mut self) -> Result<(), ServiceError>;
 
     /// Work worth doing while the tenant is idle (building an index once it
@@ -138,17 +140,71 @@ pub fn unique(doc_ids: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Remove a tenant's folder under the data root (its shard, if any, and its
-/// `tenant.json`): the last step of every backend's `drop`. A missing folder
-/// is fine; a symlinked one is refused, never followed.
-pub fn remove_tenant_folder(paths: &TenantPaths, tenant: &TenantId) -> Result<(), ServiceError> {
+/// Remove a tenant's data from its folder under the data root: the last step
+/// of every backend's `drop`. That is the edge store's shard
+/// (`<tenant>/vector_store/`); the operator's files in the folder stay
+/// (`config/tenant.json` holds the tenant's quota and rate limit, which a
+/// tenant must not lift by dropping itself), and so does anything else kept
+/// there. The folder itself goes only when nothing is left in it. A missing
+/// folder is fine; a symlinked one is refused, never followed.
+pub fn remove_tenant_data(paths: &TenantPaths, tenant: &TenantId) -> Result<(), ServiceError> {
     let who = format!("tenant {tenant}");
     paths
         .check_tenant_dir(tenant)
         .map_err(|e| internal(&who, "tenant folder", e))?;
-    match std::fs::remove_dir_all(paths.tenant_dir(tenant)) {
+    // `remove_dir_all` removes a symlink itself, never what it points to.
+    match std::fs::remove_dir_all(paths.store_dir(tenant)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(internal(&who, "remove tenant store", e)),
+    }
+    match std::fs::remove_dir(paths.tenant_dir(tenant)) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::DirectoryNotEmpty
+            ) =>
+        {
+            Ok(())
+        }
         Err(e) => Err(internal(&who, "remove tenant folder", e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, TenantPaths, TenantId) {
+        let root = tempfile::tempdir().unwrap();
+        let paths = TenantPaths::new(root.path());
+        (root, paths, TenantId::parse("t").unwrap())
+    }
+
+    #[test]
+    fn removing_data_keeps_the_operator_s_files() {
+        let (_root, paths, t) = setup();
+        std::fs::create_dir_all(paths.store_dir(&t).join("segments")).unwrap();
+        std::fs::create_dir_all(paths.tenant_dir(&t).join("config")).unwrap();
+        let policy = paths.tenant_dir(&t).join("config/tenant.json");
+        std::fs::write(&policy, r#"{"max_documents": 3}"#).unwrap();
+        remove_tenant_data(&paths, &t).unwrap();
+        assert!(!paths.store_dir(&t).exists());
+        assert_eq!(
+            std::fs::read_to_string(&policy).unwrap(),
+            r#"{"max_documents": 3}"#
+        );
+        remove_tenant_data(&paths, &t).unwrap(); // idempotent
+        assert!(policy.is_file());
+    }
+
+    #[test]
+    fn a_folder_left_empty_goes_and_a_missing_one_is_fine() {
+        let (_root, paths, t) = setup();
+        remove_tenant_data(&paths, &t).unwrap();
+        std::fs::create_dir_all(paths.store_dir(&t)).unwrap();
+        remove_tenant_data(&paths, &t).unwrap();
+        assert!(!paths.tenant_dir(&t).exists());
     }
 }

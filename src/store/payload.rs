@@ -1,15 +1,18 @@
 //! What a stored point carries, the same for every backend: its id, its
 //! payload keys, the payload built from a record and the document read back
-//! from a payload, and which payload index serves a filter condition.
+//! from a payload, which payload index serves a filter condition, and which
+//! filter keys get one.
 //!
 //! Owns the stored shape of a document, so that the edge and the qdrant
 //! backends keep identical data (a tenant can be moved between them by
 //! re-ingesting, and the conformance suite holds both to one answer). It must
 //! never know an engine's types: backends convert at their edge.
 
+use std::collections::HashSet;
+
 use serde_json::{Map, Value};
 
-use crate::filter::{Condition, Scalar};
+use crate::filter::{Condition, Filter, Scalar};
 use crate::protocol::Doc;
 
 /// Payload keys of a point.
@@ -112,9 +115,88 @@ impl IndexKind {
     }
 }
 
+/// Which filter keys get a payload index made on first use: the operator's
+/// allow-list (empty: any key) and a cap on how many such indexes one store
+/// holds. Tenants choose their filter keys, and an index is never removed, so
+/// without the cap a tenant sending ever new keys would grow a store's
+/// indexes (in a shared store, every tenant's cost) without bound. A key
+/// that gets no index is still filtered, without one: the engines scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexPolicy {
+    allowed: HashSet<String>,
+    max: usize,
+}
+
+impl IndexPolicy {
+    /// `allowed`: the metadata keys that may get an index (empty: any);
+    /// `max`: most indexes made on first use in one store.
+    pub fn new(allowed: &[String], max: usize) -> Self {
+        Self {
+            allowed: allowed.iter().cloned().collect(),
+            max,
+        }
+    }
+
+    /// The payload paths to index now for `filter`, with their kind, given
+    /// the paths that have an index already. The tenant key's index is the
+    /// store's own, not made on demand, so it does not count against the cap.
+    pub fn to_index(&self, filter: &Filter, indexed: &HashSet<String>) -> Vec<(String, IndexKind)> {
+        let mut made = indexed.iter().filter(|p| p.as_str() != TENANT).count();
+        let mut out: Vec<(String, IndexKind)> = Vec::new();
+        for (key, cond) in &filter.conditions {
+            if made >= self.max {
+                break;
+            }
+            if !self.allowed.is_empty() && !self.allowed.contains(key) {
+                continue;
+            }
+            let path = metadata_path(key);
+            if indexed.contains(&path) || out.iter().any(|(p, _)| *p == path) {
+                continue;
+            }
+            if let Some(kind) = IndexKind::of(cond) {
+                out.push((path, kind));
+                made += 1;
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn filter(keys: &[&str]) -> Filter {
+        let map: Map<String, Value> = keys.iter().map(|k| ((*k).into(), "v".into())).collect();
+        Filter::parse(&Value::Object(map)).unwrap()
+    }
+
+    fn paths(v: &[(String, IndexKind)]) -> Vec<&str> {
+        v.iter().map(|(p, _)| p.as_str()).collect()
+    }
+
+    #[test]
+    fn indexes_stop_at_the_cap_and_the_tenant_key_is_free() {
+        let policy = IndexPolicy::new(&[], 2);
+        let mut indexed: HashSet<String> = [TENANT.to_owned()].into();
+        let first = policy.to_index(&filter(&["a", "b", "c"]), &indexed);
+        assert_eq!(paths(&first), ["metadata.a", "metadata.b"]);
+        assert_eq!(first[0].1, IndexKind::Keyword);
+        indexed.extend(first.into_iter().map(|(p, _)| p));
+        assert!(policy.to_index(&filter(&["c", "d"]), &indexed).is_empty());
+        assert!(policy.to_index(&filter(&["a"]), &indexed).is_empty());
+        assert!(IndexPolicy::new(&[], 0)
+            .to_index(&filter(&["a"]), &HashSet::new())
+            .is_empty());
+    }
+
+    #[test]
+    fn only_allowed_keys_get_an_index() {
+        let policy = IndexPolicy::new(&["color".to_owned()], 16);
+        let made = policy.to_index(&filter(&["size", "color", "x"]), &HashSet::new());
+        assert_eq!(paths(&made), ["metadata.color"]);
+    }
 
     #[test]
     fn a_payload_reads_back_as_the_document() {

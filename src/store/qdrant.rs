@@ -9,7 +9,8 @@
 //!   key (`is_tenant`); every read, count, delete and search gets the tenant
 //!   condition here, so no caller can forget it; `drop` deletes by it.
 //!
-//! Both: payload indexes on filtered keys made on first use, every write sent
+//! Both: payload indexes on filtered keys made on first use (within
+//! `store.indexed_keys` and `store.max_payload_indexes`), every write sent
 //! with `wait=true` (the reply means the server has applied it), and a server
 //! that cannot be reached answered `unavailable`, never a panic; the client
 //! reconnects by itself on the next request.
@@ -38,10 +39,10 @@ use serde_json::Map;
 use crate::config::{Layout, Settings, StoreSettings};
 use crate::filter::{Condition, Filter, Scalar};
 use crate::protocol::{Doc, Hit, ServiceError};
-use crate::store::payload::{self, metadata_path, IndexKind, TENANT};
+use crate::store::payload::{self, metadata_path, IndexKind, IndexPolicy, TENANT};
 use crate::store::{
-    check_dimension, create_data_folder, internal, remove_tenant_folder, unique, Record,
-    SearchQuery, Selector, StoreFactory, TenantStore,
+    check_dimension, create_data_folder, internal, remove_tenant_data, unique, Record, SearchQuery,
+    Selector, StoreFactory, TenantStore,
 };
 use crate::tenant::{TenantId, TenantPaths};
 
@@ -64,6 +65,7 @@ pub struct QdrantFactory {
     prefix: String,
     dimension: usize,
     paths: TenantPaths,
+    indexes: Arc<IndexPolicy>,
     /// What is known of the shared collection, in the shared layout.
     shared: Option<Arc<Mutex<Known>>>,
 }
@@ -156,6 +158,7 @@ impl QdrantFactory {
             prefix: store.collection_prefix.clone(),
             dimension: store.dimension,
             paths: TenantPaths::new(&store.folder),
+            indexes: Arc::new(store.index_policy()),
             shared,
         })
     }
@@ -185,6 +188,7 @@ impl StoreFactory for QdrantFactory {
             scope,
             dimension: self.dimension,
             paths: self.paths.clone(),
+            indexes: self.indexes.clone(),
             known,
         })
     }
@@ -221,6 +225,8 @@ pub struct QdrantStore {
     /// Dimension of a collection made from now on.
     dimension: usize,
     paths: TenantPaths,
+    /// Which filter keys get a payload index.
+    indexes: Arc<IndexPolicy>,
     /// Shared by every store of the shared layout, own in `per_tenant`.
     known: Arc<Mutex<Known>>,
 }
@@ -355,9 +361,13 @@ impl QdrantStore {
         }
     }
 
-    /// Give every key `filter` uses a payload index (the first kind seen
-    /// for a key wins), so a filtered search does not scan the collection.
-    /// Returns `false` if the collection does not exist.
+    /// Give the keys `filter` uses a payload index (the first kind seen for
+    /// a key wins), so a filtered search does not scan the collection: only
+    /// keys the operator allows, and no more than the cap per collection (in
+    /// the shared layout, the one collection's cap for all tenants; workers
+    /// that index at the same moment may pass it by a few). Beyond it the
+    /// server filters without an index. Returns `false` if the collection
+    /// does not exist.
     fn ensure_indexes(&self, filter: Option<&Filter>) -> Result<bool, ServiceError> {
         if self.existing_dimension()?.is_none() {
             return Ok(false);
@@ -365,18 +375,12 @@ impl QdrantStore {
         let Some(filter) = filter else {
             return Ok(true);
         };
-        let missing: Vec<(String, IndexKind)> = {
+        let missing = {
             let known = self.known();
             let Known::Exists { indexed, .. } = &*known else {
                 return Ok(false);
             };
-            filter
-                .conditions
-                .iter()
-                .map(|(key, cond)| (metadata_path(key), cond))
-                .filter(|(path, _)| !indexed.contains(path))
-                .filter_map(|(path, cond)| Some((path, IndexKind::of(cond)?)))
-                .collect()
+            self.indexes.to_index(filter, indexed)
         };
         for (path, kind) in missing {
             let field_type = match kind {
@@ -635,7 +639,7 @@ impl TenantStore for QdrantStore {
                 self.forget();
             }
         }
-        remove_tenant_folder(&self.paths, &self.tenant)
+        remove_tenant_data(&self.paths, &self.tenant)
     }
 
     fn close(&mut self) -> Result<(), ServiceError> {

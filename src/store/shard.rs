@@ -3,15 +3,21 @@
 //!
 //! Owns a shard's handle from open to close: the exclusive lock file that
 //! keeps a second handle out, writes that are flushed before they return,
-//! payload indexes made on first use, and the compaction of the engine's WAL.
-//! It knows nothing of tenants' layouts: callers give it point ids, payloads
-//! and filters already scoped. It must never return from a write before the
-//! flush, and never open a shard whose lock another handle holds.
+//! payload indexes made on first use (within the operator's bounds), the
+//! compaction of the engine's WAL, and containing the engine's panics on a
+//! failed write (a full disk, an I/O error). It knows nothing of tenants'
+//! layouts: callers give it point ids, payloads and filters already scoped.
+//! It must never return from a write before the flush, never open a shard
+//! whose lock another handle holds, and never let an engine panic unwind past
+//! it: a second panic while unwinding (the engine flushes again when dropped)
+//! would abort the process and every tenant's work with it.
 
 use std::collections::HashSet;
 use std::fs::File;
 use std::num::NonZeroUsize;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -29,7 +35,7 @@ use qdrant_edge::{
 use crate::filter::{Condition, Filter, Scalar};
 use crate::protocol::{Doc, ServiceError};
 use crate::store::internal;
-use crate::store::payload::{self, metadata_path, IndexKind, TENANT};
+use crate::store::payload::{self, metadata_path, IndexKind, IndexPolicy, TENANT};
 
 /// Lock file inside a shard folder; held exclusively while the shard is open.
 const LOCK_FILE: &str = ".tenantvec.lock";
@@ -47,6 +53,11 @@ pub struct ShardOptions {
     pub dimension: usize,
     pub wal_capacity: usize,
     pub vectors_on_disk: bool,
+    /// Which filter keys get a payload index made on first use.
+    pub indexes: IndexPolicy,
+    /// Writes are refused while the shard's disk has less free space than
+    /// this, in bytes (0: never), see [`check_room`].
+    pub min_free_bytes: u64,
 }
 
 impl ShardOptions {
@@ -70,13 +81,24 @@ impl ShardOptions {
 /// An open shard. Reads run concurrently; writes (and everything else that
 /// ends in a flush) take `write` first, because the engine's flush expects
 /// to be alone and panics otherwise.
+///
+/// A write the engine cannot flush (it panics: a full disk, an I/O error)
+/// leaves the shard broken: its state on disk is no longer known to match
+/// what it holds, so it is never used or flushed again. Every later call
+/// answers `internal`; the owner closes it and opens the shard anew from disk,
+/// where everything flushed before the failure is. Closing a broken shard
+/// drops the engine where a panic of its last flush is contained.
 pub struct Shard {
-    shard: EdgeShard,
+    /// `None` once released, by [`Shard::close`] or by `Drop`.
+    engine: Option<EdgeShard>,
     dir: PathBuf,
     dimension: usize,
+    indexes: IndexPolicy,
+    min_free_bytes: u64,
     write: Mutex<WriteState>,
+    broken: AtomicBool,
     /// Held for as long as the shard is open; released after the shard is.
-    lock: File,
+    lock: Option<File>,
 }
 
 struct WriteState {
@@ -101,15 +123,26 @@ impl Shard {
             return Ok(None);
         }
         let started = Instant::now();
+        if !exists {
+            let root = dir.ancestors().find(|d| d.is_dir()).unwrap_or(dir);
+            check_room(who, root, options.min_free_bytes)?;
+        }
         std::fs::create_dir_all(dir).map_err(|e| internal(who, "create shard folder", e))?;
         let lock = lock(who, dir)?;
-        let shard = if exists {
+        if exists {
             compact_wal(dir).map_err(|e| internal(who, "compact WAL", e))?;
-            EdgeShard::load(dir, None)
-        } else {
-            EdgeShard::new(dir, options.edge_config())
         }
-        .map_err(|e| internal(who, "open shard", e))?;
+        // Opening writes too (the config, a first segment): a failure there
+        // may panic like a flush, and is contained the same way.
+        let opened = catch_unwind(AssertUnwindSafe(|| {
+            if exists {
+                EdgeShard::load(dir, None)
+            } else {
+                EdgeShard::new(dir, options.edge_config())
+            }
+        }))
+        .map_err(|panic| internal(who, "open shard", panic_message(&*panic)))?;
+        let shard = opened.map_err(|e| internal(who, "open shard", e))?;
         let dimension = shard
             .config()
             .vectors
@@ -124,14 +157,17 @@ impl Shard {
             .collect();
         tracing::debug!(%who, created = !exists, ms = ms(started), "shard opened");
         Ok(Some(Self {
-            shard,
+            engine: Some(shard),
             dir: dir.to_owned(),
             dimension,
+            indexes: options.indexes.clone(),
+            min_free_bytes: options.min_free_bytes,
             write: Mutex::new(WriteState {
                 indexed,
                 optimized: false,
             }),
-            lock,
+            broken: AtomicBool::new(false),
+            lock: Some(lock),
         }))
     }
 
@@ -139,17 +175,116 @@ impl Shard {
         self.dimension
     }
 
-    /// Flush, compact the WAL, release the lock.
-    pub fn close(self, who: &str) -> Result<(), ServiceError> {
+    /// Whether a failed write has left the shard unusable (see [`Shard`]).
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+
+    /// The payload paths that have an index, sorted (the tenant key's too).
+    pub fn indexed_keys(&self, who: &str) -> Result<Vec<String>, ServiceError> {
+        let mut keys: Vec<String> = self
+            .engine(who)?
+            .info()
+            .payload_schema
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Flush, compact the WAL, release the lock. A broken shard is released
+    /// without our flush or compaction, and the failure answered.
+    pub fn close(mut self, who: &str) -> Result<(), ServiceError> {
         let started = Instant::now();
-        let Self {
-            shard, dir, lock, ..
-        } = self;
-        drop(shard); // flushes
-        let compacted = compact_wal(&dir).map_err(|e| internal(who, "compact WAL", e));
-        drop(lock);
+        let closed = self.release(who);
         tracing::debug!(%who, ms = ms(started), "shard closed");
-        compacted
+        closed
+    }
+
+    /// Let go of the engine and then the lock; see [`Shard::close`].
+    fn release(&mut self, who: &str) -> Result<(), ServiceError> {
+        // Checked before the engine is taken out: `engine()` says why.
+        let usable = self.engine(who).map(|_| ());
+        let Some(engine) = self.engine.take() else {
+            return Ok(());
+        };
+        // Flushed here, where a panic is contained, before the engine's own
+        // `Drop` flushes again with nothing left to write.
+        let flushed = usable.and_then(|()| self.guarded(who, "flush", || engine.flush()));
+        let outcome = match flushed {
+            Ok(()) => match catch_unwind(AssertUnwindSafe(|| drop(engine))) {
+                Ok(()) => compact_wal(&self.dir).map_err(|e| internal(who, "compact WAL", e)),
+                Err(panic) => Err(self.broke(who, "close", &*panic)),
+            },
+            Err(e) => {
+                // Dropped, not leaked with `mem::forget`: the engine holds a
+                // flock on its WAL through a descriptor only its `Drop`
+                // closes, and a leaked handle would keep the shard from ever
+                // being opened again in this process. That `Drop` flushes
+                // once more: with room on the disk again it succeeds; if not
+                // it panics, and the panic stops here (the engine's parts
+                // dropped while it unwinds only log their failures).
+                match catch_unwind(AssertUnwindSafe(|| drop(engine))) {
+                    Ok(()) => {
+                        tracing::warn!(%who, dir = %self.dir.display(), "broken shard released; its last flush succeeded")
+                    }
+                    Err(panic) => tracing::error!(
+                        %who,
+                        dir = %self.dir.display(),
+                        cause = %panic_message(&*panic),
+                        "broken shard released; its last flush failed too"
+                    ),
+                }
+                Err(e)
+            }
+        };
+        drop(self.lock.take());
+        outcome
+    }
+
+    /// The engine, unless the shard is broken or released.
+    fn engine(&self, who: &str) -> Result<&EdgeShard, ServiceError> {
+        match &self.engine {
+            Some(engine) if !self.is_broken() => Ok(engine),
+            _ => Err(ServiceError::internal(format!(
+                "{who}: the store at {} failed to write to its disk (full, or an I/O error) \
+                 and is closed; an operator must look at that disk",
+                self.dir.display()
+            ))),
+        }
+    }
+
+    /// Run a step of the engine that writes to disk. The engine panics when
+    /// that fails (0.7.2's flush `expect`s success); the panic stops here,
+    /// marks the shard broken and is answered `internal`: a full or failing
+    /// disk is the operator's to fix, and no retry by the caller helps until
+    /// then. (The panic hook still prints the message.)
+    fn guarded<T>(
+        &self,
+        who: &str,
+        what: &str,
+        step: impl FnOnce() -> T,
+    ) -> Result<T, ServiceError> {
+        catch_unwind(AssertUnwindSafe(step)).map_err(|panic| self.broke(who, what, &*panic))
+    }
+
+    /// Mark the shard broken after `what` panicked; log it and say why.
+    fn broke(&self, who: &str, what: &str, panic: &(dyn std::any::Any + Send)) -> ServiceError {
+        self.broken.store(true, Ordering::Release);
+        let cause = panic_message(panic);
+        tracing::error!(
+            %who,
+            dir = %self.dir.display(),
+            %cause,
+            "store {what} failed writing to disk (full, or an I/O error); the shard is closed"
+        );
+        ServiceError::internal(format!(
+            "{who}: writing to the store's disk at {} failed ({}): the disk may be full; \
+             this write may not be kept",
+            self.dir.display(),
+            brief(&cause)
+        ))
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, WriteState> {
@@ -160,13 +295,13 @@ impl Shard {
     }
 
     fn apply(&self, who: &str, op: UpdateOperation) -> Result<(), ServiceError> {
-        self.shard
-            .update(op)
+        let engine = self.engine(who)?;
+        check_room(who, &self.dir, self.min_free_bytes)?;
+        self.guarded(who, "update", || engine.update(op))?
             .map_err(|e| internal(who, "update", e))?;
         // Edge shards do not replay their WAL on load: a write is durable
         // only once the segments are flushed, so flush before returning.
-        self.shard.flush();
-        Ok(())
+        self.guarded(who, "flush", || engine.flush())
     }
 
     /// Give the payload path an index of `kind` unless it has one.
@@ -202,26 +337,20 @@ impl Shard {
         self.ensure_index(who, &mut state, TENANT, schema)
     }
 
-    /// Give every key the filter uses a payload index, so a filtered search
+    /// Give the keys the filter uses a payload index, so a filtered search
     /// does not scan the whole shard; the first kind seen for a key wins.
+    /// Only keys the operator allows, and no more indexes than the cap (in
+    /// the shared layout, the one shard's cap for all tenants together);
+    /// beyond it a filter is served without an index.
     pub fn ensure_indexes(&self, who: &str, filter: &Filter) -> Result<(), ServiceError> {
-        let missing: Vec<_> = {
-            let state = self.state();
-            filter
-                .conditions
-                .iter()
-                .filter(|(key, _)| !state.indexed.contains(&metadata_path(key)))
-                .filter_map(|(key, cond)| {
-                    Some((metadata_path(key), schema_type(IndexKind::of(cond)?)))
-                })
-                .collect()
-        };
-        if missing.is_empty() {
-            return Ok(());
-        }
         let mut state = self.state();
-        for (path, kind) in missing {
-            self.ensure_index(who, &mut state, &path, PayloadFieldSchema::FieldType(kind))?;
+        for (path, kind) in self.indexes.to_index(filter, &state.indexed) {
+            self.ensure_index(
+                who,
+                &mut state,
+                &path,
+                PayloadFieldSchema::FieldType(schema_type(kind)),
+            )?;
         }
         Ok(())
     }
@@ -264,7 +393,7 @@ impl Shard {
             with_vector: Some(WithVector::Bool(with_vectors)),
             score_threshold: None,
         };
-        self.shard
+        self.engine(who)?
             .search(request)
             .map_err(|e| internal(who, "search", e))
     }
@@ -277,7 +406,7 @@ impl Shard {
         with_vectors: bool,
     ) -> Result<Vec<StoredPoint>, ServiceError> {
         let records = self
-            .shard
+            .engine(who)?
             .retrieve(
                 ids,
                 Some(WithPayloadInterface::Bool(true)),
@@ -288,7 +417,7 @@ impl Shard {
     }
 
     pub fn count(&self, who: &str, filter: Option<EdgeFilter>) -> Result<usize, ServiceError> {
-        self.shard
+        self.engine(who)?
             .count(CountRequest {
                 filter,
                 exact: true,
@@ -320,15 +449,86 @@ impl Shard {
     /// Build the HNSW index once the shard holds `threshold` points.
     pub fn maintain(&self, who: &str, threshold: usize) -> Result<bool, ServiceError> {
         let mut state = self.state();
-        if threshold == 0 || state.optimized || self.shard.info().points_count < threshold {
+        let engine = self.engine(who)?;
+        if threshold == 0 || state.optimized || engine.info().points_count < threshold {
             return Ok(false);
         }
-        self.shard
-            .optimize()
+        check_room(who, &self.dir, self.min_free_bytes)?;
+        self.guarded(who, "optimize", || engine.optimize())?
             .map_err(|e| internal(who, "optimize", e))?;
-        self.shard.flush();
+        self.guarded(who, "flush", || engine.flush())?;
         state.optimized = true;
         Ok(true)
+    }
+}
+
+impl Drop for Shard {
+    /// A shard dropped without [`Shard::close`] (its owner's job panicked,
+    /// say) is released the same way, so the engine's flush in its own
+    /// `Drop` never panics while the thread is already unwinding.
+    fn drop(&mut self) {
+        if self.engine.is_some() {
+            let who = format!("shard {}", self.dir.display());
+            let _ = self.release(&who);
+        }
+    }
+}
+
+/// Refuse a write while the disk under `dir` has less than `min_free`
+/// bytes free. The engine writes through memory-mapped files: a page it
+/// cannot get on a full disk is a SIGBUS, which no error handling survives,
+/// so the write must not start. Answered `internal`, naming the disk: only an
+/// operator can free space. A disk whose free space cannot be read is let
+/// through (the engine reports what it finds).
+fn check_room(who: &str, dir: &Path, min_free: u64) -> Result<(), ServiceError> {
+    if min_free == 0 {
+        return Ok(());
+    }
+    let free = match free_bytes(dir) {
+        Ok(free) => free,
+        Err(e) => {
+            tracing::warn!(%who, dir = %dir.display(), error = %e, "cannot read the disk's free space");
+            return Ok(());
+        }
+    };
+    if free >= min_free {
+        return Ok(());
+    }
+    Err(internal(
+        who,
+        "write",
+        format!(
+            "the disk of {} has {} MiB free, less than store.min_free_disk_mb ({} MiB); \
+             writes are refused until space is freed",
+            dir.display(),
+            free >> 20,
+            min_free >> 20
+        ),
+    ))
+}
+
+/// Bytes an unprivileged writer may still use on the disk under `dir`.
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    let st = rustix::fs::statvfs(dir)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// A panic's message cut for a reply: the engine's errors carry their
+/// backtrace in their text, which belongs in the log only.
+fn brief(cause: &str) -> String {
+    let head = cause.split(", backtrace").next().unwrap_or(cause);
+    let head = head.lines().next().unwrap_or(head);
+    head.chars().take(300).collect()
+}
+
+/// The message a panic carried, for the log and the reply.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_owned()
     }
 }
 
@@ -492,4 +692,32 @@ pub fn to_doc(payload: Option<Payload>, vector: Option<VectorStructInternal>) ->
         _ => None,
     });
     payload::to_doc(payload.map(|p| p.0).unwrap_or_default(), vector)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_disk_with_room_lets_writes_through_and_one_without_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(free_bytes(dir.path()).unwrap() > 0);
+        check_room("t", dir.path(), 0).unwrap();
+        check_room("t", dir.path(), 1).unwrap();
+        let err = check_room("t", dir.path(), u64::MAX).unwrap_err();
+        assert_eq!(err.code, crate::protocol::ErrorCode::Internal);
+        assert!(err.message.contains("min_free_disk_mb"), "{}", err.message);
+        // An unreadable disk is left to the engine.
+        check_room("t", &dir.path().join("missing"), u64::MAX).unwrap();
+    }
+
+    #[test]
+    fn a_panic_s_message_is_kept() {
+        let caught = catch_unwind(|| panic!("segments flushed: {}", 28)).unwrap_err();
+        assert_eq!(panic_message(&*caught), "segments flushed: 28");
+        let caught = catch_unwind(|| std::panic::panic_any(7u8)).unwrap_err();
+        assert_eq!(panic_message(&*caught), "a panic without a message");
+        let engine = "segments flushed: E { d: \"No space\", backtrace: Some(\"0: x\\n1: y\") }";
+        assert_eq!(brief(engine), "segments flushed: E { d: \"No space\"");
+    }
 }

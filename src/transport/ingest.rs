@@ -1,32 +1,44 @@
 //! Durable ingest: a JetStream work queue of upserts, acked only once durable.
 //!
-//! Owns the ingest stream and its consumer (created or updated at start,
-//! never deleted), the pull loop, and the fate of each message: routed to its
-//! tenant's actor and acked after the store has committed it; `nak`ed with a
-//! delay when the failure may pass (the store is unavailable); `term`ed with a
-//! dead-letter record when it never can succeed. It must never ack a message
-//! before its documents are durable, and never term one without a dead-letter
-//! record stored first.
+//! Owns the ingest stream and its consumer (created or updated at start;
+//! replaced only when a setting cannot change in place), the pull loop, and
+//! the fate of each message. Messages go to their tenant's lane
+//! ([`crate::transport::lanes`]); a lane applies its oldest messages as one
+//! batch, and only once no older message of the tenant is left in the stream
+//! (held by another worker, or due for redelivery), so per tenant the stream
+//! order is the order of application, on one worker or many. A message is
+//! acked once written (the ack confirmed before the lane goes on); retried in
+//! place, its tenant's later messages waiting behind it, when the failure may
+//! pass; dead-lettered with its body when it never can, after
+//! `ingest.max_retries` tries of `internal`, or at its last delivery. Held
+//! messages get progress acks, so nothing is redelivered while it waits. It
+//! must never ack a message before its documents are durable, never apply a
+//! message after a later one of its tenant, and never term one without a
+//! dead-letter record stored first.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::Addr;
 use async_nats::jetstream::{self, consumer, stream, AckKind};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use futures::future::join_all;
 use futures::StreamExt;
 use serde::Serialize;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{IngestSettings, Settings};
 use crate::protocol::{
-    decode, tenant_token, IngestStats, ServiceError, UpsertRequest, DEFAULT_PREFIX,
+    decode, tenant_token, ErrorCode, IngestStats, ServiceError, UpsertRequest, DEFAULT_PREFIX,
 };
 use crate::supervisor::{Route, Supervisor};
 use crate::tenant::TenantId;
-use crate::tenant_actor::Envelope;
+use crate::tenant_actor::{Command, Envelope, IngestPart};
+use crate::transport::lanes::{Arrival, Lanes, Outcome, Retry};
 
 /// Names of the streams and the consumer for one prefix: the defaults for the
 /// default prefix, suffixed with the prefix otherwise so two deployments on
@@ -88,6 +100,7 @@ pub struct IngestCounters {
     pub dead_lettered: AtomicU64,
     pub redelivered: AtomicU64,
     pub retried: AtomicU64,
+    pub deferred: AtomicU64,
 }
 
 impl IngestCounters {
@@ -99,16 +112,20 @@ impl IngestCounters {
             dead_lettered: get(&self.dead_lettered),
             redelivered: get(&self.redelivered),
             retried: get(&self.retried),
+            deferred: get(&self.deferred),
         }
     }
 }
 
-/// The dead-letter record of a message that can never succeed.
+/// The dead-letter record of a message that can never succeed. The body is
+/// kept whole (base64: it may not even be UTF-8) because terminating the
+/// message removes it from the work-queue stream.
 #[derive(Debug, Serialize)]
 struct DeadLetter<'a> {
     subject: &'a str,
     stream_seq: u64,
     error: &'a ServiceError,
+    body_base64: String,
 }
 
 /// Create or update the streams and the durable consumer. Idempotent; an
@@ -145,7 +162,11 @@ pub async fn ensure_streams(
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: settings.ack_wait,
         max_deliver: settings.max_deliver,
-        backoff: settings.backoff.clone(),
+        // No server-side backoff: with one, nats-server takes its first step
+        // as the ack wait (1 s), and a message queued behind its tenant's
+        // burst was delivered again while its first copy still waited. The
+        // worker retries failures itself, in order (`ingest.backoff`).
+        backoff: Vec::new(),
         max_ack_pending: settings.max_ack_pending as i64,
         ..Default::default()
     };
@@ -165,17 +186,22 @@ pub async fn ensure_streams(
             // The server does not change a consumer's priority policy in
             // place. Deleting it loses nothing: the messages stay in the
             // stream and those delivered but unacked go to the new consumer.
-            let other_policy = match stream.consumer_info(&names.consumer).await {
-                Ok(info) => info.config.priority_policy != config.priority_policy,
+            // The same goes for a consumer made by an earlier version with a
+            // server-side backoff.
+            let replace = match stream.consumer_info(&names.consumer).await {
+                Ok(info) => {
+                    info.config.priority_policy != config.priority_policy
+                        || !info.config.backoff.is_empty()
+                }
                 Err(_) => false,
             };
-            if !other_policy {
+            if !replace {
                 anyhow::bail!("cannot create consumer {}: {first}", names.consumer);
             }
             tracing::warn!(
                 consumer = %names.consumer,
                 ordered = settings.ordered,
-                "ingest.ordered changed: recreating the ingest consumer"
+                "the ingest consumer's settings cannot change in place: recreating it"
             );
             stream
                 .delete_consumer(&names.consumer)
@@ -192,6 +218,18 @@ pub async fn ensure_streams(
 /// The priority group every worker pulls in when `ingest.ordered` is on.
 const PIN_GROUP: &str = "workers";
 
+/// Most messages of one tenant applied in one batch (one group commit).
+const MAX_BATCH_MESSAGES: usize = 64;
+/// How soon a lane looks again for an earlier message of its tenant that is
+/// still in the stream (held by another worker, or due for redelivery).
+const ORDER_RECHECK: Duration = Duration::from_millis(200);
+/// How soon a rate-limited lane tries again: the bucket refills continuously.
+const RATE_LIMIT_RETRY: Duration = Duration::from_millis(100);
+/// How long a message handed back by a stalled tenant stays away.
+const DEFER_DELAY: Duration = Duration::from_secs(2);
+/// Tries of an ack or a term before the lane gives up on it for now.
+const ACK_TRIES: u32 = 3;
+
 struct Shared {
     js: jetstream::Context,
     names: Names,
@@ -201,10 +239,25 @@ struct Shared {
     in_flight: Arc<Semaphore>,
 }
 
-/// The running pull loop; [`Ingesting::drain`] waits for it after shutdown.
+/// The running pull and lane tasks; [`Ingesting::drain`] waits for them
+/// after shutdown.
 pub struct Ingesting {
-    task: JoinHandle<()>,
-    shared: Arc<Shared>,
+    pull: JoinHandle<()>,
+    lanes: JoinHandle<()>,
+}
+
+/// A message a lane holds, with its share of `max_ack_pending`.
+struct Pending {
+    message: Arc<jetstream::Message>,
+    seq: u64,
+    delivered: i64,
+    _permit: OwnedSemaphorePermit,
+}
+
+enum Event {
+    /// Boxed: a message is large next to a finished batch's outcome.
+    Arrived(Box<jetstream::Message>, OwnedSemaphorePermit),
+    Finished(TenantId, Outcome),
 }
 
 /// Start pulling. Messages in flight are bounded by `ingest.max_ack_pending`.
@@ -224,19 +277,23 @@ pub fn start(
         counters,
         in_flight: Arc::new(Semaphore::new(settings.ingest.max_ack_pending)),
     });
-    let task = tokio::spawn(pull_loop(consumer, shared.clone(), shutdown));
-    Ingesting { task, shared }
+    let (events, inbox) = mpsc::channel(settings.ingest.max_ack_pending.max(16));
+    let pull = tokio::spawn(pull_loop(
+        consumer,
+        shared.clone(),
+        events.clone(),
+        shutdown.clone(),
+    ));
+    let lanes = tokio::spawn(lane_loop(shared, inbox, events, shutdown));
+    Ingesting { pull, lanes }
 }
 
 impl Ingesting {
-    /// Wait for the loop to stop and the messages in flight to be settled.
+    /// Wait for the loops to stop: running batches finish, the messages not
+    /// started are handed back to the stream for another worker.
     pub async fn drain(self, timeout: Duration) {
-        let _ = self.task.await;
-        let max = self.shared.settings.ingest.max_ack_pending as u32;
-        if tokio::time::timeout(timeout, self.shared.in_flight.acquire_many(max))
-            .await
-            .is_err()
-        {
+        let _ = self.pull.await;
+        if tokio::time::timeout(timeout, self.lanes).await.is_err() {
             tracing::warn!(
                 "ingest messages still in flight at the shutdown timeout; they will be redelivered"
             );
@@ -266,9 +323,12 @@ async fn pull(
     }
 }
 
+/// Pull messages, each with a permit, and hand them to the lanes in the
+/// order they were delivered.
 async fn pull_loop(
     consumer: consumer::PullConsumer,
     shared: Arc<Shared>,
+    events: mpsc::Sender<Event>,
     shutdown: CancellationToken,
 ) {
     'connect: loop {
@@ -300,7 +360,15 @@ async fn pull_loop(
                 n = messages.next() => n,
             };
             match next {
-                Some(Ok(message)) => handle(message, &shared, permit),
+                Some(Ok(message)) => {
+                    if events
+                        .send(Event::Arrived(Box::new(message), permit))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
                 Some(Err(e)) => {
                     // Missed heartbeats while NATS is away, and the like; the
                     // pull stream recovers by itself once it is back.
@@ -315,109 +383,438 @@ async fn pull_loop(
     }
 }
 
-/// Route one message; settle it when its tenant's actor has answered.
-fn handle(
-    message: jetstream::Message,
-    shared: &Arc<Shared>,
-    permit: tokio::sync::OwnedSemaphorePermit,
+/// Own every tenant's lane: take arrivals, start batches, keep held
+/// messages alive with progress acks, and at shutdown hand back what has not
+/// started once the running batches have finished.
+async fn lane_loop(
+    shared: Arc<Shared>,
+    mut inbox: mpsc::Receiver<Event>,
+    events: mpsc::Sender<Event>,
+    shutdown: CancellationToken,
 ) {
-    let (stream_seq, delivered) = message
-        .info()
-        .map(|i| (i.stream_sequence, i.delivered))
-        .unwrap_or((0, 1));
+    let ingest = &shared.settings.ingest;
+    let mut lanes: Lanes<Pending> = Lanes::new(ingest.stalled_tenant_messages, MAX_BATCH_MESSAGES);
+    let mut progress = tokio::time::interval(ingest.ack_wait / 4);
+    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    progress.tick().await;
+    let mut stopping = false;
+    loop {
+        let now = Instant::now();
+        if !stopping {
+            for (tenant, seqs) in lanes.start(now) {
+                spawn_batch(&shared, &lanes, tenant, &seqs, events.clone());
+            }
+        } else if !lanes.running() {
+            break;
+        }
+        let wake = lanes.next_wake().unwrap_or(now + Duration::from_secs(3600));
+        tokio::select! {
+            _ = shutdown.cancelled(), if !stopping => {
+                stopping = true;
+                for pending in lanes.take_idle() {
+                    tokio::spawn(hand_back(shared.clone(), pending));
+                }
+            }
+            Some(event) = inbox.recv() => match event {
+                Event::Arrived(message, permit) => {
+                    arrive(&shared, &mut lanes, *message, permit, stopping);
+                }
+                Event::Finished(tenant, outcome) => {
+                    // Released messages drop here, and their permits with them.
+                    lanes.finish(&tenant, outcome, Instant::now());
+                }
+            },
+            _ = progress.tick() => {
+                let held: Vec<_> = lanes.held().map(|p| p.message.clone()).collect();
+                tokio::spawn(async move {
+                    for message in held {
+                        if let Err(e) = message.ack_with(AckKind::Progress).await {
+                            tracing::debug!(error = %e, "progress ack failed");
+                        }
+                    }
+                });
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+    }
+    // Arrivals the pull loop handed over before it stopped.
+    while let Ok(event) = inbox.try_recv() {
+        if let Event::Arrived(message, permit) = event {
+            if let Some(pending) = pending(&shared, *message, permit) {
+                hand_back(shared.clone(), pending).await;
+            }
+        }
+    }
+}
+
+/// Wrap an arriving message; `None` when it has no JetStream metadata (it
+/// cannot be acked, so there is nothing to do with it).
+fn pending(
+    shared: &Shared,
+    message: jetstream::Message,
+    permit: OwnedSemaphorePermit,
+) -> Option<Pending> {
+    let (seq, delivered) = match message.info() {
+        Ok(i) => (i.stream_sequence, i.delivered),
+        Err(e) => {
+            tracing::warn!(subject = %message.subject, error = %e, "ingest message without JetStream metadata; ignored");
+            return None;
+        }
+    };
     if delivered > 1 {
         shared.counters.redelivered.fetch_add(1, Ordering::Relaxed);
     }
-    let subject = message.subject.to_string();
-    let tenant = TenantId::parse(tenant_token(&subject)).ok();
-    let parsed = TenantId::parse(tenant_token(&subject)).and_then(|t| {
-        let req = decode::<UpsertRequest>(&message.payload)?;
-        Ok((
-            t,
-            crate::transport::decode::upsert(req, &shared.settings.limits)?,
-        ))
-    });
-    let shared = shared.clone();
-    let (tenant, command) = match parsed {
-        Ok(ok) => ok,
+    Some(Pending {
+        message: Arc::new(message),
+        seq,
+        delivered,
+        _permit: permit,
+    })
+}
+
+fn arrive(
+    shared: &Arc<Shared>,
+    lanes: &mut Lanes<Pending>,
+    message: jetstream::Message,
+    permit: OwnedSemaphorePermit,
+    stopping: bool,
+) {
+    let Some(pending) = pending(shared, message, permit) else {
+        return;
+    };
+    let tenant = match TenantId::parse(tenant_token(&pending.message.subject)) {
+        Ok(t) => t,
         Err(error) => {
+            let shared = shared.clone();
             tokio::spawn(async move {
-                dead_letter(&shared, &message, tenant.as_ref(), stream_seq, &error).await;
-                drop(permit);
+                dead_letter(&shared, &pending.message, None, pending.seq, &error).await;
             });
             return;
         }
     };
-    let docs = match &command {
-        crate::tenant_actor::Command::Upsert(d) => d.len() as u64,
-        _ => 0,
-    };
-    // Routed now, in stream order, so the tenant's actor applies it in order.
-    let (reply, outcome) = oneshot::channel();
-    let span = tracing::info_span!("ingest", %tenant, stream_seq);
-    shared.supervisor.do_send(Route(Envelope {
-        tenant: tenant.clone(),
-        command,
-        reply,
-        span,
-    }));
-    tokio::spawn(async move {
-        let result = outcome
-            .await
-            .unwrap_or_else(|_| Err(ServiceError::internal("the tenant's job failed")));
-        match result {
-            Ok(_) => match message.ack().await {
-                Ok(()) => {
-                    shared.counters.acked.fetch_add(1, Ordering::Relaxed);
-                    shared.counters.documents.fetch_add(docs, Ordering::Relaxed);
-                }
-                // Durable already; the redelivery that follows is harmless.
-                Err(e) => {
-                    tracing::warn!(%tenant, error = %e, "ack failed; message will be redelivered")
-                }
-            },
-            Err(error) if error.code.is_transient() => {
-                shared.counters.retried.fetch_add(1, Ordering::Relaxed);
-                let delay = retry_delay(&shared.settings.ingest, delivered);
-                tracing::warn!(%tenant, %error, ?delay, "ingest failed; retrying later");
-                if let Err(e) = message.ack_with(AckKind::Nak(Some(delay))).await {
-                    tracing::warn!(%tenant, error = %e, "nak failed; ack_wait will redeliver");
-                }
-            }
-            Err(error) => dead_letter(&shared, &message, Some(&tenant), stream_seq, &error).await,
+    if stopping {
+        tokio::spawn(hand_back(shared.clone(), pending));
+        return;
+    }
+    let last = pending.delivered >= shared.settings.ingest.max_deliver;
+    let seq = pending.seq;
+    match lanes.arrive(&tenant, seq, pending, last, Instant::now()) {
+        (Arrival::Held, _) => {}
+        (Arrival::Replaced, _) => {
+            tracing::debug!(%tenant, seq, "redelivered while held; keeping the newest copy");
         }
-        drop(permit);
+        (Arrival::Deferred, Some(pending)) => {
+            shared.counters.deferred.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                if let Err(e) = pending
+                    .message
+                    .ack_with(AckKind::Nak(Some(DEFER_DELAY)))
+                    .await
+                {
+                    tracing::debug!(error = %e, "nak failed; ack_wait will redeliver");
+                }
+            });
+        }
+        (Arrival::Deferred, None) => {}
+    }
+}
+
+/// Give a message not yet applied back to the stream, for this worker or
+/// another; at its last delivery it is dead-lettered instead (the server
+/// would never deliver it again).
+async fn hand_back(shared: Arc<Shared>, pending: Pending) {
+    if pending.delivered >= shared.settings.ingest.max_deliver {
+        let tenant = TenantId::parse(tenant_token(&pending.message.subject)).ok();
+        let error = ServiceError::unavailable(format!(
+            "the worker stopped before applying the message at its last delivery ({} of ingest.max_deliver)",
+            pending.delivered
+        ));
+        dead_letter(
+            &shared,
+            &pending.message,
+            tenant.as_ref(),
+            pending.seq,
+            &error,
+        )
+        .await;
+    } else if let Err(e) = pending.message.ack_with(AckKind::Nak(None)).await {
+        tracing::debug!(error = %e, "nak failed; ack_wait will redeliver");
+    }
+}
+
+/// A message of a running batch.
+struct BatchItem {
+    message: Arc<jetstream::Message>,
+    seq: u64,
+    delivered: i64,
+    attempts: u32,
+    applied: bool,
+}
+
+fn spawn_batch(
+    shared: &Arc<Shared>,
+    lanes: &Lanes<Pending>,
+    tenant: TenantId,
+    seqs: &[u64],
+    events: mpsc::Sender<Event>,
+) {
+    let items: Vec<BatchItem> = seqs
+        .iter()
+        .filter_map(|seq| lanes.get(&tenant, *seq))
+        .map(|held| BatchItem {
+            message: held.message.message.clone(),
+            seq: held.message.seq,
+            delivered: held.message.delivered,
+            attempts: held.attempts,
+            applied: held.applied,
+        })
+        .collect();
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let outcome = run_batch(&shared, &tenant, items).await;
+        let _ = events.send(Event::Finished(tenant, outcome)).await;
     });
 }
 
-/// Delay before a failed message comes back: the consumer's backoff
-/// schedule, by delivery count, its last step repeating.
-fn retry_delay(settings: &IngestSettings, delivered: i64) -> Duration {
-    let i = (delivered.max(1) - 1) as usize;
+/// The oldest message of the tenant still in the stream, if it is older than
+/// `seq`: a message the batch must not overtake. In a work-queue stream a
+/// message stays until it is acked or terminated, so this sees what other
+/// workers hold and what waits for redelivery.
+async fn older_in_stream(
+    shared: &Shared,
+    tenant: &TenantId,
+    seq: u64,
+) -> Result<Option<u64>, String> {
+    let stream = shared
+        .js
+        .get_stream_no_info(&shared.names.ingest_stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    match stream
+        .get_first_raw_message_by_subject(shared.names.ingest_subject(tenant.as_str()), 0)
+        .await
+    {
+        Ok(first) if first.sequence < seq => Ok(Some(first.sequence)),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Apply one batch of a tenant's messages, in order, and settle them: acked
+/// once written (the ack confirmed by the server, so the next batch sees
+/// them gone), dead-lettered when they can never succeed, and from the first
+/// failure that may pass on, left for the next try.
+async fn run_batch(shared: &Shared, tenant: &TenantId, items: Vec<BatchItem>) -> Outcome {
+    let settings = &shared.settings.ingest;
+    let first = items.first().map_or(0, |i| i.seq);
+    match older_in_stream(shared, tenant, first).await {
+        Ok(None) => {}
+        Ok(Some(older)) => {
+            tracing::debug!(%tenant, seq = first, older, "waiting for an older message of the tenant");
+            return wait(ORDER_RECHECK);
+        }
+        Err(e) => {
+            tracing::warn!(%tenant, error = %e, "cannot read the ingest stream; waiting");
+            return wait(Duration::from_secs(1));
+        }
+    }
+
+    // Decode and route what has not been written yet, as one command.
+    let span = tracing::info_span!("ingest", %tenant, first_seq = first);
+    let mut parts = Vec::new();
+    let mut awaited = Vec::with_capacity(items.len());
+    for item in &items {
+        if item.applied {
+            awaited.push(Awaited::Written(0));
+            continue;
+        }
+        let decoded = decode::<UpsertRequest>(&item.message.payload)
+            .and_then(|req| crate::transport::decode::upsert(req, &shared.settings.limits));
+        match decoded {
+            Ok(Command::Upsert(docs)) => {
+                let (reply, outcome) = oneshot::channel();
+                awaited.push(Awaited::Routed(outcome, docs.len() as u64));
+                parts.push(IngestPart { docs, reply });
+            }
+            Ok(_) => awaited.push(Awaited::Failed(ServiceError::internal(
+                "an ingest message decoded to something other than an upsert",
+            ))),
+            Err(e) => awaited.push(Awaited::Failed(e)),
+        }
+    }
+    if !parts.is_empty() {
+        let (reply, _) = oneshot::channel();
+        shared.supervisor.do_send(Route(Envelope {
+            tenant: tenant.clone(),
+            command: Command::Ingest(parts),
+            reply,
+            span,
+        }));
+    }
+
+    let mut to_ack = Vec::new();
+    let mut to_dead = Vec::new();
+    let mut retry = None;
+    for (item, p) in items.iter().zip(awaited) {
+        let result = match p {
+            Awaited::Written(n) => Ok(n),
+            Awaited::Failed(e) => Err(e),
+            Awaited::Routed(outcome, n) => outcome
+                .await
+                .unwrap_or_else(|_| Err(ServiceError::internal("the tenant's job failed")))
+                .map(|_| n),
+        };
+        if retry.is_some() {
+            // Behind a failure that may pass: the actor wrote none of these.
+            continue;
+        }
+        match result {
+            Ok(n) => to_ack.push((item, n)),
+            Err(error) if !error.code.is_transient() => to_dead.push((item, error)),
+            Err(error) => {
+                if item.delivered >= settings.max_deliver {
+                    let error = ServiceError {
+                        code: error.code,
+                        message: format!("{} (at its last delivery)", error.message),
+                    };
+                    to_dead.push((item, error));
+                } else if error.code == ErrorCode::Internal
+                    && item.attempts + 1 >= settings.max_retries
+                {
+                    let error = ServiceError::internal(format!(
+                        "{} (after {} tries)",
+                        error.message,
+                        item.attempts + 1
+                    ));
+                    to_dead.push((item, error));
+                } else {
+                    shared.counters.retried.fetch_add(1, Ordering::Relaxed);
+                    let (after, count) = match error.code {
+                        ErrorCode::RateLimited => (RATE_LIMIT_RETRY, false),
+                        ErrorCode::Unavailable => (retry_delay(settings, item.attempts), false),
+                        _ => (retry_delay(settings, item.attempts), true),
+                    };
+                    tracing::warn!(%tenant, seq = item.seq, %error, ?after, "ingest failed; retrying in order");
+                    retry = Some(Retry { after, count });
+                }
+            }
+        }
+    }
+
+    let acks = join_all(
+        to_ack
+            .iter()
+            .map(|(item, _)| confirm(&item.message, AckKind::Ack)),
+    );
+    let deads =
+        join_all(to_dead.iter().map(|(item, error)| {
+            dead_letter(shared, &item.message, Some(tenant), item.seq, error)
+        }));
+    let (acked, dead) = tokio::join!(acks, deads);
+    let mut outcome = Outcome {
+        retry,
+        checked: true,
+        ..Outcome::default()
+    };
+    for ((item, docs), ok) in to_ack.iter().zip(acked) {
+        if ok {
+            shared.counters.acked.fetch_add(1, Ordering::Relaxed);
+            shared
+                .counters
+                .documents
+                .fetch_add(*docs, Ordering::Relaxed);
+            outcome.settled.push(item.seq);
+        } else {
+            outcome.applied.push(item.seq);
+        }
+    }
+    for ((item, _), ok) in to_dead.iter().zip(dead) {
+        if ok {
+            outcome.settled.push(item.seq);
+        }
+    }
+    if outcome.retry.is_none() && outcome.settled.len() < items.len() {
+        // An ack or a dead letter did not go through: try those again soon
+        // (written messages are acked, not written again).
+        outcome.retry = Some(Retry {
+            after: Duration::from_secs(1),
+            count: false,
+        });
+    }
+    outcome
+}
+
+/// What became of one message of a batch while the tenant's actor works.
+enum Awaited {
+    Written(u64),
+    Routed(
+        oneshot::Receiver<Result<crate::protocol::Reply, ServiceError>>,
+        u64,
+    ),
+    Failed(ServiceError),
+}
+
+fn wait(after: Duration) -> Outcome {
+    Outcome {
+        retry: Some(Retry {
+            after,
+            count: false,
+        }),
+        ..Outcome::default()
+    }
+}
+
+/// Ack (or term) a message and wait for the server to confirm it, so the
+/// tenant's next batch cannot find it still in the stream.
+async fn confirm(message: &jetstream::Message, kind: AckKind) -> bool {
+    for attempt in 1..=ACK_TRIES {
+        match message.double_ack_with(kind).await {
+            Ok(()) => return true,
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, ?kind, "ingest ack not confirmed");
+                tokio::time::sleep(Duration::from_millis(100 * attempt as u64)).await;
+            }
+        }
+    }
+    false
+}
+
+/// Delay before the worker tries a failed message again: the backoff
+/// schedule by tries so far, its last step repeating.
+fn retry_delay(settings: &IngestSettings, attempts: u32) -> Duration {
     settings
         .backoff
-        .get(i)
+        .get(attempts as usize)
         .or(settings.backoff.last())
         .copied()
         .unwrap_or(Duration::from_secs(1))
 }
 
-/// Store a dead-letter record, then `term` the message. When the record
-/// cannot be stored the message is `nak`ed instead, so it is never lost.
+/// Store a dead-letter record (with the message's body, so it can be
+/// replayed), then terminate the message. Returns whether both happened;
+/// when the record cannot be stored the message stays, so it is never lost.
 async fn dead_letter(
     shared: &Shared,
     message: &jetstream::Message,
     tenant: Option<&TenantId>,
     stream_seq: u64,
     error: &ServiceError,
-) {
+) -> bool {
     let subject = shared.names.deadletter_subject(tenant);
     let record = DeadLetter {
         subject: message.subject.as_str(),
         stream_seq,
         error,
+        body_base64: BASE64.encode(&message.payload),
     };
-    let body = serde_json::to_vec(&record).unwrap_or_default();
+    let body = match serde_json::to_vec(&record) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a dead-letter record");
+            return false;
+        }
+    };
     let stored = match shared.js.publish(subject.clone(), body.into()).await {
         Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
@@ -429,15 +826,15 @@ async fn dead_letter(
                 .dead_lettered
                 .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(subject = %message.subject, stream_seq, %error, "ingest message dead-lettered");
-            if let Err(e) = message.ack_with(AckKind::Term).await {
-                tracing::warn!(error = %e, "term failed; the message will be dead-lettered again");
+            if !confirm(message, AckKind::Term).await {
+                tracing::warn!("term not confirmed; the message will be dead-lettered again");
+                return false;
             }
+            true
         }
         Err(e) => {
             tracing::error!(%subject, error = %e, "cannot store a dead-letter record; retrying the message later");
-            let _ = message
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-                .await;
+            false
         }
     }
 }

@@ -8,6 +8,7 @@
 pub mod decode;
 pub mod discovery;
 pub mod ingest;
+pub mod lanes;
 pub mod service;
 
 use std::time::Duration;

@@ -1,10 +1,27 @@
-//! The request-reply endpoints, served through the NATS Services API.
+//! The request-reply endpoint, served through the NATS Services API.
 //!
-//! Owns one task per endpoint, the bound on requests in flight, and the reply
-//! format: JSON bodies, and for errors the `{"error": …}` body plus the
-//! Services API error headers. It must never wait on a store directly (it
-//! hands commands to the supervisor and awaits a oneshot) and never leave a
-//! request unanswered: every path through [`handle`] ends in a reply.
+//! Owns the one subscription that takes every request (tenant verbs and
+//! admin verbs alike), the order in which requests reach the supervisor, the
+//! bound on requests in flight, and the reply format: JSON bodies, and for
+//! errors the `{"error": …}` body plus the Services API error headers. It
+//! must never wait on a store directly (it hands commands to the supervisor
+//! and awaits a oneshot), never reorder two requests of one tenant, and never
+//! leave a request unanswered: every request ends in a reply, an unknown verb
+//! too. The one exception is a message on a stream subject (ingest, dead
+//! letters), which is not a request at all: JetStream answers it.
+//!
+//! Why one subscription on `<p>.*.*` rather than one endpoint per verb:
+//! async-nats hands each subscription's messages to a channel of its own, so
+//! with an endpoint per verb an upsert and a delete that a client pipelined
+//! reach us on two channels, and which one is read first is up to the
+//! scheduler (tokio tends to run the task woken last). Per-tenant order then
+//! holds only within a verb, and a delete can overtake the upsert it follows.
+//! One subscription keeps the server's delivery order, and [`dispatch`]
+//! keeps it on: it decodes and routes each request before it takes the next,
+//! and only the wait for the outcome runs in a task of its own. The costs:
+//! `<p>.*.*` also matches the JetStream ingest subject, so the worker
+//! receives a copy of every ingest publish and drops it; and decoding runs
+//! on this one task rather than on as many tasks as there are requests.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,16 +31,17 @@ use std::time::Duration;
 use actix::Addr;
 use async_nats::service::{Service, ServiceExt};
 use bytes::Bytes;
-use futures::StreamExt;
-use tokio::sync::{oneshot, Semaphore};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Settings;
 use crate::protocol::{
-    decode, tenant_token, AdminVerb, EmptyRequest, ErrorBody, EvictRequest, Reply, ServiceError,
-    Subjects, Verb, HEADER_ERROR, HEADER_ERROR_CODE, SERVICE_NAME,
+    decode, unknown_verb, Addressed, AdminVerb, EmptyRequest, ErrorBody, EvictRequest, Reply,
+    ServiceError, Subjects, Verb, HEADER_ERROR, HEADER_ERROR_CODE, SERVICE_NAME,
 };
 use crate::supervisor::{Cleanup, Evict, GetStats, Route, Supervisor};
 use crate::tenant::TenantId;
@@ -32,16 +50,13 @@ use crate::transport::decode::command;
 use crate::transport::discovery::{META_BACKEND, META_PREFIX};
 use crate::transport::ingest::IngestCounters;
 
-/// What an endpoint serves.
-#[derive(Debug, Clone, Copy)]
-enum Endpoint {
-    Tenant(Verb),
-    Admin(AdminVerb),
-}
+/// The Services API name of the one endpoint.
+const ENDPOINT_NAME: &str = "requests";
 
-/// Shared by every request task.
+/// Shared by the endpoint task and every reply task.
 struct Shared {
     settings: Settings,
+    subjects: Subjects,
     supervisor: Addr<Supervisor>,
     /// One permit per request in flight; none left means `unavailable`.
     in_flight: Arc<Semaphore>,
@@ -51,15 +66,15 @@ struct Shared {
     next_request: AtomicU64,
 }
 
-/// The running endpoints; [`Serving::drain`] stops them and waits for the
+/// The running endpoint; [`Serving::drain`] stops it and waits for the
 /// requests in flight.
 pub struct Serving {
     service: Service,
-    tasks: Vec<JoinHandle<()>>,
+    task: JoinHandle<()>,
     shared: Arc<Shared>,
 }
 
-/// Subscribe every endpoint and start serving. `$SRV.PING.tenantvec` answers
+/// Subscribe the endpoint and start serving. `$SRV.PING.tenantvec` answers
 /// from here on.
 pub async fn start(
     client: async_nats::Client,
@@ -82,47 +97,33 @@ pub async fn start(
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the NATS service: {e}"))?;
 
+    // The endpoint's info lists what its wildcard serves.
+    let verbs: Vec<String> = Verb::ALL
+        .iter()
+        .map(|v| subjects.tenant(*v, "<tenant>"))
+        .chain(AdminVerb::ALL.iter().map(|v| subjects.admin(*v)))
+        .collect();
+    let subject = subjects.requests();
+    let endpoint = service
+        .endpoint_builder()
+        .name(ENDPOINT_NAME)
+        .metadata(HashMap::from([("verbs".to_owned(), verbs.join(" "))]))
+        .add(subject.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot subscribe {subject}: {e}"))?;
     let shared = Arc::new(Shared {
         settings: settings.clone(),
+        subjects,
         supervisor,
         in_flight: Arc::new(Semaphore::new(settings.limits.max_in_flight)),
         ingest,
         next_request: AtomicU64::new(1),
     });
-    let mut endpoints = Vec::new();
-    for verb in Verb::ALL {
-        endpoints.push((
-            Endpoint::Tenant(verb),
-            verb.as_str().to_owned(),
-            subjects.tenant_wildcard(verb),
-        ));
-    }
-    for verb in AdminVerb::ALL {
-        endpoints.push((
-            Endpoint::Admin(verb),
-            format!("admin-{}", verb.as_str()),
-            subjects.admin(verb),
-        ));
-    }
-    let mut tasks = Vec::new();
-    for (kind, name, subject) in endpoints {
-        let endpoint = service
-            .endpoint_builder()
-            .name(name)
-            .add(subject.clone())
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot subscribe {subject}: {e}"))?;
-        tasks.push(tokio::spawn(serve_endpoint(
-            kind,
-            endpoint,
-            shared.clone(),
-            shutdown.clone(),
-        )));
-    }
+    let task = tokio::spawn(serve(endpoint, shared.clone(), shutdown));
     client.flush().await?;
     Ok(Serving {
         service,
-        tasks,
+        task,
         shared,
     })
 }
@@ -131,9 +132,7 @@ impl Serving {
     /// Stop taking requests, then wait (up to `timeout`) until every request
     /// in flight has been answered.
     pub async fn drain(self, timeout: Duration) {
-        for task in self.tasks {
-            let _ = task.await;
-        }
+        let _ = self.task.await;
         let max = self.shared.settings.limits.max_in_flight as u32;
         match tokio::time::timeout(timeout, self.shared.in_flight.acquire_many(max)).await {
             Ok(_) => tracing::info!("every request in flight was answered"),
@@ -147,8 +146,7 @@ impl Serving {
 
 /// Take requests until shutdown, then unsubscribe and answer what was
 /// already delivered to us.
-async fn serve_endpoint(
-    kind: Endpoint,
+async fn serve(
     mut endpoint: async_nats::service::endpoint::Endpoint,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
@@ -158,103 +156,151 @@ async fn serve_endpoint(
             biased;
             _ = shutdown.cancelled() => break,
             next = endpoint.next() => match next {
-                Some(request) => dispatch(kind, request, &shared),
+                Some(request) => dispatch(request, &shared),
                 None => return,
             },
         }
     }
     if let Err(e) = endpoint.stop().await {
-        tracing::debug!(error = %e, "unsubscribing an endpoint");
+        tracing::debug!(error = %e, "unsubscribing the endpoint");
     }
     // Requests the server delivered before it saw the unsubscribe.
     while let Ok(Some(request)) =
         tokio::time::timeout(Duration::from_millis(100), endpoint.next()).await
     {
-        dispatch(kind, request, &shared);
+        dispatch(request, &shared);
     }
 }
 
-fn dispatch(kind: Endpoint, request: async_nats::service::Request, shared: &Arc<Shared>) {
-    let permit = shared.in_flight.clone().try_acquire_owned();
-    let shared = shared.clone();
+/// The outcome of a request that was accepted: resolves to the reply body.
+type Pending = BoxFuture<'static, Result<Bytes, ServiceError>>;
+
+/// Take one request, in arrival order. Everything that decides the order in
+/// which a tenant's requests are applied happens here, before the next
+/// request is taken: the in-flight permit, decoding, and the hand-over to
+/// the supervisor (`do_send`, which queues at once). Only the wait for the
+/// outcome and the reply run in a task of their own.
+fn dispatch(request: async_nats::service::Request, shared: &Arc<Shared>) {
+    let addressed = shared.subjects.classify(request.message.subject.as_str());
+    if addressed == Addressed::Stream {
+        // A JetStream publish the stream stores (ingest) or keeps (dead
+        // letters); its publisher waits for the stream's PubAck on this reply
+        // subject, so any answer from us would be taken for it. Dropped
+        // without a word.
+        return;
+    }
     // Every log line of the request carries its id and tenant token (Debug
     // formatting, so a hostile token cannot forge log lines).
     let span = tracing::info_span!(
         "request",
         request_id = shared.next_request.fetch_add(1, Ordering::Relaxed),
-        tenant = ?tenant_token(request.message.subject.as_str()),
+        tenant = ?match addressed {
+            Addressed::Tenant(_, token) => token,
+            _ => "",
+        },
     );
-    let task = async move {
-        let outcome = match &permit {
-            Ok(_) => handle(kind, &request, &shared).await,
-            Err(_) => Err(ServiceError::unavailable(format!(
+    let (accepted, permit) = match shared.in_flight.clone().try_acquire_owned() {
+        Ok(permit) => (
+            span.in_scope(|| accept(addressed, &request, shared, &span)),
+            Some(permit),
+        ),
+        Err(_) => (
+            Err(ServiceError::unavailable(format!(
                 "the worker has {} requests in flight; retry later",
                 shared.settings.limits.max_in_flight
             ))),
-        };
-        respond(&request, outcome).await;
-        // The permit is held until the reply is out, so drain() waits for it.
-        drop(permit);
+            None,
+        ),
     };
-    tokio::spawn(task.instrument(span));
+    tokio::spawn(reply(request, accepted, permit).instrument(span));
 }
 
-async fn handle(
-    kind: Endpoint,
+/// Await the outcome and send the reply; the permit is held until the reply
+/// is out, so [`Serving::drain`] waits for it.
+async fn reply(
+    request: async_nats::service::Request,
+    accepted: Result<Pending, ServiceError>,
+    permit: Option<OwnedSemaphorePermit>,
+) {
+    let outcome = match accepted {
+        Ok(pending) => pending.await,
+        Err(e) => Err(e),
+    };
+    respond(&request, outcome).await;
+    drop(permit);
+}
+
+/// Check and decode a request and hand it on; the returned future resolves
+/// to its reply body.
+fn accept(
+    addressed: Addressed<'_>,
     request: &async_nats::service::Request,
     shared: &Shared,
-) -> Result<Bytes, ServiceError> {
+    span: &tracing::Span,
+) -> Result<Pending, ServiceError> {
     let message = &request.message;
-    match kind {
-        Endpoint::Tenant(verb) => {
-            let tenant = TenantId::parse(tenant_token(message.subject.as_str()))?;
+    match addressed {
+        Addressed::Tenant(verb, token) => {
+            let tenant = TenantId::parse(token)?;
             let command = command(verb, &message.payload, &shared.settings)?;
             let (reply, outcome) = oneshot::channel();
             shared.supervisor.do_send(Route(Envelope {
                 tenant: tenant.clone(),
                 command,
                 reply,
-                span: tracing::Span::current(),
+                span: span.clone(),
             }));
-            let reply: Reply = outcome.await.map_err(|_| {
-                tracing::error!(%tenant, ?verb, "request lost its reply channel");
-                ServiceError::internal("the tenant's job failed; see the worker log")
-            })??;
-            to_json(&reply)
+            Ok(async move {
+                let reply: Reply = outcome.await.map_err(|_| {
+                    tracing::error!(%tenant, ?verb, "request lost its reply channel");
+                    ServiceError::internal("the tenant's job failed; see the worker log")
+                })??;
+                to_json(&reply)
+            }
+            .boxed())
         }
-        Endpoint::Admin(verb) => admin(verb, &message.payload, shared).await,
+        Addressed::Admin(verb) => admin(verb, &message.payload, shared),
+        Addressed::Stream | Addressed::Unknown => Err(unknown_verb(message.subject.as_str())),
     }
 }
 
-async fn admin(verb: AdminVerb, body: &[u8], shared: &Shared) -> Result<Bytes, ServiceError> {
+/// An admin verb: decoded here, and its message to the supervisor queued
+/// here too (`send` queues at once unless the supervisor's mailbox is over
+/// its capacity, then on the first poll); the future awaits the answer.
+fn admin(verb: AdminVerb, body: &[u8], shared: &Shared) -> Result<Pending, ServiceError> {
     let unavailable = |e: actix::MailboxError| {
         ServiceError::unavailable(format!("the supervisor is not running: {e}"))
     };
     match verb {
         AdminVerb::Stats => {
             decode::<EmptyRequest>(body)?;
-            let mut stats = shared
-                .supervisor
-                .send(GetStats)
-                .await
-                .map_err(unavailable)?;
-            stats.ingest = shared.ingest.as_ref().map(|c| c.snapshot());
-            to_json(&stats)
+            let stats = shared.supervisor.send(GetStats);
+            let ingest = shared.ingest.clone();
+            Ok(async move {
+                let mut stats = stats.await.map_err(unavailable)?;
+                stats.ingest = ingest.as_ref().map(|c| c.snapshot());
+                to_json(&stats)
+            }
+            .boxed())
         }
         AdminVerb::Cleanup => {
             decode::<EmptyRequest>(body)?;
-            let n = shared.supervisor.send(Cleanup).await.map_err(unavailable)?;
-            to_json(&serde_json::json!({ "expired": n }))
+            let n = shared.supervisor.send(Cleanup);
+            Ok(async move {
+                let n = n.await.map_err(unavailable)?;
+                to_json(&serde_json::json!({ "expired": n }))
+            }
+            .boxed())
         }
         AdminVerb::Evict => {
             let req = decode::<EvictRequest>(body)?;
             let tenant = req.tenant.as_deref().map(TenantId::parse).transpose()?;
-            let n = shared
-                .supervisor
-                .send(Evict(tenant))
-                .await
-                .map_err(unavailable)?;
-            to_json(&serde_json::json!({ "evicted": n }))
+            let n = shared.supervisor.send(Evict(tenant));
+            Ok(async move {
+                let n = n.await.map_err(unavailable)?;
+                to_json(&serde_json::json!({ "evicted": n }))
+            }
+            .boxed())
         }
     }
 }

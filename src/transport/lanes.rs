@@ -1,0 +1,407 @@
+//! Ingest lanes: the order in which each tenant's ingest messages are applied.
+//!
+//! Owns, per tenant, the messages a worker holds (by stream sequence), which
+//! of them form the batch being applied, and when a stalled lane may try
+//! again. A lane applies one batch at a time, always from its oldest message,
+//! so a message is never applied after a later one of its tenant; a lane that
+//! waits (a retry, an earlier message still held elsewhere) waits alone, and
+//! the others go on. It is plain bookkeeping: it must never touch NATS, a
+//! store or a clock of its own (callers pass `now`), so every rule here has a
+//! unit test.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use crate::tenant::TenantId;
+
+/// What became of an arriving message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// Held in its tenant's lane.
+    Held,
+    /// Its sequence was held already (a redelivery while the first copy
+    /// waited): the new copy replaced the old one, which is returned.
+    Replaced,
+    /// Its tenant is stalled and holds as many messages as it may: hand it
+    /// back to the stream (a delayed `nak`).
+    Deferred,
+}
+
+/// A message held by a lane.
+#[derive(Debug)]
+pub struct Held<M> {
+    pub message: M,
+    /// Tries that failed for a reason that may pass.
+    pub attempts: u32,
+    /// Written to the store already, but its ack did not go through: the
+    /// next batch acks it without writing it again (which would put it
+    /// after the later messages of that same batch).
+    pub applied: bool,
+}
+
+#[derive(Debug)]
+struct Lane<M> {
+    held: BTreeMap<u64, Held<M>>,
+    /// Sequences of the batch being applied (the oldest held ones).
+    running: Vec<u64>,
+    /// Sequences this lane handed back to the stream that have not come back:
+    /// a batch never reaches past one, or a later message would overtake it.
+    deferred: BTreeSet<u64>,
+    /// A stalled lane starts nothing before this.
+    wait_until: Option<Instant>,
+}
+
+impl<M> Lane<M> {
+    fn new() -> Self {
+        Self {
+            held: BTreeMap::new(),
+            running: Vec::new(),
+            deferred: BTreeSet::new(),
+            wait_until: None,
+        }
+    }
+
+    fn stalled(&self, now: Instant) -> bool {
+        self.wait_until.is_some_and(|t| t > now)
+    }
+}
+
+/// How a batch ended, as the lane needs to know it.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Sequences acked or dead-lettered: released from the lane.
+    pub settled: Vec<u64>,
+    /// Sequences written but not acked: kept, and never written again.
+    pub applied: Vec<u64>,
+    /// Try the unsettled ones again after this long. `count` says whether the
+    /// failure counts as a try of the oldest of them (a wait for an earlier
+    /// message or for the rate limit does not).
+    pub retry: Option<Retry>,
+    /// The batch found no older message of its tenant in the stream, so
+    /// whatever the lane handed back before its first message is gone.
+    pub checked: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    pub after: Duration,
+    pub count: bool,
+}
+
+/// Every tenant's lane in one worker.
+#[derive(Debug)]
+pub struct Lanes<M> {
+    lanes: HashMap<TenantId, Lane<M>>,
+    /// Most messages a stalled lane may hold.
+    stalled_cap: usize,
+    /// Most messages in one batch.
+    max_batch: usize,
+}
+
+impl<M> Lanes<M> {
+    pub fn new(stalled_cap: usize, max_batch: usize) -> Self {
+        Self {
+            lanes: HashMap::new(),
+            stalled_cap: stalled_cap.max(1),
+            max_batch: max_batch.max(1),
+        }
+    }
+
+    /// Take an arriving message. `must_hold`: never defer it (its last
+    /// delivery: handed back, the server would not deliver it again). A
+    /// deferred message is returned with the outcome, as is the old copy of
+    /// a replaced one.
+    pub fn arrive(
+        &mut self,
+        tenant: &TenantId,
+        seq: u64,
+        message: M,
+        must_hold: bool,
+        now: Instant,
+    ) -> (Arrival, Option<M>) {
+        let lane = self.lanes.entry(tenant.clone()).or_insert_with(Lane::new);
+        if let Some(held) = lane.held.get_mut(&seq) {
+            let old = std::mem::replace(&mut held.message, message);
+            return (Arrival::Replaced, Some(old));
+        }
+        // A message older than every held one is what a stalled lane may be
+        // waiting for: handing it back could make the lane wait forever.
+        let oldest = lane.held.keys().next().is_none_or(|first| seq < *first);
+        if !must_hold && !oldest && lane.stalled(now) && lane.held.len() >= self.stalled_cap {
+            lane.deferred.insert(seq);
+            return (Arrival::Deferred, Some(message));
+        }
+        lane.deferred.remove(&seq);
+        lane.held.insert(
+            seq,
+            Held {
+                message,
+                attempts: 0,
+                applied: false,
+            },
+        );
+        (Arrival::Held, None)
+    }
+
+    /// Start a batch in every lane that is idle, not stalled and holds
+    /// messages: its oldest ones, up to the batch size. Returns the tenants
+    /// with the sequences of their batch; [`Lanes::batch`] lends the messages.
+    pub fn start(&mut self, now: Instant) -> Vec<(TenantId, Vec<u64>)> {
+        let mut started = Vec::new();
+        for (tenant, lane) in &mut self.lanes {
+            if !lane.running.is_empty() || lane.held.is_empty() || lane.stalled(now) {
+                continue;
+            }
+            lane.wait_until = None;
+            // Up to the first message handed back, but at least one: its
+            // order check then says whether the handed-back one is still
+            // in the stream.
+            let limit = lane.deferred.first().copied().unwrap_or(u64::MAX);
+            let mut keys = lane.held.keys().copied();
+            lane.running = keys.next().into_iter().collect();
+            lane.running
+                .extend(keys.take_while(|seq| *seq < limit).take(self.max_batch - 1));
+            started.push((tenant.clone(), lane.running.clone()));
+        }
+        started
+    }
+
+    /// The held message of `seq`.
+    pub fn get(&self, tenant: &TenantId, seq: u64) -> Option<&Held<M>> {
+        self.lanes.get(tenant)?.held.get(&seq)
+    }
+
+    /// A batch has ended: release what it settled, and stall the lane when
+    /// the rest must wait. Returns the released messages.
+    pub fn finish(&mut self, tenant: &TenantId, outcome: Outcome, now: Instant) -> Vec<M> {
+        let Some(lane) = self.lanes.get_mut(tenant) else {
+            return Vec::new();
+        };
+        if outcome.checked {
+            if let Some(first) = lane.running.first().copied() {
+                lane.deferred = lane.deferred.split_off(&first);
+            }
+        }
+        lane.running.clear();
+        let released: Vec<M> = outcome
+            .settled
+            .iter()
+            .filter_map(|seq| lane.held.remove(seq).map(|h| h.message))
+            .collect();
+        for seq in &outcome.applied {
+            if let Some(held) = lane.held.get_mut(seq) {
+                held.applied = true;
+            }
+        }
+        if let Some(retry) = outcome.retry {
+            lane.wait_until = Some(now + retry.after);
+            if retry.count {
+                if let Some(oldest) = lane.held.values_mut().next() {
+                    oldest.attempts += 1;
+                }
+            }
+        }
+        if lane.held.is_empty() && lane.deferred.is_empty() {
+            self.lanes.remove(tenant);
+        }
+        released
+    }
+
+    /// Every held message (for progress acks).
+    pub fn held(&self) -> impl Iterator<Item = &M> {
+        self.lanes
+            .values()
+            .flat_map(|l| l.held.values().map(|h| &h.message))
+    }
+
+    /// Take out every message that is not in a running batch (shutdown).
+    pub fn take_idle(&mut self) -> Vec<M> {
+        let mut out = Vec::new();
+        for lane in self.lanes.values_mut() {
+            let keep: Vec<u64> = lane.running.clone();
+            let idle: Vec<u64> = lane
+                .held
+                .keys()
+                .filter(|s| !keep.contains(s))
+                .copied()
+                .collect();
+            out.extend(
+                idle.iter()
+                    .filter_map(|s| lane.held.remove(s).map(|h| h.message)),
+            );
+        }
+        self.lanes
+            .retain(|_, l| !l.held.is_empty() || !l.running.is_empty());
+        out
+    }
+
+    /// Whether any batch is running.
+    pub fn running(&self) -> bool {
+        self.lanes.values().any(|l| !l.running.is_empty())
+    }
+
+    /// When the next stalled lane may start again.
+    pub fn next_wake(&self) -> Option<Instant> {
+        self.lanes
+            .values()
+            .filter(|l| l.running.is_empty() && !l.held.is_empty())
+            .filter_map(|l| l.wait_until)
+            .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(name: &str) -> TenantId {
+        TenantId::parse(name).unwrap()
+    }
+
+    /// The batch running for `tenant` settled `settled` after its order check.
+    fn settle(lanes: &mut Lanes<u64>, tenant: &str, settled: &[u64], now: Instant) -> Vec<u64> {
+        let outcome = Outcome {
+            settled: settled.to_vec(),
+            checked: true,
+            ..Outcome::default()
+        };
+        lanes.finish(&t(tenant), outcome, now)
+    }
+
+    /// The batch running for `tenant` must be tried again after `after`.
+    fn stall(lanes: &mut Lanes<u64>, tenant: &str, after: Duration, count: bool, now: Instant) {
+        let outcome = Outcome {
+            retry: Some(Retry { after, count }),
+            ..Outcome::default()
+        };
+        lanes.finish(&t(tenant), outcome, now);
+    }
+
+    fn hold(lanes: &mut Lanes<u64>, tenant: &str, seqs: &[u64], now: Instant) {
+        for seq in seqs {
+            assert_eq!(
+                lanes.arrive(&t(tenant), *seq, *seq, false, now).0,
+                Arrival::Held
+            );
+        }
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_lane_applies_its_oldest_messages_first_one_batch_at_a_time() {
+        let now = Instant::now();
+        let mut lanes = Lanes::new(4, 2);
+        hold(&mut lanes, "a", &[7, 3, 5], now);
+        assert_eq!(lanes.start(now), vec![(t("a"), vec![3, 5])]);
+        // Nothing more starts while the batch runs, even with new messages.
+        hold(&mut lanes, "a", &[9], now);
+        assert!(lanes.start(now).is_empty());
+        assert_eq!(settle(&mut lanes, "a", &[3, 5], now), vec![3, 5]);
+        assert_eq!(lanes.start(now), vec![(t("a"), vec![7, 9])]);
+    }
+
+    #[test]
+    fn a_failed_message_is_retried_before_anything_later_of_its_tenant() {
+        let now = Instant::now();
+        let mut lanes = Lanes::new(4, 8);
+        hold(&mut lanes, "a", &[1, 2], now);
+        hold(&mut lanes, "b", &[3], now);
+        let mut started = lanes.start(now);
+        started.sort();
+        assert_eq!(started, vec![(t("a"), vec![1, 2]), (t("b"), vec![3])]);
+        // a: message 1 failed, so 2 was not applied either.
+        stall(&mut lanes, "a", 1000 * MS, true, now);
+        settle(&mut lanes, "b", &[3], now);
+        hold(&mut lanes, "b", &[4], now);
+        // b goes on; a waits out its delay, then starts from message 1.
+        assert_eq!(lanes.start(now), vec![(t("b"), vec![4])]);
+        assert_eq!(lanes.get(&t("a"), 1).unwrap().attempts, 1);
+        assert_eq!(lanes.next_wake(), Some(now + 1000 * MS));
+        assert_eq!(lanes.start(now + 1000 * MS), vec![(t("a"), vec![1, 2])]);
+    }
+
+    #[test]
+    fn a_stalled_lane_holds_a_bounded_number_of_messages() {
+        let now = Instant::now();
+        let mut lanes = Lanes::new(2, 8);
+        hold(&mut lanes, "a", &[1], now);
+        lanes.start(now);
+        stall(&mut lanes, "a", 5000 * MS, false, now);
+        hold(&mut lanes, "a", &[2], now);
+        assert_eq!(
+            lanes.arrive(&t("a"), 3, 3, false, now),
+            (Arrival::Deferred, Some(3))
+        );
+        // A last delivery is held all the same; other tenants are not capped.
+        assert_eq!(lanes.arrive(&t("a"), 4, 4, true, now).0, Arrival::Held);
+        hold(&mut lanes, "b", &[5, 6, 7], now);
+        // An older message is held: the lane may be waiting for it.
+        hold(&mut lanes, "a", &[0], now);
+        // A wait does not count as a try.
+        assert_eq!(lanes.get(&t("a"), 1).unwrap().attempts, 0);
+    }
+
+    /// Stall lane "a" holding message 1, hand back 2, then hold 3 and 4 and
+    /// settle 1: what is left is 3 and 4, with 2 away.
+    fn with_two_handed_back(now: Instant) -> Lanes<u64> {
+        let mut lanes = Lanes::new(1, 8);
+        hold(&mut lanes, "a", &[1], now);
+        lanes.start(now);
+        stall(&mut lanes, "a", MS, false, now);
+        assert_eq!(lanes.arrive(&t("a"), 2, 2, false, now).0, Arrival::Deferred);
+        hold(&mut lanes, "a", &[3, 4], now + MS);
+        assert_eq!(lanes.start(now + MS), vec![(t("a"), vec![1])]);
+        settle(&mut lanes, "a", &[1], now + MS);
+        // 3 alone: its order check says whether 2 is still in the stream.
+        assert_eq!(lanes.start(now + MS), vec![(t("a"), vec![3])]);
+        lanes
+    }
+
+    #[test]
+    fn a_batch_never_reaches_past_a_message_handed_back() {
+        let now = Instant::now();
+        let mut lanes = with_two_handed_back(now);
+        stall(&mut lanes, "a", MS, false, now + MS);
+        // 2 comes back: one batch, in order.
+        hold(&mut lanes, "a", &[2], now + 2 * MS);
+        assert_eq!(lanes.start(now + 2 * MS), vec![(t("a"), vec![2, 3, 4])]);
+    }
+
+    #[test]
+    fn a_message_handed_back_and_gone_elsewhere_stops_nothing() {
+        let now = Instant::now();
+        let mut lanes = with_two_handed_back(now);
+        // The check found nothing older: 2 went to another worker.
+        settle(&mut lanes, "a", &[3], now + MS);
+        assert_eq!(lanes.start(now + MS), vec![(t("a"), vec![4])]);
+    }
+
+    #[test]
+    fn a_redelivered_copy_replaces_the_held_one() {
+        let now = Instant::now();
+        let mut lanes = Lanes::new(2, 8);
+        lanes.arrive(&t("a"), 1, 10, false, now);
+        assert_eq!(
+            lanes.arrive(&t("a"), 1, 11, false, now),
+            (Arrival::Replaced, Some(10))
+        );
+        assert_eq!(lanes.get(&t("a"), 1).unwrap().message, 11);
+        assert_eq!(lanes.held().count(), 1);
+    }
+
+    #[test]
+    fn shutdown_takes_what_is_not_running() {
+        let now = Instant::now();
+        let mut lanes = Lanes::new(8, 1);
+        hold(&mut lanes, "a", &[1, 2, 3], now);
+        lanes.start(now);
+        let mut idle = lanes.take_idle();
+        idle.sort();
+        assert_eq!(idle, vec![2, 3]);
+        assert!(lanes.running());
+        settle(&mut lanes, "a", &[1], now);
+        assert!(!lanes.running());
+        assert_eq!(lanes.held().count(), 0);
+    }
+}
