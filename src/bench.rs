@@ -3,7 +3,8 @@
 //!
 //! Owns the phases (the bare NATS round trip as the floor, ingest by upsert
 //! and by JetStream, Zipf-ordered search with one and with C clients, warm
-//! search), their timing and the report. It runs the worker it measures as a
+//! search, and the noisy-neighbour phases of [`noisy`]), their timing and
+//! the report. It runs the worker it measures as a
 //! child process (so the worker's memory is its own) and talks to it only over
 //! NATS, like any client. It must never report a figure it did not measure in
 //! this run.
@@ -26,12 +27,26 @@ use crate::client::{Client, DocBatches, DocumentsBody};
 use crate::config::Settings;
 use crate::protocol::{AdminVerb, Verb};
 
+pub mod embedding;
+pub mod noisy;
+
 /// What to run and how; also the command line of `tenantvec bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchOptions {
     /// Folder with docs.jsonl, queries.jsonl, truth.jsonl, meta.json.
-    #[arg(long, value_name = "DIR")]
-    pub workload: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present_any = ["noisy_only", "embedding_only"])]
+    pub workload: Option<PathBuf>,
+    /// Run only the noisy-neighbour phases (synthetic tenants, no workload).
+    #[arg(long)]
+    pub noisy_only: bool,
+    /// Run only the embedding path (needs EMBEDDING_MODEL other than hashing).
+    #[arg(long, conflicts_with = "noisy_only")]
+    pub embedding_only: bool,
+    /// Leave out the noisy-neighbour phases.
+    #[arg(long, conflicts_with = "noisy_only")]
+    pub skip_noisy: bool,
+    #[command(flatten)]
+    pub noisy: noisy::NoisyOptions,
     /// Concurrent clients for the concurrent phases.
     #[arg(long, default_value_t = 8)]
     pub clients: usize,
@@ -159,10 +174,40 @@ pub async fn run(settings: &Settings, opts: &BenchOptions) -> anyhow::Result<Val
         }
     };
     let client = Client::connect(settings).await?;
-    let queries = read_queries(&opts.workload.join("queries.jsonl"))?;
-    let truth = read_truth(&opts.workload.join("truth.jsonl"))?;
+    if opts.embedding_only {
+        let mut report = json!({
+            "peer": "tenantvec",
+            "version": env!("CARGO_PKG_VERSION"),
+            "machine": machine(),
+            "args": {"clients": opts.clients, "pool_size": opts.pool_size,
+                     "layout": opts.layout, "backend": opts.backend, "data": data},
+        });
+        embedding_phase(settings, opts, &data, &client, &mut report).await?;
+        anyhow::ensure!(
+            !report["embedding"].is_null(),
+            "--embedding-only needs EMBEDDING_MODEL set to a model (and OPENAI_BASE_URL)"
+        );
+        return Ok(report);
+    }
+    if opts.noisy_only {
+        let mut report = json!({
+            "peer": "tenantvec",
+            "version": env!("CARGO_PKG_VERSION"),
+            "machine": machine(),
+            "args": {"pool_size": opts.pool_size, "layout": opts.layout,
+                     "backend": opts.backend, "data": data},
+        });
+        noisy_phases(settings, opts, &data, &client, &mut report).await?;
+        return Ok(report);
+    }
+    let workload = opts
+        .workload
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("--workload is needed"))?;
+    let queries = read_queries(&workload.join("queries.jsonl"))?;
+    let truth = read_truth(&workload.join("truth.jsonl"))?;
     let meta: Value = serde_json::from_str(
-        &std::fs::read_to_string(opts.workload.join("meta.json")).unwrap_or_else(|_| "{}".into()),
+        &std::fs::read_to_string(workload.join("meta.json")).unwrap_or_else(|_| "{}".into()),
     )?;
     let mut report = json!({
         "peer": "tenantvec",
@@ -193,11 +238,11 @@ pub async fn run(settings: &Settings, opts: &BenchOptions) -> anyhow::Result<Val
     wait_ready(&client).await?;
     if !opts.skip_ingest {
         eprintln!("bench: ingest by upsert request-reply (creates the tenants)");
-        report["ingest_upsert"] = ingest_upsert(&client, opts).await?;
+        report["ingest_upsert"] = ingest_upsert(&client, &workload, opts).await?;
         eprintln!("bench: ingest by JetStream (replaces every document)");
         let started = Instant::now();
         let mut js = client
-            .ingest_file(None, &opts.workload.join("docs.jsonl"), 1000, true)
+            .ingest_file(None, &workload.join("docs.jsonl"), 1000, true)
             .await?;
         js["seconds"] = json!(started.elapsed().as_secs_f64());
         report["ingest_jetstream"] = js;
@@ -235,10 +280,63 @@ pub async fn run(settings: &Settings, opts: &BenchOptions) -> anyhow::Result<Val
     report["warm"] = warm;
     report["warm_concurrent"] = search_pass(&client, &queries, &truth, opts.clients, None).await?;
     worker.stop()?;
+    embedding_phase(settings, opts, &data, &client, &mut report).await?;
+    if !opts.skip_noisy {
+        noisy_phases(settings, opts, &data, &client, &mut report).await?;
+    }
     if on_qdrant && _temp.is_some() {
         clear_collections(settings, &opts.collection_prefix).await?;
     }
     Ok(report)
+}
+
+/// The embedding path on a fresh worker, when a remote embedder is set.
+async fn embedding_phase(
+    settings: &Settings,
+    opts: &BenchOptions,
+    data: &Path,
+    client: &Client,
+    report: &mut Value,
+) -> anyhow::Result<()> {
+    let model = settings.embedding.model.trim();
+    if model.is_empty() || model == crate::embed::HASHING {
+        return Ok(());
+    }
+    let worker = WorkerProcess::start(settings, opts, data, opts.pool_size)?;
+    wait_ready(client).await?;
+    eprintln!("bench: the embedding path ({model}): text in, text queries");
+    report["embedding"] = embedding::run(client, model, opts.clients).await?;
+    report["embedding"]["worker_rss_mb"] = worker.rss_mb();
+    worker.stop()?;
+    Ok(())
+}
+
+/// The noisy-neighbour phases, each on a fresh worker: request-reply, then
+/// ingest (the backlog published while no worker runs, so it is all in the
+/// stream when the worker starts).
+async fn noisy_phases(
+    settings: &Settings,
+    opts: &BenchOptions,
+    data: &Path,
+    client: &Client,
+    report: &mut Value,
+) -> anyhow::Result<()> {
+    let worker = WorkerProcess::start(settings, opts, data, opts.pool_size)?;
+    wait_ready(client).await?;
+    report["noisy_neighbour"] = noisy::request_reply(settings, &opts.noisy).await?;
+    report["noisy_neighbour"]["worker_rss_mb"] = worker.rss_mb();
+    worker.stop()?;
+    if opts.noisy.backlog_docs > 0 {
+        noisy::ingest_backlog(settings, &opts.noisy).await?;
+        let worker = WorkerProcess::start(settings, opts, data, opts.pool_size)?;
+        wait_ready(client).await?;
+        eprintln!("bench: noisy neighbour (ingest): the victim's messages behind the backlog");
+        let mut ingest = noisy::ingest_measure(settings).await?;
+        ingest["backlog_docs"] = json!(opts.noisy.backlog_docs);
+        report["noisy_ingest"] = ingest;
+        worker.stop()?;
+    }
+    Ok(())
 }
 
 /// Delete the Qdrant collections whose names begin with `prefix`: what an
@@ -447,8 +545,12 @@ async fn floor(
 }
 
 /// Every document of the workload by `upsert` requests, `clients` in flight.
-async fn ingest_upsert(client: &Client, opts: &BenchOptions) -> anyhow::Result<Value> {
-    let file = opts.workload.join("docs.jsonl");
+async fn ingest_upsert(
+    client: &Client,
+    workload: &Path,
+    opts: &BenchOptions,
+) -> anyhow::Result<Value> {
+    let file = workload.join("docs.jsonl");
     let mut batches = DocBatches::open(&file, None, 1000, client.max_batch_bytes())?;
     let mut in_flight = FuturesUnordered::new();
     let (mut docs, mut requests) = (0u64, 0u64);
@@ -681,5 +783,74 @@ pub fn table(r: &Value) -> String {
         "worker RSS MiB, warm (all queried tenants open)",
         f(&r["warm"]["worker_rss_mb"]["current"]),
     );
+    let n = &r["noisy_neighbour"];
+    line(
+        "noisy: victim alone p50 / p99 ms",
+        format!(
+            "{} / {}",
+            f(&n["victim_alone_ms"]["p50"]),
+            f(&n["victim_alone_ms"]["p99"])
+        ),
+    );
+    line(
+        "noisy: victim under flood p50 / p99 ms",
+        format!(
+            "{} / {}",
+            f(&n["victim_flooded_ms"]["p50"]),
+            f(&n["victim_flooded_ms"]["p99"])
+        ),
+    );
+    line(
+        "noisy: victim p99 flooded / alone; errors",
+        format!("{} ; {}", f(&n["victim_p99_ratio"]), n["victim_errors"]),
+    );
+    line(
+        "noisy: flood ok / rate_limited / unavailable",
+        format!(
+            "{} / {} / {}",
+            n["flood"]["ok"], n["flood"]["rate_limited"], n["flood"]["unavailable"]
+        ),
+    );
+    let i = &r["noisy_ingest"];
+    line(
+        "noisy ingest: victim alone p50 / max ms",
+        format!(
+            "{} / {}",
+            f(&i["victim_alone_ms"]["p50"]),
+            f(&i["victim_alone_max_ms"])
+        ),
+    );
+    line(
+        "noisy ingest: victim behind backlog p50 / max ms",
+        format!(
+            "{} / {}",
+            f(&i["victim_behind_backlog_ms"]["p50"]),
+            f(&i["victim_behind_backlog_max_ms"])
+        ),
+    );
+    let e = &r["embedding"];
+    if !e.is_null() {
+        line("embedding: model", e["model"].to_string());
+        line(
+            "embedding: ingest docs/s (text)",
+            f(&e["ingest"]["docs_per_s"]),
+        );
+        line(
+            "embedding: text search p50 / p99 ms (cache missed)",
+            format!(
+                "{} / {}",
+                f(&e["search_text"]["p50"]),
+                f(&e["search_text"]["p99"])
+            ),
+        );
+        line(
+            "embedding: text search p50 / p99 ms (cached)",
+            format!(
+                "{} / {}",
+                f(&e["search_text_cached"]["p50"]),
+                f(&e["search_text_cached"]["p99"])
+            ),
+        );
+    }
     out
 }

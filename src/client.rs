@@ -16,6 +16,21 @@ use serde_json::{json, Value};
 
 use crate::config::Settings;
 use crate::protocol::{AdminVerb, ErrorBody, ServiceError, Subjects, Verb, HEADER_ERROR_CODE};
+use crate::tenant::TenantId;
+
+/// `raw` as a tenant id, or the `invalid_tenant` error the worker would
+/// give, with the rule, before anything is sent.
+pub fn check_tenant(raw: &str) -> Result<TenantId, ClientError> {
+    TenantId::parse(raw).map_err(|mut e| {
+        if !e.message.contains("must match") {
+            e.message = format!(
+                "{} (tenant ids must match [a-z0-9][a-z0-9_-]{{0,63}})",
+                e.message
+            );
+        }
+        ClientError::Service(e)
+    })
+}
 
 /// What went wrong on the client side of a request.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +60,7 @@ impl Client {
     }
 
     pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
+        crate::protocol::check_prefix(&settings.nats.prefix).map_err(anyhow::Error::msg)?;
         Ok(Self {
             nats: crate::transport::connect(&settings.nats).await?,
             subjects: Subjects::new(&settings.nats.prefix),
@@ -97,6 +113,7 @@ impl Client {
         tenant: &str,
         body: &Value,
     ) -> Result<Value, ClientError> {
+        check_tenant(tenant)?;
         self.request(self.subjects.tenant(verb, tenant), body).await
     }
 
@@ -112,6 +129,7 @@ impl Client {
         file: &Path,
         max_documents: usize,
     ) -> Result<Value, ClientError> {
+        check_tenant(tenant)?;
         let started = Instant::now();
         let mut batches =
             DocBatches::open(file, Some(tenant), max_documents, self.max_batch_bytes())?;
@@ -146,6 +164,9 @@ impl Client {
         use futures::stream::FuturesUnordered;
         use futures::StreamExt;
 
+        if let Some(tenant) = tenant {
+            check_tenant(tenant)?;
+        }
         let js = async_nats::jetstream::new(self.nats.clone());
         let names = crate::transport::ingest::Names::new(self.subjects.prefix());
         let progress = indicatif::ProgressBar::new(count_lines(file)?);
@@ -370,7 +391,11 @@ impl DocBatches {
                     continue;
                 }
                 (Some(want), _) => want.clone(),
-                (None, Some(t)) => t,
+                (None, Some(t)) => {
+                    // Refused here rather than dead-lettered by the worker.
+                    check_tenant(&t).map_err(|e| anyhow::anyhow!("{}: {e}", where_()))?;
+                    t
+                }
                 (None, None) => {
                     return Err(anyhow::anyhow!(
                         "{}: no \"tenant\" field; name the tenant with --tenant",

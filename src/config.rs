@@ -46,8 +46,16 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("TENANTVEC_MAX_PAYLOAD_INDEXES", "store.max_payload_indexes"),
     ("TENANTVEC_MIN_FREE_DISK_MB", "store.min_free_disk_mb"),
     ("EMBEDDING_MODEL", "embedding.model"),
+    ("OPENAI_BASE_URL", "embedding.base_url"),
+    ("OPENAI_API_KEY", "embedding.api_key"),
+    ("EMBEDDING_DIMENSIONS", "embedding.dimensions"),
+    ("EMBEDDING_QUERY_PREFIX", "embedding.query_prefix"),
+    ("EMBEDDING_DOCUMENT_PREFIX", "embedding.document_prefix"),
+    ("EMBEDDING_INPUT_TYPE", "embedding.input_type"),
+    ("EMBEDDING_TIMEOUT", "embedding.timeout"),
     ("DEFAULT_TOP_K", "search.default_top_k"),
     ("TENANTVEC_MAX_IN_FLIGHT", "limits.max_in_flight"),
+    ("TENANTVEC_TENANT_QUEUE", "limits.tenant_queue"),
     ("TENANTVEC_MAX_DOCUMENTS", "tenants.max_documents"),
     ("TENANTVEC_MAX_RPS", "tenants.max_rps"),
     ("TENANTVEC_INGEST_ORDERED", "ingest.ordered"),
@@ -193,6 +201,10 @@ pub struct StoreSettings {
     /// Edge: writes are refused while the data folder's disk has less free
     /// space than this, in MiB (0: never).
     pub min_free_disk_mb: u64,
+    /// Where `dimension` was set when not by the defaults (a file, the
+    /// environment, a flag): a remote embedder's dimension must then agree.
+    #[serde(skip)]
+    pub dimension_given: Option<String>,
 }
 
 impl StoreSettings {
@@ -205,7 +217,36 @@ impl StoreSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddingSettings {
+    /// `hashing` (built in), or a model served at `base_url`.
     pub model: String,
+    /// An OpenAI-compatible API root; `<base_url>/embeddings` is called.
+    pub base_url: String,
+    /// Sent as a bearer key when set.
+    pub api_key: Secret,
+    /// Asked of models that can shorten their vectors; 0: not sent.
+    pub dimensions: usize,
+    /// Put before each query and document text (e5 models want
+    /// `"query: "` and `"passage: "`).
+    pub query_prefix: String,
+    pub document_prefix: String,
+    /// Send `input_type` = `"query"` / `"document"` (Voyage/Cohere style).
+    pub input_type: bool,
+    /// Texts in one request to the embedder.
+    pub batch_size: usize,
+    /// Requests to the embedder in flight at once, across all tenants.
+    pub max_in_flight: usize,
+    /// Longest one request to the embedder may take.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Tries after the first, for connection errors, 429 and 5xx.
+    pub retries: u32,
+    /// First retry delay; doubled each time, with jitter.
+    #[serde(with = "duration")]
+    pub retry_delay: Duration,
+    /// Ask for base64 vectors (`encoding_format`), a quarter of the JSON.
+    pub base64: bool,
+    /// Query texts whose vectors are kept (0: none).
+    pub query_cache: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -225,6 +266,9 @@ pub struct Limits {
     pub max_metadata_bytes: usize,
     pub max_metadata_depth: usize,
     pub max_in_flight: usize,
+    /// Requests of one tenant between arrival and reply; past it that
+    /// tenant's requests are answered `rate_limited`.
+    pub tenant_queue: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -270,6 +314,12 @@ pub struct LogSettings {
     pub filter: String,
 }
 
+/// The name figment gives the compiled-in defaults among its sources.
+fn defaults_name() -> std::borrow::Cow<'static, str> {
+    use figment::Provider;
+    Toml::string(DEFAULT_TOML).metadata().name
+}
+
 /// Overrides given on the command line, as `(setting, value)` pairs.
 pub type Overrides = Vec<(&'static str, serde_json::Value)>;
 
@@ -294,8 +344,21 @@ impl Settings {
         for (key, value) in overrides {
             figment = figment.merge(Serialized::default(key, value));
         }
-        let settings: Settings = figment.extract()?;
-        settings.validate()?;
+        let mut settings: Settings = figment
+            .extract()
+            .map_err(|e| anyhow::anyhow!(describe_error(e)))?;
+        settings.store.dimension_given = figment
+            .find_metadata("store.dimension")
+            .filter(|m| m.name != defaults_name())
+            .map(|m| m.name.to_string());
+        settings.validate().map_err(|invalid| {
+            anyhow::anyhow!(
+                "setting {} (from {}): {}",
+                invalid.key,
+                source_of(&figment, invalid.key),
+                invalid.message
+            )
+        })?;
         Ok(settings)
     }
 
@@ -307,84 +370,237 @@ impl Settings {
             .expect("config/default.toml is valid (checked by a unit test)")
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.pool.size >= 1, "pool.size must be at least 1");
-        anyhow::ensure!(!self.pool.ttl.is_zero(), "pool.ttl must be positive");
-        anyhow::ensure!(
-            (1..=65536).contains(&self.store.dimension),
-            "store.dimension must be 1..=65536"
-        );
-        anyhow::ensure!(
-            self.search.default_top_k >= 1 && self.search.default_top_k <= self.limits.max_top_k,
-            "search.default_top_k must be 1..=limits.max_top_k"
-        );
-        anyhow::ensure!(
-            self.ingest.max_ack_pending >= 1 && self.ingest.pull_batch >= 1,
-            "ingest.max_ack_pending and ingest.pull_batch must be at least 1"
-        );
-        anyhow::ensure!(
-            self.ingest.stalled_tenant_messages >= 1 && self.ingest.max_retries >= 1,
-            "ingest.stalled_tenant_messages and ingest.max_retries must be at least 1"
-        );
-        anyhow::ensure!(
-            self.ingest.ack_wait >= Duration::from_secs(1),
-            "ingest.ack_wait must be at least 1s (messages held longer get progress acks at a quarter of it)"
-        );
-        anyhow::ensure!(
-            self.ingest.max_deliver > self.ingest.backoff.len() as i64,
-            "ingest.max_deliver must be larger than the number of ingest.backoff steps"
-        );
-        anyhow::ensure!(
-            self.ingest.pin_timeout >= Duration::from_secs(3),
-            "ingest.pin_timeout must be at least 3s (pulls are renewed at a third of it)"
-        );
-        anyhow::ensure!(
-            self.limits.max_in_flight >= 1,
-            "limits.max_in_flight must be at least 1"
-        );
-        anyhow::ensure!(
-            !self.nats.prefix.is_empty()
-                && self
-                    .nats
-                    .prefix
-                    .split('.')
-                    .all(|t| !t.is_empty() && !t.contains(['*', '>', ' '])),
-            "nats.prefix {:?} must be one or more dot-separated NATS tokens without wildcards",
-            self.nats.prefix
-        );
-        anyhow::ensure!(
-            self.store.collection_prefix.len() <= 100
-                && self
-                    .store
+    /// Every setting within its range, or the first one that is not, named.
+    /// Bounds are generous; what they refuse would otherwise break something
+    /// later (a zero that nothing can serve with, a size whose arithmetic
+    /// overflows, a thread count the system cannot start).
+    fn validate(&self) -> Result<(), Invalid> {
+        let s = self;
+        let range = |key: &'static str, value: usize, min: usize, max: usize| {
+            check((min..=max).contains(&value), key, || {
+                format!("is {value}, must be {min}..={max}")
+            })
+        };
+        range("pool.size", s.pool.size, 1, 1_000_000)?;
+        check(!s.pool.ttl.is_zero(), "pool.ttl", || {
+            "must be positive".into()
+        })?;
+        // 65,536 is also the largest vector Qdrant accepts.
+        range("store.dimension", s.store.dimension, 1, 65_536)?;
+        range(
+            "store.wal_capacity_kb",
+            s.store.wal_capacity_kb,
+            64,
+            1 << 20,
+        )?;
+        check(
+            s.store.min_free_disk_mb <= 1 << 40,
+            "store.min_free_disk_mb",
+            || format!("is {}, must be at most 2^40", s.store.min_free_disk_mb),
+        )?;
+        range(
+            "store.max_payload_indexes",
+            s.store.max_payload_indexes,
+            0,
+            10_000,
+        )?;
+        check(
+            !s.store.qdrant_timeout.is_zero(),
+            "store.qdrant_timeout",
+            || "must be positive".into(),
+        )?;
+        check(
+            !s.store.qdrant_connect_timeout.is_zero(),
+            "store.qdrant_connect_timeout",
+            || "must be positive".into(),
+        )?;
+        check(
+            s.store.collection_prefix.len() <= 100
+                && s.store
                     .collection_prefix
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
-            "store.collection_prefix {:?} may hold at most 100 letters, digits, '_' and '-'",
-            self.store.collection_prefix
-        );
-        anyhow::ensure!(
-            !self.store.qdrant_timeout.is_zero() && !self.store.qdrant_connect_timeout.is_zero(),
-            "store.qdrant_timeout and store.qdrant_connect_timeout must be positive"
-        );
+            "store.collection_prefix",
+            || {
+                format!(
+                    "{:?} may hold at most 100 letters, digits, '_' and '-'",
+                    s.store.collection_prefix
+                )
+            },
+        )?;
         let max_key = crate::filter::MAX_KEY_LEN;
-        for key in &self.store.indexed_keys {
-            anyhow::ensure!(
+        for key in &s.store.indexed_keys {
+            check(
                 !key.is_empty()
                     && key.len() <= max_key
                     && key
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
-                "store.indexed_keys: {key:?} is not a metadata key (1 to {max_key} of [A-Za-z0-9_-])"
-            );
+                "store.indexed_keys",
+                || format!("{key:?} is not a metadata key (1 to {max_key} of [A-Za-z0-9_-])"),
+            )?;
         }
         // Refused rather than silently leaving listed keys unindexed.
-        anyhow::ensure!(
-            self.store.indexed_keys.len() <= self.store.max_payload_indexes,
-            "store.indexed_keys lists {} keys, more than store.max_payload_indexes ({}) allows",
-            self.store.indexed_keys.len(),
-            self.store.max_payload_indexes
-        );
+        check(
+            s.store.indexed_keys.len() <= s.store.max_payload_indexes,
+            "store.indexed_keys",
+            || {
+                format!(
+                    "lists {} keys, more than store.max_payload_indexes ({}) allows",
+                    s.store.indexed_keys.len(),
+                    s.store.max_payload_indexes
+                )
+            },
+        )?;
+        let l = &s.limits;
+        range("limits.max_documents", l.max_documents, 1, 100_000)?;
+        range("limits.max_top_k", l.max_top_k, 1, 100_000)?;
+        range("limits.max_doc_id_bytes", l.max_doc_id_bytes, 1, 65_536)?;
+        range("limits.max_text_bytes", l.max_text_bytes, 1, 64 << 20)?;
+        range("limits.max_ids", l.max_ids, 1, 1_000_000)?;
+        range(
+            "limits.max_metadata_bytes",
+            l.max_metadata_bytes,
+            2,
+            64 << 20,
+        )?;
+        range("limits.max_metadata_depth", l.max_metadata_depth, 1, 128)?;
+        // Far below the semaphore's own limit, and the drain counts permits
+        // in a u32.
+        range("limits.max_in_flight", l.max_in_flight, 1, 1_000_000)?;
+        range("limits.tenant_queue", l.tenant_queue, 1, 1_000_000)?;
+        range(
+            "search.default_top_k",
+            s.search.default_top_k,
+            1,
+            l.max_top_k,
+        )?;
+        let rps = s.tenants.max_rps;
+        check(
+            rps == 0.0 || (0.001..=1e9).contains(&rps),
+            "tenants.max_rps",
+            || format!("is {rps}, must be 0 (no limit) or 0.001..=1e9"),
+        )?;
+        let i = &s.ingest;
+        range("ingest.max_ack_pending", i.max_ack_pending, 1, 100_000)?;
+        range("ingest.pull_batch", i.pull_batch, 1, 100_000)?;
+        range(
+            "ingest.stalled_tenant_messages",
+            i.stalled_tenant_messages,
+            1,
+            100_000,
+        )?;
+        check(i.max_retries >= 1, "ingest.max_retries", || {
+            "must be at least 1".into()
+        })?;
+        check(
+            i.ack_wait >= Duration::from_secs(1),
+            "ingest.ack_wait",
+            || {
+                "must be at least 1s (messages held longer get progress acks at a quarter of it)"
+                    .into()
+            },
+        )?;
+        check(!i.backoff.is_empty(), "ingest.backoff", || {
+            "needs at least one step".into()
+        })?;
+        check(
+            i.max_deliver > i.backoff.len() as i64,
+            "ingest.max_deliver",
+            || "must be larger than the number of ingest.backoff steps".into(),
+        )?;
+        check(
+            i.pin_timeout >= Duration::from_secs(3),
+            "ingest.pin_timeout",
+            || "must be at least 3s (pulls are renewed at a third of it)".into(),
+        )?;
+        range("worker.threads", s.worker.threads, 0, 1024)?;
+        check(
+            !s.worker.shutdown_timeout.is_zero(),
+            "worker.shutdown_timeout",
+            || "must be positive".into(),
+        )?;
+        check(
+            !s.nats.request_timeout.is_zero(),
+            "nats.request_timeout",
+            || "must be positive".into(),
+        )?;
+        crate::protocol::check_prefix(&s.nats.prefix)
+            .map_err(|m| Invalid::new("nats.prefix", m))?;
+        crate::protocol::check_prefix(&s.nats.inbox_prefix)
+            .map_err(|m| Invalid::new("nats.inbox_prefix", m))?;
         Ok(())
+    }
+}
+
+/// A setting out of its range: which one, and why.
+#[derive(Debug)]
+struct Invalid {
+    key: &'static str,
+    message: String,
+}
+
+impl Invalid {
+    fn new(key: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            key,
+            message: message.into(),
+        }
+    }
+}
+
+fn check(ok: bool, key: &'static str, message: impl FnOnce() -> String) -> Result<(), Invalid> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid::new(key, message()))
+    }
+}
+
+/// The environment variable that sets `key`, if one does.
+fn env_var_of(key: &str) -> Option<&'static str> {
+    ENV_VARS.iter().find(|(_, k)| *k == key).map(|(v, _)| *v)
+}
+
+/// Where `key`'s value came from, in words: the file, the environment
+/// variable, the command line or the defaults.
+fn source_of(figment: &Figment, key: &str) -> String {
+    describe_source(key, figment.find_metadata(key))
+}
+
+fn describe_source(key: &str, metadata: Option<&figment::Metadata>) -> String {
+    let Some(m) = metadata else {
+        return "the defaults".into();
+    };
+    if let Some(figment::Source::File(path)) = &m.source {
+        return format!("file {}", path.display());
+    }
+    if m.name == defaults_name() || m.name.contains("TOML source string") {
+        return "the defaults (config/default.toml)".into();
+    }
+    if m.name.contains("environment") {
+        return match env_var_of(key) {
+            Some(var) => format!("environment variable {var}"),
+            None => "the environment".into(),
+        };
+    }
+    "the command line".into()
+}
+
+/// One line for a value figment could not read: the setting, its source,
+/// and what was wrong (figment may collect several; the first is enough to
+/// fix, and the next start names the next).
+fn describe_error(error: figment::Error) -> String {
+    let Some(first) = error.into_iter().next() else {
+        return "the settings could not be read".into();
+    };
+    let key = first.path.join(".");
+    let source = describe_source(&key, first.metadata.as_ref());
+    let what = first.kind.to_string();
+    if key.is_empty() {
+        format!("settings from {source}: {what}")
+    } else {
+        format!("setting {key} (from {source}): {what}")
     }
 }
 
@@ -447,16 +663,34 @@ pub mod duration {
             Float(f64),
             Text(String),
         }
-        match Raw::deserialize(d)? {
-            Raw::Secs(s) => Ok(Duration::from_secs(s)),
-            Raw::Float(f) if f >= 0.0 && f.is_finite() => Ok(Duration::from_secs_f64(f)),
-            Raw::Float(f) => Err(de::Error::custom(format!("{f} is not a duration"))),
+        let d = match Raw::deserialize(d)? {
+            Raw::Secs(s) => Duration::from_secs(s),
+            // try_: from_secs_f64 panics on what a Duration cannot hold (1e30).
+            Raw::Float(f) => Duration::try_from_secs_f64(f)
+                .map_err(|_| de::Error::custom(format!("{f} is not a duration in seconds")))?,
             Raw::Text(t) => match t.trim().parse::<u64>() {
-                Ok(secs) => Ok(Duration::from_secs(secs)),
+                Ok(secs) => Duration::from_secs(secs),
                 Err(_) => humantime::parse_duration(t.trim())
-                    .map_err(|e| de::Error::custom(format!("{t:?} is not a duration: {e}"))),
+                    .map_err(|e| de::Error::custom(format!("{t:?} is not a duration: {e}")))?,
             },
+        };
+        check(d).map_err(de::Error::custom)
+    }
+
+    /// The longest duration any setting may have: ten years. Longer ones
+    /// are surely mistakes, and they would overflow deadlines computed
+    /// from them (`Instant + Duration` panics past the clock's range).
+    pub const MAX: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+    /// `d`, if it is at most [`MAX`].
+    pub fn check(d: Duration) -> Result<Duration, String> {
+        if d > MAX {
+            return Err(format!(
+                "{} is longer than ten years, the longest a duration setting may be",
+                humantime::format_duration(d)
+            ));
         }
+        Ok(d)
     }
 }
 
@@ -618,6 +852,122 @@ mod tests {
         let d = Settings::defaults();
         assert!(d.store.indexed_keys.is_empty());
         assert_eq!(d.store.max_payload_indexes, 16);
+    }
+
+    /// Values of every kind a person or a script might put in a variable.
+    fn any_value() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<u64>().prop_map(|n| n.to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            (0u64..100).prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|f| f.to_string()),
+            Just("1e30".to_owned()),
+            Just("-1".to_owned()),
+            Just("NaN".to_owned()),
+            Just("inf".to_owned()),
+            Just("".to_owned()),
+            Just("true".to_owned()),
+            Just("[1, 2]".to_owned()),
+            Just("1h 30m".to_owned()),
+            Just("99999999999y".to_owned()),
+            Just("qdrant".to_owned()),
+            Just("shared".to_owned()),
+            "[ -~]{0,12}",
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Random values in every variable: settings load or say which
+        /// setting is wrong, where it came from, in one line; never a panic.
+        #[test]
+        fn random_environments_load_or_name_the_setting(
+            values in proptest::collection::vec(
+                proptest::option::weighted(0.3, any_value()), ENV_VARS.len()),
+        ) {
+            let _env = env_lock();
+            let set: Vec<(&str, String)> = ENV_VARS
+                .iter()
+                .zip(&values)
+                .filter_map(|((var, _), v)| v.clone().map(|v| (*var, v)))
+                .collect();
+            for (var, value) in &set {
+                std::env::set_var(var, value);
+            }
+            let loaded = std::panic::catch_unwind(|| Settings::load(None, vec![]));
+            for (var, _) in &set {
+                std::env::remove_var(var);
+            }
+            match loaded {
+                Err(_) => panic!("Settings::load panicked with {set:?}"),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    let line = format!("{e:#}");
+                    assert!(!line.contains('\n'), "one line: {line}");
+                    assert!(
+                        set.iter().any(|(var, _)| line.contains(var))
+                            || line.contains("the defaults"),
+                        "names the variable it came from: {line} ({set:?})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn errors_name_the_setting_and_its_source() {
+        let _env = env_lock();
+        for (var, value, key) in [
+            ("VECTOR_STORE_TTL_SECONDS", "1e30", "pool.ttl"),
+            ("VECTOR_STORE_POOL_SIZE", "0", "pool.size"),
+            ("TENANTVEC_MAX_IN_FLIGHT", "0", "limits.max_in_flight"),
+            ("EMBEDDING_DIM", "0", "store.dimension"),
+            ("EMBEDDING_DIM", "100000", "store.dimension"),
+            ("VECTOR_STORE_POOL_SIZE", "ten", "pool.size"),
+            ("TENANTVEC_PREFIX", "a b", "nats.prefix"),
+        ] {
+            std::env::set_var(var, value);
+            let e = Settings::load(None, vec![]).unwrap_err().to_string();
+            std::env::remove_var(var);
+            assert!(
+                e.contains(key) && e.contains(&format!("environment variable {var}")),
+                "{var}={value}: {e}"
+            );
+        }
+        let e = Settings::load(None, vec![("pool.ttl", 1e30.into())])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pool.ttl") && e.contains("command line"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "[limits]\ntenant_queue = 0\n").unwrap();
+        let e = Settings::load(Some(&file), vec![]).unwrap_err().to_string();
+        assert!(
+            e.contains("limits.tenant_queue") && e.contains(&file.display().to_string()),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn durations_beyond_ten_years_or_a_duration_are_refused() {
+        #[derive(Debug, Deserialize)]
+        struct D {
+            #[serde(with = "duration")]
+            #[allow(dead_code)]
+            d: Duration,
+        }
+        for bad in [
+            r#"1e30"#,
+            r#"-1"#,
+            r#""400y""#,
+            r#"1e300"#,
+            r#"18446744073709551615"#,
+        ] {
+            let parsed = serde_json::from_str::<D>(&format!(r#"{{"d": {bad}}}"#));
+            assert!(parsed.is_err(), "{bad}: {parsed:?}");
+        }
     }
 
     #[test]

@@ -201,6 +201,18 @@ async fn client_command(command: Command, settings: &Settings) -> Result<String,
 }
 
 async fn request_command(command: Command, settings: &Settings) -> Result<Value, ClientError> {
+    // The tenant rule is checked before anything is sent (or connected).
+    let tenant = match &command {
+        Command::Upsert { tenant, .. }
+        | Command::Search { tenant, .. }
+        | Command::Count { tenant, .. }
+        | Command::Drop { tenant } => Some(tenant.as_str()),
+        Command::Ingest { tenant, .. } => tenant.as_deref(),
+        _ => None,
+    };
+    if let Some(tenant) = tenant {
+        tenantvec::client::check_tenant(tenant)?;
+    }
     let client = Client::connect(settings).await?;
     match command {
         Command::Serve { .. } | Command::Bench { .. } => unreachable!("handled before"),

@@ -227,6 +227,25 @@ pub fn unknown_verb(subject: &str) -> ServiceError {
     ))
 }
 
+/// Why `prefix` cannot begin a subject, if it cannot: it must be one or
+/// more dot-separated NATS tokens, each non-empty, without the wildcards
+/// `*` and `>`, whitespace or control characters. Checked by the settings
+/// (the worker) and before a client sends anything.
+pub fn check_prefix(prefix: &str) -> Result<(), String> {
+    let bad_token = |t: &str| {
+        t.is_empty()
+            || t.chars()
+                .any(|c| c == '*' || c == '>' || c.is_whitespace() || c.is_control())
+    };
+    if prefix.split('.').any(bad_token) {
+        return Err(format!(
+            "prefix {prefix:?} is not a subject prefix: one or more dot-separated NATS tokens, \
+             each non-empty, without '*', '>', spaces or control characters"
+        ));
+    }
+    Ok(())
+}
+
 /// Subject names for one prefix.
 #[derive(Debug, Clone)]
 pub struct Subjects {
@@ -444,6 +463,16 @@ pub struct IngestStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefixes_are_subject_tokens() {
+        for good in ["tenantvec", "a.b", "app-1_x"] {
+            assert!(check_prefix(good).is_ok(), "{good}");
+        }
+        for bad in ["", ".", "a..b", "a.", "*", "a.>", "a b", "a\tb", "x\u{7}"] {
+            assert!(check_prefix(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn error_codes_have_their_status() {

@@ -53,6 +53,12 @@ pub struct Evict(pub Option<TenantId>);
 #[rtype(result = "()")]
 pub struct Shutdown;
 
+/// The tenants whose actors have not closed yet (serving or closing), for
+/// the log of a shutdown that ran out of time.
+#[derive(Message)]
+#[rtype(result = "Vec<TenantId>")]
+pub struct Unfinished;
+
 /// Why an actor is told to stop; decides which counter moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StopReason {
@@ -394,5 +400,16 @@ impl Handler<Shutdown> for Supervisor {
         Box::pin(async move {
             join_all(waits).await;
         })
+    }
+}
+
+impl Handler<Unfinished> for Supervisor {
+    type Result = MessageResult<Unfinished>;
+
+    fn handle(&mut self, _: Unfinished, _ctx: &mut Self::Context) -> Self::Result {
+        let mut tenants: Vec<TenantId> = self.closing.keys().cloned().collect();
+        tenants.extend(self.pool.keys());
+        tenants.sort();
+        MessageResult(tenants)
     }
 }

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use std::time::Instant;
 
-use crate::embed::Embedder;
+use crate::embed::{record, Embedder, Purpose};
 use crate::filter::Filter;
 use crate::policy::{RateLimiter, TenantDefaults, TenantPolicy};
 use crate::protocol::{Doc, Reply, ServiceError};
@@ -125,6 +125,8 @@ enum Job {
 pub struct TenantSetup {
     pub factory: Arc<dyn StoreFactory>,
     pub embedder: Arc<dyn Embedder>,
+    /// Which embedder wrote each tenant's vectors.
+    pub records: record::Records,
     /// Where tenant policy files live.
     pub paths: TenantPaths,
     pub defaults: TenantDefaults,
@@ -250,7 +252,8 @@ impl TenantActor {
         };
         let job = tokio::task::spawn_blocking(move || {
             let close = matches!(work, Work::Close);
-            work.apply(&tenant, store.as_mut(), setup.embedder.as_ref(), &limits);
+            let embedding = Embedding::new(setup.embedder.as_ref(), &setup.records, &tenant);
+            work.apply(&tenant, store.as_mut(), &embedding, &limits);
             (store, close)
         });
         ctx.spawn(job.into_actor(self).map(|outcome, act, ctx| {
@@ -304,17 +307,17 @@ impl Work {
         self,
         tenant: &TenantId,
         store: &mut dyn TenantStore,
-        embedder: &dyn Embedder,
+        embedding: &Embedding,
         limits: &JobLimits,
     ) {
         match self {
             Work::Batch(batch) if batch[0].command.is_upsert() => {
-                apply_upserts(tenant, store, embedder, batch, limits.max_documents)
+                apply_upserts(tenant, store, embedding, batch, limits.max_documents)
             }
             Work::Batch(batch) => {
                 for env in batch {
                     let _entered = env.span.enter();
-                    let result = apply_one(store, embedder, env.command, limits.top_k);
+                    let result = apply_one(store, embedding, env.command, limits.top_k);
                     let _ = env.reply.send(result);
                 }
             }
@@ -381,7 +384,7 @@ fn writes(batch: Vec<Envelope>) -> (Vec<Write>, Vec<ReplyTo>) {
 fn apply_upserts(
     tenant: &TenantId,
     store: &mut dyn TenantStore,
-    embedder: &dyn Embedder,
+    embedding: &Embedding,
     batch: Vec<Envelope>,
     quota: Option<u64>,
 ) {
@@ -420,7 +423,7 @@ fn apply_upserts(
             continue;
         }
         let n = w.docs.len();
-        let checked = to_records(w.docs, dimension, embedder).and_then(|r| {
+        let checked = to_records(w.docs, dimension, embedding).and_then(|r| {
             if let Some(q) = quota.as_mut() {
                 q.admit(store, &r)?;
             }
@@ -456,7 +459,9 @@ fn apply_upserts(
             .filter_map(|(r, k)| k.then_some(r))
             .collect()
     };
-    let outcome = write_span.in_scope(|| store.upsert(records));
+    let outcome = write_span
+        .in_scope(|| store.upsert(records))
+        .and_then(|()| embedding.record());
     let mut total = 0;
     for (reply, n) in accepted {
         total += n;
@@ -524,22 +529,37 @@ impl Quota {
     }
 }
 
+/// The documents as records: vectors checked, and made for those that came
+/// with text only, all of a request's texts in one call to the embedder.
 fn to_records(
     docs: Vec<Doc>,
     dimension: usize,
-    embedder: &dyn Embedder,
+    embedding: &Embedding,
 ) -> Result<Vec<Record>, ServiceError> {
+    if let Some(doc) = docs.iter().find(|d| d.vector.is_none() && d.text.is_none()) {
+        return Err(ServiceError::bad_request(format!(
+            "document {:?} has neither text nor vector",
+            doc.doc_id
+        )));
+    }
+    let texts: Vec<&str> = docs
+        .iter()
+        .filter(|d| d.vector.is_none())
+        .filter_map(|d| d.text.as_deref())
+        .collect();
+    let mut made = if texts.is_empty() {
+        Vec::new()
+    } else {
+        embedding.documents(&texts, dimension)?
+    }
+    .into_iter();
     docs.into_iter()
         .map(|doc| {
-            let vector = match (doc.vector, &doc.text) {
-                (Some(v), _) => v,
-                (None, Some(text)) => embed(embedder, text, dimension)?,
-                (None, None) => {
-                    return Err(ServiceError::bad_request(format!(
-                        "document {:?} has neither text nor vector",
-                        doc.doc_id
-                    )))
-                }
+            let vector = match doc.vector {
+                Some(v) => v,
+                None => made
+                    .next()
+                    .ok_or_else(|| ServiceError::internal("the embedder made too few vectors"))?,
             };
             if vector.len() != dimension {
                 return Err(ServiceError::dimension_mismatch(format!(
@@ -558,19 +578,83 @@ fn to_records(
         .collect()
 }
 
-fn embed(embedder: &dyn Embedder, text: &str, dimension: usize) -> Result<Vec<f32>, ServiceError> {
-    if embedder.dimension() != dimension {
-        return Err(ServiceError::dimension_mismatch(format!(
-            "the embedder makes {} dimensions, the tenant's store has {dimension}; send vectors",
-            embedder.dimension()
-        )));
+/// The embedder as one job of one tenant uses it: the dimension and the
+/// tenant's embedder record checked before any text is sent, the record
+/// written after the first write of vectors it made.
+pub struct Embedding<'a> {
+    embedder: &'a dyn Embedder,
+    records: &'a record::Records,
+    tenant: &'a TenantId,
+    /// Vectors were made for a tenant that has no record yet.
+    unrecorded: std::cell::Cell<bool>,
+}
+
+impl<'a> Embedding<'a> {
+    pub fn new(
+        embedder: &'a dyn Embedder,
+        records: &'a record::Records,
+        tenant: &'a TenantId,
+    ) -> Self {
+        Self {
+            embedder,
+            records,
+            tenant,
+            unrecorded: std::cell::Cell::new(false),
+        }
     }
-    embedder.embed(text)
+
+    fn check(&self, dimension: usize) -> Result<(), ServiceError> {
+        if self.embedder.dimension() != dimension {
+            return Err(ServiceError::dimension_mismatch(format!(
+                "the embedder makes {} dimensions, the tenant's store has {dimension}; send vectors",
+                self.embedder.dimension()
+            )));
+        }
+        if !self.records.check(self.tenant, self.embedder)? {
+            self.unrecorded.set(true);
+        }
+        Ok(())
+    }
+
+    fn documents(&self, texts: &[&str], dimension: usize) -> Result<Vec<Vec<f32>>, ServiceError> {
+        self.check(dimension)?;
+        let vectors = self.embedder.embed(texts, Purpose::Document)?;
+        if vectors.len() != texts.len() {
+            return Err(ServiceError::internal(format!(
+                "the embedder made {} vectors for {} texts",
+                vectors.len(),
+                texts.len()
+            )));
+        }
+        Ok(vectors)
+    }
+
+    fn query(&self, text: &str, dimension: usize) -> Result<Vec<f32>, ServiceError> {
+        self.check(dimension)?;
+        self.embedder
+            .embed(&[text], Purpose::Query)?
+            .pop()
+            .ok_or_else(|| ServiceError::internal("the embedder made no vector"))
+    }
+
+    /// The tenant was dropped: its vectors and their record are gone.
+    fn forget(&self) -> Result<(), ServiceError> {
+        self.records.remove(self.tenant)
+    }
+
+    /// After a successful write: record the embedder if this job made the
+    /// tenant's first vectors.
+    fn record(&self) -> Result<(), ServiceError> {
+        if self.unrecorded.replace(false) {
+            self.records.write(self.tenant, self.embedder)?;
+        }
+        Ok(())
+    }
 }
 
 fn apply_one(
     store: &mut dyn TenantStore,
-    embedder: &dyn Embedder,
+    embedding: &Embedding,
     command: Command,
     default_top_k: usize,
 ) -> Result<Reply, ServiceError> {
@@ -581,7 +665,7 @@ fn apply_one(
         Command::Search(s) => {
             let vector = match s.input {
                 QueryInput::Vector(v) => v,
-                QueryInput::Text(text) => embed(embedder, &text, store.dimension()?)?,
+                QueryInput::Text(text) => embedding.query(&text, store.dimension()?)?,
             };
             let query = SearchQuery {
                 vector,
@@ -607,6 +691,7 @@ fn apply_one(
         }),
         Command::Drop => {
             store.drop_tenant()?;
+            embedding.forget()?;
             Ok(Reply::Dropped { dropped: true })
         }
     }
@@ -754,7 +839,15 @@ mod tests {
         let (bad, bad_reply) = envelope(&tenant, Command::Upsert(vec![doc("new-bad", DIM + 1)]));
         let (good, good_reply) = envelope(&tenant, Command::Upsert(vec![doc("new-good", DIM)]));
         let embedder = HashingEmbedder::new(DIM);
-        apply_upserts(&tenant, store.as_mut(), &embedder, vec![bad, good], Some(2));
+        let records = record::Records::new(TenantPaths::new(dir.path()), true);
+        let embedding = Embedding::new(&embedder, &records, &tenant);
+        apply_upserts(
+            &tenant,
+            store.as_mut(),
+            &embedding,
+            vec![bad, good],
+            Some(2),
+        );
         let bad = bad_reply.blocking_recv().unwrap().unwrap_err();
         assert_eq!(bad.code, crate::protocol::ErrorCode::DimensionMismatch);
         assert!(good_reply.blocking_recv().unwrap().is_ok());
@@ -772,11 +865,11 @@ mod tests {
         fn dimension(&self) -> usize {
             self.0.dimension()
         }
-        fn embed(&self, text: &str) -> Result<Vec<f32>, ServiceError> {
-            if text == "down" {
+        fn embed(&self, texts: &[&str], purpose: Purpose) -> Result<Vec<Vec<f32>>, ServiceError> {
+            if texts.contains(&"down") {
                 return Err(ServiceError::unavailable("the embedder is down"));
             }
-            self.0.embed(text)
+            self.0.embed(texts, purpose)
         }
     }
 
@@ -808,7 +901,9 @@ mod tests {
         }
         let (env, _) = envelope(&tenant, Command::Ingest(parts));
         let embedder = Outage(HashingEmbedder::new(DIM));
-        apply_upserts(&tenant, store.as_mut(), &embedder, vec![env], None);
+        let records = record::Records::new(TenantPaths::new(dir.path()), true);
+        let embedding = Embedding::new(&embedder, &records, &tenant);
+        apply_upserts(&tenant, store.as_mut(), &embedding, vec![env], None);
         use crate::protocol::ErrorCode;
         let codes: Vec<Option<ErrorCode>> = replies
             .into_iter()

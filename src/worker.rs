@@ -4,27 +4,40 @@
 //! Owns the order of start-up (connect, check for conflicting instances,
 //! start the supervisor, create the ingest stream and consumer, subscribe,
 //! pull) and of shutdown (stop taking requests and pulling, settle those in
-//! flight, close every store, flush NATS). It must never hold
-//! tenant state itself, and it must run inside an actix `System`, which
+//! flight, close every store, flush NATS), and of the bound on that stop:
+//! the whole of it, drains and closes alike, ends by
+//! `worker.shutdown_timeout`, else the worker gives up with
+//! [`StopTimedOut`], naming the tenants it left unfinished. It must never
+//! hold tenant state itself, and it must run inside an actix `System`, which
 //! [`run_blocking`] and [`spawn`] provide.
 
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use actix::Actor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::supervisor::{Shutdown, Supervisor};
+use crate::supervisor::{Shutdown, Supervisor, Unfinished};
 use crate::tenant_actor::TenantSetup;
 use crate::transport;
 use crate::transport::ingest::IngestCounters;
 
 /// Serve until `shutdown` is cancelled, then stop gracefully.
-pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let client = transport::connect(&settings.nats).await?;
+    // First: a remote embedder's probe may settle the store dimension.
+    let embedder = {
+        let mut s = settings.clone();
+        let embedder = tokio::task::spawn_blocking(move || {
+            crate::embed::from_settings(&mut s).map(|e| (e, s))
+        })
+        .await??;
+        settings = embedder.1;
+        embedder.0
+    };
     let factory = crate::store::factory(&settings)?;
-    let embedder = crate::embed::from_settings(&settings)?;
     transport::discovery::ensure_compatible(
         &client,
         factory.backend(),
@@ -37,6 +50,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         factory: factory.clone(),
         embedder,
         paths: crate::tenant::TenantPaths::new(&settings.store.folder),
+        records: crate::embed::record::Records::new(
+            crate::tenant::TenantPaths::new(&settings.store.folder),
+            settings.store.backend == crate::config::Backend::Edge
+                && settings.store.layout == crate::config::Layout::PerTenant,
+        ),
         defaults: settings.tenants.clone(),
         default_top_k: settings.search.default_top_k,
         max_top_k: settings.limits.max_top_k,
@@ -93,25 +111,71 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     shutdown.cancelled().await;
     tracing::info!("stopping: no new requests; answering those in flight");
     let timeout = settings.worker.shutdown_timeout;
-    match ingesting {
-        Some(ingesting) => {
-            tokio::join!(serving.drain(timeout), ingesting.drain(timeout));
+    let stop = async {
+        match ingesting {
+            Some(ingesting) => {
+                tokio::join!(serving.drain(timeout), ingesting.drain(timeout));
+            }
+            None => serving.drain(timeout).await,
         }
-        None => serving.drain(timeout).await,
-    }
-    if let Err(e) = supervisor.send(Shutdown).await {
-        tracing::error!(error = %e, "the supervisor stopped before closing the stores");
-    }
-    if let Err(e) = client.flush().await {
-        tracing::warn!(error = %e, "flushing NATS at shutdown");
+        if let Err(e) = supervisor.send(Shutdown).await {
+            tracing::error!(error = %e, "the supervisor stopped before closing the stores");
+        }
+        if let Err(e) = client.flush().await {
+            tracing::warn!(error = %e, "flushing NATS at shutdown");
+        }
+    };
+    if tokio::time::timeout(timeout, stop).await.is_err() {
+        // The supervisor itself is never blocked by a store (engine work
+        // runs on the blocking pool), so it can still say who is left; the
+        // second bound is for a supervisor that is gone.
+        let unfinished = tokio::time::timeout(Duration::from_secs(1), supervisor.send(Unfinished))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let unfinished: Vec<String> = unfinished.iter().map(ToString::to_string).collect();
+        tracing::error!(
+            ?timeout,
+            tenants = ?unfinished,
+            "shutdown timed out; these tenants' stores were not closed \
+             (their unacked ingest messages are delivered again)"
+        );
+        return Err(StopTimedOut {
+            timeout,
+            unfinished,
+        }
+        .into());
     }
     tracing::info!("tenantvec worker stopped");
     Ok(())
 }
 
+/// The stop did not end within `worker.shutdown_timeout`: some store call
+/// did not return. Nothing acknowledged is lost (a reply or an ingest ack
+/// goes out only after its write is durable); what was not acknowledged is
+/// redelivered (ingest) or failed at the client (request-reply).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the shutdown did not end within {timeout:?}; tenants left unfinished: {}",
+    if unfinished.is_empty() { "none (the NATS side did not finish)".to_owned() } else { unfinished.join(", ") }
+)]
+pub struct StopTimedOut {
+    pub timeout: Duration,
+    pub unfinished: Vec<String>,
+}
+
 /// Run the worker on this thread, in its own actix system on a multi-thread
 /// tokio runtime: actors live on this thread, the NATS transport on the
 /// runtime's workers, and engine work on its blocking pool.
+///
+/// With `listen_for_signals` (the `serve` command: the worker is the
+/// process), SIGTERM or SIGINT starts the graceful stop and a second one
+/// ends the process at once, with exit code 128 + the signal's number.
+///
+/// After a stop that timed out, the runtime is leaked rather than dropped:
+/// dropping it waits for every blocking-pool thread, and one of them is in
+/// the store call that did not return. The caller is about to exit.
 pub fn run_blocking(
     settings: Settings,
     shutdown: CancellationToken,
@@ -127,12 +191,30 @@ pub fn run_blocking(
         .enable_all()
         .build()?;
     let system = actix_rt::System::with_tokio_rt(|| runtime);
-    system.block_on(async move {
+    let outcome = system.block_on(async move {
         if listen_for_signals {
-            tokio::spawn(crate::shutdown::cancel_on_signal(shutdown.clone()));
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                let (name, code) = crate::shutdown::second_signal(token).await;
+                tracing::error!(
+                    signal = name,
+                    "second signal: exiting now, without closing the stores"
+                );
+                // The process's own exit, asked for by its operator; stores
+                // left open are what a crash leaves, which they survive
+                // (every acknowledged write is flushed).
+                std::process::exit(code);
+            });
         }
         run(settings, shutdown).await
-    })
+    });
+    if outcome
+        .as_ref()
+        .is_err_and(|e| e.downcast_ref::<StopTimedOut>().is_some())
+    {
+        std::mem::forget(system);
+    }
+    outcome
 }
 
 /// A worker running on a thread of its own; stopping it (or dropping the

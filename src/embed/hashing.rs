@@ -6,7 +6,7 @@
 //! close together, synonyms do not. It must never change its output for a
 //! given text and dimension, since stored vectors were made with it.
 
-use crate::embed::Embedder;
+use crate::embed::{Embedder, Purpose};
 use crate::protocol::ServiceError;
 
 /// Feature hashing into `dimension` buckets with a sign bit, L2-normalised.
@@ -52,7 +52,14 @@ impl Embedder for HashingEmbedder {
         self.dimension
     }
 
-    fn embed(&self, text: &str) -> Result<Vec<f32>, ServiceError> {
+    fn embed(&self, texts: &[&str], _: Purpose) -> Result<Vec<Vec<f32>>, ServiceError> {
+        texts.iter().map(|t| self.vector(t)).collect()
+    }
+}
+
+impl HashingEmbedder {
+    /// The vector of one text; queries and documents alike.
+    pub fn vector(&self, text: &str) -> Result<Vec<f32>, ServiceError> {
         let mut v = vec![0.0f32; self.dimension];
         let lower = text.to_lowercase();
         let mut padded = Vec::with_capacity(64);
@@ -91,12 +98,12 @@ mod tests {
     #[test]
     fn deterministic_normalised_and_lexical() {
         let e = HashingEmbedder::new(384);
-        let a = e.embed("Morning run in the park").unwrap();
-        assert_eq!(a, e.embed("morning RUN in the park").unwrap());
+        let a = e.vector("Morning run in the park").unwrap();
+        assert_eq!(a, e.vector("morning RUN in the park").unwrap());
         assert!((cos(&a, &a) - 1.0).abs() < 1e-5);
-        let near = e.embed("a run in the park each morning").unwrap();
-        let far = e.embed("quarterly banking insurance report").unwrap();
+        let near = e.vector("a run in the park each morning").unwrap();
+        let far = e.vector("quarterly banking insurance report").unwrap();
         assert!(cos(&a, &near) > cos(&a, &far) + 0.2);
-        assert!(e.embed("  !! ").is_err());
+        assert!(e.vector("  !! ").is_err());
     }
 }

@@ -5,6 +5,7 @@
 //! supervisor and outcomes into replies. It must never touch a store or hold
 //! tenant state: a request lives here only between its arrival and its reply.
 
+pub mod backlog;
 pub mod decode;
 pub mod discovery;
 pub mod ingest;

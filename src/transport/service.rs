@@ -46,6 +46,7 @@ use crate::protocol::{
 use crate::supervisor::{Cleanup, Evict, GetStats, Route, Supervisor};
 use crate::tenant::TenantId;
 use crate::tenant_actor::Envelope;
+use crate::transport::backlog::{SharedBacklog, Slot};
 use crate::transport::decode::command;
 use crate::transport::discovery::{META_BACKEND, META_PREFIX};
 use crate::transport::ingest::IngestCounters;
@@ -60,6 +61,9 @@ struct Shared {
     supervisor: Addr<Supervisor>,
     /// One permit per request in flight; none left means `unavailable`.
     in_flight: Arc<Semaphore>,
+    /// Requests in flight per tenant; past `limits.tenant_queue`, that
+    /// tenant's requests are answered `rate_limited`.
+    backlog: SharedBacklog,
     /// The ingest figures, when this worker consumes the ingest stream.
     ingest: Option<Arc<IngestCounters>>,
     /// Numbers requests for their log spans.
@@ -116,6 +120,7 @@ pub async fn start(
         subjects,
         supervisor,
         in_flight: Arc::new(Semaphore::new(settings.limits.max_in_flight)),
+        backlog: SharedBacklog::new(settings.limits.tenant_queue),
         ingest,
         next_request: AtomicU64::new(1),
     });
@@ -199,6 +204,26 @@ fn dispatch(request: async_nats::service::Request, shared: &Arc<Shared>) {
             _ => "",
         },
     );
+    // The tenant's own bound first: a tenant past it is refused before its
+    // body is decoded and without taking a slot the others need. (An invalid
+    // token takes no slot; `accept` refuses it.)
+    let slot = match addressed {
+        Addressed::Tenant(_, token) => match TenantId::parse(token) {
+            Ok(tenant) => match shared.backlog.admit(&tenant) {
+                Some(slot) => Some(slot),
+                None => {
+                    let refused = Err(ServiceError::rate_limited(format!(
+                        "tenant {tenant} has {} requests in flight (limits.tenant_queue); retry later",
+                        shared.settings.limits.tenant_queue
+                    )));
+                    tokio::spawn(reply(request, refused, None, None).instrument(span));
+                    return;
+                }
+            },
+            Err(_) => None,
+        },
+        _ => None,
+    };
     let (accepted, permit) = match shared.in_flight.clone().try_acquire_owned() {
         Ok(permit) => (
             span.in_scope(|| accept(addressed, &request, shared, &span)),
@@ -212,22 +237,23 @@ fn dispatch(request: async_nats::service::Request, shared: &Arc<Shared>) {
             None,
         ),
     };
-    tokio::spawn(reply(request, accepted, permit).instrument(span));
+    tokio::spawn(reply(request, accepted, permit, slot).instrument(span));
 }
 
-/// Await the outcome and send the reply; the permit is held until the reply
-/// is out, so [`Serving::drain`] waits for it.
+/// Await the outcome and send the reply; the permit and the tenant's slot
+/// are held until the reply is out, so [`Serving::drain`] waits for it.
 async fn reply(
     request: async_nats::service::Request,
     accepted: Result<Pending, ServiceError>,
     permit: Option<OwnedSemaphorePermit>,
+    slot: Option<Slot>,
 ) {
     let outcome = match accepted {
         Ok(pending) => pending.await,
         Err(e) => Err(e),
     };
     respond(&request, outcome).await;
-    drop(permit);
+    drop((permit, slot));
 }
 
 /// Check and decode a request and hand it on; the returned future resolves

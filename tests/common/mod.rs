@@ -4,6 +4,7 @@
 //! drop, also when a test fails.
 #![allow(dead_code)]
 
+pub mod embedder;
 pub mod qdrant;
 
 use std::net::TcpListener;

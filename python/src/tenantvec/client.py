@@ -1,0 +1,497 @@
+"""The async client: every verb of the wire protocol, and JetStream ingest.
+
+One :class:`TenantVecClient` holds one NATS connection. Requests of one
+tenant sent on one connection are applied by the worker in the order they
+were sent, across verbs, so a client may pipeline them.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import base64
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from .errors import (
+    CommitTimeout,
+    ConnectError,
+    InvalidTenant,
+    NoWorker,
+    ServiceError,
+    TooLarge,
+    error_for,
+)
+from .settings import ConnectionSettings, is_valid_tenant
+
+HEADER_ERROR_CODE = "Nats-Service-Error-Code"
+HEADER_ERROR = "Nats-Service-Error"
+
+#: The worker's default limits (PROTOCOL.md); batches are cut to fit them.
+MAX_DOCUMENTS_PER_REQUEST = 1000
+MAX_IDS_PER_REQUEST = 10_000
+#: Room left in a message for the envelope and the NATS headers.
+_PAYLOAD_HEADROOM = 4096
+
+Vector = Sequence[float]
+Filter = Mapping[str, Any]
+
+
+class Document(TypedDict, total=False):
+    """A document on the wire: ``doc_id`` and ``text`` or ``vector``, ``metadata``."""
+
+    doc_id: str
+    text: str
+    metadata: dict[str, Any]
+    vector: list[float]
+
+
+class Hit(TypedDict, total=False):
+    """One search result: ``score`` is cosine similarity (higher is closer)."""
+
+    doc_id: str
+    score: float
+    text: str
+    metadata: dict[str, Any]
+    vector: list[float]
+
+
+@dataclass
+class IngestResult:
+    """What :meth:`TenantVecClient.ingest` did."""
+
+    documents: int
+    """Documents published."""
+    messages: int
+    """JetStream messages they were sent in."""
+    stream_seqs: list[int] = field(default_factory=list)
+    """Sequence of each message in the ingest stream."""
+    committed: bool = False
+    """Whether the worker was seen to commit every message (``wait=True``)."""
+
+
+def encode_vector(vector: Any) -> list[float]:
+    """A vector for the wire: a JSON array of floats (numpy arrays included).
+
+    PROTOCOL.md also allows base64 of little-endian f32 (:func:`encode_vector_base64`),
+    a third of the size; this worker version reads arrays only.
+    """
+    if hasattr(vector, "tolist"):
+        vector = vector.tolist()
+    return [float(x) for x in vector]
+
+
+def encode_vector_base64(vector: Any) -> str:
+    """A vector in the protocol's base64 form: little-endian IEEE-754 f32."""
+    if hasattr(vector, "astype") and hasattr(vector, "tobytes"):  # numpy, without importing it
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    arr = array.array("f", (float(x) for x in vector))
+    if sys.byteorder == "big":
+        arr.byteswap()
+    return base64.b64encode(arr.tobytes()).decode("ascii")
+
+
+def wire_document(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A document for the wire: vectors as float arrays, ``None`` fields and a
+    ``"tenant"`` field (as in ``docs.jsonl`` lines) left out; other fields are
+    sent as they are, so the worker names any it does not know."""
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        if value is None or key == "tenant":
+            continue
+        out[key] = encode_vector(value) if key == "vector" and not isinstance(value, str) else value
+    return out
+
+
+def check_tenant(tenant: str) -> None:
+    """Raise :class:`InvalidTenant` unless ``tenant`` follows the tenant rule."""
+    if not is_valid_tenant(tenant):
+        raise InvalidTenant(
+            f"invalid tenant id {tenant!r}: tenant ids are 1 to 64 characters of "
+            "[a-z0-9_-], starting with a letter or digit"
+        )
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def document_batches(
+    documents: Iterable[Mapping[str, Any]],
+    max_documents: int = MAX_DOCUMENTS_PER_REQUEST,
+    max_bytes: int = 1024 * 1024 - _PAYLOAD_HEADROOM,
+) -> Iterator[tuple[int, bytes]]:
+    """Cut documents into ``{"documents": [...]}`` bodies of at most
+    ``max_documents`` documents and ``max_bytes`` bytes (a document larger than
+    that alone goes in a body of its own, and the server refuses it)."""
+    head, tail = b'{"documents":[', b"]}"
+    parts: list[bytes] = []
+    size = len(head) + len(tail)
+    for doc in documents:
+        part = _json(wire_document(doc))
+        if parts and (len(parts) >= max_documents or size + len(part) + 1 > max_bytes):
+            yield len(parts), head + b",".join(parts) + tail
+            parts, size = [], len(head) + len(tail)
+        parts.append(part)
+        size += len(part) + 1
+    if parts:
+        yield len(parts), head + b",".join(parts) + tail
+
+
+class TenantVecClient:
+    """Async client of a tenantvec worker.
+
+    ::
+
+        async with TenantVecClient(url="nats://127.0.0.1:4222") as tv:
+            await tv.upsert("alice", [{"doc_id": "a1", "text": "slept 8 hours"}])
+            hits = await tv.search("alice", "sleep", top_k=3)
+
+    Settings default to :meth:`ConnectionSettings.from_env`; keyword
+    arguments (``url``, ``prefix``, ``user``, ``password``, ``token``,
+    ``nkey_seed``, ``credentials_file``, ``tls_ca_file``, ``tls_cert_file``,
+    ``tls_key_file``, ``inbox_prefix``, ``request_timeout``) override them.
+    """
+
+    def __init__(self, settings: ConnectionSettings | None = None, **overrides: Any) -> None:
+        base = settings if settings is not None else ConnectionSettings.from_env()
+        self.settings = base.with_(**overrides)
+        self._nc: NATS | None = None
+        self._owns_connection = True
+
+    # -- connection -------------------------------------------------------
+
+    @classmethod
+    async def connect(cls, settings: ConnectionSettings | None = None, **overrides: Any) -> TenantVecClient:
+        """A connected client."""
+        client = cls(settings, **overrides)
+        await client.start()
+        return client
+
+    @classmethod
+    def from_nats(cls, nc: NATS, prefix: str | None = None, request_timeout: float | None = None) -> TenantVecClient:
+        """A client over a nats-py connection you already hold (not closed by :meth:`close`)."""
+        client = cls(ConnectionSettings(), prefix=prefix, request_timeout=request_timeout)
+        client._nc = nc
+        client._owns_connection = False
+        return client
+
+    async def start(self) -> None:
+        """Connect to NATS (done by :meth:`connect` and ``async with``)."""
+        if self._nc is not None:
+            return
+        options = self.settings.connect_options()
+        # nats-py's reconnect limit also bounds the first connection: try each
+        # server twice, then fail; once connected, reconnect without end.
+        options["max_reconnect_attempts"] = 1
+        try:
+            nc = await nats.connect(**options)
+        except Exception as e:  # nats-py raises several kinds; one message for all
+            raise ConnectError(f"cannot connect to NATS at {self.settings.url}: {e!r}") from e
+        nc.options["max_reconnect_attempts"] = -1
+        self._nc = nc
+
+    async def close(self) -> None:
+        """Flush and close the connection."""
+        nc, self._nc = self._nc, None
+        if nc is not None and self._owns_connection and not nc.is_closed:
+            await nc.drain()
+
+    async def __aenter__(self) -> TenantVecClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def nats(self) -> NATS:
+        """The underlying nats-py connection."""
+        if self._nc is None:
+            raise ConnectError("the client is not connected (use `await TenantVecClient.connect(...)`)")
+        return self._nc
+
+    @property
+    def prefix(self) -> str:
+        return self.settings.prefix
+
+    def subject(self, verb: str, tenant: str) -> str:
+        """``<prefix>.<verb>.<tenant>``; admin verbs are ``subject("admin", "stats")``."""
+        return f"{self.prefix}.{verb}.{tenant}"
+
+    def _max_bytes(self) -> int:
+        return max(1024, self.nats.max_payload - _PAYLOAD_HEADROOM)
+
+    # -- requests ---------------------------------------------------------
+
+    async def request(self, subject: str, body: Mapping[str, Any] | bytes, timeout: float | None = None) -> Any:
+        """Send one request and return its decoded reply; error replies raise
+        the matching :class:`ServiceError`, silence raises :class:`NoWorker`."""
+        payload = body if isinstance(body, bytes) else _json(body)
+        timeout = self.settings.request_timeout if timeout is None else timeout
+        try:
+            reply = await self.nats.request(subject, payload, timeout=timeout)
+        except nats.errors.NoRespondersError:
+            raise NoWorker(
+                f"no tenantvec worker answers on {subject} "
+                f"(is one running with prefix {self.prefix!r} on {self.settings.url}?)",
+                subject=subject,
+            ) from None
+        except nats.errors.TimeoutError:
+            raise NoWorker(
+                f"no reply on {subject} within {timeout:g}s (the worker is busy or gone)",
+                subject=subject,
+                timed_out=True,
+            ) from None
+        except nats.errors.MaxPayloadError as e:
+            raise TooLarge(
+                f"request of {len(payload)} bytes is over the NATS server's max_payload "
+                f"({self.nats.max_payload} bytes): {e}",
+                subject=subject,
+            ) from None
+        return _decode_reply(subject, reply)
+
+    async def _tenant(self, verb: str, tenant: str, body: Mapping[str, Any] | bytes) -> Any:
+        return await self.request(self.subject(verb, tenant), body)
+
+    async def upsert(self, tenant: str, documents: Iterable[Mapping[str, Any]]) -> int:
+        """Insert or replace documents (by ``doc_id``), acknowledged once durable.
+
+        Sent in as many requests as the worker's limits need (1,000 documents
+        and the server's ``max_payload`` per request), in order. Each document
+        is ``{"doc_id", "text", "metadata", "vector"}``; without ``vector`` the
+        worker embeds ``text``. Returns the number of documents upserted.
+        """
+        upserted = 0
+        for _, body in document_batches(documents, max_bytes=self._max_bytes()):
+            reply = await self._tenant("upsert", tenant, body)
+            upserted += int(reply.get("upserted", 0))
+        return upserted
+
+    async def search(
+        self,
+        tenant: str,
+        query: str | None = None,
+        *,
+        vector: Vector | None = None,
+        top_k: int | None = None,
+        filter: Filter | None = None,
+        with_vectors: bool = False,
+    ) -> list[Hit]:
+        """The ``top_k`` documents nearest to ``query`` (text, embedded by the
+        worker) or ``vector``, best first, that match ``filter``."""
+        if (query is None) == (vector is None):
+            raise ValueError("search takes a query text or a vector, not both")
+        body: dict[str, Any] = {"query": query} if query is not None else {"vector": encode_vector(vector)}
+        if top_k is not None:
+            body["top_k"] = top_k
+        if filter is not None:
+            body["filter"] = dict(filter)
+        if with_vectors:
+            body["with_vectors"] = True
+        reply = await self._tenant("search", tenant, body)
+        return list(reply.get("results", []))
+
+    async def get(self, tenant: str, doc_ids: Sequence[str], *, with_vectors: bool = False) -> list[Document]:
+        """The documents with these ids, in the order asked; unknown ids are left out."""
+        found: dict[str, Document] = {}
+        ids = list(doc_ids)
+        for i in range(0, len(ids), MAX_IDS_PER_REQUEST):
+            chunk = ids[i : i + MAX_IDS_PER_REQUEST]
+            body: dict[str, Any] = {"doc_ids": chunk}
+            if with_vectors:
+                body["with_vectors"] = True
+            reply = await self._tenant("get", tenant, body)
+            for doc in reply.get("documents", []):
+                found[doc["doc_id"]] = doc
+        return [found[i] for i in ids if i in found]
+
+    async def delete(self, tenant: str, doc_ids: Sequence[str] | None = None, *, filter: Filter | None = None) -> int:
+        """Delete by ids or by a (non-empty) filter; returns how many existed."""
+        if (doc_ids is None) == (filter is None):
+            raise ValueError("delete takes doc_ids or a filter, not both (erase a whole tenant with drop)")
+        if filter is not None:
+            reply = await self._tenant("delete", tenant, {"filter": dict(filter)})
+            return int(reply.get("deleted", 0))
+        ids = list(doc_ids or [])
+        deleted = 0
+        for i in range(0, len(ids), MAX_IDS_PER_REQUEST):
+            reply = await self._tenant("delete", tenant, {"doc_ids": ids[i : i + MAX_IDS_PER_REQUEST]})
+            deleted += int(reply.get("deleted", 0))
+        return deleted
+
+    async def count(self, tenant: str, filter: Filter | None = None) -> int:
+        """Documents of the tenant (that match ``filter``)."""
+        reply = await self._tenant("count", tenant, {"filter": dict(filter)} if filter is not None else {})
+        return int(reply["count"])
+
+    async def drop(self, tenant: str) -> bool:
+        """Erase every document and store file of the tenant (its ``config/`` stays)."""
+        reply = await self._tenant("drop", tenant, {})
+        return bool(reply.get("dropped", False))
+
+    async def stats(self) -> dict[str, Any]:
+        """The worker's pool statistics (``admin.stats``)."""
+        return dict(await self.request(self.subject("admin", "stats"), {}))
+
+    async def cleanup(self) -> int:
+        """Stop every tenant actor idle longer than the TTL now; returns how many."""
+        reply = await self.request(self.subject("admin", "cleanup"), {})
+        return int(reply.get("expired", 0))
+
+    async def evict(self, tenant: str | None = None) -> int:
+        """Stop the actor of ``tenant`` (or of every tenant), keeping its data."""
+        reply = await self.request(self.subject("admin", "evict"), {"tenant": tenant} if tenant else {})
+        return int(reply.get("evicted", 0))
+
+    # -- durable ingest -----------------------------------------------------
+
+    async def ingest(
+        self,
+        tenant: str,
+        documents: Iterable[Mapping[str, Any]],
+        *,
+        wait: bool = True,
+        timeout: float = 120.0,
+        batch_size: int = MAX_DOCUMENTS_PER_REQUEST,
+        on_published: Callable[[int], None] | None = None,
+    ) -> IngestResult:
+        """Publish documents to the durable ingest stream (``<prefix>.ingest.<tenant>``).
+
+        Each message holds up to ``batch_size`` documents (and fits the
+        server's ``max_payload``); it returns once JetStream has stored them.
+        With ``wait`` it also waits until the worker has committed every
+        message: the ingest stream keeps a message (work-queue retention)
+        until a worker acks it, which it does only once the documents are
+        durable in the tenant's store, so a message that left the stream is
+        committed, unless the worker dead-lettered it. Dead-letter records are
+        watched on ``<prefix>.deadletter.<tenant>`` from before the first
+        publish; one for a message of ours raises its error (e.g.
+        :class:`DimensionMismatch`, :class:`QuotaExceeded`). After ``timeout``
+        seconds :class:`CommitTimeout` is raised; the messages stay in the
+        stream and are applied when a worker can. ``on_published`` is called
+        with the number of documents of each message JetStream has stored
+        (for a progress bar).
+
+        Needs permission to publish on ``$JS.API.STREAM.MSG.GET.<stream>`` and
+        to subscribe to the dead-letter subject when ``wait`` is true.
+        """
+        check_tenant(tenant)
+        js = self.nats.jetstream()
+        subject = self.subject("ingest", tenant)
+        deadletters = None
+        if wait:
+            deadletters = await self.nats.subscribe(self.subject("deadletter", tenant))
+            await self.nats.flush()
+        try:
+            result = IngestResult(documents=0, messages=0)
+            stream = ""
+            for n, body in document_batches(documents, min(batch_size, MAX_DOCUMENTS_PER_REQUEST), self._max_bytes()):
+                try:
+                    ack = await js.publish(subject, body, timeout=self.settings.request_timeout)
+                except nats.errors.NoRespondersError:
+                    raise NoWorker(
+                        f"no JetStream stream takes {subject}: start a worker with ingest enabled "
+                        f"and prefix {self.prefix!r} (it creates the stream)",
+                        subject=subject,
+                    ) from None
+                except nats.errors.MaxPayloadError as e:
+                    raise TooLarge(f"ingest message over the server's max_payload: {e}", subject=subject) from None
+                stream = ack.stream
+                result.stream_seqs.append(ack.seq)
+                result.documents += n
+                result.messages += 1
+                if on_published is not None:
+                    on_published(n)
+            if deadletters is not None and result.stream_seqs:
+                await self._wait_committed(stream, result.stream_seqs, timeout)
+                await self._raise_dead_letters(deadletters, set(result.stream_seqs), result.messages)
+                result.committed = True
+            elif wait:
+                result.committed = True
+            return result
+        finally:
+            if deadletters is not None:
+                await deadletters.unsubscribe()
+
+    async def _wait_committed(self, stream: str, seqs: list[int], timeout: float) -> None:
+        js = self.nats.jetstream()
+        pending = sorted(seqs)
+        deadline = time.monotonic() + timeout
+        pause = 0.01
+        while pending:
+            # Newest first: a tenant's messages are applied in stream order,
+            # so once its newest is gone the older ones mostly are too.
+            while pending and await self._left_stream(js, stream, pending[-1]):
+                pending.pop()
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise CommitTimeout(
+                    f"{len(pending)} ingest messages not committed within {timeout:g}s "
+                    f"(they stay in {stream} and are applied when a worker can)",
+                    pending=pending,
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.25)
+
+    @staticmethod
+    async def _left_stream(js: Any, stream: str, seq: int) -> bool:
+        try:
+            await js.get_msg(stream, seq=seq)
+        except nats.js.errors.NotFoundError:
+            return True
+        return False
+
+    async def _raise_dead_letters(self, sub: Any, seqs: set[int], messages: int) -> None:
+        # A record is stored (and so delivered to this subscription) before
+        # its message is terminated, so every record of ours is queued here.
+        failed: list[dict[str, Any]] = []
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=0.05)
+            except nats.errors.TimeoutError:
+                break
+            try:
+                record = json.loads(msg.data)
+            except ValueError:
+                continue
+            if record.get("stream_seq") in seqs:
+                failed.append(record)
+        if failed:
+            first = failed[0]
+            err = first.get("error") or {}
+            raise error_for(
+                str(err.get("code", "internal")),
+                f"{err.get('message', 'dead-lettered')} ({len(failed)} of {messages} ingest messages "
+                f"dead-lettered; first at stream sequence {first.get('stream_seq')})",
+                subject=first.get("subject"),
+            )
+
+
+def _decode_reply(subject: str, reply: Msg) -> Any:
+    headers = reply.headers or {}
+    if HEADER_ERROR_CODE in headers:
+        try:
+            err = json.loads(reply.data)["error"]
+            code, message = str(err["code"]), str(err["message"])
+        except (ValueError, KeyError, TypeError):
+            code = {"400": "bad_request", "413": "too_large", "429": "rate_limited", "503": "unavailable"}.get(
+                headers.get(HEADER_ERROR_CODE, ""), "internal"
+            )
+            message = headers.get(HEADER_ERROR, "") or reply.data.decode(errors="replace")
+        raise error_for(code, message, subject=subject)
+    try:
+        return json.loads(reply.data)
+    except ValueError as e:
+        raise ServiceError(f"unreadable reply on {subject}: {e}", code="internal", subject=subject) from None
