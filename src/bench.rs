@@ -710,6 +710,7 @@ fn machine() -> Value {
 /// The human table of a report.
 pub fn table(r: &Value) -> String {
     let f = |v: &Value| v.as_f64().map_or("-".to_owned(), |x| format!("{x:.2}"));
+    let pair = |a: &Value, b: &Value| format!("{} / {}", f(a), f(b));
     let mut out = String::new();
     let mut line = |k: &str, v: String| out.push_str(&format!("{k:<46} {v}\n"));
     line(
@@ -747,11 +748,7 @@ pub fn table(r: &Value) -> String {
         );
         line(
             &format!("{name}: recall@k unfiltered / filtered"),
-            format!(
-                "{} / {}",
-                f(&s["recall_unfiltered"]),
-                f(&s["recall_filtered"])
-            ),
+            pair(&s["recall_unfiltered"], &s["recall_filtered"]),
         );
     }
     line(
@@ -760,18 +757,16 @@ pub fn table(r: &Value) -> String {
     );
     line(
         "search: cold p50 / p99 ms",
-        format!(
-            "{} / {}",
-            f(&r["search"]["cold_latency_ms"]["p50"]),
-            f(&r["search"]["cold_latency_ms"]["p99"])
+        pair(
+            &r["search"]["cold_latency_ms"]["p50"],
+            &r["search"]["cold_latency_ms"]["p99"],
         ),
     );
     line(
         "search: warm p50 / p99 ms",
-        format!(
-            "{} / {}",
-            f(&r["search"]["warm_latency_ms"]["p50"]),
-            f(&r["search"]["warm_latency_ms"]["p99"])
+        pair(
+            &r["search"]["warm_latency_ms"]["p50"],
+            &r["search"]["warm_latency_ms"]["p99"],
         ),
     );
     line("search: pool hit rate", f(&r["search"]["pool"]["hit_rate"]));
@@ -786,18 +781,13 @@ pub fn table(r: &Value) -> String {
     let n = &r["noisy_neighbour"];
     line(
         "noisy: victim alone p50 / p99 ms",
-        format!(
-            "{} / {}",
-            f(&n["victim_alone_ms"]["p50"]),
-            f(&n["victim_alone_ms"]["p99"])
-        ),
+        pair(&n["victim_alone_ms"]["p50"], &n["victim_alone_ms"]["p99"]),
     );
     line(
         "noisy: victim under flood p50 / p99 ms",
-        format!(
-            "{} / {}",
-            f(&n["victim_flooded_ms"]["p50"]),
-            f(&n["victim_flooded_ms"]["p99"])
+        pair(
+            &n["victim_flooded_ms"]["p50"],
+            &n["victim_flooded_ms"]["p99"],
         ),
     );
     line(
@@ -814,18 +804,13 @@ pub fn table(r: &Value) -> String {
     let i = &r["noisy_ingest"];
     line(
         "noisy ingest: victim alone p50 / max ms",
-        format!(
-            "{} / {}",
-            f(&i["victim_alone_ms"]["p50"]),
-            f(&i["victim_alone_max_ms"])
-        ),
+        pair(&i["victim_alone_ms"]["p50"], &i["victim_alone_max_ms"]),
     );
     line(
         "noisy ingest: victim behind backlog p50 / max ms",
-        format!(
-            "{} / {}",
-            f(&i["victim_behind_backlog_ms"]["p50"]),
-            f(&i["victim_behind_backlog_max_ms"])
+        pair(
+            &i["victim_behind_backlog_ms"]["p50"],
+            &i["victim_behind_backlog_max_ms"],
         ),
     );
     let e = &r["embedding"];
@@ -837,18 +822,13 @@ pub fn table(r: &Value) -> String {
         );
         line(
             "embedding: text search p50 / p99 ms (cache missed)",
-            format!(
-                "{} / {}",
-                f(&e["search_text"]["p50"]),
-                f(&e["search_text"]["p99"])
-            ),
+            pair(&e["search_text"]["p50"], &e["search_text"]["p99"]),
         );
         line(
             "embedding: text search p50 / p99 ms (cached)",
-            format!(
-                "{} / {}",
-                f(&e["search_text_cached"]["p50"]),
-                f(&e["search_text_cached"]["p99"])
+            pair(
+                &e["search_text_cached"]["p50"],
+                &e["search_text_cached"]["p99"],
             ),
         );
     }

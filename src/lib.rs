@@ -36,7 +36,8 @@
 //!   filters, and the tenant id rule with the tenant's paths.
 //! * [`config`]: the layered settings; [`shutdown`]: signals to a
 //!   cancellation; [`worker`]: start-up and the graceful stop in order;
-//!   [`client`]: the client half used by the command line; [`bench`]: the
+//!   [`client`]: the client half used by the command line; [`deadletter`]:
+//!   listing and replaying dead letters; [`bench`]: the
 //!   end-to-end benchmark, a client of a worker it starts.
 //!
 //! Threads: actors live on the thread that runs the actix system; the NATS
@@ -49,6 +50,7 @@
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod deadletter;
 pub mod embed;
 pub mod filter;
 pub mod policy;

@@ -93,6 +93,15 @@ enum Command {
     },
     /// Pool statistics of a worker.
     Stats,
+    /// The dead-letter records of the ingest stream (without their bodies);
+    /// `deadletters replay` publishes them to ingest again.
+    Deadletters {
+        /// Only this tenant's records.
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(subcommand)]
+        action: Option<DeadletterAction>,
+    },
     /// Benchmark a worker (started here as a child process) on a workload
     /// folder: ingest, Zipf search with 1 and C clients, warm search.
     Bench {
@@ -101,6 +110,20 @@ enum Command {
         /// Print the report as JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadletterAction {
+    /// Publish each record's original message to its ingest subject again
+    /// (after the cause is fixed), removing the record once stored.
+    Replay {
+        /// Only this tenant's records.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only the record at this sequence of the dead-letter stream.
+        #[arg(long)]
+        seq: Option<u64>,
     },
 }
 
@@ -208,6 +231,11 @@ async fn request_command(command: Command, settings: &Settings) -> Result<Value,
         | Command::Count { tenant, .. }
         | Command::Drop { tenant } => Some(tenant.as_str()),
         Command::Ingest { tenant, .. } => tenant.as_deref(),
+        Command::Deadletters {
+            action: Some(DeadletterAction::Replay { tenant, .. }),
+            ..
+        }
+        | Command::Deadletters { tenant, .. } => tenant.as_deref(),
         _ => None,
     };
     if let Some(tenant) = tenant {
@@ -274,6 +302,20 @@ async fn request_command(command: Command, settings: &Settings) -> Result<Value,
         }
         Command::Drop { tenant } => client.tenant(Verb::Drop, &tenant, &json!({})).await,
         Command::Stats => client.admin(AdminVerb::Stats, &json!({})).await,
+        Command::Deadletters { tenant, action } => {
+            let parse = |t: Option<String>| {
+                t.as_deref()
+                    .map(tenantvec::client::check_tenant)
+                    .transpose()
+            };
+            match action {
+                None => tenantvec::deadletter::list(&client, parse(tenant)?.as_ref()).await,
+                Some(DeadletterAction::Replay { tenant: t, seq }) => {
+                    let t = parse(t.or(tenant))?;
+                    tenantvec::deadletter::replay(&client, t.as_ref(), seq).await
+                }
+            }
+        }
     }
 }
 

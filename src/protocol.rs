@@ -436,6 +436,12 @@ pub struct PoolStats {
     #[serde(default)]
     pub waiting: usize,
     pub backend: String,
+    /// The embedder of texts sent without vectors, and the dimension of
+    /// stores this worker creates (a client can check its vectors first).
+    #[serde(default)]
+    pub embedding_model: String,
+    #[serde(default)]
+    pub dimension: usize,
     /// Durable ingest figures of this worker, when it consumes the stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingest: Option<IngestStats>,

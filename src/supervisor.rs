@@ -277,6 +277,8 @@ impl Supervisor {
             closing: self.closing.len(),
             waiting: self.waiting.len(),
             backend: self.setup.factory.backend().to_owned(),
+            embedding_model: self.setup.embedder.name().to_owned(),
+            dimension: self.setup.embedder.dimension(),
             ingest: None,
         }
     }

@@ -256,8 +256,14 @@ async fn sigkill_mid_ingest_loses_and_duplicates_nothing() {
 
 /// `tenantvec ingest ARGS` against the harness's server; its JSON summary.
 fn ingest_command(h: &Harness, args: &[&str]) -> Value {
+    let mut all = vec!["ingest"];
+    all.extend_from_slice(args);
+    cli(h, &all)
+}
+
+/// Run the command line against the harness's nats-server; its JSON output.
+fn cli(h: &Harness, args: &[&str]) -> Value {
     let out = Command::new(common::tenantvec_bin())
-        .arg("ingest")
         .args(args)
         .env("NATS_URL", h.nats.url())
         .output()
@@ -607,4 +613,42 @@ async fn a_failing_message_at_max_deliver_is_dead_lettered() {
     wait_drained(&js, Duration::from_secs(10)).await;
     let stats = ingest_stats(&h).await;
     assert_eq!(stats["dead_lettered"], 1, "{stats}");
+}
+
+/// An operator's recovery: messages refused for a wrong dimension are listed
+/// with their error, the worker is fixed (here: restarted with the
+/// dimension the producer uses), and `deadletters replay` lands every
+/// document, each record removed once its replay is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_and_replayed_once_the_cause_is_fixed() {
+    let mut h = Harness::start().await;
+    let js = h.jetstream().await;
+    let four = |m: u64| {
+        let docs: Vec<Value> = (0..3)
+            .map(|i| json!({"doc_id": format!("m{m}-{i}"), "vector": vector(m * 10 + i, 4)}))
+            .collect();
+        serde_json::to_vec(&json!({ "documents": docs })).unwrap()
+    };
+    publish(&js, "late", four(1)).await;
+    publish(&js, "late", four(2)).await;
+    wait_settled(&h, 2, Duration::from_secs(30)).await;
+    let listed = cli(&h, &["deadletters", "--tenant", "late"]);
+    assert_eq!(listed["count"], 2, "{listed}");
+    for row in listed["deadletters"].as_array().unwrap() {
+        assert_eq!(row["error"]["code"], "dimension_mismatch", "{row}");
+        assert_eq!(row["subject"], "tenantvec.ingest.late");
+        assert_eq!(row["replayable"], true);
+        assert!(row["time"].as_str().unwrap().ends_with('Z'));
+    }
+    assert_eq!(cli(&h, &["deadletters", "--tenant", "other"])["count"], 0);
+
+    h.stop_worker().unwrap();
+    h.settings.store.dimension = 4;
+    h.start_worker().await;
+    let replayed = cli(&h, &["deadletters", "replay", "--tenant", "late"]);
+    assert_eq!(replayed["replayed"], 2, "{replayed}");
+    wait_settled(&h, 2, Duration::from_secs(30)).await;
+    assert_eq!(h.ok(Verb::Count, "late", json!({})).await["count"], 6);
+    assert_eq!(cli(&h, &["deadletters"])["count"], 0);
+    wait_drained(&js, Duration::from_secs(10)).await;
 }

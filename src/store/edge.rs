@@ -144,6 +144,7 @@ impl EdgeStore {
                     self.paths
                         .check_tenant_dir(&self.tenant)
                         .map_err(|e| internal(&self.who, "tenant folder", e))?;
+                    crate::store::refuse_seed_index(&self.paths, &self.tenant)?;
                     *open = Shard::open(&self.dir, &self.options, create, &self.who)?.map(Box::new);
                 }
                 Ok(open.as_deref())

