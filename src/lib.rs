@@ -49,8 +49,10 @@
 
 pub mod bench;
 pub mod client;
+pub mod command;
 pub mod config;
 pub mod deadletter;
+pub mod directory;
 pub mod embed;
 pub mod filter;
 pub mod policy;
@@ -62,6 +64,7 @@ pub mod supervisor;
 pub mod tenant;
 pub mod tenant_actor;
 pub mod transport;
+pub mod vector;
 pub mod worker;
 
 /// Install the log subscriber: `filter` in tracing-subscriber's env-filter

@@ -14,19 +14,21 @@ use crate::tenant::TenantId;
 
 struct Entry<V> {
     value: V,
-    /// Position in the LRU order: larger is more recent.
-    tick: u64,
-    last_used: Instant,
+    /// Position in the LRU order.
+    key: (Instant, u64),
 }
 
 /// Active tenants in least-recently-used order.
 ///
-/// A map for lookup plus a `BTreeMap` keyed by a use counter for order: both
-/// touch and finding the LRU tenant are O(log n), so a pool of thousands of
-/// tenants costs no more per request than a pool of ten.
+/// A map for lookup plus a `BTreeMap` keyed by (last use, a counter for
+/// ties) for order: both touch and finding the LRU tenant are O(log n), so a
+/// pool of thousands of tenants costs no more per request than a pool of
+/// ten. Ordered by the time of use rather than by a counter alone so that
+/// uses recorded elsewhere (the directory's fast path) can be merged in
+/// later, at the time they happened ([`Pool::touch_at`]).
 pub struct Pool<V> {
     entries: HashMap<TenantId, Entry<V>>,
-    order: BTreeMap<u64, TenantId>,
+    order: BTreeMap<(Instant, u64), TenantId>,
     tick: u64,
     capacity: usize,
 }
@@ -59,37 +61,45 @@ impl<V> Pool<V> {
 
     /// The tenant's value, marking it as just used.
     pub fn touch(&mut self, tenant: &TenantId, now: Instant) -> Option<&V> {
+        self.touch_at(tenant, now);
+        self.entries.get(tenant).map(|e| &e.value)
+    }
+
+    /// Record a use of the tenant at `at`, unless a later one is recorded.
+    pub fn touch_at(&mut self, tenant: &TenantId, at: Instant) {
         self.tick += 1;
-        let entry = self.entries.get_mut(tenant)?;
-        self.order.remove(&entry.tick);
-        entry.tick = self.tick;
-        entry.last_used = now;
-        self.order.insert(self.tick, tenant.clone());
-        Some(&entry.value)
+        let Some(entry) = self.entries.get_mut(tenant) else {
+            return;
+        };
+        if at < entry.key.0 {
+            return;
+        }
+        self.order.remove(&entry.key);
+        entry.key = (at, self.tick);
+        self.order.insert(entry.key, tenant.clone());
+    }
+
+    /// When the tenant was last used, as far as the pool knows.
+    pub fn last_used(&self, tenant: &TenantId) -> Option<Instant> {
+        self.entries.get(tenant).map(|e| e.key.0)
     }
 
     pub fn get(&self, tenant: &TenantId) -> Option<&V> {
         self.entries.get(tenant).map(|e| &e.value)
     }
 
-    /// Add a tenant as the most recently used. The caller makes room first.
+    /// Add a tenant as used at `now`. The caller makes room first.
     pub fn insert(&mut self, tenant: TenantId, value: V, now: Instant) {
         self.remove(&tenant);
         self.tick += 1;
-        self.order.insert(self.tick, tenant.clone());
-        self.entries.insert(
-            tenant,
-            Entry {
-                value,
-                tick: self.tick,
-                last_used: now,
-            },
-        );
+        let key = (now, self.tick);
+        self.order.insert(key, tenant.clone());
+        self.entries.insert(tenant, Entry { value, key });
     }
 
     pub fn remove(&mut self, tenant: &TenantId) -> Option<V> {
         let entry = self.entries.remove(tenant)?;
-        self.order.remove(&entry.tick);
+        self.order.remove(&entry.key);
         Some(entry.value)
     }
 
@@ -101,13 +111,9 @@ impl<V> Pool<V> {
     /// Tenants idle for `ttl` or longer at `now`, least recently used first.
     pub fn expired(&self, now: Instant, ttl: Duration) -> Vec<TenantId> {
         self.order
-            .values()
-            .take_while(|t| {
-                self.entries
-                    .get(*t)
-                    .is_some_and(|e| now.saturating_duration_since(e.last_used) >= ttl)
-            })
-            .cloned()
+            .iter()
+            .take_while(|((used, _), _)| now.saturating_duration_since(*used) >= ttl)
+            .map(|(_, t)| t.clone())
             .collect()
     }
 
@@ -226,6 +232,27 @@ mod tests {
         assert_eq!(pool.expired(later, Duration::from_secs(4)).len(), 2);
         pool.touch(&t("old"), later);
         assert_eq!(pool.expired(later, Duration::from_secs(4)), vec![t("new")]);
+    }
+
+    /// A use recorded elsewhere and merged in later counts at its own time:
+    /// it can move a tenant forward, never back.
+    #[test]
+    fn uses_merged_later_count_at_their_time() {
+        let start = Instant::now();
+        let s = |n| start + Duration::from_secs(n);
+        let mut pool = Pool::new(3);
+        pool.insert(t("a"), (), s(0));
+        pool.insert(t("b"), (), s(2));
+        pool.insert(t("c"), (), s(4));
+        pool.touch_at(&t("a"), s(3));
+        assert_eq!(pool.lru(), Some(&t("b")));
+        assert_eq!(pool.last_used(&t("a")), Some(s(3)));
+        // Older than what the pool knows: ignored.
+        pool.touch_at(&t("c"), s(1));
+        assert_eq!(pool.last_used(&t("c")), Some(s(4)));
+        assert_eq!(pool.expired(s(5), Duration::from_secs(2)), vec![t("b"), t("a")]);
+        pool.touch_at(&t("missing"), s(9));
+        assert_eq!(pool.len(), 3);
     }
 
     #[test]

@@ -12,6 +12,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use crate::vector::VectorEncoding;
+
 /// The subject prefix unless configured otherwise.
 pub const DEFAULT_PREFIX: &str = "tenantvec";
 /// NATS Services API name; `$SRV.PING.tenantvec` answers once we serve.
@@ -122,8 +124,13 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ServiceError> {
     } else {
         body
     };
-    serde_json::from_slice(body)
-        .map_err(|e| ServiceError::bad_request(format!("invalid body: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        if e.to_string().contains(crate::vector::WRONG_LENGTH) {
+            ServiceError::dimension_mismatch(format!("invalid body: {e}"))
+        } else {
+            ServiceError::bad_request(format!("invalid body: {e}"))
+        }
+    })
 }
 
 /// The verbs served per tenant, each on `<prefix>.<verb>.<tenant>`.
@@ -319,7 +326,12 @@ pub struct Doc {
     pub text: Option<String>,
     #[serde(default)]
     pub metadata: Map<String, Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// An array of numbers, or base64 of little-endian f32 ([`crate::vector`]).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::vector::deserialize_opt"
+    )]
     pub vector: Option<Vec<f32>>,
 }
 
@@ -360,7 +372,11 @@ pub struct UpsertRequest {
 pub struct SearchRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::vector::deserialize_opt"
+    )]
     pub vector: Option<Vec<f32>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_k: Option<i64>,
@@ -368,6 +384,9 @@ pub struct SearchRequest {
     pub filter: Option<Value>,
     #[serde(default)]
     pub with_vectors: bool,
+    /// How the reply carries vectors (with `with_vectors`).
+    #[serde(default, skip_serializing_if = "is_array")]
+    pub vector_encoding: VectorEncoding,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -376,6 +395,13 @@ pub struct GetRequest {
     pub doc_ids: Vec<String>,
     #[serde(default)]
     pub with_vectors: bool,
+    /// How the reply carries vectors (with `with_vectors`).
+    #[serde(default, skip_serializing_if = "is_array")]
+    pub vector_encoding: VectorEncoding,
+}
+
+fn is_array(encoding: &VectorEncoding) -> bool {
+    *encoding == VectorEncoding::Array
 }
 
 #[derive(Debug, Deserialize, Serialize, Default)]
@@ -415,6 +441,36 @@ pub enum Reply {
     Deleted { deleted: usize },
     Count { count: usize },
     Dropped { dropped: bool },
+}
+
+impl Reply {
+    /// The reply's JSON body, its vectors (if any) in `encoding`.
+    pub fn encode(&self, encoding: VectorEncoding) -> serde_json::Result<Vec<u8>> {
+        if encoding == VectorEncoding::Array {
+            return serde_json::to_vec(self);
+        }
+        // Rare (asked for per request): through a `Value`, each vector
+        // replaced by its base64 from the f32s themselves.
+        let vectors: Vec<Option<&Vec<f32>>> = match self {
+            Reply::Results { results } => results.iter().map(|h| h.vector.as_ref()).collect(),
+            Reply::Documents { documents } => documents.iter().map(|d| d.vector.as_ref()).collect(),
+            _ => return serde_json::to_vec(self),
+        };
+        let mut value = serde_json::to_value(self)?;
+        let items = value
+            .as_object_mut()
+            .and_then(|o| o.values_mut().next())
+            .and_then(Value::as_array_mut);
+        for (item, vector) in items.into_iter().flatten().zip(vectors) {
+            if let (Some(item), Some(vector)) = (item.as_object_mut(), vector) {
+                item.insert(
+                    "vector".into(),
+                    Value::String(crate::vector::to_base64(vector)),
+                );
+            }
+        }
+        serde_json::to_vec(&value)
+    }
 }
 
 /// `admin.stats`: the seed's pool figures plus ours.

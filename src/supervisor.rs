@@ -21,15 +21,21 @@ use actix::prelude::*;
 use futures::future::join_all;
 use tokio::sync::oneshot;
 
+use crate::command::{Command, Envelope};
+use crate::directory::Directory;
 use crate::pool::{max_holders, Waiting};
 use crate::protocol::{PoolStats, ServiceError};
 use crate::tenant::TenantId;
-use crate::tenant_actor::{Close, Closed, Command, Envelope, TenantActor, TenantSetup};
+use crate::tenant_actor::{Close, Closed, TenantActor, TenantSetup};
 
 /// Forward a request to its tenant's actor, starting one if needed.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Route(pub Envelope);
+pub struct Route {
+    pub env: Envelope,
+    /// Sent by [`crate::directory::Router`], which counted it in transit.
+    pub via_directory: bool,
+}
 
 /// `admin.stats`.
 #[derive(Message)]
@@ -104,14 +110,25 @@ pub struct Supervisor {
     counters: Counters,
     next_generation: u64,
     shutting_down: bool,
+    /// Where warm tenants' addresses are published for the fast path.
+    directory: Arc<Directory>,
+    /// Tenants that got requests in the current handler: their addresses
+    /// are published once it has forwarded everything it holds of them.
+    touched: Vec<TenantId>,
+    /// Tenant actors are spread over these threads, round robin.
+    arbiters: Vec<Arbiter>,
 }
 
 impl Supervisor {
+    /// Must be called inside an actix system: it starts `actor_threads`
+    /// arbiters for the tenant actors.
     pub fn new(
         pool_size: usize,
         ttl: Duration,
         sweep_every: Duration,
         setup: Arc<TenantSetup>,
+        directory: Arc<Directory>,
+        actor_threads: usize,
     ) -> Self {
         Self {
             pool: crate::pool::Pool::new(pool_size),
@@ -123,6 +140,32 @@ impl Supervisor {
             counters: Counters::default(),
             next_generation: 0,
             shutting_down: false,
+            directory,
+            touched: Vec::new(),
+            arbiters: (0..actor_threads.max(1)).map(|_| Arbiter::new()).collect(),
+        }
+    }
+
+    /// Publish the addresses of the active tenants this handler forwarded
+    /// requests to; called last in every handler that forwards.
+    fn publish_touched(&mut self) {
+        for tenant in std::mem::take(&mut self.touched) {
+            if let Some(active) = self.pool.get(&tenant) {
+                self.directory.publish(&tenant, &active.addr);
+            }
+        }
+    }
+
+    /// The least recently used tenant, counting uses of the fast path.
+    fn lru(&mut self) -> Option<TenantId> {
+        loop {
+            let tenant = self.pool.lru()?.clone();
+            match self.directory.last_used(&tenant) {
+                Some(seen) if Some(seen) > self.pool.last_used(&tenant) => {
+                    self.pool.touch_at(&tenant, seen)
+                }
+                _ => return Some(tenant),
+            }
         }
     }
 
@@ -137,6 +180,7 @@ impl Supervisor {
         }
         if let Some(active) = self.pool.touch(&env.tenant, Instant::now()) {
             self.counters.hits += 1;
+            self.touched.push(env.tenant.clone());
             let addr = active.addr.clone();
             self.forward(&addr, env);
             return;
@@ -163,11 +207,12 @@ impl Supervisor {
     fn activate(&mut self, env: Envelope, ctx: &mut Context<Self>) {
         self.counters.misses += 1;
         if self.pool.is_full() {
-            if let Some(lru) = self.pool.lru().cloned() {
+            if let Some(lru) = self.lru() {
                 self.stop(&lru, StopReason::Evicted);
             }
         }
         let addr = self.start_actor(&env.tenant, ctx);
+        self.touched.push(env.tenant.clone());
         self.forward(&addr, env);
     }
 
@@ -203,13 +248,14 @@ impl Supervisor {
     fn start_actor(&mut self, tenant: &TenantId, ctx: &mut Context<Self>) -> Addr<TenantActor> {
         self.next_generation += 1;
         let generation = self.next_generation;
-        let addr = TenantActor::new(
+        let actor = TenantActor::new(
             tenant.clone(),
             generation,
             self.setup.clone(),
             ctx.address().recipient(),
-        )
-        .start();
+        );
+        let arbiter = &self.arbiters[generation as usize % self.arbiters.len()];
+        let addr = TenantActor::start_in_arbiter(&arbiter.handle(), move |_| actor);
         self.pool.insert(
             tenant.clone(),
             Active {
@@ -232,6 +278,9 @@ impl Supervisor {
                 StopReason::Requested => {}
             }
             tracing::debug!(%tenant, ?reason, "stopping tenant actor");
+            // First no request may reach the actor directly, then `Close`:
+            // whatever the fast path sent is ahead of it in the mailbox.
+            self.directory.withdraw(tenant);
             active.addr.do_send(Close);
             self.closing.insert(
                 tenant.clone(),
@@ -251,7 +300,14 @@ impl Supervisor {
     }
 
     fn expire(&mut self) -> Vec<oneshot::Receiver<()>> {
-        let expired = self.pool.expired(Instant::now(), self.ttl);
+        let now = Instant::now();
+        // Uses through the fast path count: merge them in first.
+        for tenant in self.pool.expired(now, self.ttl) {
+            if let Some(seen) = self.directory.last_used(&tenant) {
+                self.pool.touch_at(&tenant, seen);
+            }
+        }
+        let expired = self.pool.expired(now, self.ttl);
         expired
             .iter()
             .filter_map(|t| self.stop(t, StopReason::Expired))
@@ -259,9 +315,10 @@ impl Supervisor {
     }
 
     fn stats(&self) -> PoolStats {
-        let total = self.counters.hits + self.counters.misses;
+        let hits = self.counters.hits + self.directory.hits();
+        let total = hits + self.counters.misses;
         PoolStats {
-            hits: self.counters.hits,
+            hits,
             misses: self.counters.misses,
             evictions: self.counters.evictions,
             expirations: self.counters.expirations,
@@ -272,7 +329,7 @@ impl Supervisor {
             hit_rate: if total == 0 {
                 0.0
             } else {
-                self.counters.hits as f64 / total as f64
+                hits as f64 / total as f64
             },
             closing: self.closing.len(),
             waiting: self.waiting.len(),
@@ -300,8 +357,12 @@ impl Actor for Supervisor {
 impl Handler<Route> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, Route(env): Route, ctx: &mut Self::Context) {
-        self.route(env, ctx);
+    fn handle(&mut self, route: Route, ctx: &mut Self::Context) {
+        if route.via_directory {
+            self.directory.arrived(&route.env.tenant);
+        }
+        self.route(route.env, ctx);
+        self.publish_touched();
     }
 }
 
@@ -328,6 +389,7 @@ impl Handler<Closed> for Supervisor {
                     .get(&tenant)
                     .is_some_and(|a| a.generation == closed.generation)
                 {
+                    self.directory.withdraw(&tenant);
                     self.pool.remove(&tenant);
                 }
             }
@@ -339,6 +401,7 @@ impl Handler<Closed> for Supervisor {
             self.route(env, ctx);
         }
         self.admit_waiting(ctx);
+        self.publish_touched();
     }
 }
 
@@ -399,8 +462,12 @@ impl Handler<Shutdown> for Supervisor {
             .filter_map(|t| self.stop(t, StopReason::Requested))
             .collect();
         tracing::info!(actors = waits.len(), "closing every tenant store");
+        let arbiters: Vec<ArbiterHandle> = self.arbiters.iter().map(|a| a.handle()).collect();
         Box::pin(async move {
             join_all(waits).await;
+            for arbiter in arbiters {
+                arbiter.stop();
+            }
         })
     }
 }
@@ -413,5 +480,14 @@ impl Handler<Unfinished> for Supervisor {
         tenants.extend(self.pool.keys());
         tenants.sort();
         MessageResult(tenants)
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        // Their actors are gone by now (each holds the supervisor's address).
+        for arbiter in &self.arbiters {
+            arbiter.stop();
+        }
     }
 }

@@ -10,96 +10,27 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use tokio::sync::oneshot;
 
-use std::time::Instant;
-
+use crate::command::{Command, Envelope, QueryInput, ReplyTo};
 use crate::embed::{record, Embedder, Purpose};
-use crate::filter::Filter;
 use crate::policy::{RateLimiter, TenantDefaults, TenantPolicy};
 use crate::protocol::{Doc, Reply, ServiceError};
-use crate::store::{Record, SearchQuery, Selector, StoreFactory, TenantStore};
+use crate::store::{Record, SearchQuery, StoreFactory, TenantStore};
 use crate::tenant::{TenantId, TenantPaths};
 
 /// Most documents applied in one group commit.
 const MAX_GROUP_DOCS: usize = 8192;
 
-/// Where a request's outcome goes; the transport waits on the other end.
-pub type ReplyTo = oneshot::Sender<Result<Reply, ServiceError>>;
-
-/// A validated request for one tenant.
-#[derive(Debug)]
-pub enum Command {
-    Upsert(Vec<Doc>),
-    /// Consecutive ingest messages of the tenant, in stream order. Each part
-    /// gets its own outcome; a part that fails for a reason that may pass
-    /// stops the parts after it (they are answered without being written),
-    /// so a retry of the rest can never land behind a later message.
-    Ingest(Vec<IngestPart>),
-    Search(SearchCommand),
-    Get {
-        doc_ids: Vec<String>,
-        with_vectors: bool,
-    },
-    Delete(Selector),
-    Count(Option<Filter>),
-    Drop,
-}
-
-impl Command {
-    /// A write that joins a group commit: an upsert or ingest messages.
-    pub fn is_upsert(&self) -> bool {
-        matches!(self, Command::Upsert(_) | Command::Ingest(_))
-    }
-}
-
-/// One ingest message inside [`Command::Ingest`].
-#[derive(Debug)]
-pub struct IngestPart {
-    pub docs: Vec<Doc>,
-    pub reply: ReplyTo,
-}
-
-#[derive(Debug)]
-pub enum QueryInput {
-    Text(String),
-    Vector(Vec<f32>),
-}
-
-#[derive(Debug)]
-pub struct SearchCommand {
-    pub input: QueryInput,
-    /// `None`: the tenant's default, else the worker's.
-    pub top_k: Option<usize>,
-    pub filter: Option<Filter>,
-    pub with_vectors: bool,
-}
-
-/// A command on its way to a tenant, with the channel for its reply.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct Envelope {
-    pub tenant: TenantId,
-    pub command: Command,
-    pub reply: ReplyTo,
-    /// The request's span (tenant and request id): entered while the job
-    /// works on it, so whatever it logs on the blocking pool says whose it is.
-    pub span: tracing::Span,
-}
-
-impl Envelope {
-    /// Answer the request with `error`: its reply, and each ingest part's.
-    pub fn fail(self, error: ServiceError) {
-        if let Command::Ingest(parts) = self.command {
-            for part in parts {
-                let _ = part.reply.send(Err(error.clone()));
-            }
-        }
-        let _ = self.reply.send(Err(error));
-    }
-}
+/// A read runs on the actor's own thread while the tenant's reads have taken
+/// less than this on average; above it, on the blocking pool. A hop to the
+/// blocking pool and back costs tens of microseconds, most of a warm
+/// search's time, so reads that take that long themselves gain nothing from
+/// it; reads that take much longer would hold up the other tenants of the
+/// actor's thread, and go there.
+const INLINE_BUDGET: Duration = Duration::from_micros(500);
 
 /// Sent by the supervisor: finish the queue, close the store, stop.
 #[derive(Message)]
@@ -150,6 +81,9 @@ pub struct TenantActor {
     closing: bool,
     /// A write was applied since the last maintenance pass.
     wrote: bool,
+    /// The tenant's reads' recent average duration (an exponentially
+    /// weighted mean); decides where the next one runs.
+    read_cost: Duration,
 }
 
 impl TenantActor {
@@ -183,6 +117,65 @@ impl TenantActor {
             busy: false,
             closing: false,
             wrote: false,
+            read_cost: Duration::ZERO,
+        }
+    }
+
+    /// Whether `env` is a read to answer here and now, on the actor's
+    /// thread: a store that answers from memory, a search by vector (a
+    /// text query may need the embedder's network round trip), and reads of
+    /// this tenant that have been quick.
+    fn answers_inline(&self, env: &Envelope) -> bool {
+        let quick = self.read_cost < INLINE_BUDGET
+            && self.store.as_ref().is_some_and(|s| s.answers_inline());
+        quick
+            && match &env.command {
+                Command::Search(s) => matches!(s.input, QueryInput::Vector(_)),
+                Command::Get { .. } | Command::Count(_) => true,
+                _ => false,
+            }
+    }
+
+    fn record_read(&mut self, took: Duration) {
+        self.read_cost = (self.read_cost * 7 + took) / 8;
+    }
+
+    /// Answer one read on this thread (see [`TenantActor::answers_inline`]).
+    fn apply_inline(&mut self, env: Envelope) {
+        let started = Instant::now();
+        let top_k = self.job_limits().top_k;
+        let Some(store) = self.store.as_mut() else {
+            return env.fail(ServiceError::internal("the tenant's store is not open"));
+        };
+        let _entered = env.span.enter();
+        let embedding = Embedding::new(self.setup.embedder.as_ref(), &self.setup.records, &self.tenant);
+        // The engine's panics are contained inside the store; this is the
+        // last line, so one bug cannot take the thread's other tenants down.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            apply_one(store.as_mut(), &embedding, env.command, top_k)
+        }));
+        match outcome {
+            Ok(result) => env.reply.send(result),
+            Err(_) => {
+                // The reply was dropped while unwinding, which answers
+                // `internal`; the store goes too and is reopened on demand.
+                tracing::error!(tenant = %self.tenant, "tenant read panicked");
+                self.store = None;
+            }
+        }
+        drop(_entered);
+        self.record_read(started.elapsed());
+    }
+
+    fn job_limits(&self) -> JobLimits {
+        JobLimits {
+            top_k: self
+                .policy
+                .as_ref()
+                .ok()
+                .and_then(|p| p.top_k)
+                .unwrap_or(self.setup.default_top_k),
+            max_documents: self.policy.as_ref().ok().and_then(|p| p.max_documents),
         }
     }
 
@@ -198,6 +191,14 @@ impl TenantActor {
     fn pump(&mut self, ctx: &mut Context<Self>) {
         if self.busy || self.closing {
             return;
+        }
+        while let Some(Job::Request(env)) = self.queue.front() {
+            if !self.answers_inline(env) {
+                break;
+            }
+            if let Some(Job::Request(env)) = self.queue.pop_front() {
+                self.apply_inline(env);
+            }
         }
         let Some(job) = self.queue.pop_front() else {
             if std::mem::take(&mut self.wrote) {
@@ -241,27 +242,24 @@ impl TenantActor {
         let mut store = self.take_store();
         let setup = self.setup.clone();
         let tenant = self.tenant.clone();
-        let limits = JobLimits {
-            top_k: self
-                .policy
-                .as_ref()
-                .ok()
-                .and_then(|p| p.top_k)
-                .unwrap_or(setup.default_top_k),
-            max_documents: self.policy.as_ref().ok().and_then(|p| p.max_documents),
-        };
+        let limits = self.job_limits();
+        let read = matches!(&work, Work::Batch(b) if !b[0].command.is_write());
         let job = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
             let close = matches!(work, Work::Close);
             let embedding = Embedding::new(setup.embedder.as_ref(), &setup.records, &tenant);
             work.apply(&tenant, store.as_mut(), &embedding, &limits);
-            (store, close)
+            (store, close, started.elapsed())
         });
-        ctx.spawn(job.into_actor(self).map(|outcome, act, ctx| {
+        ctx.spawn(job.into_actor(self).map(move |outcome, act, ctx| {
             act.busy = false;
             match outcome {
-                Ok((_, true)) => ctx.stop(),
-                Ok((store, false)) => {
+                Ok((_, true, _)) => ctx.stop(),
+                Ok((store, false, took)) => {
                     act.store = Some(store);
+                    if read {
+                        act.record_read(took);
+                    }
                     act.pump(ctx);
                 }
                 Err(e) => {
@@ -318,7 +316,7 @@ impl Work {
                 for env in batch {
                     let _entered = env.span.enter();
                     let result = apply_one(store, embedding, env.command, limits.top_k);
-                    let _ = env.reply.send(result);
+                    env.reply.send(result);
                 }
             }
             Work::Maintain => match store.maintain() {
@@ -392,10 +390,10 @@ fn apply_upserts(
     let (writes, envelope_replies) = writes(batch);
     let fail_all = |writes: Vec<Write>, replies: Vec<ReplyTo>, e: &ServiceError| {
         for w in writes {
-            let _ = w.reply.send(Err(e.clone()));
+            w.reply.send(Err(e.clone()));
         }
         for r in replies {
-            let _ = r.send(Err(e.clone()));
+            r.send(Err(e.clone()));
         }
     };
     let dimension = match store.dimension() {
@@ -413,7 +411,7 @@ fn apply_upserts(
     for w in writes {
         let _entered = w.span.enter();
         if let Some(e) = w.chain.and_then(|c| stopped.get(&c)) {
-            let _ = w.reply.send(Err(ServiceError {
+            w.reply.send(Err(ServiceError {
                 code: e.code,
                 message: format!(
                     "not applied: an earlier message failed first ({})",
@@ -438,7 +436,7 @@ fn apply_upserts(
                 if let (Some(c), true) = (w.chain, e.code.is_transient()) {
                     stopped.insert(c, e.clone());
                 }
-                let _ = w.reply.send(Err(e));
+                w.reply.send(Err(e));
             }
         }
     }
@@ -465,10 +463,10 @@ fn apply_upserts(
     let mut total = 0;
     for (reply, n) in accepted {
         total += n;
-        let _ = reply.send(outcome.clone().map(|()| Reply::Upserted { upserted: n }));
+        reply.send(outcome.clone().map(|()| Reply::Upserted { upserted: n }));
     }
     for reply in envelope_replies {
-        let _ = reply.send(
+        reply.send(
             outcome
                 .clone()
                 .map(|()| Reply::Upserted { upserted: total }),
@@ -680,6 +678,7 @@ fn apply_one(
         Command::Get {
             doc_ids,
             with_vectors,
+            ..
         } => Ok(Reply::Documents {
             documents: store.get(&doc_ids, with_vectors)?,
         }),
@@ -752,14 +751,14 @@ impl Handler<Envelope> for TenantActor {
                     .count();
                 let limited = limited();
                 for part in parts.drain(admitted..) {
-                    let _ = part.reply.send(Err(limited.clone()));
+                    part.reply.send(Err(limited.clone()));
                 }
                 if parts.is_empty() {
-                    let _ = env.reply.send(Err(limited));
+                    env.reply.send(Err(limited));
                     return;
                 }
             } else if !limiter.try_acquire(now) {
-                let _ = env.reply.send(Err(limited()));
+                env.reply.send(Err(limited()));
                 return;
             }
         }
@@ -780,6 +779,7 @@ impl Handler<Close> for TenantActor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::IngestPart;
     use crate::config::Settings;
     use crate::embed::HashingEmbedder;
     use crate::store::StoreFactory;
@@ -799,8 +799,8 @@ mod tests {
     fn envelope(
         tenant: &TenantId,
         command: Command,
-    ) -> (Envelope, oneshot::Receiver<ReplyOutcome>) {
-        let (reply, outcome) = oneshot::channel();
+    ) -> (Envelope, tokio::sync::oneshot::Receiver<ReplyOutcome>) {
+        let (reply, outcome) = ReplyTo::channel();
         let env = Envelope {
             tenant: tenant.clone(),
             command,
@@ -895,7 +895,7 @@ mod tests {
             vec![with_text("d", Some("down"))],
             vec![doc("e", DIM)],
         ] {
-            let (reply, outcome) = oneshot::channel();
+            let (reply, outcome) = ReplyTo::channel();
             parts.push(IngestPart { docs, reply });
             replies.push(outcome);
         }

@@ -19,6 +19,7 @@ use actix::Actor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::directory::{Directory, Router};
 use crate::supervisor::{Shutdown, Supervisor, Unfinished};
 use crate::tenant_actor::TenantSetup;
 use crate::transport;
@@ -59,13 +60,17 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
         default_top_k: settings.search.default_top_k,
         max_top_k: settings.limits.max_top_k,
     });
+    let directory = Arc::new(Directory::default());
     let supervisor = Supervisor::new(
         settings.pool.size,
         settings.pool.ttl,
         settings.pool.sweep_every(),
         setup,
+        directory.clone(),
+        actor_threads(&settings),
     )
     .start();
+    let router = Router::new(directory, supervisor.clone());
     // The stream and its consumer exist before the service answers PING.
     let ingest = if settings.ingest.enabled {
         let js = async_nats::jetstream::new(client.clone());
@@ -82,7 +87,7 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
     let serving = transport::service::start(
         client.clone(),
         &settings,
-        supervisor.clone(),
+        router.clone(),
         factory.backend(),
         ingest.as_ref().map(|(_, _, counters)| counters.clone()),
         shutdown.clone(),
@@ -93,7 +98,7 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
             js,
             consumer,
             &settings,
-            supervisor.clone(),
+            router.clone(),
             counters,
             shutdown.clone(),
         )
@@ -151,6 +156,15 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
     Ok(())
 }
 
+/// Threads for the runtime's workers and, as many again, for tenant actors:
+/// `worker.threads`, or one per core.
+fn actor_threads(settings: &Settings) -> usize {
+    match settings.worker.threads {
+        0 => thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    }
+}
+
 /// The stop did not end within `worker.shutdown_timeout`: some store call
 /// did not return. Nothing acknowledged is lost (a reply or an ingest ack
 /// goes out only after its write is durable); what was not acknowledged is
@@ -181,10 +195,7 @@ pub fn run_blocking(
     shutdown: CancellationToken,
     listen_for_signals: bool,
 ) -> anyhow::Result<()> {
-    let threads = match settings.worker.threads {
-        0 => thread::available_parallelism().map_or(2, |n| n.get()),
-        n => n,
-    };
+    let threads = actor_threads(&settings);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .thread_name("tenantvec")

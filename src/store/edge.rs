@@ -324,6 +324,15 @@ impl TenantStore for EdgeStore {
         }
     }
 
+    fn answers_inline(&self) -> bool {
+        match &self.slot {
+            Slot::Own(Some(shard)) => !shard.is_broken(),
+            // A tenant without data: its next read looks at the disk.
+            Slot::Own(None) => false,
+            Slot::Shared(shard) => !shard.is_broken(),
+        }
+    }
+
     fn close(&mut self) -> Result<(), ServiceError> {
         match &mut self.slot {
             Slot::Own(open) => match open.take() {

@@ -85,6 +85,14 @@ pub trait TenantStore: Send {
 
     /// Release every handle; the data stays. Called once, before the actor stops.
     fn close(&mut self) -> Result<(), ServiceError>;
+
+    /// Whether a read may run on the actor's own thread rather than the
+    /// blocking pool: the data is open in this process and a read does no
+    /// I/O beyond memory-mapped pages. False for a store that waits on the
+    /// network, and for one not opened yet (its first job opens it).
+    fn answers_inline(&self) -> bool {
+        false
+    }
 }
 
 /// Makes the store of a tenant. Opening is lazy: `open` must be cheap and

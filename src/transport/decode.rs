@@ -12,7 +12,7 @@ use crate::protocol::{
     ServiceError, UpsertRequest, Verb,
 };
 use crate::store::Selector;
-use crate::tenant_actor::{Command, QueryInput, SearchCommand};
+use crate::command::{Command, QueryInput, SearchCommand};
 
 /// Longest vector accepted before the store compares it with the tenant's
 /// dimension (the largest dimension a store may be created with).
@@ -30,6 +30,7 @@ pub fn command(verb: Verb, body: &[u8], settings: &Settings) -> Result<Command, 
             Ok(Command::Get {
                 doc_ids: req.doc_ids,
                 with_vectors: req.with_vectors,
+                encoding: req.vector_encoding,
             })
         }
         Verb::Delete => {
@@ -220,6 +221,7 @@ fn search(req: SearchRequest, limits: &Limits) -> Result<Command, ServiceError> 
         top_k,
         filter: Filter::parse_opt(req.filter.as_ref())?,
         with_vectors: req.with_vectors,
+        encoding: req.vector_encoding,
     }))
 }
 

@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::Addr;
 use async_nats::jetstream::{self, consumer, stream, AckKind};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
@@ -35,9 +34,9 @@ use crate::config::{IngestSettings, Settings};
 use crate::protocol::{
     decode, tenant_token, ErrorCode, IngestStats, ServiceError, UpsertRequest, DEFAULT_PREFIX,
 };
-use crate::supervisor::{Route, Supervisor};
+use crate::command::{Command, Envelope, IngestPart, ReplyTo};
+use crate::directory::Router;
 use crate::tenant::TenantId;
-use crate::tenant_actor::{Command, Envelope, IngestPart};
 use crate::transport::lanes::{Arrival, Lanes, Outcome, Retry};
 
 /// Names of the streams and the consumer for one prefix: the defaults for the
@@ -239,7 +238,7 @@ struct Shared {
     js: jetstream::Context,
     names: Names,
     settings: Settings,
-    supervisor: Addr<Supervisor>,
+    router: Router,
     counters: Arc<IngestCounters>,
     in_flight: Arc<Semaphore>,
 }
@@ -270,7 +269,7 @@ pub fn start(
     js: jetstream::Context,
     consumer: consumer::PullConsumer,
     settings: &Settings,
-    supervisor: Addr<Supervisor>,
+    router: Router,
     counters: Arc<IngestCounters>,
     shutdown: CancellationToken,
 ) -> Ingesting {
@@ -278,7 +277,7 @@ pub fn start(
         js,
         names: Names::new(&settings.nats.prefix),
         settings: settings.clone(),
-        supervisor,
+        router,
         counters,
         in_flight: Arc::new(Semaphore::new(settings.ingest.max_ack_pending)),
     });
@@ -638,7 +637,7 @@ async fn run_batch(shared: &Shared, tenant: &TenantId, items: Vec<BatchItem>) ->
             .and_then(|req| crate::transport::decode::upsert(req, &shared.settings.limits));
         match decoded {
             Ok(Command::Upsert(docs)) => {
-                let (reply, outcome) = oneshot::channel();
+                let (reply, outcome) = ReplyTo::channel();
                 awaited.push(Awaited::Routed(outcome, docs.len() as u64));
                 parts.push(IngestPart { docs, reply });
             }
@@ -649,13 +648,12 @@ async fn run_batch(shared: &Shared, tenant: &TenantId, items: Vec<BatchItem>) ->
         }
     }
     if !parts.is_empty() {
-        let (reply, _) = oneshot::channel();
-        shared.supervisor.do_send(Route(Envelope {
+        shared.router.route(Envelope {
             tenant: tenant.clone(),
             command: Command::Ingest(parts),
-            reply,
+            reply: ReplyTo::ignored(),
             span,
-        }));
+        });
     }
 
     let mut to_ack = Vec::new();

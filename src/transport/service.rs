@@ -28,24 +28,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Addr;
 use async_nats::service::{Service, ServiceExt};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::command::{Envelope, Outcome, ReplyTo, Respond};
 use crate::config::Settings;
+use crate::directory::Router;
 use crate::protocol::{
-    decode, unknown_verb, Addressed, AdminVerb, EmptyRequest, ErrorBody, EvictRequest, Reply,
-    ServiceError, Subjects, Verb, HEADER_ERROR, HEADER_ERROR_CODE, SERVICE_NAME,
+    decode, unknown_verb, Addressed, AdminVerb, EmptyRequest, ErrorBody, EvictRequest,
+    ServiceError, Subjects, Verb, VectorEncoding, HEADER_ERROR, HEADER_ERROR_CODE, SERVICE_NAME,
 };
-use crate::supervisor::{Cleanup, Evict, GetStats, Route, Supervisor};
+use crate::supervisor::{Cleanup, Evict, GetStats};
 use crate::tenant::TenantId;
-use crate::tenant_actor::Envelope;
 use crate::transport::backlog::{SharedBacklog, Slot};
 use crate::transport::decode::command;
 use crate::transport::discovery::{META_BACKEND, META_PREFIX};
@@ -58,7 +58,9 @@ const ENDPOINT_NAME: &str = "requests";
 struct Shared {
     settings: Settings,
     subjects: Subjects,
-    supervisor: Addr<Supervisor>,
+    router: Router,
+    /// The runtime a reply falls back to when it cannot go out at once.
+    runtime: tokio::runtime::Handle,
     /// One permit per request in flight; none left means `unavailable`.
     in_flight: Arc<Semaphore>,
     /// Requests in flight per tenant; past `limits.tenant_queue`, that
@@ -83,7 +85,7 @@ pub struct Serving {
 pub async fn start(
     client: async_nats::Client,
     settings: &Settings,
-    supervisor: Addr<Supervisor>,
+    router: Router,
     backend: &str,
     ingest: Option<Arc<IngestCounters>>,
     shutdown: CancellationToken,
@@ -118,7 +120,8 @@ pub async fn start(
     let shared = Arc::new(Shared {
         settings: settings.clone(),
         subjects,
-        supervisor,
+        router,
+        runtime: tokio::runtime::Handle::current(),
         in_flight: Arc::new(Semaphore::new(settings.limits.max_in_flight)),
         backlog: SharedBacklog::new(settings.limits.tenant_queue),
         ingest,
@@ -177,16 +180,20 @@ async fn serve(
     }
 }
 
-/// The outcome of a request that was accepted: resolves to the reply body.
+/// The outcome of an admin request: resolves to the reply body.
 type Pending = BoxFuture<'static, Result<Bytes, ServiceError>>;
 
 /// Take one request, in arrival order. Everything that decides the order in
 /// which a tenant's requests are applied happens here, before the next
 /// request is taken: the in-flight permit, decoding, and the hand-over to
-/// the supervisor (`do_send`, which queues at once). Only the wait for the
-/// outcome and the reply run in a task of their own.
+/// the tenant's actor or the supervisor (both queue at once). The reply is
+/// sent by whoever makes the outcome: the tenant actor, through
+/// [`Responder`], with no task of ours woken for it.
 fn dispatch(request: async_nats::service::Request, shared: &Arc<Shared>) {
-    let addressed = shared.subjects.classify(request.message.subject.as_str());
+    // A clone (a reference count) so that the request can move on while
+    // the subject's tokens are in use.
+    let subject = request.message.subject.clone();
+    let addressed = shared.subjects.classify(subject.as_str());
     if addressed == Addressed::Stream {
         // A JetStream publish the stream stores (ingest) or keeps (dead
         // letters); its publisher waits for the stream's PubAck on this reply
@@ -204,6 +211,13 @@ fn dispatch(request: async_nats::service::Request, shared: &Arc<Shared>) {
             _ => "",
         },
     );
+    let mut responder = Responder {
+        request,
+        encoding: VectorEncoding::Array,
+        runtime: shared.runtime.clone(),
+        span: span.clone(),
+        held: None,
+    };
     // The tenant's own bound first: a tenant past it is refused before its
     // body is decoded and without taking a slot the others need. (An invalid
     // token takes no slot; `accept` refuses it.)
@@ -212,81 +226,109 @@ fn dispatch(request: async_nats::service::Request, shared: &Arc<Shared>) {
             Ok(tenant) => match shared.backlog.admit(&tenant) {
                 Some(slot) => Some(slot),
                 None => {
-                    let refused = Err(ServiceError::rate_limited(format!(
+                    return responder.deliver(Err(ServiceError::rate_limited(format!(
                         "tenant {tenant} has {} requests in flight (limits.tenant_queue); retry later",
                         shared.settings.limits.tenant_queue
-                    )));
-                    tokio::spawn(reply(request, refused, None, None).instrument(span));
-                    return;
+                    ))));
                 }
             },
             Err(_) => None,
         },
         _ => None,
     };
-    let (accepted, permit) = match shared.in_flight.clone().try_acquire_owned() {
-        Ok(permit) => (
-            span.in_scope(|| accept(addressed, &request, shared, &span)),
-            Some(permit),
-        ),
-        Err(_) => (
-            Err(ServiceError::unavailable(format!(
-                "the worker has {} requests in flight; retry later",
-                shared.settings.limits.max_in_flight
-            ))),
-            None,
-        ),
+    let Ok(permit) = shared.in_flight.clone().try_acquire_owned() else {
+        return responder.deliver(Err(ServiceError::unavailable(format!(
+            "the worker has {} requests in flight; retry later",
+            shared.settings.limits.max_in_flight
+        ))));
     };
-    tokio::spawn(reply(request, accepted, permit, slot).instrument(span));
-}
-
-/// Await the outcome and send the reply; the permit and the tenant's slot
-/// are held until the reply is out, so [`Serving::drain`] waits for it.
-async fn reply(
-    request: async_nats::service::Request,
-    accepted: Result<Pending, ServiceError>,
-    permit: Option<OwnedSemaphorePermit>,
-    slot: Option<Slot>,
-) {
-    let outcome = match accepted {
-        Ok(pending) => pending.await,
-        Err(e) => Err(e),
-    };
-    respond(&request, outcome).await;
-    drop((permit, slot));
-}
-
-/// Check and decode a request and hand it on; the returned future resolves
-/// to its reply body.
-fn accept(
-    addressed: Addressed<'_>,
-    request: &async_nats::service::Request,
-    shared: &Shared,
-    span: &tracing::Span,
-) -> Result<Pending, ServiceError> {
-    let message = &request.message;
+    // Held until the reply is out, so [`Serving::drain`] waits for it.
+    responder.held = Some((permit, slot));
+    let message = &responder.request.message;
     match addressed {
         Addressed::Tenant(verb, token) => {
-            let tenant = TenantId::parse(token)?;
-            let command = command(verb, &message.payload, &shared.settings)?;
-            let (reply, outcome) = oneshot::channel();
-            shared.supervisor.do_send(Route(Envelope {
-                tenant: tenant.clone(),
-                command,
-                reply,
-                span: span.clone(),
-            }));
-            Ok(async move {
-                let reply: Reply = outcome.await.map_err(|_| {
-                    tracing::error!(%tenant, ?verb, "request lost its reply channel");
-                    ServiceError::internal("the tenant's job failed; see the worker log")
-                })??;
-                to_json(&reply)
+            let decoded = span.in_scope(|| {
+                let tenant = TenantId::parse(token)?;
+                let command = command(verb, &message.payload, &shared.settings)?;
+                Ok::<_, ServiceError>((tenant, command))
+            });
+            match decoded {
+                Ok((tenant, command)) => {
+                    responder.encoding = command.vector_encoding();
+                    shared.router.route(Envelope {
+                        tenant,
+                        command,
+                        reply: ReplyTo::direct(Box::new(responder)),
+                        span,
+                    });
+                }
+                Err(e) => responder.deliver(Err(e)),
             }
-            .boxed())
         }
-        Addressed::Admin(verb) => admin(verb, &message.payload, shared),
-        Addressed::Stream | Addressed::Unknown => Err(unknown_verb(message.subject.as_str())),
+        Addressed::Admin(verb) => match admin(verb, &message.payload, shared) {
+            Ok(pending) => {
+                tokio::spawn(
+                    async move {
+                        let outcome = pending.await;
+                        responder.deliver(outcome);
+                    }
+                    .instrument(span),
+                );
+            }
+            Err(e) => responder.deliver(Err(e)),
+        },
+        Addressed::Stream | Addressed::Unknown => {
+            let e = unknown_verb(message.subject.as_str());
+            responder.deliver(Err(e));
+        }
+    }
+}
+
+/// The reply to one NATS request, sent from wherever its outcome is made.
+struct Responder {
+    request: async_nats::service::Request,
+    /// How the reply carries vectors.
+    encoding: VectorEncoding,
+    runtime: tokio::runtime::Handle,
+    span: tracing::Span,
+    /// The in-flight permit and the tenant's slot, released once sent.
+    held: Option<(OwnedSemaphorePermit, Option<Slot>)>,
+}
+
+impl Responder {
+    /// Send the reply. Publishing only queues it for the connection's
+    /// writer, so it is tried here, on the caller's thread, and completes at
+    /// once unless that queue is full; then a task of the runtime waits for
+    /// room. (A publish that did not complete sent nothing, so trying it
+    /// again is safe.)
+    fn deliver(self, outcome: Result<Bytes, ServiceError>) {
+        let sent = {
+            let _entered = self.span.enter();
+            respond(&self.request, outcome.clone()).now_or_never()
+        };
+        if sent.is_none() {
+            let runtime = self.runtime.clone();
+            let span = self.span.clone();
+            runtime.spawn(
+                async move {
+                    respond(&self.request, outcome).await;
+                    drop(self);
+                }
+                .instrument(span),
+            );
+        }
+    }
+}
+
+impl Respond for Responder {
+    fn respond(self: Box<Self>, outcome: Outcome) {
+        let body = outcome.and_then(|reply| {
+            reply
+                .encode(self.encoding)
+                .map(Bytes::from)
+                .map_err(|e| ServiceError::internal(format!("cannot encode the reply: {e}")))
+        });
+        self.deliver(body);
     }
 }
 
@@ -300,7 +342,7 @@ fn admin(verb: AdminVerb, body: &[u8], shared: &Shared) -> Result<Pending, Servi
     match verb {
         AdminVerb::Stats => {
             decode::<EmptyRequest>(body)?;
-            let stats = shared.supervisor.send(GetStats);
+            let stats = shared.router.supervisor().send(GetStats);
             let ingest = shared.ingest.clone();
             Ok(async move {
                 let mut stats = stats.await.map_err(unavailable)?;
@@ -311,7 +353,7 @@ fn admin(verb: AdminVerb, body: &[u8], shared: &Shared) -> Result<Pending, Servi
         }
         AdminVerb::Cleanup => {
             decode::<EmptyRequest>(body)?;
-            let n = shared.supervisor.send(Cleanup);
+            let n = shared.router.supervisor().send(Cleanup);
             Ok(async move {
                 let n = n.await.map_err(unavailable)?;
                 to_json(&serde_json::json!({ "expired": n }))
@@ -321,7 +363,7 @@ fn admin(verb: AdminVerb, body: &[u8], shared: &Shared) -> Result<Pending, Servi
         AdminVerb::Evict => {
             let req = decode::<EvictRequest>(body)?;
             let tenant = req.tenant.as_deref().map(TenantId::parse).transpose()?;
-            let n = shared.supervisor.send(Evict(tenant));
+            let n = shared.router.supervisor().send(Evict(tenant));
             Ok(async move {
                 let n = n.await.map_err(unavailable)?;
                 to_json(&serde_json::json!({ "evicted": n }))
