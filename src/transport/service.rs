@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::Settings;
+use crate::metrics::{Metrics, RequestMark};
 use crate::protocol::{
     decode, unknown_verb, Addressed, AdminVerb, EmptyRequest, ErrorBody, EvictRequest, Reply,
     ServiceError, Subjects, Verb, HEADER_ERROR, HEADER_ERROR_CODE, SERVICE_NAME,
@@ -68,6 +69,7 @@ struct Shared {
     ingest: Option<Arc<IngestCounters>>,
     /// Numbers requests for their log spans.
     next_request: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 /// The running endpoint; [`Serving::drain`] stops it and waits for the
@@ -86,6 +88,7 @@ pub async fn start(
     supervisor: Addr<Supervisor>,
     backend: &str,
     ingest: Option<Arc<IngestCounters>>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Serving> {
     let subjects = Subjects::new(&settings.nats.prefix);
@@ -123,6 +126,7 @@ pub async fn start(
         backlog: SharedBacklog::new(settings.limits.tenant_queue),
         ingest,
         next_request: AtomicU64::new(1),
+        metrics,
     });
     let task = tokio::spawn(serve(endpoint, shared.clone(), shutdown));
     client.flush().await?;
@@ -194,6 +198,7 @@ fn dispatch(request: async_nats::service::Request, shared: &Arc<Shared>) {
         // without a word.
         return;
     }
+    let mark = shared.metrics.start(addressed);
     // Every log line of the request carries its id and tenant token (Debug
     // formatting, so a hostile token cannot forge log lines).
     let span = tracing::info_span!(
@@ -216,7 +221,7 @@ fn dispatch(request: async_nats::service::Request, shared: &Arc<Shared>) {
                         "tenant {tenant} has {} requests in flight (limits.tenant_queue); retry later",
                         shared.settings.limits.tenant_queue
                     )));
-                    tokio::spawn(reply(request, refused, None, None).instrument(span));
+                    tokio::spawn(reply(request, refused, None, None, mark).instrument(span));
                     return;
                 }
             },
@@ -237,7 +242,7 @@ fn dispatch(request: async_nats::service::Request, shared: &Arc<Shared>) {
             None,
         ),
     };
-    tokio::spawn(reply(request, accepted, permit, slot).instrument(span));
+    tokio::spawn(reply(request, accepted, permit, slot, mark).instrument(span));
 }
 
 /// Await the outcome and send the reply; the permit and the tenant's slot
@@ -247,12 +252,15 @@ async fn reply(
     accepted: Result<Pending, ServiceError>,
     permit: Option<OwnedSemaphorePermit>,
     slot: Option<Slot>,
+    mark: RequestMark,
 ) {
     let outcome = match accepted {
         Ok(pending) => pending.await,
         Err(e) => Err(e),
     };
+    let code = outcome.as_ref().err().map(|e| e.code);
     respond(&request, outcome).await;
+    mark.finish(code);
     drop((permit, slot));
 }
 
@@ -302,9 +310,11 @@ fn admin(verb: AdminVerb, body: &[u8], shared: &Shared) -> Result<Pending, Servi
             decode::<EmptyRequest>(body)?;
             let stats = shared.supervisor.send(GetStats);
             let ingest = shared.ingest.clone();
+            let metrics = shared.metrics.clone();
             Ok(async move {
                 let mut stats = stats.await.map_err(unavailable)?;
                 stats.ingest = ingest.as_ref().map(|c| c.snapshot());
+                stats.errors = metrics.error_counts();
                 to_json(&stats)
             }
             .boxed())
