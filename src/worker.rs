@@ -27,7 +27,8 @@ use crate::transport::ingest::IngestCounters;
 
 /// Serve until `shutdown` is cancelled, then stop gracefully.
 pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    // First, so a metrics.listen that cannot be served stops the start at once.
+    // Bound before NATS is reached: a metrics.listen that cannot be served
+    // stops the start at once.
     let metrics = Arc::new(Metrics::new(&settings));
     let _metrics_server = metrics.serve(&settings).await?;
     let client = transport::connect(&settings.nats).await?;
