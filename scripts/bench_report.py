@@ -104,6 +104,9 @@ def main():
             v = get(r, *path)
             cells.append(f"{fmt(v, digits)} | {ratio(v, s, hib)}")
         out.append(f"| {label} | {fmt(s, digits)} | " + " | ".join(cells) + " |")
+    out.append("\nThe same figures as charts (`scripts/bench_charts.py`, written by `scripts/bench`):\n")
+    out.append("![Search and ingest throughput, seed vs tenantvec](benchmarks/throughput.png)\n")
+    out.append("![Latency percentiles per phase, seed vs tenantvec](benchmarks/latency.png)")
     print("\n".join(out))
 
 

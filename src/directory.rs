@@ -25,12 +25,13 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use actix::Addr;
 
 use crate::command::{Command, Envelope};
+use crate::metrics::Metrics;
 use crate::supervisor::{Route, Supervisor};
 use crate::tenant::TenantId;
 use crate::tenant_actor::TenantActor;
@@ -50,19 +51,19 @@ pub struct Directory {
     entries: Mutex<HashMap<TenantId, Entry>>,
     epoch: Instant,
     hits: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
-impl Default for Directory {
-    fn default() -> Self {
+impl Directory {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
         Self {
             entries: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
             hits: AtomicU64::new(0),
+            metrics,
         }
     }
-}
 
-impl Directory {
     fn lock(&self) -> MutexGuard<'_, HashMap<TenantId, Entry>> {
         // Nothing panics while holding the lock (a send never does), but a
         // poisoned map is still consistent: each change is one assignment.
@@ -125,12 +126,12 @@ impl Directory {
 /// else to the supervisor.
 #[derive(Clone)]
 pub struct Router {
-    directory: std::sync::Arc<Directory>,
+    directory: Arc<Directory>,
     supervisor: Addr<Supervisor>,
 }
 
 impl Router {
-    pub fn new(directory: std::sync::Arc<Directory>, supervisor: Addr<Supervisor>) -> Self {
+    pub fn new(directory: Arc<Directory>, supervisor: Addr<Supervisor>) -> Self {
         Self {
             directory,
             supervisor,
@@ -152,6 +153,7 @@ impl Router {
             Some(addr) if direct && entry.in_transit == 0 => {
                 entry.last_used = dir.now();
                 dir.hits.fetch_add(1, Ordering::Relaxed);
+                dir.metrics.pool_hit();
                 addr.do_send(env);
             }
             _ => {

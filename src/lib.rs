@@ -39,6 +39,9 @@
 //!   [`client`]: the client half used by the command line; [`deadletter`]:
 //!   listing and replaying dead letters; [`bench`]: the
 //!   end-to-end benchmark, a client of a worker it starts.
+//! * [`metrics`]: the Prometheus figures every layer above records into
+//!   (requests, the pool, store and embedder calls, ingest, memory) and the
+//!   `/metrics` endpoint that serves them.
 //!
 //! Threads: actors live on the thread that runs the actix system; the NATS
 //! transport runs on the tokio runtime's worker threads; engine work runs on
@@ -55,6 +58,7 @@ pub mod deadletter;
 pub mod directory;
 pub mod embed;
 pub mod filter;
+pub mod metrics;
 pub mod policy;
 pub mod pool;
 pub mod protocol;

@@ -501,6 +501,9 @@ pub struct PoolStats {
     /// Durable ingest figures of this worker, when it consumes the stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingest: Option<IngestStats>,
+    /// Requests answered with each error code since the worker started.
+    #[serde(default)]
+    pub errors: std::collections::BTreeMap<String, u64>,
 }
 
 /// Durable ingest figures since the worker started.

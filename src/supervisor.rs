@@ -181,6 +181,7 @@ impl Supervisor {
         if let Some(active) = self.pool.touch(&env.tenant, Instant::now()) {
             self.counters.hits += 1;
             self.touched.push(env.tenant.clone());
+            self.setup.metrics.pool_hit();
             let addr = active.addr.clone();
             self.forward(&addr, env);
             return;
@@ -206,6 +207,7 @@ impl Supervisor {
     /// Start an actor for `env`'s tenant (a miss, with room) and give it `env`.
     fn activate(&mut self, env: Envelope, ctx: &mut Context<Self>) {
         self.counters.misses += 1;
+        self.setup.metrics.pool_miss();
         if self.pool.is_full() {
             if let Some(lru) = self.lru() {
                 self.stop(&lru, StopReason::Evicted);
@@ -264,6 +266,9 @@ impl Supervisor {
             },
             Instant::now(),
         );
+        self.setup
+            .metrics
+            .pool_sizes(self.pool.len(), self.closing.len());
         addr
     }
 
@@ -273,8 +278,14 @@ impl Supervisor {
         let (tx, rx) = oneshot::channel();
         if let Some(active) = self.pool.remove(tenant) {
             match reason {
-                StopReason::Evicted => self.counters.evictions += 1,
-                StopReason::Expired => self.counters.expirations += 1,
+                StopReason::Evicted => {
+                    self.counters.evictions += 1;
+                    self.setup.metrics.pool_evicted();
+                }
+                StopReason::Expired => {
+                    self.counters.expirations += 1;
+                    self.setup.metrics.pool_expired();
+                }
                 StopReason::Requested => {}
             }
             tracing::debug!(%tenant, ?reason, "stopping tenant actor");
@@ -290,6 +301,9 @@ impl Supervisor {
                     waiters: vec![tx],
                 },
             );
+            self.setup
+                .metrics
+                .pool_sizes(self.pool.len(), self.closing.len());
             Some(rx)
         } else if let Some(closing) = self.closing.get_mut(tenant) {
             closing.waiters.push(tx);
@@ -337,6 +351,7 @@ impl Supervisor {
             embedding_model: self.setup.embedder.name().to_owned(),
             dimension: self.setup.embedder.dimension(),
             ingest: None,
+            errors: Default::default(),
         }
     }
 }
@@ -394,6 +409,9 @@ impl Handler<Closed> for Supervisor {
                 }
             }
         }
+        self.setup
+            .metrics
+            .pool_sizes(self.pool.len(), self.closing.len());
         // The closed actor's place is free: its own leftovers and parked
         // requests queue behind those already waiting, then the longest
         // waiting go first.

@@ -63,6 +63,8 @@ pub struct TenantSetup {
     pub defaults: TenantDefaults,
     pub default_top_k: usize,
     pub max_top_k: usize,
+    /// Where the pool's moves are recorded.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 pub struct TenantActor {

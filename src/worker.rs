@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::directory::{Directory, Router};
+use crate::metrics::Metrics;
 use crate::supervisor::{Shutdown, Supervisor, Unfinished};
 use crate::tenant_actor::TenantSetup;
 use crate::transport;
@@ -27,6 +28,10 @@ use crate::transport::ingest::IngestCounters;
 
 /// Serve until `shutdown` is cancelled, then stop gracefully.
 pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Bound before NATS is reached: a metrics.listen that cannot be served
+    // stops the start at once.
+    let metrics = Arc::new(Metrics::new(&settings));
+    let _metrics_server = metrics.serve(&settings).await?;
     let client = transport::connect(&settings.nats).await?;
     // First: a remote embedder's probe may settle the store dimension.
     let embedder = {
@@ -36,9 +41,9 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
         })
         .await??;
         settings = embedder.1;
-        embedder.0
+        metrics.timed_embedder(embedder.0)
     };
-    let factory = crate::store::factory(&settings)?;
+    let factory = metrics.timed_factory(crate::store::factory(&settings)?);
     transport::discovery::ensure_compatible(
         &client,
         factory.backend(),
@@ -59,8 +64,9 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
         defaults: settings.tenants.clone(),
         default_top_k: settings.search.default_top_k,
         max_top_k: settings.limits.max_top_k,
+        metrics: metrics.clone(),
     });
-    let directory = Arc::new(Directory::default());
+    let directory = Arc::new(Directory::new(metrics.clone()));
     let supervisor = Supervisor::new(
         settings.pool.size,
         settings.pool.ttl,
@@ -80,7 +86,9 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
             .map_err(|e| {
                 e.context("durable ingest needs JetStream (nats-server -js); or set ingest.enabled = false")
             })?;
-        Some((js, consumer, Arc::new(IngestCounters::default())))
+        let counters = Arc::new(IngestCounters::default());
+        metrics.watch_ingest(counters.clone(), consumer.clone());
+        Some((js, consumer, counters))
     } else {
         None
     };
@@ -90,6 +98,7 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
         router.clone(),
         factory.backend(),
         ingest.as_ref().map(|(_, _, counters)| counters.clone()),
+        metrics.clone(),
         shutdown.clone(),
     )
     .await?;

@@ -231,6 +231,7 @@ async fn a_dimension_that_disagrees_with_the_model_stops_the_start() {
         .env("EMBEDDING_MODEL", MODEL)
         .env("OPENAI_BASE_URL", model.base_url())
         .env("EMBEDDING_DIM", "768")
+        .env("TENANTVEC_METRICS_LISTEN", "")
         .env("RUST_LOG", "error")
         .output()
         .expect("run the worker");

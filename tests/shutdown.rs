@@ -48,6 +48,7 @@ fn spawn_worker(nats: &NatsServer, data: &Path, qdrant_port: u16, shutdown_timeo
         .env("TENANTVEC_BACKEND", "qdrant")
         .env("QDRANT_URL", format!("http://127.0.0.1:{qdrant_port}"))
         .env("QDRANT_TIMEOUT", "600s")
+        .env("TENANTVEC_METRICS_LISTEN", "")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

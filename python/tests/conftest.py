@@ -184,6 +184,8 @@ def start_worker(server: NatsServer, root: Path, prefix: str, dim: int, **env: s
         "EMBEDDING_DIM": str(dim),
         "EMBEDDING_MODEL": "hashing",
         "RUST_LOG": "warn",
+        # Workers run side by side: none takes the default metrics port.
+        "TENANTVEC_METRICS_LISTEN": "",
         **env,
     }
     with log.open("wb") as out:

@@ -40,6 +40,7 @@ use tracing::Instrument;
 use crate::command::{Envelope, Outcome, ReplyTo, Respond};
 use crate::config::Settings;
 use crate::directory::Router;
+use crate::metrics::{Metrics, RequestMark};
 use crate::protocol::{
     decode, unknown_verb, Addressed, AdminVerb, EmptyRequest, ErrorBody, EvictRequest,
     ServiceError, Subjects, Verb, VectorEncoding, HEADER_ERROR, HEADER_ERROR_CODE, SERVICE_NAME,
@@ -70,6 +71,7 @@ struct Shared {
     ingest: Option<Arc<IngestCounters>>,
     /// Numbers requests for their log spans.
     next_request: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 /// The running endpoint; [`Serving::drain`] stops it and waits for the
@@ -88,6 +90,7 @@ pub async fn start(
     router: Router,
     backend: &str,
     ingest: Option<Arc<IngestCounters>>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Serving> {
     let subjects = Subjects::new(&settings.nats.prefix);
@@ -126,6 +129,7 @@ pub async fn start(
         backlog: SharedBacklog::new(settings.limits.tenant_queue),
         ingest,
         next_request: AtomicU64::new(1),
+        metrics,
     });
     let task = tokio::spawn(serve(endpoint, shared.clone(), shutdown));
     client.flush().await?;
@@ -212,6 +216,7 @@ fn dispatch(request: async_nats::service::Request, shared: &Arc<Shared>) {
         },
     );
     let mut responder = Responder {
+        mark: shared.metrics.start(addressed),
         request,
         encoding: VectorEncoding::Array,
         runtime: shared.runtime.clone(),
@@ -293,6 +298,8 @@ struct Responder {
     span: tracing::Span,
     /// The in-flight permit and the tenant's slot, released once sent.
     held: Option<(OwnedSemaphorePermit, Option<Slot>)>,
+    /// Counts and times the request once its reply is out.
+    mark: RequestMark,
 }
 
 impl Responder {
@@ -302,21 +309,32 @@ impl Responder {
     /// room. (A publish that did not complete sent nothing, so trying it
     /// again is safe.)
     fn deliver(self, outcome: Result<Bytes, ServiceError>) {
+        let code = outcome.as_ref().err().map(|e| e.code);
         let sent = {
             let _entered = self.span.enter();
             respond(&self.request, outcome.clone()).now_or_never()
         };
-        if sent.is_none() {
-            let runtime = self.runtime.clone();
-            let span = self.span.clone();
-            runtime.spawn(
-                async move {
-                    respond(&self.request, outcome).await;
-                    drop(self);
-                }
-                .instrument(span),
-            );
+        match sent {
+            Some(()) => self.finish(code),
+            None => {
+                let runtime = self.runtime.clone();
+                let span = self.span.clone();
+                runtime.spawn(
+                    async move {
+                        respond(&self.request, outcome).await;
+                        self.finish(code);
+                    }
+                    .instrument(span),
+                );
+            }
         }
+    }
+
+    /// The reply is out: count it, then let go of the permit and the slot.
+    fn finish(self, code: Option<crate::protocol::ErrorCode>) {
+        let Responder { mark, held, .. } = self;
+        mark.finish(code);
+        drop(held);
     }
 }
 
@@ -344,9 +362,11 @@ fn admin(verb: AdminVerb, body: &[u8], shared: &Shared) -> Result<Pending, Servi
             decode::<EmptyRequest>(body)?;
             let stats = shared.router.supervisor().send(GetStats);
             let ingest = shared.ingest.clone();
+            let metrics = shared.metrics.clone();
             Ok(async move {
                 let mut stats = stats.await.map_err(unavailable)?;
                 stats.ingest = ingest.as_ref().map(|c| c.snapshot());
+                stats.errors = metrics.error_counts();
                 to_json(&stats)
             }
             .boxed())

@@ -155,6 +155,8 @@ pub fn settings(nats_url: &str, data: &Path) -> Settings {
     s.store.dimension = 8;
     s.worker.threads = 2;
     s.log.filter = "warn".into();
+    // Tests run side by side: no worker takes the default metrics port.
+    s.metrics.listen = String::new();
     s
 }
 
@@ -309,6 +311,7 @@ pub fn spawn_worker_binary(nats: &NatsServer, data: &Path, dim: usize) -> Child 
         .env("NATS_URL", nats.url())
         .env("VECTOR_STORE_FOLDER", data)
         .env("EMBEDDING_DIM", dim.to_string())
+        .env("TENANTVEC_METRICS_LISTEN", "")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
