@@ -68,6 +68,8 @@ struct Shared {
     ingest: Option<Arc<IngestCounters>>,
     /// Numbers requests for their log spans.
     next_request: AtomicU64,
+    /// The backup bucket, handed to export and import commands.
+    backups: crate::backup::Backups,
 }
 
 /// The running endpoint; [`Serving::drain`] stops it and waits for the
@@ -123,6 +125,7 @@ pub async fn start(
         backlog: SharedBacklog::new(settings.limits.tenant_queue),
         ingest,
         next_request: AtomicU64::new(1),
+        backups: crate::backup::Backups::new(client.clone(), &settings.nats.prefix),
     });
     let task = tokio::spawn(serve(endpoint, shared.clone(), shutdown));
     client.flush().await?;
@@ -269,6 +272,7 @@ fn accept(
         Addressed::Tenant(verb, token) => {
             let tenant = TenantId::parse(token)?;
             let command = command(verb, &message.payload, &shared.settings)?;
+            let command = shared.backups.attach(command);
             let (reply, outcome) = oneshot::channel();
             shared.supervisor.do_send(Route(Envelope {
                 tenant: tenant.clone(),
