@@ -84,7 +84,30 @@ impl Client {
         subject: String,
         payload: Bytes,
     ) -> Result<Value, ClientError> {
-        let reply = match self.nats.request(subject.clone(), payload).await {
+        self.request_with(subject, async_nats::Request::new().payload(payload))
+            .await
+    }
+
+    /// [`Client::request_bytes`] waiting up to `timeout` for the reply (a
+    /// long job: export, import).
+    pub async fn request_timeout(
+        &self,
+        subject: String,
+        payload: Bytes,
+        timeout: std::time::Duration,
+    ) -> Result<Value, ClientError> {
+        let request = async_nats::Request::new()
+            .payload(payload)
+            .timeout(Some(timeout));
+        self.request_with(subject, request).await
+    }
+
+    async fn request_with(
+        &self,
+        subject: String,
+        request: async_nats::Request,
+    ) -> Result<Value, ClientError> {
+        let reply = match self.nats.send_request(subject.clone(), request).await {
             Ok(reply) => reply,
             Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
                 return Err(ClientError::NoWorker {

@@ -36,6 +36,10 @@ pub enum Command {
     Delete(Selector),
     Count(Option<Filter>),
     Drop,
+    /// Write the tenant's export to the backup bucket, as one job.
+    Export(Box<crate::backup::ExportRequest>),
+    /// Replace the tenant's documents with an export, as one job.
+    Import(Box<crate::backup::ImportRequest>),
 }
 
 impl Command {
@@ -48,7 +52,11 @@ impl Command {
     pub fn is_write(&self) -> bool {
         matches!(
             self,
-            Command::Upsert(_) | Command::Ingest(_) | Command::Delete(_) | Command::Drop
+            Command::Upsert(_)
+                | Command::Ingest(_)
+                | Command::Delete(_)
+                | Command::Drop
+                | Command::Import(_)
         )
     }
 

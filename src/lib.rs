@@ -37,7 +37,9 @@
 //! * [`config`]: the layered settings; [`shutdown`]: signals to a
 //!   cancellation; [`worker`]: start-up and the graceful stop in order;
 //!   [`client`]: the client half used by the command line; [`deadletter`]:
-//!   listing and replaying dead letters; [`bench`]: the
+//!   listing and replaying dead letters; [`backup`]: per-tenant export
+//!   and import (JSON lines) and backups in a NATS Object Store bucket, run
+//!   by the tenant's actor as one job each; [`bench`]: the
 //!   end-to-end benchmark, a client of a worker it starts.
 //! * [`metrics`]: the Prometheus figures every layer above records into
 //!   (requests, the pool, store and embedder calls, ingest, memory) and the
@@ -50,6 +52,7 @@
 //! No state is global: each piece is owned by one actor or handed down from
 //! [`worker::run`].
 
+pub mod backup;
 pub mod bench;
 pub mod client;
 pub mod command;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
+use tenantvec::backup::cli as backup;
 use tenantvec::client::{Client, ClientError};
 use tenantvec::config::{Overrides, Settings};
 use tenantvec::protocol::{AdminVerb, Verb};
@@ -101,6 +102,49 @@ enum Command {
         tenant: Option<String>,
         #[command(subcommand)]
         action: Option<DeadletterAction>,
+    },
+    /// Export a tenant (documents with their vectors) as JSON lines to FILE,
+    /// or to stdout; the summary goes to stderr then.
+    Export {
+        #[arg(long)]
+        tenant: String,
+        file: Option<PathBuf>,
+    },
+    /// Replace a tenant's documents with an export file.
+    Import {
+        #[arg(long)]
+        tenant: String,
+        file: PathBuf,
+        /// Embed the texts again with the worker's embedder instead of
+        /// keeping the file's vectors (another model, another dimension).
+        #[arg(long)]
+        re_embed: bool,
+    },
+    /// Back a tenant up into the NATS Object Store bucket (TENANTVEC_BACKUP).
+    Backup {
+        #[arg(long)]
+        tenant: String,
+        /// The backup's name; the UTC time by default.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Replace a tenant's documents with one of its backups.
+    Restore {
+        #[arg(long)]
+        tenant: String,
+        /// Restore into this tenant instead.
+        #[arg(long = "as", value_name = "TENANT")]
+        into: Option<String>,
+        /// The backup's name; the newest by default.
+        #[arg(long, value_name = "NAME")]
+        at: Option<String>,
+        #[arg(long)]
+        re_embed: bool,
+    },
+    /// The backups in the bucket, of one tenant or all.
+    Backups {
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// Benchmark a worker (started here as a child process) on a workload
     /// folder: ingest, Zipf search with 1 and C clients, warm search.
@@ -198,7 +242,9 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(client_command(cli.command, &settings)) {
         Ok(output) => {
-            println!("{output}");
+            if !output.is_empty() {
+                println!("{output}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -220,6 +266,11 @@ async fn client_command(command: Command, settings: &Settings) -> Result<String,
             false => tenantvec::bench::table(&report).trim_end().to_owned(),
         });
     }
+    if let Command::Export { file: None, .. } = &command {
+        // The export is on stdout: the summary goes to stderr.
+        eprintln!("{}", pretty(request_command(command, settings).await?));
+        return Ok(String::new());
+    }
     request_command(command, settings).await.map(pretty)
 }
 
@@ -229,7 +280,12 @@ async fn request_command(command: Command, settings: &Settings) -> Result<Value,
         Command::Upsert { tenant, .. }
         | Command::Search { tenant, .. }
         | Command::Count { tenant, .. }
-        | Command::Drop { tenant } => Some(tenant.as_str()),
+        | Command::Drop { tenant }
+        | Command::Export { tenant, .. }
+        | Command::Import { tenant, .. }
+        | Command::Backup { tenant, .. }
+        | Command::Restore { tenant, .. } => Some(tenant.as_str()),
+        Command::Backups { tenant } => tenant.as_deref(),
         Command::Ingest { tenant, .. } => tenant.as_deref(),
         Command::Deadletters {
             action: Some(DeadletterAction::Replay { tenant, .. }),
@@ -302,6 +358,42 @@ async fn request_command(command: Command, settings: &Settings) -> Result<Value,
         }
         Command::Drop { tenant } => client.tenant(Verb::Drop, &tenant, &json!({})).await,
         Command::Stats => client.admin(AdminVerb::Stats, &json!({})).await,
+        Command::Export { tenant, file } => {
+            let tenant = tenantvec::client::check_tenant(&tenant)?;
+            backup::export(&client, &tenant, file.as_deref()).await
+        }
+        Command::Import {
+            tenant,
+            file,
+            re_embed,
+        } => {
+            let tenant = tenantvec::client::check_tenant(&tenant)?;
+            backup::import(&client, &tenant, &file, re_embed).await
+        }
+        Command::Backup { tenant, name } => {
+            let tenant = tenantvec::client::check_tenant(&tenant)?;
+            backup::backup(&client, &tenant, name.as_deref()).await
+        }
+        Command::Restore {
+            tenant,
+            into,
+            at,
+            re_embed,
+        } => {
+            let tenant = tenantvec::client::check_tenant(&tenant)?;
+            let into = into
+                .as_deref()
+                .map(tenantvec::client::check_tenant)
+                .transpose()?;
+            backup::restore(&client, &tenant, into.as_ref(), at.as_deref(), re_embed).await
+        }
+        Command::Backups { tenant } => {
+            let tenant = tenant
+                .as_deref()
+                .map(tenantvec::client::check_tenant)
+                .transpose()?;
+            backup::list(&client, tenant.as_ref()).await
+        }
         Command::Deadletters { tenant, action } => {
             let parse = |t: Option<String>| {
                 t.as_deref()

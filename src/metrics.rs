@@ -35,7 +35,7 @@ use crate::config::Settings;
 use crate::embed::{Embedder, Purpose};
 use crate::filter::Filter;
 use crate::protocol::{Addressed, AdminVerb, Doc, ErrorCode, Hit, ServiceError, Verb};
-use crate::store::{Record, SearchQuery, Selector, StoreFactory, TenantStore};
+use crate::store::{Page, Record, Replaced, SearchQuery, Selector, StoreFactory, TenantStore};
 use crate::tenant::TenantId;
 use crate::transport::ingest::IngestCounters;
 
@@ -56,13 +56,15 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The `verb` label of a request: the tenant verbs, the admin verbs, and
 /// whatever else arrived on the request subject.
-const VERBS: [&str; 10] = [
+const VERBS: [&str; 12] = [
     "upsert",
     "search",
     "get",
     "delete",
     "count",
     "drop",
+    "export",
+    "import",
     "admin_stats",
     "admin_cleanup",
     "admin_evict",
@@ -78,13 +80,15 @@ fn verb_index(addressed: Addressed<'_>) -> usize {
             Verb::Delete => 3,
             Verb::Count => 4,
             Verb::Drop => 5,
+            Verb::Export => 6,
+            Verb::Import => 7,
         },
         Addressed::Admin(verb) => match verb {
-            AdminVerb::Stats => 6,
-            AdminVerb::Cleanup => 7,
-            AdminVerb::Evict => 8,
+            AdminVerb::Stats => 8,
+            AdminVerb::Cleanup => 9,
+            AdminVerb::Evict => 10,
         },
-        Addressed::Stream | Addressed::Unknown => 9,
+        Addressed::Stream | Addressed::Unknown => 11,
     }
 }
 
@@ -127,9 +131,11 @@ enum Op {
     Drop,
     Maintain,
     Close,
+    Scroll,
+    Replace,
 }
 
-const OPS: [&str; 9] = [
+const OPS: [&str; 11] = [
     "dimension",
     "upsert",
     "search",
@@ -139,6 +145,8 @@ const OPS: [&str; 9] = [
     "drop",
     "maintain",
     "close",
+    "scroll",
+    "replace",
 ];
 
 /// The `purpose` label of an embedder call.
@@ -739,6 +747,18 @@ impl TenantStore for TimedStore {
 
     fn answers_inline(&self) -> bool {
         self.inner.answers_inline()
+    }
+
+    fn scroll(&mut self, cursor: Option<&str>, limit: usize) -> Result<Page, ServiceError> {
+        self.time(Op::Scroll, |s| s.scroll(cursor, limit))
+    }
+
+    fn replace(
+        &mut self,
+        dimension: usize,
+        next: &mut dyn FnMut() -> Result<Option<Vec<Record>>, ServiceError>,
+    ) -> Result<Replaced, ServiceError> {
+        self.time(Op::Replace, |s| s.replace(dimension, next))
     }
 }
 

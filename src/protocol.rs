@@ -142,16 +142,22 @@ pub enum Verb {
     Delete,
     Count,
     Drop,
+    /// Write the tenant's export into the backup bucket (`crate::backup`).
+    Export,
+    /// Replace the tenant's documents with an export from the backup bucket.
+    Import,
 }
 
 impl Verb {
-    pub const ALL: [Verb; 6] = [
+    pub const ALL: [Verb; 8] = [
         Verb::Upsert,
         Verb::Search,
         Verb::Get,
         Verb::Delete,
         Verb::Count,
         Verb::Drop,
+        Verb::Export,
+        Verb::Import,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -162,6 +168,8 @@ impl Verb {
             Verb::Delete => "delete",
             Verb::Count => "count",
             Verb::Drop => "drop",
+            Verb::Export => "export",
+            Verb::Import => "import",
         }
     }
 
@@ -432,6 +440,7 @@ pub struct EvictRequest {
 }
 
 /// Every successful per-tenant reply.
+/// `Transfer` is the summary of an export or an import (`crate::backup`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Reply {
@@ -441,6 +450,7 @@ pub enum Reply {
     Deleted { deleted: usize },
     Count { count: usize },
     Dropped { dropped: bool },
+    Transfer(Value),
 }
 
 impl Reply {
@@ -603,6 +613,6 @@ mod tests {
         assert!(e.message.contains("frob"), "{}", e.message);
         assert!(e
             .message
-            .contains("upsert, search, get, delete, count, drop, admin.stats"));
+            .contains("upsert, search, get, delete, count, drop, export, import, admin.stats"));
     }
 }

@@ -231,7 +231,10 @@ impl TenantActor {
                 self.wrote |= batch.iter().any(|e| {
                     matches!(
                         e.command,
-                        Command::Upsert(_) | Command::Ingest(_) | Command::Delete(_)
+                        Command::Upsert(_)
+                            | Command::Ingest(_)
+                            | Command::Delete(_)
+                            | Command::Import(_)
                     )
                 });
                 self.run(ctx, Work::Batch(batch));
@@ -637,6 +640,11 @@ impl<'a> Embedding<'a> {
             .ok_or_else(|| ServiceError::internal("the embedder made no vector"))
     }
 
+    /// The embedder, where its records are, and the tenant (for `crate::backup`).
+    pub fn parts(&self) -> (&'a dyn Embedder, &'a record::Records, &'a TenantId) {
+        (self.embedder, self.records, self.tenant)
+    }
+
     /// The tenant was dropped: its vectors and their record are gone.
     fn forget(&self) -> Result<(), ServiceError> {
         self.records.remove(self.tenant)
@@ -695,6 +703,8 @@ fn apply_one(
             embedding.forget()?;
             Ok(Reply::Dropped { dropped: true })
         }
+        Command::Export(request) => crate::backup::export(store, embedding, request),
+        Command::Import(request) => crate::backup::import(store, embedding, request),
     }
 }
 

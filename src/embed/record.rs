@@ -101,14 +101,23 @@ impl Records {
     /// Record `embedder` as the tenant's, atomically (a file written whole,
     /// then renamed over).
     pub fn write(&self, tenant: &TenantId, embedder: &dyn Embedder) -> Result<(), ServiceError> {
+        self.write_record(tenant, &EmbedderRecord::of(embedder))
+    }
+
+    /// Record `record` as the tenant's (an import brings its vectors' model).
+    pub fn write_record(
+        &self,
+        tenant: &TenantId,
+        record: &EmbedderRecord,
+    ) -> Result<(), ServiceError> {
         let who = format!("tenant {tenant}");
         let path = self.path(tenant)?;
         let dir = path
             .parent()
             .ok_or_else(|| internal(&who, "embedder record", "no folder"))?;
         std::fs::create_dir_all(dir).map_err(|e| internal(&who, "create record folder", e))?;
-        let body = serde_json::to_vec(&EmbedderRecord::of(embedder))
-            .map_err(|e| internal(&who, "encode embedder record", e))?;
+        let body =
+            serde_json::to_vec(record).map_err(|e| internal(&who, "encode embedder record", e))?;
         let tmp = path.with_extension("json.tmp");
         std::fs::write(&tmp, body).map_err(|e| internal(&who, "write embedder record", e))?;
         std::fs::rename(&tmp, &path).map_err(|e| internal(&who, "write embedder record", e))

@@ -343,4 +343,159 @@ impl TenantStore for EdgeStore {
             Slot::Shared(_) => Ok(()),
         }
     }
+
+    fn scroll(
+        &mut self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<crate::store::Page, ServiceError> {
+        self.scroll_page(cursor, limit)
+    }
+
+    fn replace(
+        &mut self,
+        dimension: usize,
+        next: &mut dyn FnMut() -> Result<Option<Vec<Record>>, ServiceError>,
+    ) -> Result<crate::store::Replaced, ServiceError> {
+        self.replace_docs(dimension, next)
+    }
+}
+
+/// Export and import (`crate::backup`): paging through a tenant, and the
+/// per-tenant layout's atomic replace.
+impl EdgeStore {
+    fn scroll_page(
+        &mut self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<crate::store::Page, ServiceError> {
+        let offset = cursor
+            .map(|c| {
+                EdgeUuid::parse_str(c)
+                    .map(PointId::Uuid)
+                    .map_err(|e| ServiceError::bad_request(format!("bad page cursor {c:?}: {e}")))
+            })
+            .transpose()?;
+        let filter = self.filter(None)?;
+        let tenant = self.scope().map(str::to_owned);
+        let who = self.who.clone();
+        let Some(shard) = self.shard(false)? else {
+            return Ok(crate::store::Page::default());
+        };
+        let (points, next) = shard.scroll(&who, offset, limit, filter)?;
+        let mut docs = Vec::with_capacity(points.len());
+        for (payload, vector) in points {
+            if tenant.is_some()
+                && payload.as_ref().and_then(|p| payload::tenant_of(&p.0)) != tenant.as_deref()
+            {
+                continue;
+            }
+            let doc = shard::to_doc(payload, vector);
+            let vector = doc.vector.ok_or_else(|| {
+                internal(&who, "scroll", format!("{:?} has no vector", doc.doc_id))
+            })?;
+            docs.push(Record {
+                doc_id: doc.doc_id,
+                text: doc.text,
+                metadata: doc.metadata,
+                vector,
+            });
+        }
+        let next = match next {
+            None => None,
+            Some(PointId::Uuid(u)) => Some(u.to_string()),
+            Some(other) => {
+                return Err(internal(
+                    &who,
+                    "scroll",
+                    format!("point id {other:?} was not made by tenantvec"),
+                ))
+            }
+        };
+        Ok(crate::store::Page { docs, next })
+    }
+
+    /// Shared layout: in place. Per tenant: build a new shard in
+    /// `<tenant>/vector_store.import/`, and only once every batch is in it
+    /// and it is closed, swap it with `vector_store/` in one
+    /// `renameat2(RENAME_EXCHANGE)`; then remove the old one. A failure
+    /// before the swap removes the new shard and leaves the tenant as it was.
+    fn replace_docs(
+        &mut self,
+        dimension: usize,
+        next: &mut dyn FnMut() -> Result<Option<Vec<Record>>, ServiceError>,
+    ) -> Result<crate::store::Replaced, ServiceError> {
+        if self.is_shared() {
+            return crate::store::replace_in_place(self, dimension, next);
+        }
+        let who = self.who.clone();
+        self.paths
+            .check_tenant_dir(&self.tenant)
+            .map_err(|e| internal(&who, "tenant folder", e))?;
+        crate::store::refuse_seed_index(&self.paths, &self.tenant)?;
+        let side = self.dir.with_file_name("vector_store.import");
+        remove_dir(&side).map_err(|e| internal(&who, "remove an unfinished import", e))?;
+        let mut options = self.options.clone();
+        options.dimension = dimension;
+        let built = (|| {
+            let shard = Shard::open(&side, &options, true, &who)?
+                .ok_or_else(|| internal(&who, "create shard", "shard missing after create"))?;
+            let mut fill = || {
+                while let Some(batch) = next()? {
+                    let mut points = Vec::with_capacity(batch.len());
+                    for r in batch {
+                        shard.check_dimension(&r.vector)?;
+                        let id = self.point_id(&r.doc_id);
+                        let payload = payload::build(None, r.doc_id, r.text, r.metadata);
+                        points.push(PointStructPersisted::from(PointStruct::new(
+                            id,
+                            r.vector,
+                            serde_json::Value::Object(payload),
+                        )));
+                    }
+                    shard.upsert(&who, points)?;
+                }
+                Ok(())
+            };
+            let filled = fill();
+            let closed = shard.close(&who);
+            filled.and(closed)
+        })();
+        if let Err(e) = built {
+            let _ = remove_dir(&side);
+            return Err(e);
+        }
+        self.close()?;
+        let swapped = if self.dir.exists() {
+            rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                &side,
+                rustix::fs::CWD,
+                &self.dir,
+                rustix::fs::RenameFlags::EXCHANGE,
+            )
+            .map_err(std::io::Error::from)
+        } else {
+            std::fs::rename(&side, &self.dir)
+        };
+        if let Err(e) = swapped {
+            let _ = remove_dir(&side);
+            return Err(internal(&who, "swap in the imported shard", e));
+        }
+        if let Err(e) = remove_dir(&side) {
+            tracing::warn!(%who, dir = %side.display(), error = %e, "the replaced shard was not removed");
+        }
+        Ok(crate::store::Replaced {
+            atomic: true,
+            how: "built a new shard aside, then swapped it in with one rename",
+        })
+    }
+}
+
+/// Remove a folder and what it holds; a missing one is fine.
+fn remove_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }

@@ -93,6 +93,78 @@ pub trait TenantStore: Send {
     fn answers_inline(&self) -> bool {
         false
     }
+
+    /// A page of the tenant's documents, with their vectors: at most
+    /// `limit`, starting at `cursor` (`None`: the first page), in an order
+    /// that stays the same while nothing is written. Returns the cursor of
+    /// the next page, `None` after the last. For export: a tenant is read a
+    /// page at a time, never collected.
+    fn scroll(&mut self, cursor: Option<&str>, limit: usize) -> Result<Page, ServiceError>;
+
+    /// Replace every document of the tenant with the batches `next` yields
+    /// (until `None`), all of `dimension`, as atomically as the backend
+    /// allows; says how. The default deletes the tenant's documents a page
+    /// at a time, then writes the batches: a failure part way leaves part of
+    /// the new documents. A backend that can build aside and swap overrides it.
+    fn replace(
+        &mut self,
+        dimension: usize,
+        next: &mut dyn FnMut() -> Result<Option<Vec<Record>>, ServiceError>,
+    ) -> Result<Replaced, ServiceError> {
+        replace_in_place(self, dimension, next)
+    }
+}
+
+/// A page of [`TenantStore::scroll`].
+#[derive(Debug, Default)]
+pub struct Page {
+    pub docs: Vec<Record>,
+    /// Where the next page starts; `None` after the last.
+    pub next: Option<String>,
+}
+
+/// How [`TenantStore::replace`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replaced {
+    /// Whether the old documents stayed whole until the new ones were all
+    /// written (a failure changes nothing).
+    pub atomic: bool,
+    /// In words, for the reply.
+    pub how: &'static str,
+}
+
+/// Documents deleted per step of [`replace_in_place`].
+const DELETE_PAGE: usize = 1024;
+
+/// [`TenantStore::replace`] for any store: delete the tenant's documents a
+/// page at a time (its collection or shard, with its dimension and indexes,
+/// stays), then upsert the batches. Not atomic.
+pub fn replace_in_place<S: TenantStore + ?Sized>(
+    store: &mut S,
+    dimension: usize,
+    next: &mut dyn FnMut() -> Result<Option<Vec<Record>>, ServiceError>,
+) -> Result<Replaced, ServiceError> {
+    let current = store.dimension()?;
+    if current != dimension {
+        return Err(ServiceError::dimension_mismatch(format!(
+            "the documents have {dimension} dimensions, the tenant's store has {current}"
+        )));
+    }
+    loop {
+        let page = store.scroll(None, DELETE_PAGE)?;
+        if page.docs.is_empty() {
+            break;
+        }
+        let ids = page.docs.into_iter().map(|r| r.doc_id).collect();
+        store.delete(&Selector::Ids(ids))?;
+    }
+    while let Some(batch) = next()? {
+        store.upsert(batch)?;
+    }
+    Ok(Replaced {
+        atomic: false,
+        how: "deleted the tenant's documents, then wrote the new ones in batches",
+    })
 }
 
 /// Makes the store of a tenant. Opening is lazy: `open` must be cheap and

@@ -647,6 +647,58 @@ impl TenantStore for QdrantStore {
         // factory's, shared by every tenant.
         Ok(())
     }
+
+    fn scroll(
+        &mut self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<crate::store::Page, ServiceError> {
+        use qdrant_client::qdrant::point_id::PointIdOptions;
+        let mut request = qdrant_client::qdrant::ScrollPointsBuilder::new(&self.collection)
+            .limit(limit.clamp(1, u32::MAX as usize) as u32)
+            .with_payload(true)
+            .with_vectors(true);
+        if let Some(c) = cursor {
+            request = request.offset(QPointId::from(c.to_owned()));
+        }
+        if let Some(f) = self.filter(None) {
+            request = request.filter(f);
+        }
+        let Some(reply) = self.unless_missing("scroll", self.client.scroll(request))? else {
+            return Ok(crate::store::Page::default());
+        };
+        let mut docs = Vec::with_capacity(reply.result.len());
+        for p in reply.result {
+            let Some(doc) = self.to_doc(p.payload, p.vectors) else {
+                continue;
+            };
+            let vector = doc.vector.ok_or_else(|| {
+                internal(
+                    &self.who,
+                    "scroll",
+                    format!("{:?} has no vector", doc.doc_id),
+                )
+            })?;
+            docs.push(Record {
+                doc_id: doc.doc_id,
+                text: doc.text,
+                metadata: doc.metadata,
+                vector,
+            });
+        }
+        let next = match reply.next_page_offset.and_then(|p| p.point_id_options) {
+            None => None,
+            Some(PointIdOptions::Uuid(u)) => Some(u),
+            Some(PointIdOptions::Num(n)) => {
+                return Err(internal(
+                    &self.who,
+                    "scroll",
+                    format!("point id {n} was not made by tenantvec"),
+                ))
+            }
+        };
+        Ok(crate::store::Page { docs, next })
+    }
 }
 
 /// The default dense vector of a point, if it was asked for.

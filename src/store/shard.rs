@@ -446,6 +446,33 @@ impl Shard {
         Ok(n)
     }
 
+    /// Up to `limit` points from `offset` on, by id, with payload and
+    /// vectors; and the id where the next page starts.
+    pub fn scroll(
+        &self,
+        who: &str,
+        offset: Option<PointId>,
+        limit: usize,
+        filter: Option<EdgeFilter>,
+    ) -> Result<(Vec<StoredPoint>, Option<PointId>), ServiceError> {
+        let request = qdrant_edge::ScrollRequest {
+            offset,
+            limit: Some(limit.max(1)),
+            filter,
+            with_payload: Some(WithPayloadInterface::Bool(true)),
+            with_vector: WithVector::Bool(true),
+            order_by: None,
+        };
+        let (records, next) = self
+            .engine(who)?
+            .scroll(request)
+            .map_err(|e| internal(who, "scroll", e))?;
+        Ok((
+            records.into_iter().map(|r| (r.payload, r.vector)).collect(),
+            next,
+        ))
+    }
+
     /// Build the HNSW index once the shard holds `threshold` points.
     pub fn maintain(&self, who: &str, threshold: usize) -> Result<bool, ServiceError> {
         let mut state = self.state();

@@ -72,6 +72,8 @@ struct Shared {
     /// Numbers requests for their log spans.
     next_request: AtomicU64,
     metrics: Arc<Metrics>,
+    /// The backup bucket, handed to export and import commands.
+    backups: crate::backup::Backups,
 }
 
 /// The running endpoint; [`Serving::drain`] stops it and waits for the
@@ -130,6 +132,7 @@ pub async fn start(
         ingest,
         next_request: AtomicU64::new(1),
         metrics,
+        backups: crate::backup::Backups::new(client.clone(), &settings.nats.prefix),
     });
     let task = tokio::spawn(serve(endpoint, shared.clone(), shutdown));
     client.flush().await?;
@@ -255,7 +258,7 @@ fn dispatch(request: async_nats::service::Request, shared: &Arc<Shared>) {
             let decoded = span.in_scope(|| {
                 let tenant = TenantId::parse(token)?;
                 let command = command(verb, &message.payload, &shared.settings)?;
-                Ok::<_, ServiceError>((tenant, command))
+                Ok::<_, ServiceError>((tenant, shared.backups.attach(command)))
             });
             match decoded {
                 Ok((tenant, command)) => {
