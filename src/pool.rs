@@ -250,7 +250,10 @@ mod tests {
         // Older than what the pool knows: ignored.
         pool.touch_at(&t("c"), s(1));
         assert_eq!(pool.last_used(&t("c")), Some(s(4)));
-        assert_eq!(pool.expired(s(5), Duration::from_secs(2)), vec![t("b"), t("a")]);
+        assert_eq!(
+            pool.expired(s(5), Duration::from_secs(2)),
+            vec![t("b"), t("a")]
+        );
         pool.touch_at(&t("missing"), s(9));
         assert_eq!(pool.len(), 3);
     }

@@ -150,7 +150,11 @@ impl TenantActor {
             return env.fail(ServiceError::internal("the tenant's store is not open"));
         };
         let _entered = env.span.enter();
-        let embedding = Embedding::new(self.setup.embedder.as_ref(), &self.setup.records, &self.tenant);
+        let embedding = Embedding::new(
+            self.setup.embedder.as_ref(),
+            &self.setup.records,
+            &self.tenant,
+        );
         // The engine's panics are contained inside the store; this is the
         // last line, so one bug cannot take the thread's other tenants down.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

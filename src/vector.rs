@@ -123,7 +123,10 @@ mod tests {
     fn arrays_and_base64_mean_the_same() {
         let v = vec![0.25f32, -1.5, 3.0e-7, f32::MAX];
         let b64 = to_base64(&v);
-        assert_eq!(parse(&format!(r#"{{"vector": "{b64}"}}"#)).unwrap(), Some(v));
+        assert_eq!(
+            parse(&format!(r#"{{"vector": "{b64}"}}"#)).unwrap(),
+            Some(v)
+        );
         assert_eq!(
             parse(r#"{"vector": [0.25, -1.5, 1]}"#).unwrap(),
             Some(vec![0.25, -1.5, 1.0])

@@ -35,12 +35,12 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::command::Command;
 use crate::embed::record::EmbedderRecord;
 use crate::embed::Purpose;
 use crate::protocol::{decode, Reply, ServiceError, DEFAULT_PREFIX};
 use crate::store::{Record, TenantStore};
 use crate::tenant::TenantId;
-use crate::command::Command;
 use crate::tenant_actor::Embedding;
 
 use format::{decode_doc, decode_header, encode_doc, encode_header, Header};

@@ -5,6 +5,7 @@
 //! for request-reply and JetStream alike. It must never look at a store: what
 //! depends on the tenant's data (its dimension) is checked by the store.
 
+use crate::command::{Command, QueryInput, SearchCommand};
 use crate::config::{Limits, Settings};
 use crate::filter::Filter;
 use crate::protocol::{
@@ -12,7 +13,6 @@ use crate::protocol::{
     ServiceError, UpsertRequest, Verb,
 };
 use crate::store::Selector;
-use crate::command::{Command, QueryInput, SearchCommand};
 
 /// Longest vector accepted before the store compares it with the tenant's
 /// dimension (the largest dimension a store may be created with).

@@ -30,12 +30,12 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::command::{Command, Envelope, IngestPart, ReplyTo};
 use crate::config::{IngestSettings, Settings};
+use crate::directory::Router;
 use crate::protocol::{
     decode, tenant_token, ErrorCode, IngestStats, ServiceError, UpsertRequest, DEFAULT_PREFIX,
 };
-use crate::command::{Command, Envelope, IngestPart, ReplyTo};
-use crate::directory::Router;
 use crate::tenant::TenantId;
 use crate::transport::lanes::{Arrival, Lanes, Outcome, Retry};
 

@@ -43,7 +43,7 @@ use crate::directory::Router;
 use crate::metrics::{Metrics, RequestMark};
 use crate::protocol::{
     decode, unknown_verb, Addressed, AdminVerb, EmptyRequest, ErrorBody, EvictRequest,
-    ServiceError, Subjects, Verb, VectorEncoding, HEADER_ERROR, HEADER_ERROR_CODE, SERVICE_NAME,
+    ServiceError, Subjects, VectorEncoding, Verb, HEADER_ERROR, HEADER_ERROR_CODE, SERVICE_NAME,
 };
 use crate::supervisor::{Cleanup, Evict, GetStats};
 use crate::tenant::TenantId;
