@@ -24,13 +24,22 @@ use crate::tenant::{TenantId, TenantPaths};
 /// Most documents applied in one group commit.
 const MAX_GROUP_DOCS: usize = 8192;
 
-/// A read runs on the actor's own thread while the tenant's reads have taken
-/// less than this on average; above it, on the blocking pool. A hop to the
-/// blocking pool and back costs tens of microseconds, most of a warm
-/// search's time, so reads that take that long themselves gain nothing from
-/// it; reads that take much longer would hold up the other tenants of the
-/// actor's thread, and go there.
+/// A read runs on the actor's own thread while the tenant's reads have cost
+/// less CPU than this on average; above it, on the blocking pool. A hop to
+/// the blocking pool and back costs tens of microseconds, most of a warm
+/// search's time, so cheap reads gain nothing from it; costly reads would
+/// hold up the other tenants of the actor's thread, and go there.
+///
+/// Priced in the thread's CPU time, not wall time: on a busy machine a read
+/// that is preempted takes long without being costly, and wall time would
+/// send every tenant to the pool exactly when hops cost most.
 const INLINE_BUDGET: Duration = Duration::from_micros(500);
+
+/// CPU time this thread has used.
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
 
 /// Sent by the supervisor: finish the queue, close the store, stop.
 #[derive(Message)]
@@ -144,7 +153,7 @@ impl TenantActor {
 
     /// Answer one read on this thread (see [`TenantActor::answers_inline`]).
     fn apply_inline(&mut self, env: Envelope) {
-        let started = Instant::now();
+        let started = thread_cpu();
         let top_k = self.job_limits().top_k;
         let Some(store) = self.store.as_mut() else {
             return env.fail(ServiceError::internal("the tenant's store is not open"));
@@ -170,7 +179,7 @@ impl TenantActor {
             }
         }
         drop(_entered);
-        self.record_read(started.elapsed());
+        self.record_read(thread_cpu().saturating_sub(started));
     }
 
     fn job_limits(&self) -> JobLimits {
@@ -254,11 +263,11 @@ impl TenantActor {
         let limits = self.job_limits();
         let read = matches!(&work, Work::Batch(b) if !b[0].command.is_write());
         let job = tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
+            let started = thread_cpu();
             let close = matches!(work, Work::Close);
             let embedding = Embedding::new(setup.embedder.as_ref(), &setup.records, &tenant);
             work.apply(&tenant, store.as_mut(), &embedding, &limits);
-            (store, close, started.elapsed())
+            (store, close, thread_cpu().saturating_sub(started))
         });
         ctx.spawn(job.into_actor(self).map(move |outcome, act, ctx| {
             act.busy = false;

@@ -402,11 +402,15 @@ async fn lane_loop(
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     progress.tick().await;
     let mut stopping = false;
+    // The consumer numbers its deliveries; one missing between two that
+    // reach us went elsewhere (another worker, or lost on the way).
+    let mut last_delivery: Option<u64> = None;
     loop {
         let now = Instant::now();
         if !stopping {
             for (tenant, seqs) in lanes.start(now) {
-                spawn_batch(&shared, &lanes, tenant, &seqs, events.clone());
+                let check = lanes.must_check(&tenant);
+                spawn_batch(&shared, &lanes, tenant, &seqs, check, events.clone());
             }
         } else if !lanes.running() {
             break;
@@ -421,6 +425,13 @@ async fn lane_loop(
             }
             Some(event) = inbox.recv() => match event {
                 Event::Arrived(message, permit) => {
+                    if let Ok(info) = message.info() {
+                        let delivery = info.consumer_sequence;
+                        if last_delivery.is_some_and(|last| delivery != last + 1) {
+                            lanes.suspect_all();
+                        }
+                        last_delivery = Some(delivery);
+                    }
                     arrive(&shared, &mut lanes, *message, permit, stopping);
                 }
                 Event::Finished(tenant, outcome) => {
@@ -502,6 +513,9 @@ fn arrive(
     }
     let last = pending.delivered >= shared.settings.ingest.max_deliver;
     let seq = pending.seq;
+    if pending.delivered > 1 {
+        lanes.suspect(&tenant);
+    }
     match lanes.arrive(&tenant, seq, pending, last, Instant::now()) {
         (Arrival::Held, _) => {}
         (Arrival::Replaced, _) => {
@@ -560,6 +574,7 @@ fn spawn_batch(
     lanes: &Lanes<Pending>,
     tenant: TenantId,
     seqs: &[u64],
+    check: bool,
     events: mpsc::Sender<Event>,
 ) {
     let items: Vec<BatchItem> = seqs
@@ -575,7 +590,7 @@ fn spawn_batch(
         .collect();
     let shared = shared.clone();
     tokio::spawn(async move {
-        let outcome = run_batch(&shared, &tenant, items).await;
+        let outcome = run_batch(&shared, &tenant, items, check).await;
         let _ = events.send(Event::Finished(tenant, outcome)).await;
     });
 }
@@ -609,10 +624,24 @@ async fn older_in_stream(
 /// once written (the ack confirmed by the server, so the next batch sees
 /// them gone), dead-lettered when they can never succeed, and from the first
 /// failure that may pass on, left for the next try.
-async fn run_batch(shared: &Shared, tenant: &TenantId, items: Vec<BatchItem>) -> Outcome {
+///
+/// With `check`, the stream is asked first for an older message of the
+/// tenant that the batch must not overtake (see [`Lanes`] for when a lane
+/// knows there is none).
+async fn run_batch(
+    shared: &Shared,
+    tenant: &TenantId,
+    items: Vec<BatchItem>,
+    check: bool,
+) -> Outcome {
     let settings = &shared.settings.ingest;
     let first = items.first().map_or(0, |i| i.seq);
-    match older_in_stream(shared, tenant, first).await {
+    let older = if check {
+        older_in_stream(shared, tenant, first).await
+    } else {
+        Ok(None)
+    };
+    match older {
         Ok(None) => {}
         Ok(Some(older)) => {
             tracing::debug!(%tenant, seq = first, older, "waiting for an older message of the tenant");
@@ -717,7 +746,7 @@ async fn run_batch(shared: &Shared, tenant: &TenantId, items: Vec<BatchItem>) ->
     let (acked, dead) = tokio::join!(acks, deads);
     let mut outcome = Outcome {
         retry,
-        checked: true,
+        checked: check,
         ..Outcome::default()
     };
     for ((item, docs), ok) in to_ack.iter().zip(acked) {
