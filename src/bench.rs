@@ -123,8 +123,13 @@ impl WorkerProcess {
             .env("TENANTVEC_BACKEND", backend)
             .env("QDRANT_URL", &settings.store.qdrant_url)
             .env("QDRANT_COLLECTION_PREFIX", &opts.collection_prefix)
-            // Not the default metrics port, which a running worker may hold.
-            .env("TENANTVEC_METRICS_LISTEN", "")
+            // Not the default metrics port, which a running worker may hold;
+            // BENCH_METRICS_LISTEN gives one, to watch the worker's own
+            // figures during a run.
+            .env(
+                "TENANTVEC_METRICS_LISTEN",
+                std::env::var("BENCH_METRICS_LISTEN").unwrap_or_default(),
+            )
             // BENCH_WORKER_LOG sets the worker's log filter, e.g. to time
             // shard opens with "warn,tenantvec::store=debug".
             .env(

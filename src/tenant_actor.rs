@@ -147,8 +147,9 @@ impl TenantActor {
             }
     }
 
-    fn record_read(&mut self, took: Duration) {
+    fn record_read(&mut self, took: Duration, inline: bool) {
         self.read_cost = (self.read_cost * 7 + took) / 8;
+        tracing::trace!(tenant = %self.tenant, ?took, inline, cost = ?self.read_cost, "read");
     }
 
     /// Answer one read on this thread (see [`TenantActor::answers_inline`]).
@@ -179,7 +180,7 @@ impl TenantActor {
             }
         }
         drop(_entered);
-        self.record_read(thread_cpu().saturating_sub(started));
+        self.record_read(thread_cpu().saturating_sub(started), true);
     }
 
     fn job_limits(&self) -> JobLimits {
@@ -261,7 +262,10 @@ impl TenantActor {
         let setup = self.setup.clone();
         let tenant = self.tenant.clone();
         let limits = self.job_limits();
-        let read = matches!(&work, Work::Batch(b) if !b[0].command.is_write());
+        // A read that opens the store costs the open, not the read: only
+        // reads of an open store price the next ones.
+        let read = matches!(&work, Work::Batch(b) if !b[0].command.is_write())
+            && store.answers_inline();
         let job = tokio::task::spawn_blocking(move || {
             let started = thread_cpu();
             let close = matches!(work, Work::Close);
@@ -276,7 +280,7 @@ impl TenantActor {
                 Ok((store, false, took)) => {
                     act.store = Some(store);
                     if read {
-                        act.record_read(took);
+                        act.record_read(took, false);
                     }
                     act.pump(ctx);
                 }
