@@ -14,6 +14,12 @@
 //!   [`transport::lanes`] that applies them in stream order;
 //!   [`transport::discovery`] refuses to start a worker that would split
 //!   tenants with another one.
+//! * [`command`]: what the transport asks of a tenant ([`command::Command`]
+//!   in an [`command::Envelope`]) and where the reply goes
+//!   ([`command::ReplyTo`]: straight back over NATS, or to a waiting task).
+//! * [`directory`]: the active tenants' addresses, so a request of a warm
+//!   tenant goes to its actor directly; the [`directory::Router`] sends the
+//!   rest to the supervisor.
 //! * [`supervisor`]: the actor that starts one [`tenant_actor`] per active
 //!   tenant, keeps them in LRU order ([`pool`]), stops the idle and the least
 //!   recently used, and keeps the pool's statistics. While a tenant's actor is
@@ -21,8 +27,9 @@
 //!   while `2 × pool.size` actors hold a store, requests that would start
 //!   another wait here too.
 //! * [`tenant_actor`]: the only owner of a tenant's store while the tenant is
-//!   active. Applies the tenant's requests in order, each on the blocking
-//!   pool, consecutive upserts as one durable write.
+//!   active. Applies the tenant's requests in order: quick reads on its own
+//!   thread, the rest on the blocking pool, consecutive upserts as one
+//!   durable write.
 //! * [`store`]: the [`store::TenantStore`] trait and its backends;
 //!   [`store::edge`] keeps tenants in Qdrant Edge shards, a shard per tenant
 //!   under `<data>/<tenant>/vector_store/` or one shared by all;
@@ -32,8 +39,9 @@
 //!   stored shape of a document, the same in both.
 //! * [`embed`]: text to vector for documents and queries sent without one.
 //! * [`policy`]: a tenant's default `top_k`, document quota and request rate.
-//! * [`protocol`], [`filter`], [`tenant`]: the wire contract, metadata
-//!   filters, and the tenant id rule with the tenant's paths.
+//! * [`protocol`], [`vector`], [`filter`], [`tenant`]: the wire contract,
+//!   vectors on the wire (JSON arrays or base64 f32), metadata filters, and
+//!   the tenant id rule with the tenant's paths.
 //! * [`config`]: the layered settings; [`shutdown`]: signals to a
 //!   cancellation; [`worker`]: start-up and the graceful stop in order;
 //!   [`client`]: the client half used by the command line; [`deadletter`]:
@@ -45,10 +53,13 @@
 //!   (requests, the pool, store and embedder calls, ingest, memory) and the
 //!   `/metrics` endpoint that serves them.
 //!
-//! Threads: actors live on the thread that runs the actix system; the NATS
-//! transport runs on the tokio runtime's worker threads; engine work runs on
-//! its blocking pool (with the qdrant backend, a blocking-pool thread waits
-//! there for the gRPC reply, which a small runtime of the store's drives).
+//! Threads: the supervisor lives on the thread that runs the actix system,
+//! tenant actors on `worker.threads` arbiters of their own (round robin);
+//! the NATS transport runs on the tokio runtime's worker threads; quick
+//! reads run on the tenant actor's thread, other engine work on the blocking
+//! pool of the actor's arbiter (with the qdrant backend, a blocking-pool
+//! thread waits there for the gRPC reply, which a small runtime of the
+//! store's drives). A reply is published from where it is made.
 //! No state is global: each piece is owned by one actor or handed down from
 //! [`worker::run`].
 

@@ -2,11 +2,13 @@
 //! active.
 //!
 //! Owns the tenant's queue of jobs and applies them strictly in arrival order,
-//! one job at a time, each on the blocking pool. Consecutive upserts are
-//! applied as one write and one flush (group commit), each request still
-//! getting its own reply. It must never run engine work on an async thread,
-//! never reply before a write is durable, and never stop with work in its
-//! queue: whatever it has not applied goes back to the supervisor.
+//! one job at a time: a quick read of an open store on the actor's own thread
+//! (see [`INLINE_BUDGET`]), everything else on the blocking pool. Consecutive
+//! upserts are applied as one write and one flush (group commit), each
+//! request still getting its own reply. It must never run a write, an open or
+//! a network call on its own thread, never reply before a write is durable,
+//! and never stop with work in its queue: whatever it has not applied goes
+//! back to the supervisor.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -264,8 +266,8 @@ impl TenantActor {
         let limits = self.job_limits();
         // A read that opens the store costs the open, not the read: only
         // reads of an open store price the next ones.
-        let read = matches!(&work, Work::Batch(b) if !b[0].command.is_write())
-            && store.answers_inline();
+        let read =
+            matches!(&work, Work::Batch(b) if !b[0].command.is_write()) && store.answers_inline();
         let job = tokio::task::spawn_blocking(move || {
             let started = thread_cpu();
             let close = matches!(work, Work::Close);

@@ -718,3 +718,91 @@ async fn unknown_verbs_are_refused_and_stream_subjects_left_alone() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Vectors as base64 of little-endian f32 (the OpenAI API's
+/// `encoding_format: "base64"`) mean the same as JSON arrays, in documents,
+/// in searches and, when asked, in replies; a bad string gets its code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn base64_vectors_mean_the_same_as_arrays() {
+    use tenantvec::vector::{from_base64, to_base64};
+    let h = Harness::start_with(|_| {}).await;
+    let (a, b) = (vector(1, DIM), vector(2, DIM));
+    let docs = json!({"documents": [
+        {"doc_id": "a", "vector": to_base64(&a)},
+        {"doc_id": "b", "vector": b},
+    ]});
+    assert_eq!(h.ok(Verb::Upsert, "v", docs).await, json!({"upserted": 2}));
+    let by_array = h
+        .ok(Verb::Search, "v", json!({"vector": a, "top_k": 2}))
+        .await;
+    let by_base64 = h
+        .ok(
+            Verb::Search,
+            "v",
+            json!({"vector": to_base64(&a), "top_k": 2}),
+        )
+        .await;
+    assert_eq!(by_array, by_base64);
+    assert_eq!(by_array["results"][0]["doc_id"], "a");
+
+    let got = h
+        .ok(
+            Verb::Get,
+            "v",
+            json!({"doc_ids": ["a", "b"], "with_vectors": true, "vector_encoding": "base64"}),
+        )
+        .await;
+    let arrays = h
+        .ok(
+            Verb::Get,
+            "v",
+            json!({"doc_ids": ["a", "b"], "with_vectors": true}),
+        )
+        .await;
+    for (enc, arr) in got["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(arrays["documents"].as_array().unwrap())
+    {
+        let decoded = from_base64(enc["vector"].as_str().unwrap()).unwrap();
+        let array: Vec<f32> = serde_json::from_value(arr["vector"].clone()).unwrap();
+        assert_eq!(decoded, array, "the same f32s, bit for bit");
+    }
+    let hits = h
+        .ok(
+            Verb::Search,
+            "v",
+            json!({"vector": a, "with_vectors": true, "vector_encoding": "base64"}),
+        )
+        .await;
+    assert!(hits["results"][0]["vector"].is_string(), "{hits}");
+
+    let code = |r: Result<Value, tenantvec::client::ClientError>| match r {
+        Err(tenantvec::client::ClientError::Service(e)) => e.code,
+        other => panic!("expected an error reply, got {other:?}"),
+    };
+    // Three bytes: no f32 vector has that length.
+    let short = h.call(Verb::Search, "v", json!({"vector": "AAAA"})).await;
+    assert_eq!(code(short), ErrorCode::DimensionMismatch);
+    let wrong_dim = h
+        .call(
+            Verb::Search,
+            "v",
+            json!({"vector": to_base64(&vector(3, DIM + 1))}),
+        )
+        .await;
+    assert_eq!(code(wrong_dim), ErrorCode::DimensionMismatch);
+    let not_base64 = h
+        .call(Verb::Search, "v", json!({"vector": "not base64!"}))
+        .await;
+    assert_eq!(code(not_base64), ErrorCode::BadRequest);
+    let bad_encoding = h
+        .call(
+            Verb::Get,
+            "v",
+            json!({"doc_ids": ["a"], "vector_encoding": "hex"}),
+        )
+        .await;
+    assert_eq!(code(bad_encoding), ErrorCode::BadRequest);
+}

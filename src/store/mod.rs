@@ -9,6 +9,7 @@
 //! pool.
 
 pub mod edge;
+pub mod page_cache;
 pub mod payload;
 pub mod qdrant;
 pub mod shard;

@@ -193,8 +193,9 @@ impl Shard {
         Ok(keys)
     }
 
-    /// Flush, compact the WAL, release the lock. A broken shard is released
-    /// without our flush or compaction, and the failure answered.
+    /// Release the engine (which flushes as it goes), compact the WAL,
+    /// release the lock. A broken shard is released without compaction, and
+    /// the failure answered.
     pub fn close(mut self, who: &str) -> Result<(), ServiceError> {
         let started = Instant::now();
         let closed = self.release(who);
@@ -209,10 +210,12 @@ impl Shard {
         let Some(engine) = self.engine.take() else {
             return Ok(());
         };
-        // Flushed here, where a panic is contained, before the engine's own
-        // `Drop` flushes again with nothing left to write.
-        let flushed = usable.and_then(|()| self.guarded(who, "flush", || engine.flush()));
-        let outcome = match flushed {
+        // No flush of ours: every write of ours ended in one, and the
+        // engine's `Drop` flushes once more anyway (a forced flush of every
+        // segment, fsyncs included), here where a panic is contained. A
+        // flush before it would double the fsyncs of every close, the cost
+        // of a cold activation that evicts another tenant.
+        let outcome = match usable {
             Ok(()) => match catch_unwind(AssertUnwindSafe(|| drop(engine))) {
                 Ok(()) => compact_wal(&self.dir).map_err(|e| internal(who, "compact WAL", e)),
                 Err(panic) => Err(self.broke(who, "close", &*panic)),

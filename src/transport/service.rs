@@ -4,8 +4,9 @@
 //! admin verbs alike), the order in which requests reach the supervisor, the
 //! bound on requests in flight, and the reply format: JSON bodies, and for
 //! errors the `{"error": …}` body plus the Services API error headers. It
-//! must never wait on a store directly (it hands commands to the supervisor
-//! and awaits a oneshot), never reorder two requests of one tenant, and never
+//! must never wait on a store (it hands commands to the tenant's actor or
+//! the supervisor through the [`Router`], and the actor sends the reply
+//! through a [`Responder`]), never reorder two requests of one tenant, and never
 //! leave a request unanswered: every request ends in a reply, an unknown verb
 //! too. The one exception is a message on a stream subject (ingest, dead
 //! letters), which is not a request at all: JetStream answers it.
