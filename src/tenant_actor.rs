@@ -959,4 +959,151 @@ mod tests {
             .collect();
         assert_eq!(stored, vec!["a", "c"]);
     }
+
+    mod over_memory {
+        //! The job logic against [`MemoryStore`]: group commit, last write
+        //! wins, the quota and the embedder, without shards on disk.
+
+        use super::*;
+        use crate::command::SearchCommand;
+        use crate::filter::Filter;
+        use crate::store::memory::MemoryStore;
+        use crate::store::Selector;
+
+        fn text_doc(id: &str, text: &str) -> Doc {
+            Doc {
+                doc_id: id.into(),
+                text: Some(text.into()),
+                metadata: Map::new(),
+                vector: None,
+            }
+        }
+
+        fn setup() -> (tempfile::TempDir, TenantId, HashingEmbedder) {
+            (
+                tempfile::tempdir().unwrap(),
+                TenantId::parse("m").unwrap(),
+                HashingEmbedder::new(DIM),
+            )
+        }
+
+        /// Three upserts become one write; each gets its own count, and a
+        /// doc_id written twice keeps the later version.
+        #[test]
+        fn upserts_are_one_write_and_the_last_version_wins() {
+            let (dir, tenant, embedder) = setup();
+            let records = record::Records::new(TenantPaths::new(dir.path()), true);
+            let embedding = Embedding::new(&embedder, &records, &tenant);
+            let mut store = MemoryStore::new(DIM);
+            let (a, ra) = envelope(&tenant, Command::Upsert(vec![text_doc("x", "first")]));
+            let (b, rb) = envelope(
+                &tenant,
+                Command::Upsert(vec![text_doc("y", "other"), text_doc("x", "second")]),
+            );
+            let (c, rc) = envelope(&tenant, Command::Upsert(vec![doc("z", DIM)]));
+            apply_upserts(&tenant, &mut store, &embedding, vec![a, b, c], None);
+            let upserted = |r: tokio::sync::oneshot::Receiver<ReplyOutcome>| match r
+                .blocking_recv()
+                .unwrap()
+                .unwrap()
+            {
+                Reply::Upserted { upserted } => upserted,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!((upserted(ra), upserted(rb), upserted(rc)), (1, 2, 1));
+            assert_eq!(store.writes, 1, "one group commit");
+            let got = store.get(&["x".into()], false).unwrap();
+            assert_eq!(got[0].text.as_deref(), Some("second"));
+            assert_eq!(store.count(None).unwrap(), 3);
+            // The embedder made the text documents' vectors and is recorded.
+            assert_eq!(records.read(&tenant).unwrap().unwrap().model, "hashing");
+        }
+
+        /// The quota counts new documents only, across the requests of one
+        /// write: the request that would pass it fails alone.
+        #[test]
+        fn the_quota_refuses_only_the_request_past_it() {
+            let (dir, tenant, embedder) = setup();
+            let records = record::Records::new(TenantPaths::new(dir.path()), true);
+            let embedding = Embedding::new(&embedder, &records, &tenant);
+            let mut store = MemoryStore::new(DIM);
+            store
+                .upsert(vec![Record {
+                    doc_id: "old".into(),
+                    text: None,
+                    metadata: Map::new(),
+                    vector: vec![0.5; DIM],
+                }])
+                .unwrap();
+            let (a, ra) = envelope(
+                &tenant,
+                Command::Upsert(vec![doc("old", DIM), doc("n1", DIM)]),
+            );
+            let (b, rb) = envelope(&tenant, Command::Upsert(vec![doc("n2", DIM)]));
+            let (c, rc) = envelope(&tenant, Command::Upsert(vec![doc("n1", DIM)]));
+            apply_upserts(&tenant, &mut store, &embedding, vec![a, b, c], Some(2));
+            assert!(ra.blocking_recv().unwrap().is_ok());
+            let refused = rb.blocking_recv().unwrap().unwrap_err();
+            assert_eq!(refused.code, crate::protocol::ErrorCode::QuotaExceeded);
+            assert!(rc.blocking_recv().unwrap().is_ok(), "n1 is not new");
+            assert_eq!(store.count(None).unwrap(), 2);
+        }
+
+        /// Reads and deletes through `apply_one`: the tenant's default
+        /// top_k, filters, text queries through the embedder.
+        #[test]
+        fn reads_and_deletes_apply_the_tenant_s_defaults() {
+            let (dir, tenant, embedder) = setup();
+            let records = record::Records::new(TenantPaths::new(dir.path()), true);
+            let embedding = Embedding::new(&embedder, &records, &tenant);
+            let mut store = MemoryStore::new(DIM);
+            let docs: Vec<Doc> = (0..5)
+                .map(|i| {
+                    let mut d = text_doc(&format!("d{i}"), &format!("note number {i}"));
+                    d.metadata.insert("even".into(), (i % 2 == 0).into());
+                    d
+                })
+                .collect();
+            let (env, _) = envelope(&tenant, Command::Upsert(docs));
+            apply_upserts(&tenant, &mut store, &embedding, vec![env], None);
+            let search = |input, filter: Option<Filter>| {
+                Command::Search(SearchCommand {
+                    input,
+                    top_k: None,
+                    filter,
+                    with_vectors: false,
+                    encoding: Default::default(),
+                })
+            };
+            let results = |reply| match reply {
+                Ok(Reply::Results { results }) => results,
+                other => panic!("{other:?}"),
+            };
+            let text = QueryInput::Text("note number 3".into());
+            let hits = results(apply_one(&mut store, &embedding, search(text, None), 2));
+            assert_eq!(hits.len(), 2, "the tenant's default top_k");
+            assert_eq!(hits[0].doc_id, "d3");
+            let even = Filter::parse(&serde_json::json!({"even": true})).unwrap();
+            let vector = QueryInput::Vector(embedder.vector("note number 3").unwrap());
+            let hits = results(apply_one(
+                &mut store,
+                &embedding,
+                search(vector, Some(even.clone())),
+                10,
+            ));
+            assert_eq!(hits.len(), 3);
+            assert!(hits.iter().all(|h| h.metadata["even"] == true));
+            let deleted = apply_one(
+                &mut store,
+                &embedding,
+                Command::Delete(Selector::Filter(even)),
+                5,
+            );
+            assert_eq!(deleted, Ok(Reply::Deleted { deleted: 3 }));
+            assert_eq!(
+                apply_one(&mut store, &embedding, Command::Count(None), 5),
+                Ok(Reply::Count { count: 2 })
+            );
+        }
+    }
 }

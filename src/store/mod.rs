@@ -9,6 +9,8 @@
 //! pool.
 
 pub mod edge;
+#[cfg(test)]
+pub mod memory;
 pub mod page_cache;
 pub mod payload;
 pub mod qdrant;
