@@ -38,7 +38,7 @@ fn vector(seed: u64) -> Vec<f32> {
 
 /// (RssAnon, RssFile) of this process in MiB.
 fn rss() -> (f64, f64) {
-    let m = tenantvec::bench::Memory::of(std::process::id());
+    let m = tenantvec::memory::Memory::of(std::process::id());
     (m.anon, m.file)
 }
 

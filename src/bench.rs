@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::client::{Client, DocBatches, DocumentsBody};
-use crate::config::Settings;
-use crate::protocol::{AdminVerb, Verb};
+use tenantvec::client::{Client, DocBatches, DocumentsBody};
+use tenantvec::config::Settings;
+use tenantvec::protocol::{AdminVerb, Verb};
 
 pub mod embedding;
 pub mod noisy;
@@ -66,11 +66,11 @@ pub struct BenchOptions {
     pub skip_ingest: bool,
     /// Store layout of the worker under test.
     #[arg(long, value_enum, default_value = "per_tenant")]
-    pub layout: crate::config::Layout,
+    pub layout: tenantvec::config::Layout,
     /// Store backend of the worker under test; `qdrant` uses the server of
     /// QDRANT_URL (`store.qdrant_url`).
     #[arg(long, value_enum, default_value = "edge")]
-    pub backend: crate::config::Backend,
+    pub backend: tenantvec::config::Backend,
     /// Collection prefix of a qdrant run. Its collections are deleted before
     /// the ingest phases, and after the run when no `--data` is given.
     #[arg(long, default_value = "tvbench_")]
@@ -107,12 +107,12 @@ impl WorkerProcess {
         pool_size: usize,
     ) -> anyhow::Result<Self> {
         let layout = match opts.layout {
-            crate::config::Layout::PerTenant => "per_tenant",
-            crate::config::Layout::Shared => "shared",
+            tenantvec::config::Layout::PerTenant => "per_tenant",
+            tenantvec::config::Layout::Shared => "shared",
         };
         let backend = match opts.backend {
-            crate::config::Backend::Edge => "edge",
-            crate::config::Backend::Qdrant => "qdrant",
+            tenantvec::config::Backend::Edge => "edge",
+            tenantvec::config::Backend::Qdrant => "qdrant",
         };
         let child = Command::new(std::env::current_exe()?)
             .args(["serve", "--prefix", &settings.nats.prefix])
@@ -143,7 +143,7 @@ impl WorkerProcess {
 
     /// Memory of the worker, in MiB.
     fn rss_mb(&self) -> Value {
-        json!(Memory::of(self.child.id()))
+        json!(tenantvec::memory::Memory::of(self.child.id()))
     }
 
     fn stop(mut self) -> anyhow::Result<()> {
@@ -229,13 +229,13 @@ pub async fn run(settings: &Settings, opts: &BenchOptions) -> anyhow::Result<Val
     eprintln!("bench: floor (bare NATS round trip)");
     report["floor"] = floor(&client, &queries, opts).await?;
 
-    let on_qdrant = opts.backend == crate::config::Backend::Qdrant;
+    let on_qdrant = opts.backend == tenantvec::config::Backend::Qdrant;
     if on_qdrant {
-        let version = crate::store::qdrant::client(&settings.store)?
+        let version = tenantvec::store::qdrant::client(&settings.store)?
             .health_check()
             .await?
             .version;
-        report["qdrant"] = json!({"url": crate::config::redact_urls(&settings.store.qdrant_url),
+        report["qdrant"] = json!({"url": tenantvec::config::redact_urls(&settings.store.qdrant_url),
                                   "version": version});
         if !opts.skip_ingest {
             clear_collections(settings, &opts.collection_prefix).await?;
@@ -306,7 +306,7 @@ async fn embedding_phase(
     report: &mut Value,
 ) -> anyhow::Result<()> {
     let model = settings.embedding.model.trim();
-    if model.is_empty() || model == crate::embed::HASHING {
+    if model.is_empty() || model == tenantvec::embed::HASHING {
         return Ok(());
     }
     let worker = WorkerProcess::start(settings, opts, data, opts.pool_size)?;
@@ -353,7 +353,7 @@ async fn clear_collections(settings: &Settings, prefix: &str) -> anyhow::Result<
         !prefix.is_empty(),
         "--collection-prefix must not be empty: the bench deletes the collections under it"
     );
-    let qdrant = crate::store::qdrant::client(&settings.store)?;
+    let qdrant = tenantvec::store::qdrant::client(&settings.store)?;
     let names: Vec<String> = qdrant
         .list_collections()
         .await?
@@ -387,39 +387,6 @@ impl TempData {
 impl Drop for TempData {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Memory of a process in MiB, from `/proc/<pid>/status`: RSS now and at
-/// peak, and what RSS is made of now: anonymous (heap) and file-backed
-/// (mmapped shards, which the kernel can drop and read again).
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct Memory {
-    pub current: f64,
-    pub peak: f64,
-    pub anon: f64,
-    pub file: f64,
-}
-
-impl Memory {
-    /// Of process `pid`; 0 where the kernel does not say.
-    pub fn of(pid: u32) -> Self {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let mib = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-                .unwrap_or(0.0)
-                / 1024.0
-        };
-        Self {
-            current: mib("VmRSS:"),
-            peak: mib("VmHWM:"),
-            anon: mib("RssAnon:"),
-            file: mib("RssFile:"),
-        }
     }
 }
 
@@ -481,18 +448,35 @@ fn read_truth(path: &Path) -> anyhow::Result<HashMap<u64, Vec<String>>> {
         .collect())
 }
 
+/// Latencies in an HDR histogram: nanoseconds to 3 significant digits
+/// (0.1% resolution), growing as needed.
+fn histogram(xs: &[Duration]) -> hdrhistogram::Histogram<u64> {
+    let mut h = hdrhistogram::Histogram::<u64>::new(3).expect("3 significant digits are valid");
+    for x in xs {
+        h.saturating_record(u64::try_from(x.as_nanos()).unwrap_or(u64::MAX));
+    }
+    h
+}
+
+/// The `q` quantile of latencies, in seconds; `None` for none.
+fn quantile(xs: &[Duration], q: f64) -> Option<f64> {
+    (!xs.is_empty()).then(|| histogram(xs).value_at_quantile(q) as f64 / 1e9)
+}
+
 /// p50/p95/p99/mean of latencies, in milliseconds.
-fn percentiles(mut xs: Vec<Duration>) -> Value {
+fn percentiles(xs: Vec<Duration>) -> Value {
     if xs.is_empty() {
         return Value::Null;
     }
-    xs.sort();
-    let at = |p: f64| {
-        let i = ((xs.len() as f64 - 1.0) * p).round() as usize;
-        xs[i].as_secs_f64() * 1000.0
-    };
-    let mean = xs.iter().map(Duration::as_secs_f64).sum::<f64>() / xs.len() as f64 * 1000.0;
-    json!({"p50": at(0.50), "p95": at(0.95), "p99": at(0.99), "mean": mean, "n": xs.len()})
+    let h = histogram(&xs);
+    let ms = |ns: u64| ns as f64 / 1e6;
+    json!({
+        "p50": ms(h.value_at_quantile(0.50)),
+        "p95": ms(h.value_at_quantile(0.95)),
+        "p99": ms(h.value_at_quantile(0.99)),
+        "mean": h.mean() / 1e6,
+        "n": h.len(),
+    })
 }
 
 /// The floor: an echo responder in this process, asked with query-sized

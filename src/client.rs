@@ -283,7 +283,7 @@ impl Client {
         }
     }
 
-    pub(crate) fn max_batch_bytes(&self) -> usize {
+    pub fn max_batch_bytes(&self) -> usize {
         // Leave room for the envelope and the NATS headers.
         self.nats
             .server_info()
@@ -341,12 +341,12 @@ pub async fn pending_on(
 /// A document as read from a file: its top-level fields, each kept as the
 /// JSON text it was. The client only needs the `"tenant"` field; leaving
 /// vectors unparsed makes a bulk upload several times cheaper on the CPU.
-pub(crate) type RawDoc = HashMap<String, Box<serde_json::value::RawValue>>;
+pub type RawDoc = HashMap<String, Box<serde_json::value::RawValue>>;
 
 /// The body of an upsert or ingest message, written without re-parsing.
 #[derive(serde::Serialize)]
-pub(crate) struct DocumentsBody<'a> {
-    pub(crate) documents: &'a [RawDoc],
+pub struct DocumentsBody<'a> {
+    pub documents: &'a [RawDoc],
 }
 
 /// A `docs.jsonl` file read as batches of documents, each within the
@@ -354,7 +354,7 @@ pub(crate) struct DocumentsBody<'a> {
 /// naming another `"tenant"` are skipped (and counted), so a multi-tenant file
 /// loads one tenant at a time; for all tenants (`tenant` is `None`), every
 /// line must name its tenant and batches are made per tenant.
-pub(crate) struct DocBatches {
+pub struct DocBatches {
     lines: std::iter::Enumerate<std::io::Lines<std::io::BufReader<std::fs::File>>>,
     file: std::path::PathBuf,
     tenant: Option<String>,
@@ -363,11 +363,11 @@ pub(crate) struct DocBatches {
     /// Per tenant: the batch being filled and its size in bytes.
     filling: HashMap<String, (Vec<RawDoc>, usize)>,
     ready: VecDeque<(String, Vec<RawDoc>)>,
-    pub(crate) skipped: u64,
+    pub skipped: u64,
 }
 
 impl DocBatches {
-    pub(crate) fn open(
+    pub fn open(
         file: &Path,
         tenant: Option<&str>,
         max_documents: usize,
@@ -390,7 +390,7 @@ impl DocBatches {
     }
 
     /// The next full batch and its tenant; at the end, the partial ones.
-    pub(crate) fn next_batch(&mut self) -> Result<Option<(String, Vec<RawDoc>)>, ClientError> {
+    pub fn next_batch(&mut self) -> Result<Option<(String, Vec<RawDoc>)>, ClientError> {
         while self.ready.is_empty() {
             let Some((n, line)) = self.lines.next() else {
                 let rest: Vec<_> = self.filling.drain().map(|(t, (b, _))| (t, b)).collect();

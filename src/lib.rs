@@ -47,8 +47,10 @@
 //!   [`client`]: the client half used by the command line; [`deadletter`]:
 //!   listing and replaying dead letters; [`backup`]: per-tenant export
 //!   and import (JSON lines) and backups in a NATS Object Store bucket, run
-//!   by the tenant's actor as one job each; [`bench`]: the
-//!   end-to-end benchmark, a client of a worker it starts.
+//!   by the tenant's actor as one job each; [`memory`]: a process's memory as
+//!   the kernel reports it. The end-to-end benchmark is a tool, not part of
+//!   the library: it lives with the command line (`src/bench.rs`, a module of
+//!   the binary), a client of a worker it starts.
 //! * [`metrics`]: the Prometheus figures every layer above records into
 //!   (requests, the pool, store and embedder calls, ingest, memory) and the
 //!   `/metrics` endpoint that serves them.
@@ -64,7 +66,6 @@
 //! [`worker::run`].
 
 pub mod backup;
-pub mod bench;
 pub mod client;
 pub mod command;
 pub mod config;
@@ -72,6 +73,7 @@ pub mod deadletter;
 pub mod directory;
 pub mod embed;
 pub mod filter;
+pub mod memory;
 pub mod metrics;
 pub mod policy;
 pub mod pool;

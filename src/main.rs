@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod bench;
+
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use tenantvec::backup::cli as backup;
@@ -150,7 +152,7 @@ enum Command {
     /// folder: ingest, Zipf search with 1 and C clients, warm search.
     Bench {
         #[command(flatten)]
-        options: tenantvec::bench::BenchOptions,
+        options: bench::BenchOptions,
         /// Print the report as JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -258,12 +260,12 @@ fn main() -> ExitCode {
 async fn client_command(command: Command, settings: &Settings) -> Result<String, ClientError> {
     let pretty = |value: Value| serde_json::to_string_pretty(&value).unwrap_or_default();
     if let Command::Bench { options, json } = command {
-        let report = tenantvec::bench::run(settings, &options)
+        let report = bench::run(settings, &options)
             .await
             .map_err(|e| anyhow::anyhow!("{e:#}"))?;
         return Ok(match json {
             true => report.to_string(),
-            false => tenantvec::bench::table(&report).trim_end().to_owned(),
+            false => bench::table(&report).trim_end().to_owned(),
         });
     }
     if let Command::Export { file: None, .. } = &command {

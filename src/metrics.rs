@@ -874,7 +874,9 @@ impl Collector for ProcessCollector {
                 "Virtual memory size in bytes",
             ),
         ] {
-            if let Some(bytes) = status_kib(&status, field).map(|kib| kib.saturating_mul(1024)) {
+            if let Some(bytes) =
+                crate::memory::status_kib(&status, field).map(|kib| kib.saturating_mul(1024))
+            {
                 let gauge = ConstGauge::new(i64::try_from(bytes).unwrap_or(i64::MAX));
                 let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
                 gauge.encode(metric)?;
@@ -882,15 +884,6 @@ impl Collector for ProcessCollector {
         }
         Ok(())
     }
-}
-
-/// A `Field:   1234 kB` line of `/proc/<pid>/status`, in KiB.
-fn status_kib(status: &str, field: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
 }
 
 #[cfg(test)]
@@ -974,8 +967,8 @@ mod tests {
     #[test]
     fn status_fields_are_read_in_kib() {
         let status = "Name:\ttenantvec\nVmSize:\t  123456 kB\nVmRSS:\t    2048 kB\n";
-        assert_eq!(status_kib(status, "VmRSS:"), Some(2048));
-        assert_eq!(status_kib(status, "VmSize:"), Some(123456));
-        assert_eq!(status_kib(status, "VmHWM:"), None);
+        assert_eq!(crate::memory::status_kib(status, "VmRSS:"), Some(2048));
+        assert_eq!(crate::memory::status_kib(status, "VmSize:"), Some(123456));
+        assert_eq!(crate::memory::status_kib(status, "VmHWM:"), None);
     }
 }

@@ -12,8 +12,8 @@ use std::time::Instant;
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::{json, Value};
 
-use crate::client::Client;
-use crate::protocol::Verb;
+use tenantvec::client::Client;
+use tenantvec::protocol::Verb;
 
 const TENANTS: usize = 10;
 const DOCS_PER_TENANT: usize = 200;

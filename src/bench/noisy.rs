@@ -19,10 +19,10 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use super::percentiles;
-use crate::client::Client;
-use crate::config::Settings;
-use crate::protocol::{ErrorBody, ErrorCode, Verb, HEADER_ERROR_CODE};
+use super::{percentiles, quantile};
+use tenantvec::client::Client;
+use tenantvec::config::Settings;
+use tenantvec::protocol::{ErrorBody, ErrorCode, Verb, HEADER_ERROR_CODE};
 
 const VICTIM: &str = "nn-victim";
 const FLOOD: &str = "nn-flood";
@@ -265,7 +265,7 @@ pub async fn request_reply(settings: &Settings, opts: &NoisyOptions) -> anyhow::
     .await?;
 
     // The victim is a client of its own, on a connection of its own.
-    let victim = crate::transport::connect(&settings.nats).await?;
+    let victim = tenantvec::transport::connect(&settings.nats).await?;
     let victim_subject = loader.subjects().tenant(Verb::Search, VICTIM);
     eprintln!(
         "bench: noisy neighbour: victim alone, {} searches at {}/s",
@@ -304,7 +304,7 @@ pub async fn request_reply(settings: &Settings, opts: &NoisyOptions) -> anyhow::
     });
     let mut flooders = Vec::new();
     for _ in 0..opts.flood_clients.max(1) {
-        let nats = crate::transport::connect(&settings.nats).await?;
+        let nats = tenantvec::transport::connect(&settings.nats).await?;
         flooders.push(tokio::spawn(flood_client(nats, flood.clone())));
     }
     eprintln!(
@@ -329,12 +329,7 @@ pub async fn request_reply(settings: &Settings, opts: &NoisyOptions) -> anyhow::
     for f in flooders {
         let _ = f.await;
     }
-    let p99 = |xs: &[Duration]| {
-        let mut xs = xs.to_vec();
-        xs.sort();
-        xs.get(((xs.len() as f64 - 1.0) * 0.99).round() as usize)
-            .map(|d| d.as_secs_f64())
-    };
+    let p99 = |xs: &[Duration]| quantile(xs, 0.99);
     let ratio = match (p99(&alone), p99(&flooded)) {
         (Some(a), Some(f)) if a > 0.0 => json!(f / a),
         _ => Value::Null,
@@ -425,7 +420,7 @@ async fn one_ingest(
 pub async fn ingest_backlog(settings: &Settings, opts: &NoisyOptions) -> anyhow::Result<()> {
     let client = Client::connect(settings).await?;
     let js = async_nats::jetstream::new(client.nats().clone());
-    let names = crate::transport::ingest::Names::new(client.subjects().prefix());
+    let names = tenantvec::transport::ingest::Names::new(client.subjects().prefix());
     eprintln!(
         "bench: noisy neighbour (ingest): publishing a backlog of {} documents for {BACKLOG}",
         opts.backlog_docs
@@ -447,7 +442,7 @@ pub async fn ingest_measure(settings: &Settings) -> anyhow::Result<Value> {
     let dim = settings.store.dimension;
     let client = Client::connect(settings).await?;
     let js = async_nats::jetstream::new(client.nats().clone());
-    let names = crate::transport::ingest::Names::new(client.subjects().prefix());
+    let names = tenantvec::transport::ingest::Names::new(client.subjects().prefix());
     let subject = names.ingest_subject(INGEST_VICTIM);
     let backlog_subject = names.ingest_subject(BACKLOG);
     let mut stream = js.get_stream(&names.ingest_stream).await?;
@@ -455,7 +450,7 @@ pub async fn ingest_measure(settings: &Settings) -> anyhow::Result<Value> {
     let mut behind = Vec::new();
     let mut i = 0;
     loop {
-        let pending = crate::client::pending_on(&mut stream, &backlog_subject)
+        let pending = tenantvec::client::pending_on(&mut stream, &backlog_subject)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         if pending == 0 {
