@@ -453,7 +453,12 @@ fn read_truth(path: &Path) -> anyhow::Result<HashMap<u64, Vec<String>>> {
 fn histogram(xs: &[Duration]) -> hdrhistogram::Histogram<u64> {
     let mut h = hdrhistogram::Histogram::<u64>::new(3).expect("3 significant digits are valid");
     for x in xs {
-        h.saturating_record(u64::try_from(x.as_nanos()).unwrap_or(u64::MAX));
+        let ns = u64::try_from(x.as_nanos()).unwrap_or(u64::MAX);
+        // `record` grows the histogram to fit; `saturating_record` would
+        // clamp to its current top (a new histogram's is 2 ns).
+        if h.record(ns).is_err() {
+            h.saturating_record(ns);
+        }
     }
     h
 }
@@ -824,4 +829,20 @@ pub fn table(r: &Value) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percentiles_are_those_of_the_latencies() {
+        use std::time::Duration;
+        let xs: Vec<Duration> = (1..=1000).map(Duration::from_micros).collect();
+        let p = super::percentiles(xs.clone());
+        let close = |got: f64, want: f64| (got - want).abs() <= want * 0.002;
+        assert!(close(p["p50"].as_f64().unwrap(), 0.5), "{p}");
+        assert!(close(p["p99"].as_f64().unwrap(), 0.99), "{p}");
+        assert!(close(p["mean"].as_f64().unwrap(), 0.5005), "{p}");
+        assert_eq!(p["n"], 1000);
+        assert!(close(super::quantile(&xs, 0.95).unwrap(), 0.000_95));
+    }
 }

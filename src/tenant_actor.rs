@@ -843,6 +843,16 @@ mod tests {
 
     type ReplyOutcome = Result<Reply, ServiceError>;
 
+    /// A document the store holds before the write under test.
+    fn old_record() -> Record {
+        Record {
+            doc_id: "old".into(),
+            text: None,
+            metadata: Map::new(),
+            vector: vec![0.5; DIM],
+        }
+    }
+
     fn store(dir: &std::path::Path, tenant: &TenantId) -> Box<dyn TenantStore> {
         let mut settings = Settings::defaults();
         settings.store.folder = dir.to_owned();
@@ -859,14 +869,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tenant = TenantId::parse("q").unwrap();
         let mut store = store(dir.path(), &tenant);
-        store
-            .upsert(vec![Record {
-                doc_id: "old".into(),
-                text: None,
-                metadata: Map::new(),
-                vector: vec![0.5; DIM],
-            }])
-            .unwrap();
+        store.upsert(vec![old_record()]).unwrap();
         let (bad, bad_reply) = envelope(&tenant, Command::Upsert(vec![doc("new-bad", DIM + 1)]));
         let (good, good_reply) = envelope(&tenant, Command::Upsert(vec![doc("new-good", DIM)]));
         let embedder = HashingEmbedder::new(DIM);
@@ -1027,14 +1030,7 @@ mod tests {
             let records = record::Records::new(TenantPaths::new(dir.path()), true);
             let embedding = Embedding::new(&embedder, &records, &tenant);
             let mut store = MemoryStore::new(DIM);
-            store
-                .upsert(vec![Record {
-                    doc_id: "old".into(),
-                    text: None,
-                    metadata: Map::new(),
-                    vector: vec![0.5; DIM],
-                }])
-                .unwrap();
+            store.upsert(vec![old_record()]).unwrap();
             let (a, ra) = envelope(
                 &tenant,
                 Command::Upsert(vec![doc("old", DIM), doc("n1", DIM)]),

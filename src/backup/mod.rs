@@ -38,7 +38,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::command::Command;
 use crate::embed::record::EmbedderRecord;
 use crate::embed::Purpose;
-use crate::protocol::{decode, Reply, ServiceError, DEFAULT_PREFIX};
+use crate::protocol::{decode, Reply, ServiceError};
 use crate::store::{Record, TenantStore};
 use crate::tenant::TenantId;
 use crate::tenant_actor::Embedding;
@@ -55,20 +55,10 @@ const MAX_LINE: u64 = 8 << 20;
 /// The backup bucket of a subject prefix: `TENANTVEC_BACKUP`, and for
 /// another prefix `TENANTVEC_BACKUP_<PREFIX>` (as the ingest streams).
 pub fn bucket_name(prefix: &str) -> String {
-    if prefix == DEFAULT_PREFIX {
-        return "TENANTVEC_BACKUP".to_owned();
-    }
-    let clean: String = prefix
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("TENANTVEC_BACKUP_{clean}")
+    format!(
+        "TENANTVEC_BACKUP{}",
+        crate::transport::ingest::name_suffix(prefix)
+    )
 }
 
 /// The bucket as the worker reaches it: handed to export and import

@@ -328,7 +328,7 @@ fn parse(bytes: &[u8], expected: usize, dimension: usize) -> Result<Vec<Vec<f32>
         let at = item.index.unwrap_or(i);
         let vector = match item.embedding {
             Embedding::Floats(v) => v,
-            Embedding::Base64(s) => decode_base64(&s)?,
+            Embedding::Base64(s) => crate::vector::from_base64(&s)?,
         };
         if dimension > 0 && vector.len() != dimension {
             return Err(format!(
@@ -345,20 +345,6 @@ fn parse(bytes: &[u8], expected: usize, dimension: usize) -> Result<Vec<Vec<f32>
         .into_iter()
         .map(|v| v.ok_or_else(|| "a missing index".to_owned()))
         .collect()
-}
-
-/// Little-endian f32s, as the OpenAI API sends with `encoding_format: base64`.
-fn decode_base64(s: &str) -> Result<Vec<f32>, String> {
-    let bytes = BASE64
-        .decode(s)
-        .map_err(|e| format!("bad base64 vector: {e}"))?;
-    if bytes.len() % 4 != 0 {
-        return Err(format!("a base64 vector of {} bytes", bytes.len()));
-    }
-    Ok(bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect())
 }
 
 /// A counting semaphore for blocking threads: requests to the embedder in
@@ -424,7 +410,7 @@ mod tests {
             br#"{"data": [{"index": 0, "embedding": [1.0]}, {"index": 0, "embedding": [1.0]}]}"#;
         assert!(parse(twice, 2, 1).is_err());
         assert!(parse(b"<html>", 1, 1).is_err());
-        assert!(decode_base64("AAA=").is_err());
+        assert!(crate::vector::from_base64("AAA=").is_err());
     }
 
     #[test]

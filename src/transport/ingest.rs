@@ -52,23 +52,30 @@ pub struct Names {
     prefix: String,
 }
 
+/// What the names of a prefix's streams, consumer and bucket end with:
+/// nothing for the default prefix, else `_` and the prefix in capitals with
+/// anything but letters and digits as `_`, so two deployments on one NATS
+/// account never share one.
+pub fn name_suffix(prefix: &str) -> String {
+    if prefix == DEFAULT_PREFIX {
+        return String::new();
+    }
+    let clean: String = prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("_{clean}")
+}
+
 impl Names {
     pub fn new(prefix: &str) -> Self {
-        let suffix = if prefix == DEFAULT_PREFIX {
-            String::new()
-        } else {
-            let clean: String = prefix
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() {
-                        c.to_ascii_uppercase()
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
-            format!("_{clean}")
-        };
+        let suffix = name_suffix(prefix);
         Self {
             ingest_stream: format!("TENANTVEC_INGEST{suffix}"),
             deadletter_stream: format!("TENANTVEC_DEADLETTER{suffix}"),
