@@ -16,8 +16,6 @@ use std::num::NonZeroUsize;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -388,12 +386,7 @@ mod tests {
 
     #[test]
     fn replies_in_json_or_base64_are_read_in_input_order() {
-        let b = BASE64.encode(
-            [1.0f32, 2.0]
-                .iter()
-                .flat_map(|f| f.to_le_bytes())
-                .collect::<Vec<u8>>(),
-        );
+        let b = crate::vector::to_base64(&[1.0, 2.0]);
         let reply = format!(
             r#"{{"data": [{{"index": 1, "embedding": "{b}"}}, {{"index": 0, "embedding": [3.0, 4.0]}}]}}"#
         );
