@@ -229,19 +229,20 @@ fn dispatch(request: async_nats::service::Request, shared: &Arc<Shared>) {
     };
     // The tenant's own bound first: a tenant past it is refused before its
     // body is decoded and without taking a slot the others need. (An invalid
-    // token takes no slot; `accept` refuses it.)
-    let slot = match addressed {
-        Addressed::Tenant(_, token) => match TenantId::parse(token) {
-            Ok(tenant) => match shared.backlog.admit(&tenant) {
-                Some(slot) => Some(slot),
-                None => {
-                    return responder.deliver(Err(ServiceError::rate_limited(format!(
-                        "tenant {tenant} has {} requests in flight (limits.tenant_queue); retry later",
-                        shared.settings.limits.tenant_queue
-                    ))));
-                }
-            },
-            Err(_) => None,
+    // token takes no slot; it is refused below, with the parse's error.)
+    let parsed = match addressed {
+        Addressed::Tenant(_, token) => Some(TenantId::parse(token)),
+        _ => None,
+    };
+    let slot = match &parsed {
+        Some(Ok(tenant)) => match shared.backlog.admit(tenant) {
+            Some(slot) => Some(slot),
+            None => {
+                return responder.deliver(Err(ServiceError::rate_limited(format!(
+                    "tenant {tenant} has {} requests in flight (limits.tenant_queue); retry later",
+                    shared.settings.limits.tenant_queue
+                ))));
+            }
         },
         _ => None,
     };
@@ -257,7 +258,8 @@ fn dispatch(request: async_nats::service::Request, shared: &Arc<Shared>) {
     match addressed {
         Addressed::Tenant(verb, token) => {
             let decoded = span.in_scope(|| {
-                let tenant = TenantId::parse(token)?;
+                // Parsed above, for the tenant's bound.
+                let tenant = parsed.unwrap_or_else(|| TenantId::parse(token))?;
                 let command = command(verb, &message.payload, &shared.settings)?;
                 Ok::<_, ServiceError>((tenant, shared.backups.attach(command)))
             });
