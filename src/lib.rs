@@ -67,6 +67,7 @@
 
 pub mod backup;
 pub mod client;
+pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod deadletter;
