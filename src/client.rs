@@ -243,11 +243,12 @@ impl Client {
             "publish_docs_per_second": rate(published, publish_seconds),
         });
         if wait {
-            let filter = match tenant {
-                Some(t) => names.ingest_subject(t),
-                None => names.ingest_subjects.clone(),
+            // A fleet's stream files messages under their partition too.
+            let filters = match tenant {
+                Some(t) => names.stored_filters(t).to_vec(),
+                None => vec![names.all_stored()],
             };
-            self.wait_drained(&js, &names.ingest_stream, &filter)
+            self.wait_drained(&js, &names.ingest_stream, &filters)
                 .await?;
             let seconds = started.elapsed().as_secs_f64();
             summary["committed_seconds"] = json!(seconds);
@@ -256,13 +257,13 @@ impl Client {
         Ok(summary)
     }
 
-    /// Wait until the ingest stream holds no message on `subject`: with a
+    /// Wait until the ingest stream holds no message on `subjects`: with a
     /// work-queue stream, that is when workers have acked them all.
     async fn wait_drained(
         &self,
         js: &async_nats::jetstream::Context,
         stream: &str,
-        subject: &str,
+        subjects: &[String],
     ) -> Result<(), ClientError> {
         let mut stream = js
             .get_stream(stream)
@@ -270,7 +271,10 @@ impl Client {
             .map_err(|e| anyhow::anyhow!("cannot open stream {stream}: {e}"))?;
         let spinner = indicatif::ProgressBar::new_spinner();
         loop {
-            let pending = pending_on(&mut stream, subject).await?;
+            let mut pending = 0;
+            for subject in subjects {
+                pending += pending_on(&mut stream, subject).await?;
+            }
             if pending == 0 {
                 spinner.finish_and_clear();
                 return Ok(());

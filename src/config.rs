@@ -60,6 +60,11 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("TENANTVEC_MAX_RPS", "tenants.max_rps"),
     ("TENANTVEC_INGEST_ORDERED", "ingest.ordered"),
     ("TENANTVEC_METRICS_LISTEN", "metrics.listen"),
+    ("TENANTVEC_CLUSTER", "cluster.enabled"),
+    ("TENANTVEC_PARTITIONS", "cluster.partitions"),
+    ("TENANTVEC_LEASE_TTL", "cluster.lease_ttl"),
+    ("TENANTVEC_MEMBER", "cluster.member"),
+    ("TENANTVEC_REPLICAS", "nats.replicas"),
     ("RUST_LOG", "log.filter"),
 ];
 
@@ -75,6 +80,7 @@ pub struct Settings {
     pub tenants: crate::policy::TenantDefaults,
     pub ingest: IngestSettings,
     pub worker: WorkerSettings,
+    pub cluster: ClusterSettings,
     pub metrics: MetricsSettings,
     pub log: LogSettings,
 }
@@ -108,6 +114,8 @@ pub struct NatsSettings {
     pub request_timeout: Duration,
     #[serde(with = "duration")]
     pub discovery_timeout: Duration,
+    /// Copies JetStream keeps of every stream and bucket the worker creates.
+    pub replicas: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -171,6 +179,16 @@ pub enum Layout {
     PerTenant,
     /// One store for all tenants, each point tagged with its tenant.
     Shared,
+}
+
+impl Layout {
+    /// Its name in settings.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::PerTenant => "per_tenant",
+            Layout::Shared => "shared",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -308,6 +326,32 @@ pub struct WorkerSettings {
     pub threads: usize,
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// Partition tenants over every worker of the prefix (README, "Scaling
+    /// out"); off: one worker serves the prefix alone.
+    pub enabled: bool,
+    /// Partitions of the prefix; fixed once the fleet first starts.
+    pub partitions: u32,
+    /// How long a partition's lease lasts without renewal: the longest a
+    /// crashed worker's partitions stay without an owner.
+    #[serde(with = "duration")]
+    pub lease_ttl: Duration,
+    /// This worker's name in the fleet (a subject token); empty: the host
+    /// name, the process id and a random suffix, new at every start.
+    pub member: String,
+}
+
+impl ClusterSettings {
+    /// How often leases and membership are renewed and the assignment
+    /// looked at again: a fifth of the lease, so that four renewals in a
+    /// row may fail before the lease is at risk.
+    pub fn tick(&self) -> Duration {
+        self.lease_ttl / 5
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -540,6 +584,42 @@ impl Settings {
             || "must be at least 3s (pulls are renewed at a third of it)".into(),
         )?;
         range("worker.threads", s.worker.threads, 0, 1024)?;
+        range("nats.replicas", s.nats.replicas, 1, 5)?;
+        let c = &s.cluster;
+        range("cluster.partitions", c.partitions as usize, 1, 4096)?;
+        check(
+            (Duration::from_secs(1)..=Duration::from_secs(600)).contains(&c.lease_ttl),
+            "cluster.lease_ttl",
+            || "must be 1s..=10m".into(),
+        )?;
+        check(
+            c.member.len() <= 64
+                && c.member
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+            "cluster.member",
+            || {
+                format!(
+                    "{:?} may hold at most 64 letters, digits, '_' and '-' (empty: a name is made)",
+                    c.member
+                )
+            },
+        )?;
+        check(
+            !(c.enabled && s.store.backend == Backend::Edge && s.store.layout == Layout::Shared),
+            "store.layout",
+            || {
+                "shared cannot be used with cluster.enabled and the edge backend: its one shard \
+                 holds every tenant, so it cannot move between workers by partition; use \
+                 per_tenant, or the qdrant backend"
+                    .into()
+            },
+        )?;
+        check(!(c.enabled && i.ordered), "ingest.ordered", || {
+            "cannot be on with cluster.enabled: each partition has its own consumer, \
+             pulled only by the partition's owner, which keeps every tenant's order"
+                .into()
+        })?;
         s.metrics
             .address()
             .map_err(|m| Invalid::new("metrics.listen", m))?;

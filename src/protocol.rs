@@ -514,6 +514,22 @@ pub struct PoolStats {
     /// Requests answered with each error code since the worker started.
     #[serde(default)]
     pub errors: std::collections::BTreeMap<String, u64>,
+    /// With `cluster.enabled`: this worker's place in the fleet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStats>,
+}
+
+/// A fleet member's view of the fleet (`admin.stats`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStats {
+    /// This worker's name in the fleet.
+    pub member: String,
+    pub partitions: u32,
+    /// The partitions this worker serves.
+    pub serving: Vec<u32>,
+    /// Every partition's owner as this worker last read the leases (none:
+    /// being handed over, or no worker).
+    pub owners: Vec<Option<String>>,
 }
 
 /// Durable ingest figures since the worker started.

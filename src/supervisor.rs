@@ -54,6 +54,12 @@ pub struct Cleanup;
 #[rtype(result = "usize")]
 pub struct Evict(pub Option<TenantId>);
 
+/// Stop the actors of every tenant `.0` picks (a partition's, when it is
+/// handed over); answers with how many, once they are closed.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct EvictWhere(pub Box<dyn Fn(&TenantId) -> bool + Send>);
+
 /// Stop every actor and refuse new requests; resolves when all are closed.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -352,6 +358,7 @@ impl Supervisor {
             dimension: self.setup.embedder.dimension(),
             ingest: None,
             errors: Default::default(),
+            cluster: None,
         }
     }
 }
@@ -453,6 +460,25 @@ impl Handler<Evict> for Supervisor {
             Some(_) => Vec::new(),
             None => self.pool.keys(),
         };
+        let waits: Vec<_> = targets
+            .iter()
+            .filter_map(|t| self.stop(t, StopReason::Requested))
+            .collect();
+        let n = waits.len();
+        Box::pin(async move {
+            join_all(waits).await;
+            n
+        })
+    }
+}
+
+impl Handler<EvictWhere> for Supervisor {
+    type Result = ResponseFuture<usize>;
+
+    fn handle(&mut self, EvictWhere(which): EvictWhere, _ctx: &mut Self::Context) -> Self::Result {
+        let mut targets: Vec<TenantId> = self.pool.keys();
+        targets.extend(self.closing.keys().cloned());
+        targets.retain(|t| which(t));
         let waits: Vec<_> = targets
             .iter()
             .filter_map(|t| self.stop(t, StopReason::Requested))

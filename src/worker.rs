@@ -18,10 +18,13 @@ use std::time::Duration;
 use actix::Actor;
 use tokio_util::sync::CancellationToken;
 
+use futures::future::BoxFuture;
+
+use crate::cluster::Cluster;
 use crate::config::Settings;
 use crate::directory::{Directory, Router};
 use crate::metrics::Metrics;
-use crate::supervisor::{Shutdown, Supervisor, Unfinished};
+use crate::supervisor::{EvictWhere, Shutdown, Supervisor, Unfinished};
 use crate::tenant_actor::TenantSetup;
 use crate::transport;
 use crate::transport::ingest::IngestCounters;
@@ -49,8 +52,16 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
         factory.backend(),
         &settings.nats.prefix,
         settings.nats.discovery_timeout,
+        settings.cluster.enabled,
     )
     .await?;
+    let cluster = settings.cluster.enabled.then(|| {
+        Arc::new(Cluster::new(
+            &settings.nats.prefix,
+            member_name(&settings.cluster.member),
+            settings.cluster.partitions,
+        ))
+    });
 
     let setup = Arc::new(TenantSetup {
         factory: factory.clone(),
@@ -80,17 +91,35 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
     // The stream and its consumer exist before the service answers PING.
     let ingest = if settings.ingest.enabled {
         let js = async_nats::jetstream::new(client.clone());
-        let names = transport::ingest::Names::new(&settings.nats.prefix);
-        let consumer = transport::ingest::ensure_streams(&js, &names, &settings.ingest)
-            .await
-            .map_err(|e| {
-                e.context("durable ingest needs JetStream (nats-server -js); or set ingest.enabled = false")
-            })?;
+        let names = match &cluster {
+            Some(c) => transport::ingest::Names::partitioned(&settings.nats.prefix, c.partitions),
+            None => transport::ingest::Names::new(&settings.nats.prefix),
+        };
+        let consumer = transport::ingest::ensure_streams(
+            &js,
+            &names,
+            &settings.ingest,
+            settings.nats.replicas,
+        )
+        .await
+        .map_err(|e| {
+            e.context(
+                "durable ingest needs JetStream (nats-server -js); or set ingest.enabled = false",
+            )
+        })?;
         let counters = Arc::new(IngestCounters::default());
-        metrics.watch_ingest(counters.clone(), consumer.clone());
+        if let Some(consumer) = &consumer {
+            metrics.watch_ingest(counters.clone(), consumer.clone());
+        }
         Some((js, consumer, counters))
     } else {
         None
+    };
+    // A fleet member keeps serving (forwarding) while it hands its
+    // partitions over, so its endpoint stops only after that.
+    let stop_serving = match &cluster {
+        Some(_) => CancellationToken::new(),
+        None => shutdown.clone(),
     };
     let serving = transport::service::start(
         client.clone(),
@@ -99,19 +128,53 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
         factory.backend(),
         ingest.as_ref().map(|(_, _, counters)| counters.clone()),
         metrics.clone(),
-        shutdown.clone(),
+        cluster.clone(),
+        stop_serving.clone(),
     )
     .await?;
-    let ingesting = ingest.map(|(js, consumer, counters)| {
-        transport::ingest::start(
-            js,
-            consumer,
-            &settings,
-            router.clone(),
-            counters,
-            shutdown.clone(),
-        )
-    });
+    let mut partition_ingest = None;
+    let mut ingesting = None;
+    if let Some((js, consumer, counters)) = ingest {
+        match consumer {
+            Some(consumer) => {
+                ingesting = Some(transport::ingest::start(
+                    js,
+                    consumer,
+                    &settings,
+                    router.clone(),
+                    counters,
+                    shutdown.clone(),
+                ))
+            }
+            None => {
+                partition_ingest = Some(Arc::new(transport::ingest::PartitionIngest::new(
+                    js,
+                    &settings,
+                    router.clone(),
+                    counters,
+                )))
+            }
+        }
+    }
+    // Joined last: from the first lease on, other workers forward this
+    // one requests, and its endpoint already listens for them.
+    let fleet = match &cluster {
+        Some(cluster) => Some(
+            crate::cluster::fleet::join(
+                client.clone(),
+                &settings,
+                factory.backend(),
+                cluster.clone(),
+                Arc::new(Owner {
+                    ingest: partition_ingest.clone(),
+                    supervisor: supervisor.clone(),
+                    partitions: cluster.partitions,
+                }),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     tracing::info!(
         url = %settings.nats.display_url(),
         prefix = %settings.nats.prefix,
@@ -119,6 +182,7 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
         data = %settings.store.folder.display(),
         pool_size = settings.pool.size,
         ttl = ?settings.pool.ttl,
+        member = cluster.as_ref().map_or("", |c| c.member.as_str()),
         "tenantvec worker serving"
     );
 
@@ -126,12 +190,22 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
     tracing::info!("stopping: no new requests; answering those in flight");
     let timeout = settings.worker.shutdown_timeout;
     let stop = async {
-        match ingesting {
-            Some(ingesting) => {
-                tokio::join!(serving.drain(timeout), ingesting.drain(timeout));
-            }
-            None => serving.drain(timeout).await,
+        if let Some(fleet) = fleet {
+            // Partition by partition: requests finish, ingest settles, stores
+            // close, the lease goes to the next owner; meanwhile requests of
+            // handed-over partitions are forwarded there.
+            fleet.leave(timeout).await;
+            stop_serving.cancel();
         }
+        let ingest_drained = async {
+            if let Some(ingesting) = ingesting {
+                ingesting.drain(timeout).await;
+            }
+            if let Some(partitions) = &partition_ingest {
+                partitions.stop_all().await;
+            }
+        };
+        tokio::join!(serving.drain(timeout), ingest_drained);
         if let Err(e) = supervisor.send(Shutdown).await {
             tracing::error!(error = %e, "the supervisor stopped before closing the stores");
         }
@@ -163,6 +237,71 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
     }
     tracing::info!("tenantvec worker stopped");
     Ok(())
+}
+
+/// This worker's name in the fleet: `cluster.member`, or the host name, the
+/// process id and a random suffix (new at every start, so a restarted worker
+/// is never taken for the one before it), as one subject token.
+fn member_name(configured: &str) -> String {
+    if !configured.is_empty() {
+        return configured.to_owned();
+    }
+    let host: String = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(32)
+        .collect();
+    let random = nuid::next();
+    let random = &random.as_str()[random.len() - 6..];
+    format!("{host}-{}-{random}", std::process::id())
+}
+
+/// What the owner of a partition starts and settles: its ingest consumer,
+/// and its tenants' actors.
+struct Owner {
+    ingest: Option<Arc<transport::ingest::PartitionIngest>>,
+    supervisor: actix::Addr<Supervisor>,
+    partitions: u32,
+}
+
+impl crate::cluster::fleet::Partitions for Owner {
+    fn start(&self, partition: u32) -> BoxFuture<'static, anyhow::Result<()>> {
+        let ingest = self.ingest.clone();
+        Box::pin(async move {
+            match ingest {
+                Some(ingest) => ingest.start(partition).await,
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn settle(&self, partition: u32) -> BoxFuture<'static, ()> {
+        let ingest = self.ingest.clone();
+        let supervisor = self.supervisor.clone();
+        let partitions = self.partitions;
+        Box::pin(async move {
+            if let Some(ingest) = ingest {
+                ingest.stop(partition).await;
+            }
+            let ours = move |t: &crate::tenant::TenantId| {
+                crate::cluster::partition_of(t.as_str(), partitions) == partition
+            };
+            match supervisor.send(EvictWhere(Box::new(ours))).await {
+                Ok(n) => tracing::debug!(partition, closed = n, "partition's stores closed"),
+                Err(e) => {
+                    tracing::error!(partition, error = %e, "cannot close a partition's stores")
+                }
+            }
+        })
+    }
 }
 
 /// Threads for the runtime's workers and, as many again, for tenant actors:

@@ -59,6 +59,9 @@ mod tests {
             counts[partition_of(&format!("user-{i}"), p) as usize] += 1;
         }
         // 1,000 expected per partition; FNV-1a keeps each well within 20 %.
-        assert!(counts.iter().all(|c| (800..=1200).contains(c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|c| (800..=1200).contains(c)),
+            "{counts:?}"
+        );
     }
 }

@@ -15,14 +15,20 @@ use crate::protocol::SERVICE_NAME;
 /// Metadata keys every instance publishes in its service info.
 pub const META_BACKEND: &str = "backend";
 pub const META_PREFIX: &str = "prefix";
+/// The instance's fleet member name; empty without `cluster.enabled`.
+pub const META_CLUSTER: &str = "cluster";
 
 /// Fails when another instance on `prefix` makes this one unsafe: any other
-/// instance when either side keeps tenants on local disk.
+/// instance when either side keeps tenants on local disk, unless both are
+/// members of a fleet (`cluster`), whose leases keep one owner per tenant
+/// and whose own checks decide who may join; and any instance whose
+/// `cluster.enabled` differs from ours.
 pub async fn ensure_compatible(
     client: &async_nats::Client,
     backend: &str,
     prefix: &str,
     listen: Duration,
+    cluster: bool,
 ) -> anyhow::Result<()> {
     let inbox = client.new_inbox();
     let mut replies = client.subscribe(inbox.clone()).await?;
@@ -41,7 +47,18 @@ pub async fn ensure_compatible(
         else {
             continue;
         };
-        if other_prefix == prefix && (backend == "edge" || other_backend == "edge") {
+        if other_prefix != prefix {
+            continue;
+        }
+        let other_cluster = meta[META_CLUSTER].as_str().is_some_and(|m| !m.is_empty());
+        if other_cluster != cluster {
+            anyhow::bail!(
+                "another tenantvec worker (id {}) serves prefix {prefix:?} with cluster.enabled = \
+                 {other_cluster}, this one has {cluster}; every worker of a prefix must agree",
+                info["id"].as_str().unwrap_or("?")
+            );
+        }
+        if !cluster && (backend == "edge" || other_backend == "edge") {
             anyhow::bail!(
                 "another tenantvec worker (id {}, backend {other_backend}) already serves \
                  prefix {prefix:?}; with the edge store each worker keeps tenants on its own \

@@ -50,6 +50,9 @@ pub struct Names {
     pub ingest_subjects: String,
     pub deadletter_subjects: String,
     prefix: String,
+    /// With `cluster.enabled`: the stream files each message under its
+    /// tenant's partition, `<p>.ingest.<partition>.<tenant>`.
+    partitions: Option<u32>,
 }
 
 /// What the names of a prefix's streams, consumer and bucket end with:
@@ -83,7 +86,62 @@ impl Names {
             ingest_subjects: format!("{prefix}.ingest.*"),
             deadletter_subjects: format!("{prefix}.deadletter.>"),
             prefix: prefix.to_owned(),
+            partitions: None,
         }
+    }
+
+    /// The names of a prefix whose tenants are partitioned over a fleet.
+    pub fn partitioned(prefix: &str, partitions: u32) -> Self {
+        Self {
+            partitions: Some(partitions),
+            ..Self::new(prefix)
+        }
+    }
+
+    /// The subject the stream files a tenant's message under.
+    pub fn stored_subject(&self, tenant: &str) -> String {
+        match self.partitions {
+            Some(p) => format!(
+                "{}.ingest.{}.{tenant}",
+                self.prefix,
+                crate::cluster::partition_of(tenant, p)
+            ),
+            None => self.ingest_subject(tenant),
+        }
+    }
+
+    /// Filters that together match every stored message of `tenant`,
+    /// whether or not the stream partitions (a client does not know).
+    pub fn stored_filters(&self, tenant: &str) -> [String; 2] {
+        [
+            self.ingest_subject(tenant),
+            format!("{}.ingest.*.{tenant}", self.prefix),
+        ]
+    }
+
+    /// A filter that matches every stored ingest message.
+    pub fn all_stored(&self) -> String {
+        format!("{}.ingest.>", self.prefix)
+    }
+
+    /// The durable consumer of one partition, and its filter.
+    pub fn partition_consumer(&self, partition: u32) -> (String, String) {
+        (
+            format!("{}-p{partition}", self.consumer),
+            format!("{}.ingest.{partition}.*", self.prefix),
+        )
+    }
+
+    /// The stream's subject transform: `partition(P, 1)` of the tenant
+    /// token, the function `cluster::partition_of` computes.
+    fn transform(&self) -> Option<stream::SubjectTransform> {
+        self.partitions.map(|p| stream::SubjectTransform {
+            source: self.ingest_subjects.clone(),
+            destination: format!(
+                "{}.ingest.{{{{partition({p},1)}}}}.{{{{wildcard(1)}}}}",
+                self.prefix
+            ),
+        })
     }
 
     /// `<p>.ingest.<tenant>`
@@ -141,16 +199,23 @@ struct DeadLetter<'a> {
 
 /// Create or update the streams and the durable consumer. Idempotent; an
 /// existing stream keeps its messages.
+///
+/// With partitions (`cluster.enabled`) the stream files each message under
+/// its tenant's partition and no consumer is made here: each partition's
+/// owner makes and pulls its own ([`PartitionIngest`]).
 pub async fn ensure_streams(
     js: &jetstream::Context,
     names: &Names,
     settings: &IngestSettings,
-) -> anyhow::Result<consumer::PullConsumer> {
+    replicas: usize,
+) -> anyhow::Result<Option<consumer::PullConsumer>> {
     let ingest = stream::Config {
         name: names.ingest_stream.clone(),
         subjects: vec![names.ingest_subjects.clone()],
+        subject_transform: names.transform(),
         retention: stream::RetentionPolicy::WorkQueue,
         storage: stream::StorageType::File,
+        num_replicas: replicas,
         ..Default::default()
     };
     js.create_or_update_stream(ingest)
@@ -162,25 +227,17 @@ pub async fn ensure_streams(
         retention: stream::RetentionPolicy::Limits,
         storage: stream::StorageType::File,
         max_age: settings.deadletter_max_age,
+        num_replicas: replicas,
         ..Default::default()
     };
     js.create_or_update_stream(deadletter)
         .await
         .map_err(|e| anyhow::anyhow!("cannot create stream {}: {e}", names.deadletter_stream))?;
-    let mut config = consumer::pull::Config {
-        durable_name: Some(names.consumer.clone()),
-        description: Some("tenantvec workers: durable ingest".into()),
-        ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: settings.ack_wait,
-        max_deliver: settings.max_deliver,
-        // No server-side backoff: with one, nats-server takes its first step
-        // as the ack wait (1 s), and a message queued behind its tenant's
-        // burst was delivered again while its first copy still waited. The
-        // worker retries failures itself, in order (`ingest.backoff`).
-        backoff: Vec::new(),
-        max_ack_pending: settings.max_ack_pending as i64,
-        ..Default::default()
-    };
+    // No server-side backoff: with one, nats-server takes its first step
+    // as the ack wait (1 s), and a message queued behind its tenant's burst
+    // was delivered again while its first copy still waited. The worker
+    // retries failures itself, in order (`ingest.backoff`).
+    let mut config = consumer_config(settings, &names.consumer);
     if settings.ordered {
         config.priority_policy = consumer::PriorityPolicy::PinnedClient;
         config.priority_groups = vec![PIN_GROUP.into()];
@@ -190,9 +247,25 @@ pub async fn ensure_streams(
         .get_stream(&names.ingest_stream)
         .await
         .map_err(|e| anyhow::anyhow!("cannot open stream {}: {e}", names.ingest_stream))?;
+    if names.partitions.is_some() {
+        // Messages a single worker left are filed under the old subjects,
+        // which no partition's consumer takes: say so rather than strand
+        // them silently.
+        if let Ok(info) = stream.consumer_info(&names.consumer).await {
+            if info.num_pending > 0 || info.num_ack_pending > 0 {
+                tracing::warn!(
+                    consumer = %names.consumer,
+                    pending = info.num_pending + info.num_ack_pending as u64,
+                    "ingest messages from before cluster.enabled wait in the stream; \
+                     a worker without cluster.enabled applies them"
+                );
+            }
+        }
+        return Ok(None);
+    }
     // create_consumer updates a durable consumer whose config changed.
     match stream.create_consumer(config.clone()).await {
-        Ok(c) => Ok(c),
+        Ok(c) => Ok(Some(c)),
         Err(first) => {
             // The server does not change a consumer's priority policy in
             // place. Deleting it loses nothing: the messages stay in the
@@ -221,8 +294,118 @@ pub async fn ensure_streams(
             stream
                 .create_consumer(config)
                 .await
+                .map(Some)
                 .map_err(|e| anyhow::anyhow!("cannot create consumer {}: {e}", names.consumer))
         }
+    }
+}
+
+/// The consumer config shared by the single consumer and the partitions'.
+fn consumer_config(settings: &IngestSettings, durable: &str) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(durable.to_owned()),
+        description: Some("tenantvec workers: durable ingest".into()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: settings.ack_wait,
+        max_deliver: settings.max_deliver,
+        // See ensure_streams: the worker retries failures itself.
+        backoff: Vec::new(),
+        max_ack_pending: settings.max_ack_pending as i64,
+        ..Default::default()
+    }
+}
+
+/// Each held partition's ingest: a durable consumer per partition
+/// (`<consumer>-p<n>`, filtered to `<p>.ingest.<n>.*`), pulled only by the
+/// partition's owner, each with lanes of its own. Per-tenant order holds
+/// because one worker applies a partition at a time, and a backlog in one
+/// partition does not hold up the others.
+pub struct PartitionIngest {
+    js: jetstream::Context,
+    names: Names,
+    settings: Settings,
+    router: Router,
+    counters: Arc<IngestCounters>,
+    running: std::sync::Mutex<std::collections::HashMap<u32, (CancellationToken, Ingesting)>>,
+}
+
+impl PartitionIngest {
+    pub fn new(
+        js: jetstream::Context,
+        settings: &Settings,
+        router: Router,
+        counters: Arc<IngestCounters>,
+    ) -> Self {
+        Self {
+            js,
+            names: Names::partitioned(&settings.nats.prefix, settings.cluster.partitions),
+            settings: settings.clone(),
+            router,
+            counters,
+            running: Default::default(),
+        }
+    }
+
+    /// Create (or update) the partition's consumer and pull it.
+    pub async fn start(&self, partition: u32) -> anyhow::Result<()> {
+        let (durable, filter) = self.names.partition_consumer(partition);
+        let mut config = consumer_config(&self.settings.ingest, &durable);
+        config.filter_subject = filter;
+        let stream = self
+            .js
+            .get_stream_no_info(&self.names.ingest_stream)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open stream {}: {e}", self.names.ingest_stream))?;
+        let consumer = stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot create consumer {durable}: {e}"))?;
+        let stop = CancellationToken::new();
+        let ingesting = start_with(
+            self.js.clone(),
+            consumer,
+            self.names.clone(),
+            &self.settings,
+            self.router.clone(),
+            self.counters.clone(),
+            stop.clone(),
+        );
+        let previous = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(partition, (stop, ingesting));
+        if let Some((stop, ingesting)) = previous {
+            stop.cancel();
+            ingesting.drain(self.settings.worker.shutdown_timeout).await;
+        }
+        Ok(())
+    }
+
+    /// Stop pulling the partition: running batches finish, held messages go
+    /// back to the stream for the next owner.
+    pub async fn stop(&self, partition: u32) {
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&partition);
+        if let Some((stop, ingesting)) = running {
+            stop.cancel();
+            ingesting.drain(self.settings.worker.shutdown_timeout).await;
+        }
+    }
+
+    /// Stop every partition still pulled.
+    pub async fn stop_all(&self) {
+        let all: Vec<u32> = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        join_all(all.into_iter().map(|p| self.stop(p))).await;
     }
 }
 
@@ -280,9 +463,22 @@ pub fn start(
     counters: Arc<IngestCounters>,
     shutdown: CancellationToken,
 ) -> Ingesting {
+    let names = Names::new(&settings.nats.prefix);
+    start_with(js, consumer, names, settings, router, counters, shutdown)
+}
+
+fn start_with(
+    js: jetstream::Context,
+    consumer: consumer::PullConsumer,
+    names: Names,
+    settings: &Settings,
+    router: Router,
+    counters: Arc<IngestCounters>,
+    shutdown: CancellationToken,
+) -> Ingesting {
     let shared = Arc::new(Shared {
         js,
-        names: Names::new(&settings.nats.prefix),
+        names,
         settings: settings.clone(),
         router,
         counters,
@@ -617,7 +813,7 @@ async fn older_in_stream(
         .await
         .map_err(|e| e.to_string())?;
     match stream
-        .get_first_raw_message_by_subject(shared.names.ingest_subject(tenant.as_str()), 0)
+        .get_first_raw_message_by_subject(shared.names.stored_subject(tenant.as_str()), 0)
         .await
     {
         Ok(first) if first.sequence < seq => Ok(Some(first.sequence)),

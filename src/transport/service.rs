@@ -38,6 +38,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::cluster::{Cluster, Entry, Place};
 use crate::command::{Envelope, Outcome, ReplyTo, Respond};
 use crate::config::Settings;
 use crate::directory::Router;
@@ -50,7 +51,7 @@ use crate::supervisor::{Cleanup, Evict, GetStats};
 use crate::tenant::TenantId;
 use crate::transport::backlog::{SharedBacklog, Slot};
 use crate::transport::decode::command;
-use crate::transport::discovery::{META_BACKEND, META_PREFIX};
+use crate::transport::discovery::{META_BACKEND, META_CLUSTER, META_PREFIX};
 use crate::transport::ingest::IngestCounters;
 
 /// The Services API name of the one endpoint.
@@ -75,6 +76,10 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// The backup bucket, handed to export and import commands.
     backups: crate::backup::Backups,
+    /// With `cluster.enabled`: who serves each partition.
+    cluster: Option<Arc<Cluster>>,
+    /// Forwards requests to their partition's owner.
+    client: async_nats::Client,
 }
 
 /// The running endpoint; [`Serving::drain`] stops it and waits for the
@@ -85,8 +90,35 @@ pub struct Serving {
     shared: Arc<Shared>,
 }
 
+/// A request as it reached this worker: from the service's endpoint, or
+/// forwarded by another worker (its subject restored to the original, its
+/// reply subject still the client's).
+enum Incoming {
+    Service(async_nats::service::Request),
+    /// The message, and the connection to answer it on.
+    Forwarded(Box<(async_nats::Message, async_nats::Client)>),
+}
+
+impl Incoming {
+    fn message(&self) -> &async_nats::Message {
+        match self {
+            Incoming::Service(r) => &r.message,
+            Incoming::Forwarded(m) => &m.0,
+        }
+    }
+}
+
+/// A header on forwarded requests: how many times they were forwarded, so
+/// that views of the owners that disagree during a hand-over cannot bounce
+/// a request for ever.
+const HEADER_HOPS: &str = "Tenantvec-Hops";
+/// Most forwards of one request; past it the request waits for the owners
+/// to settle where it is.
+const MAX_HOPS: u32 = 3;
+
 /// Subscribe the endpoint and start serving. `$SRV.PING.tenantvec` answers
 /// from here on.
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
     client: async_nats::Client,
     settings: &Settings,
@@ -94,12 +126,17 @@ pub async fn start(
     backend: &str,
     ingest: Option<Arc<IngestCounters>>,
     metrics: Arc<Metrics>,
+    cluster: Option<Arc<Cluster>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Serving> {
     let subjects = Subjects::new(&settings.nats.prefix);
     let metadata = HashMap::from([
         (META_BACKEND.to_owned(), backend.to_owned()),
         (META_PREFIX.to_owned(), settings.nats.prefix.clone()),
+        (
+            META_CLUSTER.to_owned(),
+            cluster.as_ref().map_or(String::new(), |c| c.member.clone()),
+        ),
     ]);
     let service = client
         .service_builder()
@@ -134,8 +171,19 @@ pub async fn start(
         next_request: AtomicU64::new(1),
         metrics,
         backups: crate::backup::Backups::new(client.clone(), &settings.nats.prefix),
+        cluster: cluster.clone(),
+        client: client.clone(),
     });
-    let task = tokio::spawn(serve(endpoint, shared.clone(), shutdown));
+    let forwarded = match &cluster {
+        Some(c) => Some(
+            client
+                .subscribe(c.forward_inbox())
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot subscribe {}: {e}", c.forward_inbox()))?,
+        ),
+        None => None,
+    };
+    let task = tokio::spawn(serve(endpoint, forwarded, shared.clone(), shutdown));
     client.flush().await?;
     Ok(Serving {
         service,
@@ -164,27 +212,58 @@ impl Serving {
 /// already delivered to us.
 async fn serve(
     mut endpoint: async_nats::service::endpoint::Endpoint,
+    mut forwarded: Option<async_nats::Subscriber>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
+    let original = |mut m: async_nats::Message| {
+        let cluster = shared.cluster.as_ref()?;
+        m.subject = cluster.original_subject(m.subject.as_str())?.into();
+        Some(Incoming::Forwarded(Box::new((m, shared.client.clone()))))
+    };
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
             next = endpoint.next() => match next {
-                Some(request) => dispatch(request, &shared),
+                Some(request) => dispatch(Incoming::Service(request), &shared),
                 None => return,
             },
+            Some(m) = next_forwarded(&mut forwarded) => {
+                if let Some(incoming) = original(m) {
+                    dispatch(incoming, &shared);
+                }
+            }
         }
     }
     if let Err(e) = endpoint.stop().await {
         tracing::debug!(error = %e, "unsubscribing the endpoint");
     }
+    if let Some(f) = forwarded.as_mut() {
+        let _ = f.unsubscribe().await;
+    }
     // Requests the server delivered before it saw the unsubscribe.
     while let Ok(Some(request)) =
         tokio::time::timeout(Duration::from_millis(100), endpoint.next()).await
     {
-        dispatch(request, &shared);
+        dispatch(Incoming::Service(request), &shared);
+    }
+    while let Ok(Some(m)) =
+        tokio::time::timeout(Duration::from_millis(100), next_forwarded(&mut forwarded)).await
+    {
+        if let Some(incoming) = original(m) {
+            dispatch(incoming, &shared);
+        }
+    }
+}
+
+/// The next forwarded message, or never without a subscription.
+async fn next_forwarded(
+    forwarded: &mut Option<async_nats::Subscriber>,
+) -> Option<async_nats::Message> {
+    match forwarded {
+        Some(f) => f.next().await,
+        None => futures::future::pending().await,
     }
 }
 
@@ -197,10 +276,10 @@ type Pending = BoxFuture<'static, Result<Bytes, ServiceError>>;
 /// the tenant's actor or the supervisor (both queue at once). The reply is
 /// sent by whoever makes the outcome: the tenant actor, through
 /// [`Responder`], with no task of ours woken for it.
-fn dispatch(request: async_nats::service::Request, shared: &Arc<Shared>) {
+fn dispatch(request: Incoming, shared: &Arc<Shared>) {
     // A clone (a reference count) so that the request can move on while
     // the subject's tokens are in use.
-    let subject = request.message.subject.clone();
+    let subject = request.message().subject.clone();
     let addressed = shared.subjects.classify(subject.as_str());
     if addressed == Addressed::Stream {
         // A JetStream publish the stream stores (ingest) or keeps (dead
@@ -234,6 +313,20 @@ fn dispatch(request: async_nats::service::Request, shared: &Arc<Shared>) {
         Addressed::Tenant(_, token) => Some(TenantId::parse(token)),
         _ => None,
     };
+    // With a fleet, the partition's owner serves the request; the entry
+    // holds the partition here until the reply is out.
+    let entry = match (&shared.cluster, &parsed) {
+        (Some(cluster), Some(Ok(tenant))) => match cluster.place(tenant.as_str()) {
+            Place::Local(entry) => Some(entry),
+            Place::Remote(owner) if hops(responder.request.message()) < MAX_HOPS => {
+                return forward(responder.request, &owner, cluster, shared);
+            }
+            Place::Remote(_) | Place::Unowned => {
+                return park(responder.request, cluster.clone(), shared.clone());
+            }
+        },
+        _ => None,
+    };
     let slot = match &parsed {
         Some(Ok(tenant)) => match shared.backlog.admit(tenant) {
             Some(slot) => Some(slot),
@@ -253,8 +346,8 @@ fn dispatch(request: async_nats::service::Request, shared: &Arc<Shared>) {
         ))));
     };
     // Held until the reply is out, so [`Serving::drain`] waits for it.
-    responder.held = Some((permit, slot));
-    let message = &responder.request.message;
+    responder.held = Some((permit, slot, entry));
+    let message = responder.request.message();
     match addressed {
         Addressed::Tenant(verb, token) => {
             let decoded = span.in_scope(|| {
@@ -295,15 +388,127 @@ fn dispatch(request: async_nats::service::Request, shared: &Arc<Shared>) {
     }
 }
 
+/// How many times `message` was forwarded already.
+fn hops(message: &async_nats::Message) -> u32 {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(HEADER_HOPS))
+        .and_then(|v| v.as_str().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Send the request on to its partition's owner, reply subject kept: the
+/// owner answers the client directly (one more hop, no more round trip).
+fn forward(request: Incoming, owner: &str, cluster: &Cluster, shared: &Arc<Shared>) {
+    let message = match request {
+        Incoming::Service(r) => r.message,
+        Incoming::Forwarded(m) => m.0,
+    };
+    let subject = cluster.forward_subject(owner, message.subject.as_str());
+    let mut headers = message.headers.clone().unwrap_or_default();
+    headers.insert(HEADER_HOPS, (hops(&message) + 1).to_string().as_str());
+    let client = shared.client.clone();
+    let publish = async move {
+        let sent = match message.reply {
+            Some(reply) => {
+                client
+                    .publish_with_reply_and_headers(subject, reply, headers, message.payload)
+                    .await
+            }
+            None => {
+                client
+                    .publish_with_headers(subject, headers, message.payload)
+                    .await
+            }
+        };
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "cannot forward a request to its partition's owner");
+        }
+    };
+    // In place, like a reply, so forwards leave in arrival order.
+    let mut publish = Box::pin(publish);
+    if (&mut publish).now_or_never().is_none() {
+        shared.runtime.spawn(publish);
+    }
+}
+
+/// Hold a request whose partition nobody serves at this moment (a
+/// hand-over in progress, or a worker that died and whose lease has not
+/// expired) until an owner is known, then take it again from the top. It
+/// holds an in-flight permit meanwhile, so a stop waits for it; past the
+/// wait it is answered `unavailable`, which a client may retry.
+fn park(request: Incoming, cluster: Arc<Cluster>, shared: Arc<Shared>) {
+    let limit = shared.settings.cluster.lease_ttl + 2 * shared.settings.cluster.tick();
+    let permit = shared.in_flight.clone().try_acquire_owned();
+    let mut changes = cluster.changes();
+    let runtime = shared.runtime.clone();
+    let task = async move {
+        let Ok(permit) = permit else {
+            return reply_now(
+                request,
+                &shared,
+                ServiceError::unavailable(format!(
+                    "the worker has {} requests in flight; retry later",
+                    shared.settings.limits.max_in_flight
+                )),
+            );
+        };
+        let token = crate::protocol::tenant_token(request.message().subject.as_str()).to_owned();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            // Looked at before the first wait too: owners may have changed
+            // since the request was placed.
+            let settled = match cluster.place(&token) {
+                Place::Local(_) => true,
+                Place::Remote(_) => hops(request.message()) < MAX_HOPS,
+                Place::Unowned => false,
+            };
+            if settled {
+                drop(permit);
+                return dispatch(request, &shared);
+            }
+            let waited = tokio::time::timeout_at(deadline, changes.changed()).await;
+            if !matches!(waited, Ok(Ok(()))) {
+                let p = crate::cluster::partition_of(&token, cluster.partitions);
+                return reply_now(
+                    request,
+                    &shared,
+                    ServiceError::unavailable(format!(
+                        "no worker serves partition {p} of tenant {token:?} now (a hand-over, \
+                         or a worker that stopped); retry"
+                    )),
+                );
+            }
+        }
+    };
+    runtime.spawn(task);
+}
+
+/// Answer `request` with `error` at once.
+fn reply_now(request: Incoming, shared: &Arc<Shared>, error: ServiceError) {
+    let addressed = shared.subjects.classify(request.message().subject.as_str());
+    Responder {
+        mark: shared.metrics.start(addressed),
+        request,
+        encoding: VectorEncoding::Array,
+        runtime: shared.runtime.clone(),
+        span: tracing::Span::current(),
+        held: None,
+    }
+    .deliver(Err(error));
+}
+
 /// The reply to one NATS request, sent from wherever its outcome is made.
 struct Responder {
-    request: async_nats::service::Request,
+    request: Incoming,
     /// How the reply carries vectors.
     encoding: VectorEncoding,
     runtime: tokio::runtime::Handle,
     span: tracing::Span,
-    /// The in-flight permit and the tenant's slot, released once sent.
-    held: Option<(OwnedSemaphorePermit, Option<Slot>)>,
+    /// The in-flight permit, the tenant's slot and the partition's entry,
+    /// released once sent.
+    held: Option<(OwnedSemaphorePermit, Option<Slot>, Option<Entry>)>,
     /// Counts and times the request once its reply is out.
     mark: RequestMark,
 }
@@ -369,9 +574,16 @@ fn admin(verb: AdminVerb, body: &[u8], shared: &Shared) -> Result<Pending, Servi
             let stats = shared.router.supervisor().send(GetStats);
             let ingest = shared.ingest.clone();
             let metrics = shared.metrics.clone();
+            let cluster = shared.cluster.clone();
             Ok(async move {
                 let mut stats = stats.await.map_err(unavailable)?;
                 stats.ingest = ingest.as_ref().map(|c| c.snapshot());
+                stats.cluster = cluster.map(|c| crate::protocol::ClusterStats {
+                    member: c.member.clone(),
+                    partitions: c.partitions,
+                    serving: c.served(),
+                    owners: c.owners(),
+                });
                 stats.errors = metrics.error_counts();
                 to_json(&stats)
             }
@@ -409,14 +621,15 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<Bytes, ServiceError> {
 /// they are sent as a normal message (async-nats would send an error reply
 /// with an empty body), so the service's own error counter stays at zero and
 /// `admin.stats` is where failures are seen.
-async fn respond(request: &async_nats::service::Request, outcome: Result<Bytes, ServiceError>) {
+async fn respond(request: &Incoming, outcome: Result<Bytes, ServiceError>) {
     let sent = match outcome {
-        Ok(body) => request.respond(Ok(body)).await,
+        Ok(body) => send(request, body, None).await,
         Err(error) => {
+            let subject = &request.message().subject;
             if error.code == crate::protocol::ErrorCode::Internal {
-                tracing::error!(subject = %request.message.subject, %error, "request failed");
+                tracing::error!(%subject, %error, "request failed");
             } else {
-                tracing::debug!(subject = %request.message.subject, %error, "request refused");
+                tracing::debug!(%subject, %error, "request refused");
             }
             let mut headers = async_nats::HeaderMap::new();
             let text: String = error
@@ -433,10 +646,38 @@ async fn respond(request: &async_nats::service::Request, outcome: Result<Bytes, 
             headers.insert(HEADER_ERROR, text.as_str());
             headers.insert(HEADER_ERROR_CODE, error.code.status().to_string().as_str());
             let body = serde_json::to_vec(&ErrorBody { error }).unwrap_or_default();
-            request.respond_with_headers(Ok(body.into()), headers).await
+            send(request, body.into(), Some(headers)).await
         }
     };
     if let Err(e) = sent {
         tracing::debug!(error = %e, "reply not sent (no reply subject, or disconnected)");
+    }
+}
+
+/// Publish a reply: through the service for its own requests (which keeps
+/// its statistics), straight to the client's reply subject for forwarded
+/// ones.
+async fn send(
+    request: &Incoming,
+    body: Bytes,
+    headers: Option<async_nats::HeaderMap>,
+) -> Result<(), async_nats::Error> {
+    match (request, headers) {
+        (Incoming::Service(r), None) => r.respond(Ok(body)).await.map_err(Into::into),
+        (Incoming::Service(r), Some(h)) => r
+            .respond_with_headers(Ok(body), h)
+            .await
+            .map_err(Into::into),
+        (Incoming::Forwarded(m), headers) => {
+            let Some(reply) = m.0.reply.clone() else {
+                return Ok(());
+            };
+            let client = &m.1;
+            match headers {
+                Some(h) => client.publish_with_headers(reply, h, body).await,
+                None => client.publish(reply, body).await,
+            }
+            .map_err(Into::into)
+        }
     }
 }

@@ -1,0 +1,636 @@
+//! Membership and leases: how this worker joins the fleet of a prefix,
+//! takes the partitions the assignment gives it, keeps them, and gives them
+//! back.
+//!
+//! Owns two JetStream KV buckets and every write to them:
+//!
+//! * `TENANTVEC_FLEET[_<PREFIX>]`, key `config`: what every worker of the
+//!   prefix must agree on (partitions, backend, layout), written by the
+//!   first worker and never expiring;
+//! * `TENANTVEC_LEASES[_<PREFIX>]`, with a maximum age of
+//!   `cluster.lease_ttl`: `member.<name>`, each live worker's record, and
+//!   `lease.<partition>`, the name of the partition's owner. A key not
+//!   renewed within the lease's time is removed by the server itself; a
+//!   lease is taken with create-if-absent and renewed with the revision its
+//!   holder last wrote, so two workers can never both hold it.
+//!
+//! A partition is served only between its lease being taken and its
+//! release: its gate opens after the lease is taken and its ingest consumer
+//! started, and a release closes the gate, waits for the requests inside,
+//! settles the partition (ingest drained, stores closed), and only then
+//! deletes the lease. A lease this worker cannot renew is given up before
+//! it can expire (fenced). It must never serve a partition without its
+//! lease, nor delete a lease whose partition is not settled.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures::future::{join_all, BoxFuture};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::assign::partitions_of;
+use crate::cluster::Cluster;
+use crate::config::Settings;
+use crate::transport::ingest::name_suffix;
+
+/// What the owner of a partition starts and settles; the worker wires it to
+/// its ingest and its supervisor.
+pub trait Partitions: Send + Sync + 'static {
+    /// The lease is held: start what serves the partition (its ingest
+    /// consumer). An error gives the lease back, to be tried again.
+    fn start(&self, partition: u32) -> BoxFuture<'static, anyhow::Result<()>>;
+    /// The gate is closed and empty: stop the partition's ingest and close
+    /// its tenants' stores.
+    fn settle(&self, partition: u32) -> BoxFuture<'static, ()>;
+}
+
+/// Names of the fleet's buckets for a prefix.
+pub fn bucket_names(prefix: &str) -> (String, String) {
+    let suffix = name_suffix(prefix);
+    (
+        format!("TENANTVEC_FLEET{suffix}"),
+        format!("TENANTVEC_LEASES{suffix}"),
+    )
+}
+
+/// What every worker of a prefix must agree on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetConfig {
+    pub partitions: u32,
+    pub backend: String,
+    pub layout: String,
+}
+
+/// A live worker, as it describes itself in `member.<name>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Member {
+    pub member: String,
+    pub host: String,
+    pub pid: u32,
+    pub backend: String,
+    /// The data folder (edge), where every member must agree.
+    pub folder: String,
+    /// Leaving: no partition is assigned to it any more.
+    pub draining: bool,
+    /// The partitions it serves, as of its last renewal.
+    pub serving: Vec<u32>,
+    /// Partitions it is handing over (gate closed, settling).
+    pub releasing: Vec<u32>,
+}
+
+/// The running membership; [`Fleet::leave`] hands every partition over.
+pub struct Fleet {
+    leave: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// Join the fleet: check the settings against it, and take part from now
+/// on. Fails with a message naming the disagreement when this worker cannot
+/// be one of them.
+pub async fn join(
+    client: async_nats::Client,
+    settings: &Settings,
+    backend: &str,
+    cluster: Arc<Cluster>,
+    partitions: Arc<dyn Partitions>,
+) -> anyhow::Result<Fleet> {
+    let js = jetstream::new(client.clone());
+    let (fleet_bucket, lease_bucket) = bucket_names(&settings.nats.prefix);
+    let replicas = settings.nats.replicas;
+    let ttl = settings.cluster.lease_ttl;
+    let layout = settings.store.layout.name().to_owned();
+    let ours = FleetConfig {
+        partitions: settings.cluster.partitions,
+        backend: backend.to_owned(),
+        layout: layout.clone(),
+    };
+    let fleet = open_bucket(&js, &fleet_bucket, Duration::ZERO, replicas).await?;
+    agree(&fleet, &ours).await?;
+    let leases = open_bucket(&js, &lease_bucket, ttl, replicas).await?;
+    let status = leases
+        .status()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read bucket {lease_bucket}: {e}"))?;
+    anyhow::ensure!(
+        status.max_age() == ttl,
+        "setting cluster.lease_ttl is {}, but the fleet's leases (bucket {lease_bucket}) last {}; \
+         every worker of a prefix must agree",
+        humantime::format_duration(ttl),
+        humantime::format_duration(status.max_age()),
+    );
+    let me = Member {
+        member: cluster.member.clone(),
+        host: host_name(),
+        pid: std::process::id(),
+        backend: backend.to_owned(),
+        folder: if backend == "edge" {
+            folder_of(settings)
+        } else {
+            String::new()
+        },
+        draining: false,
+        serving: Vec::new(),
+        releasing: Vec::new(),
+    };
+    if backend == "edge" {
+        for other in read_members(&leases).await? {
+            anyhow::ensure!(
+                other.host == me.host && other.folder == me.folder,
+                "worker {} of prefix {:?} keeps its edge stores in {} on host {}, this one in {} on \
+                 host {}: with the edge store every worker of a prefix shares one data folder on \
+                 one machine (use the qdrant backend for workers on several machines)",
+                other.member,
+                settings.nats.prefix,
+                other.folder,
+                other.host,
+                me.folder,
+                me.host
+            );
+        }
+    }
+    let key = member_key(&me.member);
+    leases
+        .create(&key, json(&me))
+        .await
+        .map_err(|e| match e.kind() {
+            kv::CreateErrorKind::AlreadyExists => anyhow::anyhow!(
+                "another live worker of prefix {:?} is named {:?} (cluster.member); names must be unique",
+                settings.nats.prefix,
+                me.member
+            ),
+            _ => anyhow::anyhow!("cannot join the fleet (bucket {lease_bucket}): {e}"),
+        })?;
+    let nudges = client
+        .subscribe(format!("{}._fleet.nudge.*", settings.nats.prefix))
+        .await?;
+    tracing::info!(
+        member = %me.member,
+        partitions = ours.partitions,
+        lease_ttl = ?ttl,
+        "joined the fleet"
+    );
+    let leave = CancellationToken::new();
+    let me_name = me.member.clone();
+    let run = Run {
+        client,
+        leases,
+        cluster,
+        partitions,
+        me,
+        tick: settings.cluster.tick(),
+        ttl,
+        settle_limit: settings.worker.shutdown_timeout,
+        nudge_subject: format!("{}._fleet.nudge.{}", settings.nats.prefix, me_name),
+        held: BTreeMap::new(),
+        settling: BTreeSet::new(),
+        releasing: None,
+    };
+    let task = tokio::spawn(run.run(nudges, leave.clone()));
+    Ok(Fleet { leave, task })
+}
+
+impl Fleet {
+    /// Leave the fleet: stop taking partitions, hand each held one over
+    /// (drained, settled, lease deleted), then remove this worker's record.
+    /// Bounded by `limit`; what is left then expires with its lease.
+    pub async fn leave(self, limit: Duration) {
+        self.leave.cancel();
+        if tokio::time::timeout(limit, self.task).await.is_err() {
+            tracing::warn!(
+                ?limit,
+                "partitions not handed over in time; their leases expire by themselves"
+            );
+        }
+    }
+}
+
+fn member_key(name: &str) -> String {
+    format!("member.{name}")
+}
+
+fn lease_key(partition: u32) -> String {
+    format!("lease.{partition}")
+}
+
+fn json<T: Serialize>(value: &T) -> Bytes {
+    serde_json::to_vec(value).unwrap_or_default().into()
+}
+
+/// The host's name, for the edge store's one-machine rule.
+fn host_name() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn folder_of(settings: &Settings) -> String {
+    let folder = &settings.store.folder;
+    std::fs::canonicalize(folder)
+        .unwrap_or_else(|_| folder.clone())
+        .display()
+        .to_string()
+}
+
+async fn open_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    max_age: Duration,
+    replicas: usize,
+) -> anyhow::Result<kv::Store> {
+    if let Ok(store) = js.get_key_value(bucket).await {
+        return Ok(store);
+    }
+    js.create_key_value(kv::Config {
+        bucket: bucket.to_owned(),
+        description: "tenantvec fleet".into(),
+        history: 1,
+        max_age,
+        num_replicas: replicas,
+        storage: jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create bucket {bucket} (JetStream is needed for cluster.enabled): {e}"
+        )
+    })
+}
+
+/// Record `ours` as the fleet's settings, or check ours against those
+/// recorded.
+async fn agree(fleet: &kv::Store, ours: &FleetConfig) -> anyhow::Result<()> {
+    match fleet.create("config", json(ours)).await {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+        Err(e) => anyhow::bail!("cannot record the fleet's settings: {e}"),
+    }
+    let theirs: FleetConfig = fleet
+        .get("config")
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read the fleet's settings: {e}"))?
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| anyhow::anyhow!("the fleet's settings record is unreadable"))?;
+    let differ = |what: &str, mine: String, fleet: String| {
+        anyhow::anyhow!(
+            "setting {what} is {mine}, but this prefix's fleet uses {fleet}; every worker of a \
+             prefix must agree (changing cluster.partitions needs an export and import of every \
+             tenant into a new prefix)"
+        )
+    };
+    if theirs.partitions != ours.partitions {
+        return Err(differ(
+            "cluster.partitions",
+            ours.partitions.to_string(),
+            theirs.partitions.to_string(),
+        ));
+    }
+    if theirs.backend != ours.backend {
+        return Err(differ(
+            "store.backend",
+            ours.backend.clone(),
+            theirs.backend,
+        ));
+    }
+    if theirs.layout != ours.layout {
+        return Err(differ("store.layout", ours.layout.clone(), theirs.layout));
+    }
+    Ok(())
+}
+
+/// Every live member's record.
+pub async fn read_members(leases: &kv::Store) -> anyhow::Result<Vec<Member>> {
+    let mut keys = leases
+        .keys()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot list the fleet's members: {e}"))?;
+    let mut names = Vec::new();
+    while let Some(key) = keys.next().await {
+        if let Some(name) = key.ok().as_deref().and_then(|k| k.strip_prefix("member.")) {
+            names.push(name.to_owned());
+        }
+    }
+    let records = join_all(names.iter().map(|n| leases.get(member_key(n)))).await;
+    Ok(records
+        .into_iter()
+        .filter_map(|r| r.ok().flatten())
+        .filter_map(|b| serde_json::from_slice(&b).ok())
+        .collect())
+}
+
+/// The owner of every partition, from the leases.
+pub async fn read_owners(
+    leases: &kv::Store,
+    partitions: u32,
+) -> anyhow::Result<Vec<Option<String>>> {
+    let entries = join_all((0..partitions).map(|p| leases.entry(lease_key(p)))).await;
+    entries
+        .into_iter()
+        .map(|e| {
+            e.map(|e| {
+                e.filter(|e| e.operation == kv::Operation::Put)
+                    .map(|e| String::from_utf8_lossy(&e.value).into_owned())
+            })
+            .map_err(|e| anyhow::anyhow!("cannot read the leases: {e}"))
+        })
+        .collect()
+}
+
+/// A lease this worker holds.
+struct Held {
+    revision: u64,
+    /// When the last renewal that succeeded was sent: the server's clock
+    /// for its expiry started no earlier.
+    renewed: Instant,
+}
+
+/// A partition's settling finished.
+struct Settled {
+    partition: u32,
+    /// Delete the lease (a hand-over); false after a fence, when the lease
+    /// is no longer ours.
+    release: bool,
+}
+
+struct Run {
+    client: async_nats::Client,
+    leases: kv::Store,
+    cluster: Arc<Cluster>,
+    partitions: Arc<dyn Partitions>,
+    me: Member,
+    tick: Duration,
+    ttl: Duration,
+    settle_limit: Duration,
+    nudge_subject: String,
+    held: BTreeMap<u32, Held>,
+    /// Partitions whose gate is closed and whose settling has not finished.
+    settling: BTreeSet<u32>,
+    /// The one partition being handed over at a time.
+    releasing: Option<u32>,
+}
+
+impl Run {
+    async fn run(mut self, mut nudges: async_nats::Subscriber, leave: CancellationToken) {
+        let (settled_tx, mut settled_rx) = mpsc::unbounded_channel::<Settled>();
+        let mut ticks = tokio::time::interval(self.tick);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                Some(_) = nudges.next() => {}
+                Some(done) = settled_rx.recv() => self.settled(done).await,
+                _ = leave.cancelled(), if !self.me.draining => {
+                    self.me.draining = true;
+                    tracing::info!(held = self.held.len(), "leaving the fleet: handing every partition over");
+                }
+            }
+            // Nudges come in bursts; take them all as one.
+            while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, nudges.next()).await {}
+            if self.step(&settled_tx).await {
+                break;
+            }
+        }
+        if let Err(e) = self.leases.delete(member_key(&self.me.member)).await {
+            tracing::warn!(error = %e, "cannot remove this worker's record; it expires by itself");
+        }
+        self.nudge().await;
+        tracing::info!(member = %self.me.member, "left the fleet");
+    }
+
+    /// One round: renew, look, release, take. True once a leaving worker
+    /// holds nothing more.
+    async fn step(&mut self, settled: &mpsc::UnboundedSender<Settled>) -> bool {
+        self.renew(settled).await;
+        let (members, owners) = match tokio::try_join!(
+            read_members(&self.leases),
+            read_owners(&self.leases, self.cluster.partitions)
+        ) {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the fleet; trying again");
+                return false;
+            }
+        };
+        self.cluster.set_owners(owners.clone());
+        let mut live: Vec<String> = members
+            .iter()
+            .filter(|m| !m.draining)
+            .map(|m| m.member.clone())
+            .collect();
+        if !self.me.draining && !live.contains(&self.me.member) {
+            // Our record expired or is not yet listed; we are live.
+            live.push(self.me.member.clone());
+        }
+        let wanted: BTreeSet<u32> = if self.me.draining {
+            BTreeSet::new()
+        } else {
+            partitions_of(&self.me.member, &live, self.cluster.partitions)
+                .into_iter()
+                .collect()
+        };
+        // Hand over one partition at a time.
+        if self.releasing.is_none() {
+            if let Some(p) = self
+                .held
+                .keys()
+                .copied()
+                .find(|p| !wanted.contains(p) && !self.settling.contains(p))
+            {
+                self.release(p, true, settled);
+            }
+        }
+        for p in wanted {
+            if self.held.contains_key(&p)
+                || self.settling.contains(&p)
+                || owners[p as usize].is_some()
+            {
+                continue;
+            }
+            self.take(p).await;
+        }
+        self.me.draining && self.held.is_empty() && self.settling.is_empty()
+    }
+
+    /// Renew this worker's record and every held lease; fence a lease that
+    /// is lost or about to expire unrenewed.
+    async fn renew(&mut self, settled: &mpsc::UnboundedSender<Settled>) {
+        self.me.serving = self.cluster.served();
+        self.me.releasing = self.settling.iter().copied().collect();
+        if let Err(e) = self
+            .leases
+            .put(member_key(&self.me.member), json(&self.me))
+            .await
+        {
+            tracing::warn!(error = %e, "cannot renew this worker's record");
+        }
+        let member = Bytes::from(self.me.member.clone());
+        let renewals = join_all(self.held.iter().map(|(p, held)| {
+            let sent = Instant::now();
+            let update = self
+                .leases
+                .update(lease_key(*p), member.clone(), held.revision);
+            async move { (*p, sent, update.await) }
+        }))
+        .await;
+        let mut fence = Vec::new();
+        for (p, sent, outcome) in renewals {
+            let Some(held) = self.held.get_mut(&p) else {
+                continue;
+            };
+            match outcome {
+                Ok(revision) => {
+                    held.revision = revision;
+                    held.renewed = sent;
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    tracing::error!(
+                        partition = p,
+                        "partition lease lost (renewed by no one but us); fencing"
+                    );
+                    fence.push(p);
+                }
+                Err(e) => {
+                    // A fifth of the lease is left for the settling.
+                    if held.renewed.elapsed() >= self.ttl - self.ttl / 5 {
+                        tracing::error!(partition = p, error = %e, "partition lease about to expire unrenewed; fencing");
+                        fence.push(p);
+                    } else {
+                        tracing::warn!(partition = p, error = %e, "cannot renew a partition lease; trying again");
+                    }
+                }
+            }
+        }
+        for p in fence {
+            self.held.remove(&p);
+            self.release(p, false, settled);
+        }
+    }
+
+    /// Try to take `p`'s lease; on success start and open it.
+    async fn take(&mut self, p: u32) {
+        let sent = Instant::now();
+        let revision = match self
+            .leases
+            .create(lease_key(p), Bytes::from(self.me.member.clone()))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => return,
+            Err(e) => {
+                tracing::warn!(partition = p, error = %e, "cannot take a partition lease");
+                return;
+            }
+        };
+        if let Err(e) = self.partitions.start(p).await {
+            tracing::warn!(partition = p, error = %e, "cannot start a partition; giving its lease back");
+            let _ = self
+                .leases
+                .delete_expect_revision(lease_key(p), Some(revision))
+                .await;
+            return;
+        }
+        self.held.insert(
+            p,
+            Held {
+                revision,
+                renewed: sent,
+            },
+        );
+        self.cluster.gate(p).open();
+        self.cluster.bump();
+        // The line the fleet tests read to check that no partition ever had
+        // two owners at once.
+        tracing::info!(
+            partition = p,
+            member = %self.me.member,
+            at_ms = unix_ms(),
+            "partition acquired"
+        );
+        self.nudge().await;
+    }
+
+    /// Close `p`'s gate and settle it in a task of its own; the lease is
+    /// deleted when it reports back (for a hand-over) or left to expire
+    /// (after a fence).
+    fn release(&mut self, p: u32, hand_over: bool, settled: &mpsc::UnboundedSender<Settled>) {
+        self.settling.insert(p);
+        if hand_over {
+            self.releasing = Some(p);
+        }
+        let gate = self.cluster.gate(p).clone();
+        let partitions = self.partitions.clone();
+        let limit = self.settle_limit;
+        let settled = settled.clone();
+        let cluster = self.cluster.clone();
+        tokio::spawn(async move {
+            let closing = gate.close(limit);
+            cluster.bump();
+            if !closing.await {
+                tracing::warn!(
+                    partition = p,
+                    inside = gate.inside(),
+                    "requests still in flight at the hand-over limit"
+                );
+            }
+            partitions.settle(p).await;
+            let _ = settled.send(Settled {
+                partition: p,
+                release: hand_over,
+            });
+        });
+    }
+
+    async fn settled(&mut self, done: Settled) {
+        let p = done.partition;
+        self.settling.remove(&p);
+        if self.releasing == Some(p) {
+            self.releasing = None;
+        }
+        if done.release {
+            if let Some(held) = self.held.remove(&p) {
+                if let Err(e) = self
+                    .leases
+                    .delete_expect_revision(lease_key(p), Some(held.revision))
+                    .await
+                {
+                    tracing::warn!(partition = p, error = %e, "cannot delete a released lease; it expires by itself");
+                }
+            }
+        }
+        tracing::info!(
+            partition = p,
+            member = %self.me.member,
+            at_ms = unix_ms(),
+            handed_over = done.release,
+            "partition released"
+        );
+        self.nudge().await;
+    }
+
+    /// Tell the other workers to look at the fleet now rather than at
+    /// their next tick.
+    async fn nudge(&self) {
+        if let Err(e) = self
+            .client
+            .publish(self.nudge_subject.clone(), Bytes::new())
+            .await
+        {
+            tracing::debug!(error = %e, "fleet nudge not sent");
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, for ownership log lines.
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
