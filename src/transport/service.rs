@@ -96,14 +96,14 @@ pub struct Serving {
 enum Incoming {
     Service(async_nats::service::Request),
     /// The message, and the connection to answer it on.
-    Forwarded(Box<(async_nats::Message, async_nats::Client)>),
+    Forwarded(async_nats::Message, async_nats::Client),
 }
 
 impl Incoming {
     fn message(&self) -> &async_nats::Message {
         match self {
             Incoming::Service(r) => &r.message,
-            Incoming::Forwarded(m) => &m.0,
+            Incoming::Forwarded(m, _) => m,
         }
     }
 }
@@ -219,7 +219,7 @@ async fn serve(
     let original = |mut m: async_nats::Message| {
         let cluster = shared.cluster.as_ref()?;
         m.subject = cluster.original_subject(m.subject.as_str())?.into();
-        Some(Incoming::Forwarded(Box::new((m, shared.client.clone()))))
+        Some(Incoming::Forwarded(m, shared.client.clone()))
     };
     loop {
         tokio::select! {
@@ -403,7 +403,7 @@ fn hops(message: &async_nats::Message) -> u32 {
 fn forward(request: Incoming, owner: &str, cluster: &Cluster, shared: &Arc<Shared>) {
     let message = match request {
         Incoming::Service(r) => r.message,
-        Incoming::Forwarded(m) => m.0,
+        Incoming::Forwarded(m, _) => m,
     };
     let subject = cluster.forward_subject(owner, message.subject.as_str());
     let mut headers = message.headers.clone().unwrap_or_default();
@@ -668,11 +668,10 @@ async fn send(
             .respond_with_headers(Ok(body), h)
             .await
             .map_err(Into::into),
-        (Incoming::Forwarded(m), headers) => {
-            let Some(reply) = m.0.reply.clone() else {
+        (Incoming::Forwarded(m, client), headers) => {
+            let Some(reply) = m.reply.clone() else {
                 return Ok(());
             };
-            let client = &m.1;
             match headers {
                 Some(h) => client.publish_with_headers(reply, h, body).await,
                 None => client.publish(reply, body).await,
