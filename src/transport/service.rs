@@ -52,6 +52,7 @@ use crate::tenant::TenantId;
 use crate::transport::backlog::{SharedBacklog, Slot};
 use crate::transport::decode::command;
 use crate::transport::discovery::{META_BACKEND, META_CLUSTER, META_PREFIX};
+use crate::transport::relay::{self, Relay};
 use crate::transport::ingest::IngestCounters;
 
 /// The Services API name of the one endpoint.
@@ -78,8 +79,10 @@ struct Shared {
     backups: crate::backup::Backups,
     /// With `cluster.enabled`: who serves each partition.
     cluster: Option<Arc<Cluster>>,
-    /// Forwards requests to their partition's owner.
+    /// Answers raw messages (forwarded ones).
     client: async_nats::Client,
+    /// Forwards requests to their partition's owner and relays the replies.
+    relay: Option<Arc<Relay>>,
 }
 
 /// The running endpoint; [`Serving::drain`] stops it and waits for the
@@ -88,11 +91,13 @@ pub struct Serving {
     service: Service,
     task: JoinHandle<()>,
     shared: Arc<Shared>,
+    relaying: Option<JoinHandle<()>>,
 }
 
-/// A request as it reached this worker: from the service's endpoint, or
-/// forwarded by another worker (its subject restored to the original, its
-/// reply subject still the client's).
+/// A request as it reached this worker: from the service's endpoint, or a
+/// bare message (forwarded by another worker, or a forward of ours that came
+/// back undelivered), its subject the original and its reply subject the
+/// client's.
 enum Incoming {
     Service(async_nats::service::Request),
     /// The message, and the connection to answer it on.
@@ -173,7 +178,38 @@ pub async fn start(
         backups: crate::backup::Backups::new(client.clone(), &settings.nats.prefix),
         cluster: cluster.clone(),
         client: client.clone(),
+        relay: cluster.as_ref().map(|_| Arc::new(Relay::new(client.clone()))),
     });
+    let relaying = match &shared.relay {
+        Some(relay) => {
+            let replies = relay.subscribe().await?;
+            let (reroute, expire) = (shared.clone(), shared.clone());
+            Some(tokio::spawn(relay::run(
+                relay.clone(),
+                replies,
+                settings.nats.request_timeout,
+                move |f| {
+                    let Some(cluster) = reroute.cluster.clone() else {
+                        return;
+                    };
+                    let incoming = Incoming::Forwarded(f.message, reroute.client.clone());
+                    park(incoming, cluster, reroute.clone(), Some(f.owner));
+                },
+                move |f| {
+                    let incoming = Incoming::Forwarded(f.message, expire.client.clone());
+                    reply_now(
+                        incoming,
+                        &expire,
+                        ServiceError::unavailable(format!(
+                            "worker {} did not answer the forwarded request in time",
+                            f.owner
+                        )),
+                    );
+                },
+            )))
+        }
+        None => None,
+    };
     let forwarded = match &cluster {
         Some(c) => Some(
             client
@@ -189,6 +225,7 @@ pub async fn start(
         service,
         task,
         shared,
+        relaying,
     })
 }
 
@@ -201,6 +238,9 @@ impl Serving {
         match tokio::time::timeout(timeout, self.shared.in_flight.acquire_many(max)).await {
             Ok(_) => tracing::info!("every request in flight was answered"),
             Err(_) => tracing::warn!(?timeout, "requests still in flight at the shutdown timeout"),
+        }
+        if let Some(relaying) = self.relaying {
+            relaying.abort();
         }
         if let Err(e) = self.service.stop().await {
             tracing::debug!(error = %e, "stopping the service");
@@ -319,10 +359,16 @@ fn dispatch(request: Incoming, shared: &Arc<Shared>) {
         (Some(cluster), Some(Ok(tenant))) => match cluster.place(tenant.as_str()) {
             Place::Local(entry) => Some(entry),
             Place::Remote(owner) if hops(responder.request.message()) < MAX_HOPS => {
-                return forward(responder.request, &owner, cluster, shared);
+                let Ok(permit) = shared.in_flight.clone().try_acquire_owned() else {
+                    return responder.deliver(Err(ServiceError::unavailable(format!(
+                        "the worker has {} requests in flight; retry later",
+                        shared.settings.limits.max_in_flight
+                    ))));
+                };
+                return forward(responder.request, &owner, cluster, shared, permit);
             }
             Place::Remote(_) | Place::Unowned => {
-                return park(responder.request, cluster.clone(), shared.clone());
+                return park(responder.request, cluster.clone(), shared.clone(), None);
             }
         },
         _ => None,
@@ -398,47 +444,36 @@ fn hops(message: &async_nats::Message) -> u32 {
         .unwrap_or(0)
 }
 
-/// Send the request on to its partition's owner, reply subject kept: the
-/// owner answers the client directly (one more hop, no more round trip).
-fn forward(request: Incoming, owner: &str, cluster: &Cluster, shared: &Arc<Shared>) {
+/// Send the request on to its partition's owner through the relay, which
+/// passes the owner's reply on to the client (see [`relay`]).
+fn forward(
+    request: Incoming,
+    owner: &str,
+    cluster: &Cluster,
+    shared: &Arc<Shared>,
+    permit: OwnedSemaphorePermit,
+) {
     let message = match request {
         Incoming::Service(r) => r.message,
         Incoming::Forwarded(m, _) => m,
     };
+    let Some(relay) = &shared.relay else {
+        return;
+    };
     let subject = cluster.forward_subject(owner, message.subject.as_str());
     let mut headers = message.headers.clone().unwrap_or_default();
     headers.insert(HEADER_HOPS, (hops(&message) + 1).to_string().as_str());
-    let client = shared.client.clone();
-    let publish = async move {
-        let sent = match message.reply {
-            Some(reply) => {
-                client
-                    .publish_with_reply_and_headers(subject, reply, headers, message.payload)
-                    .await
-            }
-            None => {
-                client
-                    .publish_with_headers(subject, headers, message.payload)
-                    .await
-            }
-        };
-        if let Err(e) = sent {
-            tracing::warn!(error = %e, "cannot forward a request to its partition's owner");
-        }
-    };
-    // In place, like a reply, so forwards leave in arrival order.
-    let mut publish = Box::pin(publish);
-    if (&mut publish).now_or_never().is_none() {
-        shared.runtime.spawn(publish);
-    }
+    relay.forward(subject, owner, headers, message, permit, &shared.runtime);
 }
 
 /// Hold a request whose partition nobody serves at this moment (a
 /// hand-over in progress, or a worker that died and whose lease has not
 /// expired) until an owner is known, then take it again from the top. It
 /// holds an in-flight permit meanwhile, so a stop waits for it; past the
-/// wait it is answered `unavailable`, which a client may retry.
-fn park(request: Incoming, cluster: Arc<Cluster>, shared: Arc<Shared>) {
+/// wait it is answered `unavailable`, which a client may retry. `avoid`: a
+/// worker that proved gone (its forward came back undelivered); the request
+/// waits until its partition has another owner.
+fn park(request: Incoming, cluster: Arc<Cluster>, shared: Arc<Shared>, avoid: Option<String>) {
     let limit = shared.settings.cluster.lease_ttl + 2 * shared.settings.cluster.tick();
     let permit = shared.in_flight.clone().try_acquire_owned();
     let mut changes = cluster.changes();
@@ -461,7 +496,9 @@ fn park(request: Incoming, cluster: Arc<Cluster>, shared: Arc<Shared>) {
             // since the request was placed.
             let settled = match cluster.place(&token) {
                 Place::Local(_) => true,
-                Place::Remote(_) => hops(request.message()) < MAX_HOPS,
+                Place::Remote(owner) => {
+                    hops(request.message()) < MAX_HOPS && Some(&owner) != avoid.as_ref()
+                }
                 Place::Unowned => false,
             };
             if settled {
