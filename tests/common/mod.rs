@@ -1,9 +1,11 @@
 //! Test harness: a real nats-server per test (free loopback port, JetStream
-//! in a temp dir), a worker in-process or as the built binary, and a client.
+//! in a temp dir), or a cluster of them (`cluster`), a worker in-process or
+//! as the built binary, and a client.
 //! Every process and folder it makes is owned by a guard that cleans up on
 //! drop, also when a test fails.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod embedder;
 pub mod qdrant;
 
