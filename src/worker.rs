@@ -158,7 +158,7 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
     }
     // Joined last: from the first lease on, other workers forward this
     // one requests, and its endpoint already listens for them.
-    let fleet = match &cluster {
+    let mut fleet = match &cluster {
         Some(cluster) => Some(
             crate::cluster::fleet::join(
                 client.clone(),
@@ -190,7 +190,7 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
     tracing::info!("stopping: no new requests; answering those in flight");
     let timeout = settings.worker.shutdown_timeout;
     let stop = async {
-        if let Some(fleet) = fleet {
+        if let Some(fleet) = fleet.as_mut() {
             // Partition by partition: requests finish, ingest settles, stores
             // close, the lease goes to the next owner; meanwhile requests of
             // handed-over partitions are forwarded there.
@@ -206,6 +206,9 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
             }
         };
         tokio::join!(serving.drain(timeout), ingest_drained);
+        if let Some(fleet) = fleet {
+            fleet.close().await;
+        }
         if let Err(e) = supervisor.send(Shutdown).await {
             tracing::error!(error = %e, "the supervisor stopped before closing the stores");
         }

@@ -85,9 +85,12 @@ pub struct Member {
     pub releasing: Vec<u32>,
 }
 
-/// The running membership; [`Fleet::leave`] hands every partition over.
+/// The running membership; [`Fleet::leave`] hands every partition over,
+/// [`Fleet::close`] stops watching the fleet.
 pub struct Fleet {
     leave: CancellationToken,
+    left: tokio::sync::watch::Receiver<bool>,
+    close: CancellationToken,
     task: JoinHandle<()>,
 }
 
@@ -192,22 +195,40 @@ pub async fn join(
         settling: BTreeSet::new(),
         releasing: None,
     };
-    let task = tokio::spawn(run.run(nudges, leave.clone()));
-    Ok(Fleet { leave, task })
+    let close = CancellationToken::new();
+    let (left_tx, left) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(run.run(nudges, leave.clone(), left_tx, close.clone()));
+    Ok(Fleet {
+        leave,
+        left,
+        close,
+        task,
+    })
 }
 
 impl Fleet {
     /// Leave the fleet: stop taking partitions, hand each held one over
     /// (drained, settled, lease deleted), then remove this worker's record.
     /// Bounded by `limit`; what is left then expires with its lease.
-    pub async fn leave(self, limit: Duration) {
+    pub async fn leave(&mut self, limit: Duration) {
         self.leave.cancel();
-        if tokio::time::timeout(limit, self.task).await.is_err() {
+        if tokio::time::timeout(limit, self.left.wait_for(|left| *left))
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 ?limit,
                 "partitions not handed over in time; their leases expire by themselves"
             );
         }
+    }
+
+    /// Stop following the fleet. Until then a worker that has left still
+    /// reads who owns what, for the requests it forwards while its endpoint
+    /// drains.
+    pub async fn close(self) {
+        self.close.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
     }
 }
 
@@ -378,7 +399,13 @@ struct Run {
 }
 
 impl Run {
-    async fn run(mut self, mut nudges: async_nats::Subscriber, leave: CancellationToken) {
+    async fn run(
+        mut self,
+        mut nudges: async_nats::Subscriber,
+        leave: CancellationToken,
+        left: tokio::sync::watch::Sender<bool>,
+        close: CancellationToken,
+    ) {
         let (settled_tx, mut settled_rx) = mpsc::unbounded_channel::<Settled>();
         let mut ticks = tokio::time::interval(self.tick);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -403,6 +430,19 @@ impl Run {
         }
         self.nudge().await;
         tracing::info!(member = %self.me.member, "left the fleet");
+        let _ = left.send(true);
+        // Still reading the owners, for requests forwarded while the
+        // endpoint drains.
+        loop {
+            tokio::select! {
+                _ = close.cancelled() => return,
+                _ = ticks.tick() => {}
+                Some(_) = nudges.next() => {}
+            }
+            if let Ok(owners) = read_owners(&self.leases, self.cluster.partitions).await {
+                self.cluster.set_owners(owners);
+            }
+        }
     }
 
     /// One round: renew, look, release, take. True once a leaving worker
@@ -489,6 +529,7 @@ impl Run {
                 Ok(revision) => {
                     held.revision = revision;
                     held.renewed = sent;
+                    self.cluster.gate(p).extend(sent + self.safe());
                 }
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                     tracing::error!(
@@ -498,8 +539,8 @@ impl Run {
                     fence.push(p);
                 }
                 Err(e) => {
-                    // A fifth of the lease is left for the settling.
-                    if held.renewed.elapsed() >= self.ttl - self.ttl / 5 {
+                    // The gate stopped admitting at the same point.
+                    if held.renewed.elapsed() >= self.safe() {
                         tracing::error!(partition = p, error = %e, "partition lease about to expire unrenewed; fencing");
                         fence.push(p);
                     } else {
@@ -544,17 +585,25 @@ impl Run {
                 renewed: sent,
             },
         );
-        self.cluster.gate(p).open();
-        self.cluster.bump();
-        // The line the fleet tests read to check that no partition ever had
-        // two owners at once.
+        // The lines the fleet tests read to check that no partition ever
+        // had two owners at once: this one, taken before the gate opens, and
+        // "partition closing", after it shut.
         tracing::info!(
             partition = p,
             member = %self.me.member,
             at_ms = unix_ms(),
             "partition acquired"
         );
+        self.cluster.gate(p).open(sent + self.safe());
+        self.cluster.bump();
         self.nudge().await;
+    }
+
+    /// How long after a renewal was sent the partition is served at most
+    /// without another: four fifths of the lease, leaving a fifth of it
+    /// between the last request admitted and the server's expiry.
+    fn safe(&self) -> Duration {
+        self.ttl - self.ttl / 5
     }
 
     /// Close `p`'s gate and settle it in a task of its own; the lease is
@@ -570,6 +619,16 @@ impl Run {
         let limit = self.settle_limit;
         let settled = settled.clone();
         let cluster = self.cluster.clone();
+        gate.shut();
+        // When it stopped admitting: now, or earlier if the lease ran out.
+        let served_until = unix_ms().saturating_sub(gate.valid_until().elapsed().as_millis());
+        tracing::info!(
+            partition = p,
+            member = %self.me.member,
+            served_until_ms = served_until,
+            hand_over,
+            "partition closing"
+        );
         tokio::spawn(async move {
             let closing = gate.close(limit);
             cluster.bump();

@@ -160,7 +160,8 @@ mod tests {
         c.set_owners(vec![Some("me".into())]);
         // Leased but not opened (or being released): nobody serves it.
         assert!(matches!(c.place("alice"), Place::Unowned));
-        c.gate(0).open();
+        c.gate(0)
+            .open(std::time::Instant::now() + std::time::Duration::from_secs(60));
         assert!(matches!(c.place("alice"), Place::Local(_)));
         assert_eq!(c.served(), vec![0]);
     }

@@ -29,7 +29,7 @@ pub struct Forwarded {
     pub owner: String,
     sent: Instant,
     /// The forwarder's in-flight permit: a stop waits for the reply.
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    pub permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// What became of a forwarded request.
@@ -92,7 +92,7 @@ impl Relay {
                 message,
                 owner: owner.to_owned(),
                 sent: Instant::now(),
-                _permit: permit,
+                permit,
             },
         );
         let client = self.client.clone();

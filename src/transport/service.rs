@@ -52,8 +52,8 @@ use crate::tenant::TenantId;
 use crate::transport::backlog::{SharedBacklog, Slot};
 use crate::transport::decode::command;
 use crate::transport::discovery::{META_BACKEND, META_CLUSTER, META_PREFIX};
-use crate::transport::relay::{self, Relay};
 use crate::transport::ingest::IngestCounters;
+use crate::transport::relay::{self, Relay};
 
 /// The Services API name of the one endpoint.
 const ENDPOINT_NAME: &str = "requests";
@@ -178,7 +178,9 @@ pub async fn start(
         backups: crate::backup::Backups::new(client.clone(), &settings.nats.prefix),
         cluster: cluster.clone(),
         client: client.clone(),
-        relay: cluster.as_ref().map(|_| Arc::new(Relay::new(client.clone()))),
+        relay: cluster
+            .as_ref()
+            .map(|_| Arc::new(Relay::new(client.clone()))),
     });
     let relaying = match &shared.relay {
         Some(relay) => {
@@ -193,7 +195,13 @@ pub async fn start(
                         return;
                     };
                     let incoming = Incoming::Forwarded(f.message, reroute.client.clone());
-                    park(incoming, cluster, reroute.clone(), Some(f.owner));
+                    park(
+                        incoming,
+                        cluster,
+                        reroute.clone(),
+                        Some(f.owner),
+                        Some(f.permit),
+                    );
                 },
                 move |f| {
                     let incoming = Incoming::Forwarded(f.message, expire.client.clone());
@@ -317,6 +325,21 @@ type Pending = BoxFuture<'static, Result<Bytes, ServiceError>>;
 /// sent by whoever makes the outcome: the tenant actor, through
 /// [`Responder`], with no task of ours woken for it.
 fn dispatch(request: Incoming, shared: &Arc<Shared>) {
+    dispatch_with(request, shared, None)
+}
+
+/// [`dispatch`], with the in-flight permit a parked or re-routed request
+/// already holds: taking a new one could fail while a stop drains (the drain
+/// waits for every permit), and the request would be refused for nothing.
+fn dispatch_with(
+    request: Incoming,
+    shared: &Arc<Shared>,
+    mut carried: Option<OwnedSemaphorePermit>,
+) {
+    let mut permit = move || match carried.take() {
+        Some(p) => Ok(p),
+        None => shared.in_flight.clone().try_acquire_owned(),
+    };
     // A clone (a reference count) so that the request can move on while
     // the subject's tokens are in use.
     let subject = request.message().subject.clone();
@@ -359,7 +382,7 @@ fn dispatch(request: Incoming, shared: &Arc<Shared>) {
         (Some(cluster), Some(Ok(tenant))) => match cluster.place(tenant.as_str()) {
             Place::Local(entry) => Some(entry),
             Place::Remote(owner) if hops(responder.request.message()) < MAX_HOPS => {
-                let Ok(permit) = shared.in_flight.clone().try_acquire_owned() else {
+                let Ok(permit) = permit() else {
                     return responder.deliver(Err(ServiceError::unavailable(format!(
                         "the worker has {} requests in flight; retry later",
                         shared.settings.limits.max_in_flight
@@ -368,7 +391,14 @@ fn dispatch(request: Incoming, shared: &Arc<Shared>) {
                 return forward(responder.request, &owner, cluster, shared, permit);
             }
             Place::Remote(_) | Place::Unowned => {
-                return park(responder.request, cluster.clone(), shared.clone(), None);
+                let held = permit().ok();
+                return park(
+                    responder.request,
+                    cluster.clone(),
+                    shared.clone(),
+                    None,
+                    held,
+                );
             }
         },
         _ => None,
@@ -385,7 +415,7 @@ fn dispatch(request: Incoming, shared: &Arc<Shared>) {
         },
         _ => None,
     };
-    let Ok(permit) = shared.in_flight.clone().try_acquire_owned() else {
+    let Ok(permit) = permit() else {
         return responder.deliver(Err(ServiceError::unavailable(format!(
             "the worker has {} requests in flight; retry later",
             shared.settings.limits.max_in_flight
@@ -473,9 +503,21 @@ fn forward(
 /// wait it is answered `unavailable`, which a client may retry. `avoid`: a
 /// worker that proved gone (its forward came back undelivered); the request
 /// waits until its partition has another owner.
-fn park(request: Incoming, cluster: Arc<Cluster>, shared: Arc<Shared>, avoid: Option<String>) {
-    let limit = shared.settings.cluster.lease_ttl + 2 * shared.settings.cluster.tick();
-    let permit = shared.in_flight.clone().try_acquire_owned();
+fn park(
+    request: Incoming,
+    cluster: Arc<Cluster>,
+    shared: Arc<Shared>,
+    avoid: Option<String>,
+    carried: Option<OwnedSemaphorePermit>,
+) {
+    // Two leases: a dead owner's lease runs out within one, and a NATS
+    // cluster that lost the leader of the lease bucket elects another in
+    // about as long again (4-9 s measured), during which no lease moves.
+    let limit = 2 * shared.settings.cluster.lease_ttl + shared.settings.cluster.tick();
+    let permit = match carried {
+        Some(p) => Ok(p),
+        None => shared.in_flight.clone().try_acquire_owned(),
+    };
     let mut changes = cluster.changes();
     let runtime = shared.runtime.clone();
     let task = async move {
@@ -502,8 +544,7 @@ fn park(request: Incoming, cluster: Arc<Cluster>, shared: Arc<Shared>, avoid: Op
                 Place::Unowned => false,
             };
             if settled {
-                drop(permit);
-                return dispatch(request, &shared);
+                return dispatch_with(request, &shared, Some(permit));
             }
             let waited = tokio::time::timeout_at(deadline, changes.changed()).await;
             if !matches!(waited, Ok(Ok(()))) {
