@@ -14,6 +14,12 @@
 //!   [`transport::lanes`] that applies them in stream order;
 //!   [`transport::discovery`] refuses to start a worker that would split
 //!   tenants with another one.
+//! * [`cluster`]: several workers on one prefix (`cluster.enabled`): a
+//!   tenant's partition ([`cluster::partition`]), which member should own it
+//!   ([`cluster::assign`]), the leases in JetStream KV that make an owner and
+//!   the hand-over ([`cluster::fleet`]), and each partition's gate
+//!   ([`cluster::gate`]); [`transport::relay`] forwards a request to its
+//!   partition's owner and the reply back.
 //! * [`command`]: what the transport asks of a tenant ([`command::Command`]
 //!   in an [`command::Envelope`]) and where the reply goes
 //!   ([`command::ReplyTo`]: straight back over NATS, or to a waiting task).

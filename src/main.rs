@@ -96,6 +96,10 @@ enum Command {
     },
     /// Pool statistics of a worker.
     Stats,
+    /// The fleet of a prefix (cluster.enabled): its settings, its members
+    /// with the partitions each serves and hands over, and every
+    /// partition's owner, as the leases say.
+    Cluster,
     /// The dead-letter records of the ingest stream (without their bodies);
     /// `deadletters replay` publishes them to ingest again.
     Deadletters {
@@ -360,6 +364,11 @@ async fn request_command(command: Command, settings: &Settings) -> Result<Value,
         }
         Command::Drop { tenant } => client.tenant(Verb::Drop, &tenant, &json!({})).await,
         Command::Stats => client.admin(AdminVerb::Stats, &json!({})).await,
+        Command::Cluster => {
+            tenantvec::cluster::fleet::describe(client.nats(), &settings.nats.prefix)
+                .await
+                .map_err(Into::into)
+        }
         Command::Export { tenant, file } => {
             let tenant = tenantvec::client::check_tenant(&tenant)?;
             backup::export(&client, &tenant, file.as_deref()).await

@@ -75,8 +75,13 @@ pub struct Member {
     pub host: String,
     pub pid: u32,
     pub backend: String,
-    /// The data folder (edge), where every member must agree.
+    /// The data folder (edge), as this worker names it.
     pub folder: String,
+    /// The data folder's identity (edge): a random id kept in the folder
+    /// itself, so two workers agree exactly when they see one folder (one
+    /// machine, or one volume mounted into several containers).
+    #[serde(default)]
+    pub folder_id: String,
     /// Leaving: no partition is assigned to it any more.
     pub draining: bool,
     /// The partitions it serves, as of its last renewal.
@@ -138,6 +143,11 @@ pub async fn join(
         } else {
             String::new()
         },
+        folder_id: if backend == "edge" {
+            folder_id(&settings.store.folder)?
+        } else {
+            String::new()
+        },
         draining: false,
         serving: Vec::new(),
         releasing: Vec::new(),
@@ -145,10 +155,11 @@ pub async fn join(
     if backend == "edge" {
         for other in read_members(&leases).await? {
             anyhow::ensure!(
-                other.host == me.host && other.folder == me.folder,
+                other.folder_id == me.folder_id,
                 "worker {} of prefix {:?} keeps its edge stores in {} on host {}, this one in {} on \
-                 host {}: with the edge store every worker of a prefix shares one data folder on \
-                 one machine (use the qdrant backend for workers on several machines)",
+                 host {}, and they are not the same folder: with the edge store every worker of a \
+                 prefix shares one data folder (one machine, or one volume) (use the qdrant \
+                 backend for workers on several machines)",
                 other.member,
                 settings.nats.prefix,
                 other.folder,
@@ -252,6 +263,28 @@ fn host_name() -> String {
         .into_owned()
 }
 
+/// The identity of the data folder `root`: the id in its
+/// `.tenantvec-folder-id` file, made by the first worker that looks (made
+/// aside and linked in, so two workers starting at once agree on one).
+fn folder_id(root: &std::path::Path) -> anyhow::Result<String> {
+    let path = root.join(".tenantvec-folder-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        return Ok(id.trim().to_owned());
+    }
+    std::fs::create_dir_all(root)
+        .map_err(|e| anyhow::anyhow!("cannot create the data folder {}: {e}", root.display()))?;
+    let id = nuid::next().to_string();
+    let aside = root.join(format!(".tenantvec-folder-id.{id}"));
+    std::fs::write(&aside, &id)
+        .map_err(|e| anyhow::anyhow!("cannot write in the data folder {}: {e}", root.display()))?;
+    // A link fails if the name exists: then the other worker's id counts.
+    let _ = std::fs::hard_link(&aside, &path);
+    let _ = std::fs::remove_file(&aside);
+    std::fs::read_to_string(&path)
+        .map(|id| id.trim().to_owned())
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
+}
+
 fn folder_of(settings: &Settings) -> String {
     let folder = &settings.store.folder;
     std::fs::canonicalize(folder)
@@ -327,6 +360,40 @@ async fn agree(fleet: &kv::Store, ours: &FleetConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The fleet of `prefix` as its buckets say, for `tenantvec cluster`.
+pub async fn describe(
+    client: &async_nats::Client,
+    prefix: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let js = jetstream::new(client.clone());
+    let (fleet_bucket, lease_bucket) = bucket_names(prefix);
+    let no_fleet = |e| {
+        anyhow::anyhow!(
+            "no fleet on prefix {prefix:?} (bucket {fleet_bucket}: {e}); is a worker running with cluster.enabled?"
+        )
+    };
+    let fleet = js.get_key_value(&fleet_bucket).await.map_err(no_fleet)?;
+    let config: FleetConfig = fleet
+        .get("config")
+        .await?
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| anyhow::anyhow!("the fleet's settings record is missing"))?;
+    let leases = js.get_key_value(&lease_bucket).await?;
+    let mut members = read_members(&leases).await?;
+    members.sort_by(|a, b| a.member.cmp(&b.member));
+    let owners = read_owners(&leases, config.partitions).await?;
+    let unowned: Vec<u32> = (0..config.partitions)
+        .filter(|p| owners[*p as usize].is_none())
+        .collect();
+    Ok(serde_json::json!({
+        "config": config,
+        "lease_ttl_seconds": leases.status().await?.max_age().as_secs_f64(),
+        "members": members,
+        "owners": owners,
+        "unowned": unowned,
+    }))
+}
+
 /// Every live member's record.
 pub async fn read_members(leases: &kv::Store) -> anyhow::Result<Vec<Member>> {
     let mut keys = leases
@@ -347,7 +414,9 @@ pub async fn read_members(leases: &kv::Store) -> anyhow::Result<Vec<Member>> {
         .collect())
 }
 
-/// The owner of every partition, from the leases.
+/// The owner of every partition, from the leases. A read may come from a
+/// replica a write has not reached yet: good for routing and display, never
+/// for a decision about a lease (those are compare-and-set writes).
 pub async fn read_owners(
     leases: &kv::Store,
     partitions: u32,
