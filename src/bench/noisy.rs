@@ -444,15 +444,19 @@ pub async fn ingest_measure(settings: &Settings) -> anyhow::Result<Value> {
     let js = async_nats::jetstream::new(client.nats().clone());
     let names = tenantvec::transport::ingest::Names::new(client.subjects().prefix());
     let subject = names.ingest_subject(INGEST_VICTIM);
-    let backlog_subject = names.ingest_subject(BACKLOG);
+    // Filed under its partition too when the worker runs in a fleet.
+    let backlog_filters = names.stored_filters(BACKLOG);
     let mut stream = js.get_stream(&names.ingest_stream).await?;
     let started = Instant::now();
     let mut behind = Vec::new();
     let mut i = 0;
     loop {
-        let pending = tenantvec::client::pending_on(&mut stream, &backlog_subject)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut pending = 0;
+        for filter in &backlog_filters {
+            pending += tenantvec::client::pending_on(&mut stream, filter)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
         if pending == 0 {
             break;
         }
