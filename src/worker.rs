@@ -161,7 +161,9 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
     let mut fleet = match &cluster {
         Some(cluster) => Some(
             crate::cluster::fleet::join(
-                client.clone(),
+                // A connection of its own: lease renewals must not queue
+                // behind a flood of requests and replies on the main one.
+                transport::connect(&fleet_nats(&settings)).await?,
                 &settings,
                 factory.backend(),
                 cluster.clone(),
@@ -240,6 +242,13 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
     }
     tracing::info!("tenantvec worker stopped");
     Ok(())
+}
+
+/// The fleet's connection settings: the worker's, named apart.
+fn fleet_nats(settings: &Settings) -> crate::config::NatsSettings {
+    let mut nats = settings.nats.clone();
+    nats.connection_name = format!("{}-fleet", nats.connection_name);
+    nats
 }
 
 /// This worker's name in the fleet: `cluster.member`, or the host name, the

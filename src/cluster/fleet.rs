@@ -109,7 +109,11 @@ pub async fn join(
     cluster: Arc<Cluster>,
     partitions: Arc<dyn Partitions>,
 ) -> anyhow::Result<Fleet> {
-    let js = jetstream::new(client.clone());
+    // A renewal that waits longer than a tick is better tried again at the
+    // next one than waited for while the lease runs out.
+    let js = jetstream::context::ContextBuilder::new()
+        .timeout(settings.cluster.tick())
+        .build(client.clone());
     let (fleet_bucket, lease_bucket) = bucket_names(&settings.nats.prefix);
     let replicas = settings.nats.replicas;
     let ttl = settings.cluster.lease_ttl;
@@ -590,7 +594,19 @@ impl Run {
         }))
         .await;
         let mut fence = Vec::new();
-        for (p, sent, outcome) in renewals {
+        for (p, sent, mut outcome) in renewals {
+            if matches!(&outcome, Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision) {
+                // A renewal that timed out may have been stored all the
+                // same, and then this one expected the revision before it.
+                // The name is this worker's alone (new at every start), so
+                // a lease that carries it is still ours.
+                if let Some(revision) = self.ours(p).await {
+                    outcome = self
+                        .leases
+                        .update(lease_key(p), member.clone(), revision)
+                        .await;
+                }
+            }
             let Some(held) = self.held.get_mut(&p) else {
                 continue;
             };
@@ -603,7 +619,7 @@ impl Run {
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                     tracing::error!(
                         partition = p,
-                        "partition lease lost (renewed by no one but us); fencing"
+                        "partition lease lost (it expired unrenewed, or another worker holds it); fencing"
                     );
                     fence.push(p);
                 }
@@ -621,6 +637,18 @@ impl Run {
         for p in fence {
             self.held.remove(&p);
             self.release(p, false, settled);
+        }
+    }
+
+    /// The revision of `p`'s lease if it still names this worker.
+    async fn ours(&self, p: u32) -> Option<u64> {
+        match self.leases.entry(lease_key(p)).await {
+            Ok(Some(e))
+                if e.operation == kv::Operation::Put && e.value == self.me.member.as_bytes() =>
+            {
+                Some(e.revision)
+            }
+            _ => None,
         }
     }
 
