@@ -277,6 +277,8 @@ fn assert_one_owner(all: &[(String, Vec<Hold>)]) {
 
 struct Fleet {
     nats_url: String,
+    /// The backend's settings (empty: edge).
+    backend: Vec<(String, String)>,
     data: tempfile::TempDir,
     workers: Vec<(String, WorkerProcess)>,
     /// Logs of workers that are gone, with when they were killed.
@@ -288,12 +290,15 @@ impl Fleet {
     fn start_worker(&mut self) -> String {
         self.next += 1;
         let name = format!("w{}", self.next);
-        let env = vec![
+        let env: Vec<(String, String)> = vec![
             ("TENANTVEC_CLUSTER".to_owned(), "true".to_owned()),
             ("TENANTVEC_REPLICAS".to_owned(), "3".to_owned()),
             ("TENANTVEC_MEMBER".to_owned(), name.clone()),
             ("RUST_LOG".to_owned(), "info,async_nats=warn".to_owned()),
-        ];
+        ]
+        .into_iter()
+        .chain(self.backend.iter().cloned())
+        .collect();
         let w = WorkerProcess::start(&self.nats_url, self.data.path(), env);
         w.wait_serving(Duration::from_secs(60));
         self.workers.push((name.clone(), w));
@@ -466,6 +471,43 @@ fn report(scenario: &str, tally: &Tally, extra: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_keeps_every_write_and_one_owner_through_joins_restarts_and_crashes() {
+    fleet_scenarios(Vec::new()).await;
+}
+
+/// The same on the qdrant backend: workers that share nothing on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_on_the_qdrant_backend_keeps_every_write_and_one_owner() {
+    let Some(url) = common::qdrant::url_or_skip("a_fleet_on_the_qdrant_backend") else {
+        return;
+    };
+    let space = common::qdrant::Space::new(&url);
+    let mut env = vec![
+        ("TENANTVEC_BACKEND".to_owned(), "qdrant".to_owned()),
+        ("QDRANT_URL".to_owned(), url.clone()),
+        ("QDRANT_COLLECTION_PREFIX".to_owned(), space.prefix.clone()),
+    ];
+    if let Some(key) = common::qdrant::api_key() {
+        env.push(("QDRANT_API_KEY".to_owned(), key));
+    }
+    fleet_scenarios(env).await;
+}
+
+/// `tenantvec cluster`, run as an operator would.
+fn cluster_command(nats_url: &str) -> Value {
+    let out = std::process::Command::new(common::tenantvec_bin())
+        .arg("cluster")
+        .env("NATS_URL", nats_url)
+        .output()
+        .expect("run tenantvec cluster");
+    assert!(
+        out.status.success(),
+        "tenantvec cluster: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("tenantvec cluster prints JSON")
+}
+
+async fn fleet_scenarios(backend: Vec<(String, String)>) {
     let mut nats = NatsCluster::start(3).await;
     // The test's own connections stay on node 0, which is never killed, so
     // what is measured is the fleet's behaviour, not the test client's.
@@ -473,6 +515,7 @@ async fn a_fleet_keeps_every_write_and_one_owner_through_joins_restarts_and_cras
     settings.nats.request_timeout = Duration::from_secs(15);
     let mut fleet = Fleet {
         nats_url: nats.url(),
+        backend,
         data: tempfile::tempdir().unwrap(),
         workers: Vec::new(),
         gone: Vec::new(),
@@ -499,6 +542,14 @@ async fn a_fleet_keeps_every_write_and_one_owner_through_joins_restarts_and_cras
     tokio::time::sleep(Duration::from_secs(2)).await;
     let joined = load.take_tally();
     report("join", &joined, &format!(", rebalanced in {took:?}"));
+    let described = cluster_command(&nats.node_url(0));
+    assert_eq!(
+        described["members"].as_array().map(Vec::len),
+        Some(4),
+        "{described:#}"
+    );
+    assert_eq!(described["unowned"], json!([]), "{described:#}");
+    assert_eq!(described["config"]["partitions"], json!(16));
     dump_logs(&fleet);
     assert_one_owner(&fleet.holds());
     check_writes(&client, &load.acked(), "join", false).await;
