@@ -319,6 +319,20 @@ impl Supervisor {
         }
     }
 
+    /// Stop `targets`' actors, as asked for; resolves to how many, once
+    /// they are closed.
+    fn stop_all(&mut self, targets: &[TenantId]) -> ResponseFuture<usize> {
+        let waits: Vec<_> = targets
+            .iter()
+            .filter_map(|t| self.stop(t, StopReason::Requested))
+            .collect();
+        let n = waits.len();
+        Box::pin(async move {
+            join_all(waits).await;
+            n
+        })
+    }
+
     fn expire(&mut self) -> Vec<oneshot::Receiver<()>> {
         let now = Instant::now();
         // Uses through the fast path count: merge them in first.
@@ -460,15 +474,7 @@ impl Handler<Evict> for Supervisor {
             Some(_) => Vec::new(),
             None => self.pool.keys(),
         };
-        let waits: Vec<_> = targets
-            .iter()
-            .filter_map(|t| self.stop(t, StopReason::Requested))
-            .collect();
-        let n = waits.len();
-        Box::pin(async move {
-            join_all(waits).await;
-            n
-        })
+        self.stop_all(&targets)
     }
 }
 
@@ -479,15 +485,7 @@ impl Handler<EvictWhere> for Supervisor {
         let mut targets: Vec<TenantId> = self.pool.keys();
         targets.extend(self.closing.keys().cloned());
         targets.retain(|t| which(t));
-        let waits: Vec<_> = targets
-            .iter()
-            .filter_map(|t| self.stop(t, StopReason::Requested))
-            .collect();
-        let n = waits.len();
-        Box::pin(async move {
-            join_all(waits).await;
-            n
-        })
+        self.stop_all(&targets)
     }
 }
 
