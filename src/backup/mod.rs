@@ -68,6 +68,8 @@ pub fn bucket_name(prefix: &str) -> String {
 pub struct Backups {
     client: async_nats::Client,
     bucket: String,
+    /// Replicas of the bucket when the worker creates it (`nats.replicas`).
+    replicas: usize,
     handle: tokio::runtime::Handle,
 }
 
@@ -81,10 +83,11 @@ impl std::fmt::Debug for Backups {
 
 impl Backups {
     /// Called on the transport's runtime.
-    pub fn new(client: async_nats::Client, prefix: &str) -> Self {
+    pub fn new(client: async_nats::Client, prefix: &str, replicas: usize) -> Self {
         Self {
             client,
             bucket: bucket_name(prefix),
+            replicas,
             handle: tokio::runtime::Handle::current(),
         }
     }
@@ -112,6 +115,7 @@ impl Backups {
     fn open(&self, create: bool) -> Result<ObjectStore, ServiceError> {
         let js = async_nats::jetstream::new(self.client.clone());
         let bucket = self.bucket.clone();
+        let replicas = self.replicas;
         self.block_on(async move {
             match js.get_object_store(&bucket).await {
                 Ok(store) => Ok(store),
@@ -123,6 +127,7 @@ impl Backups {
                     js.create_object_store(object_store::Config {
                         bucket: bucket.clone(),
                         description: Some("tenantvec backups and exports".into()),
+                        num_replicas: replicas,
                         ..Default::default()
                     })
                     .await

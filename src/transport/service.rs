@@ -175,7 +175,11 @@ pub async fn start(
         ingest,
         next_request: AtomicU64::new(1),
         metrics,
-        backups: crate::backup::Backups::new(client.clone(), &settings.nats.prefix),
+        backups: crate::backup::Backups::new(
+            client.clone(),
+            &settings.nats.prefix,
+            settings.nats.replicas,
+        ),
         cluster: cluster.clone(),
         client: client.clone(),
         relay: cluster
