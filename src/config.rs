@@ -605,16 +605,6 @@ impl Settings {
                 )
             },
         )?;
-        check(
-            !(c.enabled && s.store.backend == Backend::Edge && s.store.layout == Layout::Shared),
-            "store.layout",
-            || {
-                "shared cannot be used with cluster.enabled and the edge backend: its one shard \
-                 holds every tenant, so it cannot move between workers by partition; use \
-                 per_tenant, or the qdrant backend"
-                    .into()
-            },
-        )?;
         check(!(c.enabled && i.ordered), "ingest.ordered", || {
             "cannot be on with cluster.enabled: each partition has its own consumer, \
              pulled only by the partition's owner, which keeps every tenant's order"

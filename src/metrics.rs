@@ -677,6 +677,10 @@ impl StoreFactory for TimedFactory {
     fn backend(&self) -> &'static str {
         self.inner.backend()
     }
+
+    fn release_partition(&self, partition: u32) {
+        self.inner.release_partition(partition)
+    }
 }
 
 /// A tenant's store with each call timed; the first call of a new store

@@ -169,6 +169,7 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
                 cluster.clone(),
                 Arc::new(Owner {
                     ingest: partition_ingest.clone(),
+                    factory: factory.clone(),
                     supervisor: supervisor.clone(),
                     partitions: cluster.partitions,
                 }),
@@ -280,6 +281,7 @@ fn member_name(configured: &str) -> String {
 /// and its tenants' actors.
 struct Owner {
     ingest: Option<Arc<transport::ingest::PartitionIngest>>,
+    factory: Arc<dyn crate::store::StoreFactory>,
     supervisor: actix::Addr<Supervisor>,
     partitions: u32,
 }
@@ -298,6 +300,7 @@ impl crate::cluster::fleet::Partitions for Owner {
     fn settle(&self, partition: u32) -> BoxFuture<'static, ()> {
         let ingest = self.ingest.clone();
         let supervisor = self.supervisor.clone();
+        let factory = self.factory.clone();
         let partitions = self.partitions;
         Box::pin(async move {
             if let Some(ingest) = ingest {
@@ -312,6 +315,8 @@ impl crate::cluster::fleet::Partitions for Owner {
                     tracing::error!(partition, error = %e, "cannot close a partition's stores")
                 }
             }
+            // Closing a shard flushes and may wait on the disk.
+            let _ = tokio::task::spawn_blocking(move || factory.release_partition(partition)).await;
         })
     }
 }

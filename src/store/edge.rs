@@ -42,6 +42,69 @@ pub struct EdgeFactory {
     optimize_threshold: usize,
     /// The one shard of the shared layout, open for the worker's lifetime.
     shared: Option<Arc<Shard>>,
+    /// The shared layout in a fleet: a shard per partition, open while this
+    /// worker owns the partition.
+    partitioned: Option<Arc<PartitionShards>>,
+}
+
+/// The shared layout's shards in a fleet, one per partition under
+/// `<root>/_shared/p<n>/vector_store/`, so that a partition's tenants move
+/// between workers with their shard: opened by the first job of one of the
+/// partition's tenants, closed when the partition is handed over.
+pub struct PartitionShards {
+    root: PathBuf,
+    options: ShardOptions,
+    partitions: u32,
+    open: Vec<std::sync::Mutex<Option<Arc<Shard>>>>,
+}
+
+impl PartitionShards {
+    fn dir(&self, partition: u32) -> PathBuf {
+        self.root
+            .join(SHARED_DIR)
+            .join(format!("p{partition}"))
+            .join("vector_store")
+    }
+
+    /// The partition's shard, opened (or created) on first use.
+    fn get(&self, partition: u32) -> Result<Arc<Shard>, ServiceError> {
+        let mut open = self.open[partition as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(shard) = open.as_ref().filter(|s| !s.is_broken()) {
+            return Ok(shard.clone());
+        }
+        let who = format!("shared store of partition {partition}");
+        let shard = Shard::open(&self.dir(partition), &self.options, true, &who)?
+            .ok_or_else(|| internal(&who, "open", "the shard was not created"))?;
+        shard.ensure_tenant_index(&who)?;
+        let shard = Arc::new(shard);
+        *open = Some(shard.clone());
+        Ok(shard)
+    }
+
+    /// Close the partition's shard: its tenants' stores are closed already
+    /// (the partition's actors were stopped first), so this is the last
+    /// handle, and the lock goes with it for the next owner.
+    fn release(&self, partition: u32) {
+        let taken = self.open[partition as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let who = format!("shared store of partition {partition}");
+        match taken.map(Arc::try_unwrap) {
+            Some(Ok(shard)) => {
+                if let Err(e) = shard.close(&who) {
+                    tracing::error!(partition, error = %e, "closing a partition's shared shard");
+                }
+            }
+            Some(Err(_still_used)) => tracing::warn!(
+                partition,
+                "a partition's shared shard is still in use at its hand-over; it closes with its last user"
+            ),
+            None => {}
+        }
+    }
 }
 
 impl EdgeFactory {
@@ -55,8 +118,20 @@ impl EdgeFactory {
             indexes: settings.store.index_policy(),
             min_free_bytes: settings.store.min_free_disk_mb.saturating_mul(1 << 20),
         };
+        let partitioned = (settings.cluster.enabled && settings.store.layout == Layout::Shared)
+            .then(|| {
+                Arc::new(PartitionShards {
+                    root: root.clone(),
+                    options: options.clone(),
+                    partitions: settings.cluster.partitions,
+                    open: (0..settings.cluster.partitions)
+                        .map(|_| std::sync::Mutex::new(None))
+                        .collect(),
+                })
+            });
         let shared = match settings.store.layout {
             Layout::PerTenant => None,
+            Layout::Shared if partitioned.is_some() => None,
             Layout::Shared => {
                 let dir = root.join(SHARED_DIR).join("vector_store");
                 let shard = Shard::open(&dir, &options, true, "shared store")
@@ -73,15 +148,21 @@ impl EdgeFactory {
             options,
             optimize_threshold: settings.store.optimize_threshold,
             shared,
+            partitioned,
         })
     }
 }
 
 impl StoreFactory for EdgeFactory {
     fn open(&self, tenant: &TenantId) -> Box<dyn TenantStore> {
-        let slot = match &self.shared {
-            Some(shard) => Slot::Shared(shard.clone()),
-            None => Slot::Own(None),
+        let slot = match (&self.shared, &self.partitioned) {
+            (Some(shard), _) => Slot::Shared(shard.clone()),
+            (None, Some(shards)) => Slot::Partition {
+                partition: crate::cluster::partition_of(tenant.as_str(), shards.partitions),
+                shards: shards.clone(),
+                open: None,
+            },
+            (None, None) => Slot::Own(None),
         };
         Box::new(EdgeStore {
             tenant: tenant.clone(),
@@ -96,6 +177,12 @@ impl StoreFactory for EdgeFactory {
 
     fn backend(&self) -> &'static str {
         "edge"
+    }
+
+    fn release_partition(&self, partition: u32) {
+        if let Some(shards) = &self.partitioned {
+            shards.release(partition);
+        }
     }
 }
 
@@ -119,6 +206,13 @@ enum Slot {
     Own(Option<Box<Shard>>),
     /// `shared`: the one shard of all tenants.
     Shared(Arc<Shard>),
+    /// `shared` in a fleet: the shard of the tenant's partition, taken from
+    /// the factory on first use and let go at close.
+    Partition {
+        shards: Arc<PartitionShards>,
+        partition: u32,
+        open: Option<Arc<Shard>>,
+    },
 }
 
 pub struct EdgeStore {
@@ -138,6 +232,16 @@ impl EdgeStore {
     fn shard(&mut self, create: bool) -> Result<Option<&Shard>, ServiceError> {
         match &mut self.slot {
             Slot::Shared(shard) => Ok(Some(shard)),
+            Slot::Partition {
+                shards,
+                partition,
+                open,
+            } => {
+                if open.as_ref().is_none_or(|s| s.is_broken()) {
+                    *open = Some(shards.get(*partition)?);
+                }
+                Ok(open.as_deref())
+            }
             Slot::Own(open) => {
                 discard_broken(open, &self.who);
                 if open.is_none() {
@@ -153,7 +257,7 @@ impl EdgeStore {
     }
 
     fn is_shared(&self) -> bool {
-        matches!(self.slot, Slot::Shared(_))
+        matches!(self.slot, Slot::Shared(_) | Slot::Partition { .. })
     }
 
     /// The tenant condition, in the shared layout.
@@ -295,7 +399,7 @@ impl TenantStore for EdgeStore {
     }
 
     fn drop_tenant(&mut self) -> Result<(), ServiceError> {
-        if let Slot::Shared(shard) = &self.slot {
+        if self.is_shared() {
             let everything = self.filter(None)?.ok_or_else(|| {
                 internal(
                     &self.who,
@@ -303,7 +407,10 @@ impl TenantStore for EdgeStore {
                     "no tenant condition in the shared layout",
                 )
             })?;
-            shard.delete_filter(&self.who, everything)?;
+            let who = self.who.clone();
+            if let Some(shard) = self.shard(true)? {
+                shard.delete_filter(&who, everything)?;
+            }
         }
         // A broken shard cannot be closed cleanly, and its files go anyway.
         if let Slot::Own(open) = &mut self.slot {
@@ -330,6 +437,7 @@ impl TenantStore for EdgeStore {
             // A tenant without data: its next read looks at the disk.
             Slot::Own(None) => false,
             Slot::Shared(shard) => !shard.is_broken(),
+            Slot::Partition { open, .. } => open.as_ref().is_some_and(|s| !s.is_broken()),
         }
     }
 
@@ -341,6 +449,12 @@ impl TenantStore for EdgeStore {
             },
             // The shared shard stays open for the other tenants.
             Slot::Shared(_) => Ok(()),
+            // So does a partition's, until the partition is handed over;
+            // this store's handle goes, so that the hand-over's is the last.
+            Slot::Partition { open, .. } => {
+                open.take();
+                Ok(())
+            }
         }
     }
 

@@ -177,6 +177,10 @@ pub trait StoreFactory: Send + Sync {
     fn open(&self, tenant: &TenantId) -> Box<dyn TenantStore>;
     /// `edge` or `qdrant`, for stats and the service metadata.
     fn backend(&self) -> &'static str;
+    /// A partition was handed over and its tenants' stores are closed: let
+    /// go of what the factory keeps for it (the edge shared layout's shard
+    /// of the partition). Nothing by default.
+    fn release_partition(&self, _partition: u32) {}
 }
 
 /// The factory for the configured backend.

@@ -138,13 +138,20 @@ impl Relay {
         Relayed::Answered
     }
 
-    /// Forwards unanswered for longer than `limit`: the owner died with
-    /// them, or never answered. Removed; the caller answers them.
-    pub fn expired(&self, limit: Duration) -> Vec<Forwarded> {
+    /// Forwards unanswered for longer than `limit`, or for longer than a
+    /// second by an owner that no longer owns their partition (`moved`):
+    /// the owner died with them, or never answered. Removed; the caller
+    /// answers them. (A graceful owner answers every request it took before
+    /// it gives its partition up, so a reply still missing a second after
+    /// the lease moved is not coming.)
+    pub fn expired(&self, limit: Duration, moved: impl Fn(&Forwarded) -> bool) -> Vec<Forwarded> {
         let mut pending = self.lock();
         let old: Vec<u64> = pending
             .iter()
-            .filter(|(_, f)| f.sent.elapsed() >= limit)
+            .filter(|(_, f)| {
+                let age = f.sent.elapsed();
+                age >= limit || (age >= Duration::from_secs(1) && moved(f))
+            })
             .map(|(id, _)| *id)
             .collect();
         old.iter().filter_map(|id| pending.remove(id)).collect()
@@ -167,6 +174,7 @@ pub async fn run(
     relay: Arc<Relay>,
     mut replies: async_nats::Subscriber,
     limit: Duration,
+    moved: impl Fn(&Forwarded) -> bool,
     reroute: impl Fn(Forwarded),
     expire: impl Fn(Forwarded),
 ) {
@@ -184,7 +192,7 @@ pub async fn run(
                 None => return,
             },
             _ = sweep.tick() => {
-                for f in relay.expired(limit) {
+                for f in relay.expired(limit, &moved) {
                     expire(f);
                 }
             }

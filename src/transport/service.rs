@@ -190,10 +190,19 @@ pub async fn start(
         Some(relay) => {
             let replies = relay.subscribe().await?;
             let (reroute, expire) = (shared.clone(), shared.clone());
+            let view = cluster.clone();
             Some(tokio::spawn(relay::run(
                 relay.clone(),
                 replies,
                 settings.nats.request_timeout,
+                move |f| {
+                    let Some(cluster) = &view else {
+                        return false;
+                    };
+                    let token = crate::protocol::tenant_token(f.message.subject.as_str());
+                    let p = crate::cluster::partition_of(token, cluster.partitions) as usize;
+                    cluster.owners()[p].as_deref() != Some(f.owner.as_str())
+                },
                 move |f| {
                     let Some(cluster) = reroute.cluster.clone() else {
                         return;
@@ -213,7 +222,8 @@ pub async fn start(
                         incoming,
                         &expire,
                         ServiceError::unavailable(format!(
-                            "worker {} did not answer the forwarded request in time",
+                            "worker {} did not answer the forwarded request (it stopped, or \
+                             not in time); retry",
                             f.owner
                         )),
                     );
