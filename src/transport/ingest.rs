@@ -622,8 +622,8 @@ async fn lane_loop(
         tokio::select! {
             _ = shutdown.cancelled(), if !stopping => {
                 stopping = true;
-                for pending in lanes.take_idle() {
-                    tokio::spawn(hand_back(shared.clone(), pending));
+                for (pending, applied) in lanes.take_idle() {
+                    tokio::spawn(let_go(shared.clone(), pending, applied));
                 }
             }
             Some(event) = inbox.recv() => match event {
@@ -654,6 +654,10 @@ async fn lane_loop(
             }
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
+    }
+    // What the last batches wrote and could not ack.
+    for (pending, applied) in lanes.take_idle() {
+        let_go(shared.clone(), pending, applied).await;
     }
     // Arrivals the pull loop handed over before it stopped.
     while let Ok(event) = inbox.try_recv() {
@@ -737,6 +741,38 @@ fn arrive(
             });
         }
         (Arrival::Deferred, None) => {}
+        (Arrival::Stale, pending) => {
+            tracing::warn!(
+                %tenant,
+                seq,
+                "an ingest message settled already came again (its ack was lost); acked, not applied again"
+            );
+            if let Some(pending) = pending {
+                tokio::spawn(async move {
+                    if let Err(e) = pending.message.ack().await {
+                        tracing::debug!(error = %e, "ack of a stale message failed; it comes again");
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Let go of a held message at a stop: one already written (its ack did
+/// not go through) is acked, never handed back, since whoever took it next
+/// would write it again after the later messages this lane acked; the rest
+/// goes back to the stream. An ack that fails leaves it to come again after
+/// the ack wait (then written again, the one case left; README).
+async fn let_go(shared: Arc<Shared>, pending: Pending, applied: bool) {
+    if applied {
+        if !confirm(&pending.message, AckKind::Ack).await {
+            tracing::warn!(
+                seq = pending.seq,
+                "a written ingest message could not be acked at the stop"
+            );
+        }
+    } else {
+        hand_back(shared, pending).await;
     }
 }
 

@@ -25,6 +25,11 @@ pub enum Arrival {
     /// Its tenant is stalled and holds as many messages as it may: hand it
     /// back to the stream (a delayed `nak`).
     Deferred,
+    /// This lane already settled a later message of its tenant, so this one
+    /// (applied in order before it) was settled too and its ack was lost:
+    /// a redelivery after a NATS node's loss. Ack it, never apply it again,
+    /// which would put an old version over a newer one.
+    Stale,
 }
 
 /// A message held by a lane.
@@ -91,6 +96,9 @@ pub struct Retry {
 /// Most tenants remembered as checked; past it the memory starts over
 /// (which costs each tenant one more check, nothing else).
 const MAX_CHECKED: usize = 100_000;
+/// Most tenants whose highest settled sequence is remembered (16 bytes and a
+/// tenant id each); past it the memory starts again.
+const MAX_SETTLED: usize = 1_000_000;
 
 /// Every tenant's lane in one worker.
 ///
@@ -112,6 +120,8 @@ pub struct Lanes<M> {
     stalled_cap: usize,
     /// Most messages in one batch.
     max_batch: usize,
+    /// The highest sequence settled (acked or dead-lettered) per tenant.
+    settled: HashMap<TenantId, u64>,
 }
 
 impl<M> Lanes<M> {
@@ -121,6 +131,7 @@ impl<M> Lanes<M> {
             checked: HashSet::new(),
             stalled_cap: stalled_cap.max(1),
             max_batch: max_batch.max(1),
+            settled: HashMap::new(),
         }
     }
 
@@ -136,6 +147,9 @@ impl<M> Lanes<M> {
         must_hold: bool,
         now: Instant,
     ) -> (Arrival, Option<M>) {
+        if self.settled.get(tenant).is_some_and(|s| seq <= *s) {
+            return (Arrival::Stale, Some(message));
+        }
         let lane = self.lanes.entry(tenant.clone()).or_insert_with(Lane::new);
         if let Some(held) = lane.held.get_mut(&seq) {
             let old = std::mem::replace(&mut held.message, message);
@@ -227,6 +241,13 @@ impl<M> Lanes<M> {
             self.checked.insert(tenant.clone());
         }
         lane.running.clear();
+        if let Some(max) = outcome.settled.iter().max().copied() {
+            if self.settled.len() >= MAX_SETTLED {
+                self.settled.clear();
+            }
+            let upto = self.settled.entry(tenant.clone()).or_insert(0);
+            *upto = (*upto).max(max);
+        }
         let released: Vec<M> = outcome
             .settled
             .iter()
@@ -259,7 +280,7 @@ impl<M> Lanes<M> {
     }
 
     /// Take out every message that is not in a running batch (shutdown).
-    pub fn take_idle(&mut self) -> Vec<M> {
+    pub fn take_idle(&mut self) -> Vec<(M, bool)> {
         let mut out = Vec::new();
         for lane in self.lanes.values_mut() {
             let keep: Vec<u64> = lane.running.clone();
@@ -271,7 +292,7 @@ impl<M> Lanes<M> {
                 .collect();
             out.extend(
                 idle.iter()
-                    .filter_map(|s| lane.held.remove(s).map(|h| h.message)),
+                    .filter_map(|s| lane.held.remove(s).map(|h| (h.message, h.applied))),
             );
         }
         self.lanes
@@ -310,6 +331,25 @@ mod tests {
             ..Outcome::default()
         };
         lanes.finish(&t(tenant), outcome, now)
+    }
+
+    #[test]
+    fn a_redelivery_of_a_settled_message_is_stale() {
+        let now = Instant::now();
+        let mut lanes: Lanes<u64> = Lanes::new(16, 64);
+        hold(&mut lanes, "a", &[5, 9], now);
+        assert_eq!(lanes.start(now), vec![(t("a"), vec![5, 9])]);
+        settle(&mut lanes, "a", &[5, 9], now);
+        // 5 comes again (its ack was lost): never applied after 9.
+        assert!(matches!(
+            lanes.arrive(&t("a"), 5, 5, false, now),
+            (Arrival::Stale, Some(5))
+        ));
+        assert!(lanes.start(now).is_empty());
+        // A later one is applied as usual; another tenant is unaffected.
+        hold(&mut lanes, "a", &[10], now);
+        hold(&mut lanes, "b", &[3], now);
+        assert_eq!(lanes.start(now).len(), 2);
     }
 
     /// The batch running for `tenant` must be tried again after `after`.
@@ -479,7 +519,7 @@ mod tests {
         lanes.start(now);
         let mut idle = lanes.take_idle();
         idle.sort();
-        assert_eq!(idle, vec![2, 3]);
+        assert_eq!(idle, vec![(2, false), (3, false)]);
         assert!(lanes.running());
         settle(&mut lanes, "a", &[1], now);
         assert!(!lanes.running());
