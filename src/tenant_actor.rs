@@ -862,6 +862,11 @@ mod tests {
             .open(tenant)
     }
 
+    /// The embedder records of tenants under `dir` (the per-tenant layout's).
+    fn records(dir: &std::path::Path) -> record::Records {
+        record::Records::new(TenantPaths::new(dir), true)
+    }
+
     /// A request refused for a bad vector reserves nothing: a valid request
     /// in the same group commit still fits the quota.
     #[test]
@@ -873,7 +878,7 @@ mod tests {
         let (bad, bad_reply) = envelope(&tenant, Command::Upsert(vec![doc("new-bad", DIM + 1)]));
         let (good, good_reply) = envelope(&tenant, Command::Upsert(vec![doc("new-good", DIM)]));
         let embedder = HashingEmbedder::new(DIM);
-        let records = record::Records::new(TenantPaths::new(dir.path()), true);
+        let records = records(dir.path());
         let embedding = Embedding::new(&embedder, &records, &tenant);
         apply_upserts(
             &tenant,
@@ -935,7 +940,7 @@ mod tests {
         }
         let (env, _) = envelope(&tenant, Command::Ingest(parts));
         let embedder = Outage(HashingEmbedder::new(DIM));
-        let records = record::Records::new(TenantPaths::new(dir.path()), true);
+        let records = records(dir.path());
         let embedding = Embedding::new(&embedder, &records, &tenant);
         apply_upserts(&tenant, store.as_mut(), &embedding, vec![env], None);
         use crate::protocol::ErrorCode;
@@ -982,11 +987,21 @@ mod tests {
             }
         }
 
-        fn setup() -> (tempfile::TempDir, TenantId, HashingEmbedder) {
+        /// A data folder (kept while the test runs), a tenant, the hashing
+        /// embedder and the folder's embedder records.
+        fn setup() -> (
+            tempfile::TempDir,
+            TenantId,
+            HashingEmbedder,
+            record::Records,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let records = records(dir.path());
             (
-                tempfile::tempdir().unwrap(),
+                dir,
                 TenantId::parse("m").unwrap(),
                 HashingEmbedder::new(DIM),
+                records,
             )
         }
 
@@ -994,8 +1009,7 @@ mod tests {
         /// doc_id written twice keeps the later version.
         #[test]
         fn upserts_are_one_write_and_the_last_version_wins() {
-            let (dir, tenant, embedder) = setup();
-            let records = record::Records::new(TenantPaths::new(dir.path()), true);
+            let (_dir, tenant, embedder, records) = setup();
             let embedding = Embedding::new(&embedder, &records, &tenant);
             let mut store = MemoryStore::new(DIM);
             let (a, ra) = envelope(&tenant, Command::Upsert(vec![text_doc("x", "first")]));
@@ -1026,8 +1040,7 @@ mod tests {
         /// write: the request that would pass it fails alone.
         #[test]
         fn the_quota_refuses_only_the_request_past_it() {
-            let (dir, tenant, embedder) = setup();
-            let records = record::Records::new(TenantPaths::new(dir.path()), true);
+            let (_dir, tenant, embedder, records) = setup();
             let embedding = Embedding::new(&embedder, &records, &tenant);
             let mut store = MemoryStore::new(DIM);
             store.upsert(vec![old_record()]).unwrap();
@@ -1049,8 +1062,7 @@ mod tests {
         /// top_k, filters, text queries through the embedder.
         #[test]
         fn reads_and_deletes_apply_the_tenant_s_defaults() {
-            let (dir, tenant, embedder) = setup();
-            let records = record::Records::new(TenantPaths::new(dir.path()), true);
+            let (_dir, tenant, embedder, records) = setup();
             let embedding = Embedding::new(&embedder, &records, &tenant);
             let mut store = MemoryStore::new(DIM);
             let docs: Vec<Doc> = (0..5)

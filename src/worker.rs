@@ -259,9 +259,7 @@ fn member_name(configured: &str) -> String {
     if !configured.is_empty() {
         return configured.to_owned();
     }
-    let host: String = rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
+    let host: String = crate::cluster::fleet::host_name()
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' {

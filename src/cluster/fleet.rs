@@ -259,8 +259,9 @@ fn json<T: Serialize>(value: &T) -> Bytes {
     serde_json::to_vec(value).unwrap_or_default().into()
 }
 
-/// The host's name, for the edge store's one-machine rule.
-fn host_name() -> String {
+/// The host's name, for the messages of the edge store's one-folder rule
+/// and for made-up member names.
+pub fn host_name() -> String {
     rustix::system::uname()
         .nodename()
         .to_string_lossy()

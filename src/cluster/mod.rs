@@ -79,6 +79,13 @@ impl Cluster {
         (0..self.partitions).filter(|p| self.serves(*p)).collect()
     }
 
+    /// Whether `member` owns the partition of `tenant`, as last read.
+    pub fn is_owner(&self, tenant: &str, member: &str) -> bool {
+        let p = partition_of(tenant, self.partitions) as usize;
+        let owners = self.owners.read().unwrap_or_else(|e| e.into_inner());
+        owners[p].as_deref() == Some(member)
+    }
+
     /// The owner of each partition as last read from the leases.
     pub fn owners(&self) -> Vec<Option<String>> {
         self.owners

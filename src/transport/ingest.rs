@@ -348,6 +348,8 @@ impl PartitionIngest {
 
     /// Create (or update) the partition's consumer and pull it.
     pub async fn start(&self, partition: u32) -> anyhow::Result<()> {
+        // A pull left from an earlier hold of the partition goes first.
+        self.stop(partition).await;
         let (durable, filter) = self.names.partition_consumer(partition);
         let mut config = consumer_config(&self.settings.ingest, &durable);
         config.filter_subject = filter;
@@ -370,15 +372,10 @@ impl PartitionIngest {
             self.counters.clone(),
             stop.clone(),
         );
-        let previous = self
-            .running
+        self.running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(partition, (stop, ingesting));
-        if let Some((stop, ingesting)) = previous {
-            stop.cancel();
-            ingesting.drain(self.settings.worker.shutdown_timeout).await;
-        }
         Ok(())
     }
 

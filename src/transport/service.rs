@@ -200,8 +200,7 @@ pub async fn start(
                         return false;
                     };
                     let token = crate::protocol::tenant_token(f.message.subject.as_str());
-                    let p = crate::cluster::partition_of(token, cluster.partitions) as usize;
-                    cluster.owners()[p].as_deref() != Some(f.owner.as_str())
+                    !cluster.is_owner(token, &f.owner)
                 },
                 move |f| {
                     let Some(cluster) = reroute.cluster.clone() else {
@@ -397,10 +396,7 @@ fn dispatch_with(
             Place::Local(entry) => Some(entry),
             Place::Remote(owner) if hops(responder.request.message()) < MAX_HOPS => {
                 let Ok(permit) = permit() else {
-                    return responder.deliver(Err(ServiceError::unavailable(format!(
-                        "the worker has {} requests in flight; retry later",
-                        shared.settings.limits.max_in_flight
-                    ))));
+                    return responder.deliver(Err(busy(shared)));
                 };
                 return forward(responder.request, &owner, cluster, shared, permit);
             }
@@ -430,10 +426,7 @@ fn dispatch_with(
         _ => None,
     };
     let Ok(permit) = permit() else {
-        return responder.deliver(Err(ServiceError::unavailable(format!(
-            "the worker has {} requests in flight; retry later",
-            shared.settings.limits.max_in_flight
-        ))));
+        return responder.deliver(Err(busy(shared)));
     };
     // Held until the reply is out, so [`Serving::drain`] waits for it.
     responder.held = Some((permit, slot, entry));
@@ -476,6 +469,14 @@ fn dispatch_with(
             responder.deliver(Err(e));
         }
     }
+}
+
+/// The refusal of a request past `limits.max_in_flight`.
+fn busy(shared: &Shared) -> ServiceError {
+    ServiceError::unavailable(format!(
+        "the worker has {} requests in flight; retry later",
+        shared.settings.limits.max_in_flight
+    ))
 }
 
 /// How many times `message` was forwarded already.
@@ -536,14 +537,7 @@ fn park(
     let runtime = shared.runtime.clone();
     let task = async move {
         let Ok(permit) = permit else {
-            return reply_now(
-                request,
-                &shared,
-                ServiceError::unavailable(format!(
-                    "the worker has {} requests in flight; retry later",
-                    shared.settings.limits.max_in_flight
-                )),
-            );
+            return reply_now(request, &shared, busy(&shared));
         };
         let token = crate::protocol::tenant_token(request.message().subject.as_str()).to_owned();
         let deadline = tokio::time::Instant::now() + limit;
