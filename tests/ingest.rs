@@ -254,6 +254,71 @@ async fn sigkill_mid_ingest_loses_and_duplicates_nothing() {
     worker.wait().ok();
 }
 
+/// A lane holding a tenant's messages with a gap between them (the message
+/// between comes later, redelivered) applies only up to the gap and waits:
+/// every message lands, in stream order. The test takes four messages on the
+/// worker's own consumer, as a worker that then died would have held them,
+/// and hands them back with delays: the first after 1 s, the third after
+/// 5 s, the others at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_with_a_gap_waits_for_the_message_between() {
+    use async_nats::jetstream::AckKind;
+    use tenantvec::transport::ingest::{ensure_streams, Names};
+
+    let nats = NatsServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let settings = common::settings(&nats.url(), data.path());
+    let js = jetstream::new(tenantvec::transport::connect(&settings.nats).await.unwrap());
+    let consumer = ensure_streams(&js, &Names::new(&settings.nats.prefix), &settings.ingest, 1)
+        .await
+        .unwrap()
+        .expect("the worker's consumer");
+    for v in 0..4u64 {
+        let body = json!({"documents": [
+            {"doc_id": "same", "vector": vector(v, DIM), "metadata": {"v": v}},
+            {"doc_id": format!("d{v}"), "vector": vector(v, DIM)},
+        ]});
+        publish(&js, "gap", serde_json::to_vec(&body).unwrap()).await;
+    }
+    let mut taken = consumer
+        .fetch()
+        .max_messages(4)
+        .expires(Duration::from_secs(5))
+        .messages()
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    while let Some(m) = taken.next().await {
+        held.push(m.unwrap());
+    }
+    assert_eq!(held.len(), 4, "the test takes every message first");
+    let delays = [
+        Some(Duration::from_secs(1)),
+        None,
+        Some(Duration::from_secs(5)),
+        None,
+    ];
+    for (m, delay) in held.iter().zip(delays) {
+        m.ack_with(AckKind::Nak(delay)).await.unwrap();
+    }
+
+    let worker = tenantvec::worker::spawn(settings.clone());
+    common::wait_ready(&settings, || worker.is_finished()).await;
+    wait_drained(&js, Duration::from_secs(60)).await;
+    let c = tenantvec::client::Client::connect(&settings).await.unwrap();
+    let count = c.tenant(Verb::Count, "gap", &json!({})).await.unwrap();
+    assert_eq!(count["count"], 5, "every message landed");
+    let got = c
+        .tenant(Verb::Get, "gap", &json!({"doc_ids": ["same"]}))
+        .await
+        .unwrap();
+    assert_eq!(
+        got["documents"][0]["metadata"]["v"], 3,
+        "the last version won"
+    );
+    drop(worker);
+}
+
 /// `tenantvec ingest ARGS` against the harness's server; its JSON summary.
 fn ingest_command(h: &Harness, args: &[&str]) -> Value {
     let mut all = vec!["ingest"];

@@ -37,7 +37,7 @@ use crate::protocol::{
     decode, tenant_token, ErrorCode, IngestStats, ServiceError, UpsertRequest, DEFAULT_PREFIX,
 };
 use crate::tenant::TenantId;
-use crate::transport::lanes::{Arrival, Lanes, Outcome, Retry};
+use crate::transport::lanes::{self, Arrival, Lanes, Outcome, Retry};
 
 /// Names of the streams and the consumer for one prefix: the defaults for the
 /// default prefix, suffixed with the prefix otherwise so two deployments on
@@ -831,29 +831,40 @@ fn spawn_batch(
     });
 }
 
-/// The oldest message of the tenant still in the stream, if it is older than
-/// `seq`: a message the batch must not overtake. In a work-queue stream a
-/// message stays until it is acked or terminated, so this sees what other
-/// workers hold and what waits for redelivery.
-async fn older_in_stream(
+/// Ask the stream whether a batch may be applied in its order: nothing of
+/// the tenant older than its first message, nothing between its messages
+/// (see [`lanes::order_questions`]). In a work-queue stream a message stays
+/// until it is acked or terminated, so this sees what other workers hold,
+/// what waits for redelivery and what has not reached this lane yet. The
+/// questions go out together: one round trip, and none at all between
+/// adjacent sequences (a burst of one tenant).
+async fn order_in_stream(
     shared: &Shared,
     tenant: &TenantId,
-    seq: u64,
-) -> Result<Option<u64>, String> {
+    batch: &[u64],
+) -> Result<lanes::Order, String> {
     let stream = shared
         .js
         .get_stream_no_info(&shared.names.ingest_stream)
         .await
         .map_err(|e| e.to_string())?;
-    match stream
-        .get_first_raw_message_by_subject(shared.names.stored_subject(tenant.as_str()), 0)
-        .await
-    {
-        Ok(first) if first.sequence < seq => Ok(Some(first.sequence)),
-        Ok(_) => Ok(None),
-        Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(None),
-        Err(e) => Err(e.to_string()),
-    }
+    let subject = shared.names.stored_subject(tenant.as_str());
+    let answers = join_all(lanes::order_questions(batch).into_iter().map(|(i, from)| {
+        let (stream, subject) = (&stream, subject.clone());
+        async move {
+            match stream.get_first_raw_message_by_subject(subject, from).await {
+                Ok(found) => Ok((i, Some(found.sequence))),
+                Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+                    Ok((i, None))
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    }))
+    .await
+    .into_iter()
+    .collect::<Result<Vec<_>, String>>()?;
+    Ok(lanes::judge_order(batch, &answers))
 }
 
 /// Apply one batch of a tenant's messages, in order, and settle them: acked
@@ -861,31 +872,46 @@ async fn older_in_stream(
 /// them gone), dead-lettered when they can never succeed, and from the first
 /// failure that may pass on, left for the next try.
 ///
-/// With `check`, the stream is asked first for an older message of the
-/// tenant that the batch must not overtake (see [`Lanes`] for when a lane
-/// knows there is none).
+/// With `check`, the stream is asked first whether the batch is the
+/// tenant's oldest messages with none between them; only the part of it
+/// that is goes ahead (see [`Lanes`] for when a lane knows without asking).
 async fn run_batch(
     shared: &Shared,
     tenant: &TenantId,
-    items: Vec<BatchItem>,
+    mut items: Vec<BatchItem>,
     check: bool,
 ) -> Outcome {
     let settings = &shared.settings.ingest;
     let first = items.first().map_or(0, |i| i.seq);
-    let older = if check {
-        older_in_stream(shared, tenant, first).await
-    } else {
-        Ok(None)
-    };
-    match older {
-        Ok(None) => {}
-        Ok(Some(older)) => {
-            tracing::debug!(%tenant, seq = first, older, "waiting for an older message of the tenant");
-            return wait(ORDER_RECHECK);
-        }
-        Err(e) => {
-            tracing::warn!(%tenant, error = %e, "cannot read the ingest stream; waiting");
-            return wait(Duration::from_secs(1));
+    // Whether the lane may count on holding the tenant's oldest messages
+    // after this batch: only when the check passed the whole batch.
+    let mut checked = false;
+    if check {
+        let seqs: Vec<u64> = items.iter().map(|i| i.seq).collect();
+        match order_in_stream(shared, tenant, &seqs).await {
+            Ok(lanes::Order::Prefix(n)) => {
+                checked = n == items.len();
+                items.truncate(n);
+            }
+            Ok(lanes::Order::Older(older)) => {
+                tracing::debug!(%tenant, seq = first, older, "waiting for an older message of the tenant");
+                return wait(ORDER_RECHECK);
+            }
+            Ok(lanes::Order::FirstGone) => {
+                tracing::warn!(
+                    %tenant,
+                    seq = first,
+                    "an ingest message was settled elsewhere while this worker held it; dropped, not applied again"
+                );
+                return Outcome {
+                    settled: vec![first],
+                    ..Outcome::default()
+                };
+            }
+            Err(e) => {
+                tracing::warn!(%tenant, error = %e, "cannot read the ingest stream; waiting");
+                return wait(Duration::from_secs(1));
+            }
         }
     }
 
@@ -982,7 +1008,7 @@ async fn run_batch(
     let (acked, dead) = tokio::join!(acks, deads);
     let mut outcome = Outcome {
         retry,
-        checked: check,
+        checked,
         ..Outcome::default()
     };
     for ((item, docs), ok) in to_ack.iter().zip(acked) {

@@ -100,6 +100,61 @@ const MAX_CHECKED: usize = 100_000;
 /// tenant id each); past it the memory starts again.
 const MAX_SETTLED: usize = 1_000_000;
 
+/// What the stream says of a batch's order (see [`order_questions`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Order {
+    /// The first this many messages of the batch are the tenant's oldest in
+    /// the stream, with none of its messages between them: they may be
+    /// applied. Never zero.
+    Prefix(usize),
+    /// An older message of the tenant is still in the stream (held by
+    /// another worker, or due for redelivery): the batch must wait for it.
+    Older(u64),
+    /// The batch's first message is no longer in the stream: another worker
+    /// (or an earlier delivery) settled it. Applying it again would write an
+    /// old version after newer ones, so it is dropped.
+    FirstGone,
+}
+
+/// The questions a batch's order check asks the stream: `(i, from)` asks for
+/// the tenant's next message at or after `from`, which must be the batch's
+/// message `i`. The first message must be the tenant's oldest; each later one
+/// must follow the one before it, which needs no question when their
+/// sequences are adjacent (nothing fits between).
+pub fn order_questions(batch: &[u64]) -> Vec<(usize, u64)> {
+    let mut questions = Vec::new();
+    for (i, seq) in batch.iter().enumerate() {
+        match i.checked_sub(1).map(|before| batch[before]) {
+            None => questions.push((0, 0)),
+            Some(before) if *seq > before + 1 => questions.push((i, before + 1)),
+            Some(_) => {}
+        }
+    }
+    questions
+}
+
+/// Judge a batch by the stream's answers to [`order_questions`]: the
+/// sequence found for each question, `None` when the tenant had no message
+/// from there on.
+pub fn judge_order(batch: &[u64], answers: &[(usize, Option<u64>)]) -> Order {
+    let mut prefix = batch.len();
+    for (i, found) in answers {
+        let expected = batch[*i];
+        if *i == 0 {
+            match found {
+                Some(first) if *first < expected => return Order::Older(*first),
+                Some(first) if *first == expected => {}
+                _ => return Order::FirstGone,
+            }
+        } else if *found != Some(expected) {
+            // Another message of the tenant lies between (or this one is
+            // gone): apply only up to it, the rest waits for a new check.
+            prefix = prefix.min(*i);
+        }
+    }
+    Order::Prefix(prefix)
+}
+
 /// Every tenant's lane in one worker.
 ///
 /// Which tenants need the stream checked before a batch: a lane cannot see
@@ -331,6 +386,37 @@ mod tests {
             ..Outcome::default()
         };
         lanes.finish(&t(tenant), outcome, now)
+    }
+
+    #[test]
+    fn an_order_check_asks_only_where_a_message_could_hide() {
+        assert_eq!(order_questions(&[7]), vec![(0, 0)]);
+        // 8 follows 7 directly; 11 could hide 9 or 10 before it.
+        assert_eq!(order_questions(&[7, 8, 11, 12]), vec![(0, 0), (2, 9)]);
+        assert!(order_questions(&[]).is_empty());
+    }
+
+    #[test]
+    fn an_order_check_stops_a_batch_at_the_first_gap() {
+        let batch = [131, 139, 143];
+        let questions = order_questions(&batch);
+        assert_eq!(questions, vec![(0, 0), (1, 132), (2, 140)]);
+        // 135 is still in the stream, not held here: only 131 may go.
+        let answers = [(0, Some(131)), (1, Some(135)), (2, Some(143))];
+        assert_eq!(judge_order(&batch, &answers), Order::Prefix(1));
+        let answers = [(0, Some(131)), (1, Some(139)), (2, Some(143))];
+        assert_eq!(judge_order(&batch, &answers), Order::Prefix(3));
+        // A message the batch holds that is gone also ends the prefix.
+        let answers = [(0, Some(131)), (1, Some(139)), (2, Some(147))];
+        assert_eq!(judge_order(&batch, &answers), Order::Prefix(2));
+    }
+
+    #[test]
+    fn an_order_check_waits_for_an_older_message_and_drops_a_settled_one() {
+        let batch = [131, 132];
+        assert_eq!(judge_order(&batch, &[(0, Some(127))]), Order::Older(127));
+        assert_eq!(judge_order(&batch, &[(0, Some(132))]), Order::FirstGone);
+        assert_eq!(judge_order(&batch, &[(0, None)]), Order::FirstGone);
     }
 
     #[test]
