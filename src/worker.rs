@@ -108,6 +108,22 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
             )
         })?;
         let counters = Arc::new(IngestCounters::default());
+        let consumer = match (consumer, &cluster) {
+            // A fleet on a prefix one worker served: what it left goes first.
+            (Some(consumer), Some(_)) => {
+                transport::ingest::apply_from_before(
+                    js.clone(),
+                    consumer,
+                    &settings,
+                    router.clone(),
+                    counters.clone(),
+                    &shutdown,
+                )
+                .await?;
+                None
+            }
+            (consumer, _) => consumer,
+        };
         if let Some(consumer) = &consumer {
             metrics.watch_ingest(counters.clone(), consumer.clone());
         }
@@ -135,25 +151,24 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
     let mut partition_ingest = None;
     let mut ingesting = None;
     if let Some((js, consumer, counters)) = ingest {
-        match consumer {
-            Some(consumer) => {
-                ingesting = Some(transport::ingest::start(
-                    js,
-                    consumer,
-                    &settings,
-                    router.clone(),
-                    counters,
-                    shutdown.clone(),
-                ))
-            }
-            None => {
-                partition_ingest = Some(Arc::new(transport::ingest::PartitionIngest::new(
-                    js,
-                    &settings,
-                    router.clone(),
-                    counters,
-                )))
-            }
+        // One worker: the single consumer. A fleet: the partitions'.
+        if let Some(consumer) = consumer {
+            ingesting = Some(transport::ingest::start(
+                js.clone(),
+                consumer,
+                &settings,
+                router.clone(),
+                counters.clone(),
+                shutdown.clone(),
+            ));
+        }
+        if cluster.is_some() {
+            partition_ingest = Some(Arc::new(transport::ingest::PartitionIngest::new(
+                js,
+                &settings,
+                router.clone(),
+                counters,
+            )));
         }
     }
     // Joined last: from the first lease on, other workers forward this

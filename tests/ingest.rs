@@ -319,6 +319,94 @@ async fn a_lane_with_a_gap_waits_for_the_message_between() {
     drop(worker);
 }
 
+/// Publish `n` more versions to tenant `tenant`: each message rewrites
+/// document `same` and adds a document of its own.
+async fn publish_versions(js: &jetstream::Context, tenant: &str, next: &mut u64, n: u64) {
+    for _ in 0..n {
+        let v = *next;
+        *next += 1;
+        let body = json!({"documents": [
+            {"doc_id": "same", "vector": vector(v, DIM), "metadata": {"v": v}},
+            {"doc_id": format!("d{v}"), "vector": vector(v, DIM)},
+        ]});
+        publish(js, tenant, serde_json::to_vec(&body).unwrap()).await;
+    }
+}
+
+/// Every version up to `versions` landed and the last one won.
+async fn assert_versions(settings: &tenantvec::config::Settings, tenant: &str, versions: u64) {
+    let c = tenantvec::client::Client::connect(settings).await.unwrap();
+    let count = c.tenant(Verb::Count, tenant, &json!({})).await.unwrap();
+    assert_eq!(count["count"], versions + 1, "every message landed");
+    let got = c
+        .tenant(Verb::Get, tenant, &json!({"doc_ids": ["same"]}))
+        .await
+        .unwrap();
+    assert_eq!(
+        got["documents"][0]["metadata"]["v"],
+        versions - 1,
+        "the last version won"
+    );
+}
+
+/// A prefix served by one worker becomes a fleet's, and then one worker's
+/// again, with messages waiting at each switch. A work-queue stream refuses
+/// consumers that overlap, so the fleet narrows the single consumer to the
+/// subjects of before and drains it first; a single worker refuses to start
+/// while a fleet's messages wait, and takes the prefix back once they are
+/// applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_moves_to_a_fleet_and_back_without_losing_order() {
+    tenantvec::init_tracing(&std::env::var("TEST_LOG").unwrap_or_else(|_| "error".into()));
+    let nats = NatsServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let single = common::settings(&nats.url(), data.path());
+    let mut fleet = single.clone();
+    fleet.cluster.enabled = true;
+    fleet.cluster.partitions = 4;
+    fleet.cluster.lease_ttl = Duration::from_secs(2);
+    let js = jetstream::new(tenantvec::transport::connect(&single.nats).await.unwrap());
+    let mut next = 0;
+
+    // One worker makes the stream and its consumer; messages wait for it.
+    let worker = tenantvec::worker::spawn(single.clone());
+    common::wait_ready(&single, || worker.is_finished()).await;
+    worker.stop().expect("the single worker stops");
+    publish_versions(&js, "mig", &mut next, 10).await;
+
+    // A fleet member: the ten from before first (before it serves), then
+    // ten filed by partition.
+    let member = tenantvec::worker::spawn(fleet.clone());
+    common::wait_ready(&fleet, || member.is_finished()).await;
+    publish_versions(&js, "mig", &mut next, 10).await;
+    wait_drained(&js, Duration::from_secs(60)).await;
+    assert_versions(&fleet, "mig", next).await;
+    member.stop().expect("the fleet member stops");
+
+    // Messages filed by partition wait: a single worker refuses to start.
+    publish_versions(&js, "mig", &mut next, 5).await;
+    let refused = tenantvec::worker::spawn(single.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !refused.is_finished() {
+        assert!(Instant::now() < deadline, "the single worker started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let error = format!("{:#}", refused.stop().unwrap_err());
+    assert!(error.contains("filed by partition"), "{error}");
+
+    // A fleet member applies them; then one worker takes the prefix back.
+    let member = tenantvec::worker::spawn(fleet.clone());
+    common::wait_ready(&fleet, || member.is_finished()).await;
+    wait_drained(&js, Duration::from_secs(60)).await;
+    member.stop().expect("the fleet member stops");
+    let worker = tenantvec::worker::spawn(single.clone());
+    common::wait_ready(&single, || worker.is_finished()).await;
+    publish_versions(&js, "mig", &mut next, 5).await;
+    wait_drained(&js, Duration::from_secs(60)).await;
+    assert_versions(&single, "mig", next).await;
+    worker.stop().expect("the single worker stops");
+}
+
 /// `tenantvec ingest ARGS` against the harness's server; its JSON summary.
 fn ingest_command(h: &Harness, args: &[&str]) -> Value {
     let mut all = vec!["ingest"];

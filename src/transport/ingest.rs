@@ -119,6 +119,18 @@ impl Names {
         ]
     }
 
+    /// A filter that matches every message filed by partition.
+    pub fn all_partitioned(&self) -> String {
+        format!("{}.ingest.*.*", self.prefix)
+    }
+
+    /// Whether `name` is one of the partitions' durable consumers.
+    pub fn is_partition_consumer(&self, name: &str) -> bool {
+        name.strip_prefix(&self.consumer)
+            .and_then(|rest| rest.strip_prefix("-p"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    }
+
     /// A filter that matches every stored ingest message.
     pub fn all_stored(&self) -> String {
         format!("{}.ingest.>", self.prefix)
@@ -201,8 +213,10 @@ struct DeadLetter<'a> {
 /// existing stream keeps its messages.
 ///
 /// With partitions (`cluster.enabled`) the stream files each message under
-/// its tenant's partition and no consumer is made here: each partition's
-/// owner makes and pulls its own ([`PartitionIngest`]).
+/// its tenant's partition and each partition's owner makes and pulls its own
+/// consumer ([`PartitionIngest`]); what is returned then is the single
+/// worker's consumer from before, while it still holds messages
+/// ([`consumer_from_before`], [`apply_from_before`]).
 pub async fn ensure_streams(
     js: &jetstream::Context,
     names: &Names,
@@ -248,54 +262,183 @@ pub async fn ensure_streams(
         .await
         .map_err(|e| anyhow::anyhow!("cannot open stream {}: {e}", names.ingest_stream))?;
     if names.partitions.is_some() {
-        // Messages a single worker left are filed under the old subjects,
-        // which no partition's consumer takes: say so rather than strand
-        // them silently.
-        if let Ok(info) = stream.consumer_info(&names.consumer).await {
-            if info.num_pending > 0 || info.num_ack_pending > 0 {
-                tracing::warn!(
-                    consumer = %names.consumer,
-                    pending = info.num_pending + info.num_ack_pending as u64,
-                    "ingest messages from before cluster.enabled wait in the stream; \
-                     a worker without cluster.enabled applies them"
-                );
-            }
-        }
-        return Ok(None);
+        return consumer_from_before(&stream, names, config).await;
     }
+    // The other way round: the partitions' consumers of an earlier fleet
+    // overlap the single consumer, which a work-queue stream refuses.
+    if let Some(p) = first_message(&stream, &names.all_partitioned()).await? {
+        anyhow::bail!(
+            "the ingest stream {} still holds messages filed by partition by a fleet \
+             (cluster.enabled), the first at sequence {p}; start a worker with \
+             cluster.enabled = true to apply them, then this one",
+            names.ingest_stream
+        );
+    }
+    let mut partition_consumers = stream.consumer_names();
+    while let Some(name) = partition_consumers.next().await {
+        let name = name.map_err(|e| anyhow::anyhow!("cannot list ingest consumers: {e}"))?;
+        if names.is_partition_consumer(&name) {
+            stream
+                .delete_consumer(&name)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot delete consumer {name}: {e}"))?;
+            tracing::info!(consumer = %name, "deleted a fleet partition's ingest consumer (nothing left in it)");
+        }
+    }
+    create_or_replace(&stream, config).await.map(Some)
+}
+
+/// In a fleet: the single worker's consumer from before `cluster.enabled`,
+/// if its messages are not all applied yet ([`apply_from_before`] applies
+/// them before the member joins); with none left it is deleted. It is
+/// narrowed to the subjects of before (`<p>.ingest.<tenant>`; the
+/// partitions' are one token longer) and never pinned, whatever it was.
+async fn consumer_from_before(
+    stream: &stream::Stream,
+    names: &Names,
+    mut config: consumer::pull::Config,
+) -> anyhow::Result<Option<consumer::PullConsumer>> {
+    let exists = match stream.consumer_info(&names.consumer).await {
+        Ok(_) => true,
+        Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => false,
+        Err(e) => anyhow::bail!("cannot read consumer {}: {e}", names.consumer),
+    };
+    let left = first_message(stream, &names.ingest_subjects).await?;
+    match left {
+        None if exists => {
+            stream
+                .delete_consumer(&names.consumer)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot delete consumer {}: {e}", names.consumer))?;
+            tracing::info!(consumer = %names.consumer, "deleted the single worker's ingest consumer (nothing left in it)");
+            Ok(None)
+        }
+        None => Ok(None),
+        Some(first) => {
+            tracing::warn!(
+                consumer = %names.consumer,
+                first_seq = first,
+                "ingest messages from before cluster.enabled wait in the stream; \
+                 applying them before joining the fleet"
+            );
+            config.filter_subject = names.ingest_subjects.clone();
+            // Not pinned, whatever it was: every member pulls it.
+            config.priority_policy = consumer::PriorityPolicy::None;
+            config.priority_groups = Vec::new();
+            config.priority_timeout = Duration::ZERO;
+            create_or_replace(stream, config).await.map(Some)
+        }
+    }
+}
+
+/// Before a fleet member joins: apply the messages that the single
+/// worker's consumer still holds (filed before the stream partitioned), in
+/// lanes as always, wait until none is left in the stream (members starting
+/// together pull it side by side, and each waits for the others' too), then
+/// delete that consumer. The partitions' consumers are made only after it
+/// is gone: a work-queue stream refuses consumers that overlap, and with the
+/// narrowed consumer beside them nats-server 2.15 kept the messages the
+/// partitions' consumers acked (found by the test), so the two never live
+/// side by side. The member serves nothing meanwhile; this happens once, on
+/// the first start of a fleet on a prefix one worker served.
+pub async fn apply_from_before(
+    js: jetstream::Context,
+    consumer: consumer::PullConsumer,
+    settings: &Settings,
+    router: Router,
+    counters: Arc<IngestCounters>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let names = Names::new(&settings.nats.prefix);
+    let stream = js
+        .get_stream(&names.ingest_stream)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open stream {}: {e}", names.ingest_stream))?;
+    let began = Instant::now();
+    let stop = shutdown.child_token();
+    let ingesting = start(
+        js.clone(),
+        consumer,
+        settings,
+        router,
+        counters,
+        stop.clone(),
+    );
+    while first_message(&stream, &names.ingest_subjects)
+        .await?
+        .is_some()
+    {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(ORDER_RECHECK) => {}
+        }
+    }
+    stop.cancel();
+    ingesting.drain(settings.worker.shutdown_timeout).await;
+    if shutdown.is_cancelled() {
+        anyhow::bail!("stopped while applying the ingest messages from before cluster.enabled");
+    }
+    // Another member may have deleted it first.
+    if let Err(e) = stream.delete_consumer(&names.consumer).await {
+        tracing::debug!(error = %e, consumer = %names.consumer, "consumer of before not deleted");
+    }
+    tracing::info!(
+        consumer = %names.consumer,
+        took = ?began.elapsed(),
+        "applied every ingest message from before cluster.enabled; joining the fleet"
+    );
+    Ok(())
+}
+
+/// The sequence of the stream's first message on `subject` (wildcards
+/// allowed), if it has one.
+async fn first_message(stream: &stream::Stream, subject: &str) -> anyhow::Result<Option<u64>> {
+    match stream.get_first_raw_message_by_subject(subject, 0).await {
+        Ok(m) => Ok(Some(m.sequence)),
+        Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => anyhow::bail!("cannot read the ingest stream: {e}"),
+    }
+}
+
+/// Create the durable consumer, or replace it when its settings cannot
+/// change in place.
+async fn create_or_replace(
+    stream: &stream::Stream,
+    config: consumer::pull::Config,
+) -> anyhow::Result<consumer::PullConsumer> {
+    let name = config.durable_name.clone().unwrap_or_default();
     // create_consumer updates a durable consumer whose config changed.
     match stream.create_consumer(config.clone()).await {
-        Ok(c) => Ok(Some(c)),
+        Ok(c) => Ok(c),
         Err(first) => {
-            // The server does not change a consumer's priority policy in
-            // place. Deleting it loses nothing: the messages stay in the
-            // stream and those delivered but unacked go to the new consumer.
-            // The same goes for a consumer made by an earlier version with a
-            // server-side backoff.
-            let replace = match stream.consumer_info(&names.consumer).await {
+            // The server does not change a consumer's priority policy or its
+            // filter in place. Deleting it loses nothing: the messages stay
+            // in the stream and those delivered but unacked go to the new
+            // consumer. The same goes for a consumer made by an earlier
+            // version with a server-side backoff.
+            let replace = match stream.consumer_info(&name).await {
                 Ok(info) => {
                     info.config.priority_policy != config.priority_policy
+                        || info.config.filter_subject != config.filter_subject
                         || !info.config.backoff.is_empty()
                 }
                 Err(_) => false,
             };
             if !replace {
-                anyhow::bail!("cannot create consumer {}: {first}", names.consumer);
+                anyhow::bail!("cannot create consumer {name}: {first}");
             }
             tracing::warn!(
-                consumer = %names.consumer,
-                ordered = settings.ordered,
+                consumer = %name,
                 "the ingest consumer's settings cannot change in place: recreating it"
             );
             stream
-                .delete_consumer(&names.consumer)
+                .delete_consumer(&name)
                 .await
-                .map_err(|e| anyhow::anyhow!("cannot recreate consumer {}: {e}", names.consumer))?;
+                .map_err(|e| anyhow::anyhow!("cannot recreate consumer {name}: {e}"))?;
             stream
                 .create_consumer(config)
                 .await
-                .map(Some)
-                .map_err(|e| anyhow::anyhow!("cannot create consumer {}: {e}", names.consumer))
+                .map_err(|e| anyhow::anyhow!("cannot create consumer {name}: {e}"))
         }
     }
 }
