@@ -37,7 +37,7 @@ use crate::filter::Filter;
 use crate::protocol::{Addressed, AdminVerb, Doc, ErrorCode, Hit, ServiceError, Verb};
 use crate::store::{Page, Record, Replaced, SearchQuery, Selector, StoreFactory, TenantStore};
 use crate::tenant::TenantId;
-use crate::transport::ingest::IngestCounters;
+use crate::transport::ingest::{IngestCounters, PartitionIngest};
 
 /// Request latency buckets, in seconds: from a cached count (well under a
 /// millisecond) to a large upsert that waits for its flush.
@@ -258,12 +258,29 @@ pub struct Metrics {
 /// What the ingest figures are read from.
 struct IngestSource {
     counters: Arc<IngestCounters>,
-    consumer: PullConsumer,
+    consumers: IngestConsumers,
     /// Last figures read from the consumer's info (JetStream).
     pending: AtomicU64,
     ack_pending: AtomicU64,
     /// Whether the consumer's info was ever read.
     known: AtomicBool,
+}
+
+/// The consumers whose pending counts add up to the ingest figures.
+enum IngestConsumers {
+    /// The single consumer (`ingest.ordered`).
+    Single(Box<PullConsumer>),
+    /// The partitions' consumers this worker pulls now.
+    Partitions(Arc<PartitionIngest>),
+}
+
+impl IngestConsumers {
+    fn now(&self) -> Vec<PullConsumer> {
+        match self {
+            Self::Single(c) => vec![(**c).clone()],
+            Self::Partitions(p) => p.consumers(),
+        }
+    }
 }
 
 impl std::fmt::Debug for IngestSource {
@@ -508,9 +525,23 @@ impl Metrics {
     /// Report the ingest figures from now on: the worker's counters, and the
     /// consumer's pending count (asked of JetStream at each scrape).
     pub fn watch_ingest(&self, counters: Arc<IngestCounters>, consumer: PullConsumer) {
+        self.watch(counters, IngestConsumers::Single(Box::new(consumer)));
+    }
+
+    /// [`Metrics::watch_ingest`] with a consumer per partition: the pending
+    /// counts are those of the partitions this worker pulls, added up.
+    pub fn watch_partitions(
+        &self,
+        counters: Arc<IngestCounters>,
+        partitions: Arc<PartitionIngest>,
+    ) {
+        self.watch(counters, IngestConsumers::Partitions(partitions));
+    }
+
+    fn watch(&self, counters: Arc<IngestCounters>, consumers: IngestConsumers) {
         let _ = self.ingest.set(IngestSource {
             counters,
-            consumer,
+            consumers,
             pending: AtomicU64::new(0),
             ack_pending: AtomicU64::new(0),
             known: AtomicBool::new(false),
@@ -521,16 +552,34 @@ impl Metrics {
     /// read at scrape time brought up to date first.
     pub async fn render(&self) -> String {
         if let Some(source) = self.ingest.get() {
-            match tokio::time::timeout(CONSUMER_INFO_TIMEOUT, source.consumer.get_info()).await {
-                Ok(Ok(info)) => {
-                    source.pending.store(info.num_pending, Ordering::Relaxed);
-                    source
-                        .ack_pending
-                        .store(info.num_ack_pending as u64, Ordering::Relaxed);
-                    source.known.store(true, Ordering::Relaxed);
+            let infos = futures::future::join_all(source.consumers.now().into_iter().map(
+                |consumer| async move {
+                    tokio::time::timeout(CONSUMER_INFO_TIMEOUT, consumer.get_info()).await
+                },
+            ))
+            .await;
+            let (mut pending, mut ack_pending, mut complete) = (0, 0, true);
+            for info in infos {
+                match info {
+                    Ok(Ok(info)) => {
+                        pending += info.num_pending;
+                        ack_pending += info.num_ack_pending as u64;
+                    }
+                    Ok(Err(e)) => {
+                        complete = false;
+                        tracing::debug!(error = %e, "metrics: ingest consumer info");
+                    }
+                    Err(_) => {
+                        complete = false;
+                        tracing::debug!("metrics: ingest consumer info timed out");
+                    }
                 }
-                Ok(Err(e)) => tracing::debug!(error = %e, "metrics: ingest consumer info"),
-                Err(_) => tracing::debug!("metrics: ingest consumer info timed out"),
+            }
+            // A partial sum would read as a drop: keep the last whole one.
+            if complete {
+                source.pending.store(pending, Ordering::Relaxed);
+                source.ack_pending.store(ack_pending, Ordering::Relaxed);
+                source.known.store(true, Ordering::Relaxed);
             }
         }
         let mut text = String::new();

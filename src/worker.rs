@@ -91,9 +91,17 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
     // The stream and its consumer exist before the service answers PING.
     let ingest = if settings.ingest.enabled {
         let js = async_nats::jetstream::new(client.clone());
-        let names = match &cluster {
-            Some(c) => transport::ingest::Names::partitioned(&settings.nats.prefix, c.partitions),
-            None => transport::ingest::Names::new(&settings.nats.prefix),
+        // A consumer per partition, so one tenant's backlog does not hold up
+        // the others, on one worker too; `ingest.ordered` keeps the single
+        // pinned consumer of before (several unclustered workers, one
+        // pulling at a time).
+        let names = if settings.ingest.partitioned() {
+            transport::ingest::Names::partitioned(
+                &settings.nats.prefix,
+                settings.cluster.partitions,
+            )
+        } else {
+            transport::ingest::Names::new(&settings.nats.prefix)
         };
         let consumer = transport::ingest::ensure_streams(
             &js,
@@ -108,9 +116,10 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
             )
         })?;
         let counters = Arc::new(IngestCounters::default());
-        let consumer = match (consumer, &cluster) {
-            // A fleet on a prefix one worker served: what it left goes first.
-            (Some(consumer), Some(_)) => {
+        let consumer = match consumer {
+            // Partitions on a prefix the single consumer served: what it
+            // left goes first.
+            Some(consumer) if settings.ingest.partitioned() => {
                 transport::ingest::apply_from_before(
                     js.clone(),
                     consumer,
@@ -122,7 +131,7 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
                 .await?;
                 None
             }
-            (consumer, _) => consumer,
+            consumer => consumer,
         };
         if let Some(consumer) = &consumer {
             metrics.watch_ingest(counters.clone(), consumer.clone());
@@ -162,13 +171,20 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
                 shutdown.clone(),
             ));
         }
-        if cluster.is_some() {
-            partition_ingest = Some(Arc::new(transport::ingest::PartitionIngest::new(
+        if settings.ingest.partitioned() {
+            let partitions = Arc::new(transport::ingest::PartitionIngest::new(
                 js,
                 &settings,
                 router.clone(),
-                counters,
-            )));
+                counters.clone(),
+            ));
+            metrics.watch_partitions(counters, partitions.clone());
+            // Alone, the worker pulls every partition; in a fleet, those
+            // whose lease it holds.
+            if cluster.is_none() {
+                partitions.start_all().await?;
+            }
+            partition_ingest = Some(partitions);
         }
     }
     // Joined last: from the first lease on, other workers forward this

@@ -561,12 +561,20 @@ impl Run {
                 self.release(p, true, settled);
             }
         }
+        // Takes wait on JetStream (the lease, the partition's consumer):
+        // past a tick the rest wait for the next pass, so the renewals of
+        // what is held never stall behind them (a NATS node that restarts
+        // can make each of them wait for its timeout).
+        let pass = Instant::now();
         for p in wanted {
             if self.held.contains_key(&p)
                 || self.settling.contains(&p)
                 || owners[p as usize].is_some()
             {
                 continue;
+            }
+            if pass.elapsed() >= self.tick {
+                break;
             }
             self.take(p).await;
         }
@@ -668,7 +676,17 @@ impl Run {
                 return;
             }
         };
-        if let Err(e) = self.partitions.start(p).await {
+        // Bounded like the lease calls: a start that hangs would hold up the
+        // renewal of every partition held, until their leases expired under
+        // their gates while this worker still logged them as its own.
+        let started = match tokio::time::timeout(self.tick, self.partitions.start(p)).await {
+            Ok(started) => started,
+            Err(_) => Err(anyhow::anyhow!(
+                "no answer from JetStream within {:?}",
+                self.tick
+            )),
+        };
+        if let Err(e) = started {
             tracing::warn!(partition = p, error = %e, "cannot start a partition; giving its lease back");
             let _ = self
                 .leases

@@ -223,6 +223,9 @@ pub async fn ensure_streams(
     settings: &IngestSettings,
     replicas: usize,
 ) -> anyhow::Result<Option<consumer::PullConsumer>> {
+    if let Some(partitions) = names.partitions {
+        refuse_other_partitions(js, names, partitions).await?;
+    }
     let ingest = stream::Config {
         name: names.ingest_stream.clone(),
         subjects: vec![names.ingest_subjects.clone()],
@@ -268,9 +271,9 @@ pub async fn ensure_streams(
     // overlap the single consumer, which a work-queue stream refuses.
     if let Some(p) = first_message(&stream, &names.all_partitioned()).await? {
         anyhow::bail!(
-            "the ingest stream {} still holds messages filed by partition by a fleet \
-             (cluster.enabled), the first at sequence {p}; start a worker with \
-             cluster.enabled = true to apply them, then this one",
+            "the ingest stream {} still holds messages filed by partition, the first \
+             at sequence {p}; start a worker with ingest.ordered = false to apply them, \
+             then this one",
             names.ingest_stream
         );
     }
@@ -288,9 +291,58 @@ pub async fn ensure_streams(
     create_or_replace(&stream, config).await.map(Some)
 }
 
-/// In a fleet: the single worker's consumer from before `cluster.enabled`,
-/// if its messages are not all applied yet ([`apply_from_before`] applies
-/// them before the member joins); with none left it is deleted. It is
+/// A stream that files messages by another number of partitions may change
+/// only once it holds none of them: a tenant's partition would change, and
+/// its waiting messages would sit under a partition no consumer takes (or
+/// one whose order check does not see them).
+async fn refuse_other_partitions(
+    js: &jetstream::Context,
+    names: &Names,
+    partitions: u32,
+) -> anyhow::Result<()> {
+    let Ok(stream) = js.get_stream(&names.ingest_stream).await else {
+        return Ok(()); // Not made yet.
+    };
+    let before = stream
+        .cached_info()
+        .config
+        .subject_transform
+        .as_ref()
+        .and_then(|t| partitions_in(&t.destination));
+    match before {
+        Some(before) if before != partitions => {
+            match first_message(&stream, &names.all_partitioned()).await? {
+                Some(first) => anyhow::bail!(
+                    "the ingest stream {} files messages by {before} partitions and still holds \
+                     some (the first at sequence {first}); cluster.partitions is {partitions}: \
+                     keep it at {before} until they are applied",
+                    names.ingest_stream
+                ),
+                None => {
+                    tracing::info!(
+                        before,
+                        now = partitions,
+                        "the ingest stream is empty: partitions changed"
+                    );
+                    Ok(())
+                }
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The partition count in a stream's subject transform destination
+/// (`…{{partition(16,1)}}…`).
+fn partitions_in(destination: &str) -> Option<u32> {
+    let rest = &destination[destination.find("partition(")? + "partition(".len()..];
+    rest[..rest.find(',')?].trim().parse().ok()
+}
+
+/// With partitions: the single consumer of before (an earlier version, or
+/// `ingest.ordered`), if its messages are not all applied yet
+/// ([`apply_from_before`] applies them before the partitions are pulled);
+/// with none left it is deleted. It is
 /// narrowed to the subjects of before (`<p>.ingest.<tenant>`; the
 /// partitions' are one token longer) and never pinned, whatever it was.
 async fn consumer_from_before(
@@ -318,8 +370,8 @@ async fn consumer_from_before(
             tracing::warn!(
                 consumer = %names.consumer,
                 first_seq = first,
-                "ingest messages from before cluster.enabled wait in the stream; \
-                 applying them before joining the fleet"
+                "ingest messages filed before the stream partitioned wait in it; \
+                 applying them before pulling the partitions"
             );
             config.filter_subject = names.ingest_subjects.clone();
             // Not pinned, whatever it was: every member pulls it.
@@ -331,8 +383,8 @@ async fn consumer_from_before(
     }
 }
 
-/// Before a fleet member joins: apply the messages that the single
-/// worker's consumer still holds (filed before the stream partitioned), in
+/// Before a worker pulls partitions (or a fleet member joins): apply the
+/// messages that the single consumer still holds (filed before the stream partitioned), in
 /// lanes as always, wait until none is left in the stream (members starting
 /// together pull it side by side, and each waits for the others' too), then
 /// delete that consumer. The partitions' consumers are made only after it
@@ -376,7 +428,9 @@ pub async fn apply_from_before(
     stop.cancel();
     ingesting.drain(settings.worker.shutdown_timeout).await;
     if shutdown.is_cancelled() {
-        anyhow::bail!("stopped while applying the ingest messages from before cluster.enabled");
+        anyhow::bail!(
+            "stopped while applying the ingest messages filed before the stream partitioned"
+        );
     }
     // Another member may have deleted it first.
     if let Err(e) = stream.delete_consumer(&names.consumer).await {
@@ -385,7 +439,7 @@ pub async fn apply_from_before(
     tracing::info!(
         consumer = %names.consumer,
         took = ?began.elapsed(),
-        "applied every ingest message from before cluster.enabled; joining the fleet"
+        "applied every ingest message filed before the stream partitioned; pulling the partitions"
     );
     Ok(())
 }
@@ -469,7 +523,9 @@ pub struct PartitionIngest {
     settings: Settings,
     router: Router,
     counters: Arc<IngestCounters>,
-    running: std::sync::Mutex<std::collections::HashMap<u32, (CancellationToken, Ingesting)>>,
+    running: std::sync::Mutex<
+        std::collections::HashMap<u32, (CancellationToken, Ingesting, consumer::PullConsumer)>,
+    >,
 }
 
 impl PartitionIngest {
@@ -496,6 +552,11 @@ impl PartitionIngest {
         let (durable, filter) = self.names.partition_consumer(partition);
         let mut config = consumer_config(&self.settings.ingest, &durable);
         config.filter_subject = filter;
+        let share = partition_share(
+            self.settings.ingest.max_ack_pending,
+            self.names.partitions.unwrap_or(1),
+        );
+        config.max_ack_pending = share as i64;
         let stream = self
             .js
             .get_stream_no_info(&self.names.ingest_stream)
@@ -508,9 +569,10 @@ impl PartitionIngest {
         let stop = CancellationToken::new();
         let ingesting = start_with(
             self.js.clone(),
-            consumer,
+            consumer.clone(),
             self.names.clone(),
             &self.settings,
+            share,
             self.router.clone(),
             self.counters.clone(),
             stop.clone(),
@@ -518,8 +580,26 @@ impl PartitionIngest {
         self.running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(partition, (stop, ingesting));
+            .insert(partition, (stop, ingesting, consumer));
         Ok(())
+    }
+
+    /// Pull every partition (a worker alone on its prefix).
+    pub async fn start_all(&self) -> anyhow::Result<()> {
+        for partition in 0..self.names.partitions.unwrap_or(1) {
+            self.start(partition).await?;
+        }
+        Ok(())
+    }
+
+    /// The consumers pulled now (for the pending figures).
+    pub fn consumers(&self) -> Vec<consumer::PullConsumer> {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|(_, _, c)| c.clone())
+            .collect()
     }
 
     /// Stop pulling the partition: running batches finish, held messages go
@@ -530,7 +610,7 @@ impl PartitionIngest {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&partition);
-        if let Some((stop, ingesting)) = running {
+        if let Some((stop, ingesting, _)) = running {
             stop.cancel();
             ingesting.drain(self.settings.worker.shutdown_timeout).await;
         }
@@ -571,6 +651,8 @@ struct Shared {
     router: Router,
     counters: Arc<IngestCounters>,
     in_flight: Arc<Semaphore>,
+    /// The permits `in_flight` started with.
+    in_flight_limit: usize,
 }
 
 /// The running pull and lane tasks; [`Ingesting::drain`] waits for them
@@ -604,14 +686,33 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> Ingesting {
     let names = Names::new(&settings.nats.prefix);
-    start_with(js, consumer, names, settings, router, counters, shutdown)
+    let in_flight = settings.ingest.max_ack_pending;
+    start_with(
+        js, consumer, names, settings, in_flight, router, counters, shutdown,
+    )
 }
 
+/// Messages in flight for one partition's consumer: its share of
+/// `ingest.max_ack_pending`, so that a worker pulling every partition holds
+/// about as many messages (and as much memory) as one consumer did, but at
+/// least [`MIN_PARTITION_IN_FLIGHT`], so that a busy tenant still writes
+/// several messages per group commit.
+fn partition_share(max_ack_pending: usize, partitions: u32) -> usize {
+    max_ack_pending
+        .div_ceil(partitions.max(1) as usize)
+        .max(MIN_PARTITION_IN_FLIGHT)
+}
+
+/// See [`partition_share`].
+const MIN_PARTITION_IN_FLIGHT: usize = 8;
+
+#[allow(clippy::too_many_arguments)] // one call each from the two kinds of consumer
 fn start_with(
     js: jetstream::Context,
     consumer: consumer::PullConsumer,
     names: Names,
     settings: &Settings,
+    in_flight: usize,
     router: Router,
     counters: Arc<IngestCounters>,
     shutdown: CancellationToken,
@@ -622,9 +723,10 @@ fn start_with(
         settings: settings.clone(),
         router,
         counters,
-        in_flight: Arc::new(Semaphore::new(settings.ingest.max_ack_pending)),
+        in_flight: Arc::new(Semaphore::new(in_flight)),
+        in_flight_limit: in_flight,
     });
-    let (events, inbox) = mpsc::channel(settings.ingest.max_ack_pending.max(16));
+    let (events, inbox) = mpsc::channel(in_flight.max(16));
     let pull = tokio::spawn(pull_loop(
         consumer,
         shared.clone(),
@@ -740,7 +842,12 @@ async fn lane_loop(
     shutdown: CancellationToken,
 ) {
     let ingest = &shared.settings.ingest;
-    let mut lanes: Lanes<Pending> = Lanes::new(ingest.stalled_tenant_messages, MAX_BATCH_MESSAGES);
+    // A stalled tenant keeps at most half of this consumer's slots.
+    let stalled_cap = ingest
+        .stalled_tenant_messages
+        .min(shared.in_flight_limit / 2)
+        .max(1);
+    let mut lanes: Lanes<Pending> = Lanes::new(stalled_cap, MAX_BATCH_MESSAGES);
     let mut progress = tokio::time::interval(ingest.ack_wait / 4);
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     progress.tick().await;
@@ -1248,8 +1355,11 @@ async fn dead_letter(
             (name.to_string(), values)
         })
         .collect();
+    // The subject the producer published to, which a replay publishes to
+    // again (the stream files it by partition, one token longer).
+    let published = shared.names.ingest_subject(tenant_token(&message.subject));
     let record = DeadLetter {
-        subject: message.subject.as_str(),
+        subject: &published,
         stream_seq,
         error,
         time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
@@ -1284,5 +1394,36 @@ async fn dead_letter(
             tracing::error!(%subject, error = %e, "cannot store a dead-letter record; retrying the message later");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_partition_count_is_read_back_from_the_transform() {
+        let names = Names::partitioned("tenantvec", 16);
+        let destination = names.transform().unwrap().destination;
+        assert_eq!(partitions_in(&destination), Some(16));
+        assert_eq!(partitions_in("tenantvec.ingest.{{wildcard(1)}}"), None);
+    }
+
+    #[test]
+    fn a_partition_gets_its_share_of_the_slots() {
+        assert_eq!(partition_share(64, 16), 8);
+        assert_eq!(partition_share(64, 1), 64);
+        assert_eq!(partition_share(1000, 16), 63);
+        assert_eq!(partition_share(4, 16), MIN_PARTITION_IN_FLIGHT);
+    }
+
+    #[test]
+    fn partition_consumers_are_told_from_the_others() {
+        let names = Names::new("tenantvec");
+        assert!(names.is_partition_consumer("tenantvec-ingest-p0"));
+        assert!(names.is_partition_consumer("tenantvec-ingest-p15"));
+        assert!(!names.is_partition_consumer("tenantvec-ingest"));
+        assert!(!names.is_partition_consumer("tenantvec-ingest-px"));
+        assert!(!names.is_partition_consumer("tenantvec-ingest-p"));
     }
 }
