@@ -320,15 +320,6 @@ pub struct IngestSettings {
     pub pin_timeout: Duration,
 }
 
-impl IngestSettings {
-    /// Whether the stream files messages by partition, a consumer each (the
-    /// default, and always in a fleet); `ordered` keeps the single pinned
-    /// consumer.
-    pub fn partitioned(&self) -> bool {
-        !self.ordered
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {

@@ -272,7 +272,7 @@ pub async fn ensure_streams(
     if let Some(p) = first_message(&stream, &names.all_partitioned()).await? {
         anyhow::bail!(
             "the ingest stream {} still holds messages filed by partition, the first \
-             at sequence {p}; start a worker with ingest.ordered = false to apply them, \
+             at sequence {p}; start a worker with cluster.enabled = true to apply them, \
              then this one",
             names.ingest_stream
         );
@@ -552,11 +552,6 @@ impl PartitionIngest {
         let (durable, filter) = self.names.partition_consumer(partition);
         let mut config = consumer_config(&self.settings.ingest, &durable);
         config.filter_subject = filter;
-        let share = partition_share(
-            self.settings.ingest.max_ack_pending,
-            self.names.partitions.unwrap_or(1),
-        );
-        config.max_ack_pending = share as i64;
         let stream = self
             .js
             .get_stream_no_info(&self.names.ingest_stream)
@@ -572,7 +567,7 @@ impl PartitionIngest {
             consumer.clone(),
             self.names.clone(),
             &self.settings,
-            share,
+            self.settings.ingest.max_ack_pending,
             self.router.clone(),
             self.counters.clone(),
             stop.clone(),
@@ -581,14 +576,6 @@ impl PartitionIngest {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(partition, (stop, ingesting, consumer));
-        Ok(())
-    }
-
-    /// Pull every partition (a worker alone on its prefix).
-    pub async fn start_all(&self) -> anyhow::Result<()> {
-        for partition in 0..self.names.partitions.unwrap_or(1) {
-            self.start(partition).await?;
-        }
         Ok(())
     }
 
@@ -692,20 +679,7 @@ pub fn start(
     )
 }
 
-/// Messages in flight for one partition's consumer: its share of
-/// `ingest.max_ack_pending`, so that a worker pulling every partition holds
-/// about as many messages (and as much memory) as one consumer did, but at
-/// least [`MIN_PARTITION_IN_FLIGHT`], so that a busy tenant still writes
-/// several messages per group commit.
-fn partition_share(max_ack_pending: usize, partitions: u32) -> usize {
-    max_ack_pending
-        .div_ceil(partitions.max(1) as usize)
-        .max(MIN_PARTITION_IN_FLIGHT)
-}
-
-/// See [`partition_share`].
-const MIN_PARTITION_IN_FLIGHT: usize = 8;
-
+/// Pull `consumer` with lanes of its own, at most `in_flight` messages held.
 #[allow(clippy::too_many_arguments)] // one call each from the two kinds of consumer
 fn start_with(
     js: jetstream::Context,
@@ -1407,14 +1381,6 @@ mod tests {
         let destination = names.transform().unwrap().destination;
         assert_eq!(partitions_in(&destination), Some(16));
         assert_eq!(partitions_in("tenantvec.ingest.{{wildcard(1)}}"), None);
-    }
-
-    #[test]
-    fn a_partition_gets_its_share_of_the_slots() {
-        assert_eq!(partition_share(64, 16), 8);
-        assert_eq!(partition_share(64, 1), 64);
-        assert_eq!(partition_share(1000, 16), 63);
-        assert_eq!(partition_share(4, 16), MIN_PARTITION_IN_FLIGHT);
     }
 
     #[test]
