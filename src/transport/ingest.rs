@@ -447,10 +447,22 @@ pub async fn apply_from_before(
 /// The sequence of the stream's first message on `subject` (wildcards
 /// allowed), if it has one.
 async fn first_message(stream: &stream::Stream, subject: &str) -> anyhow::Result<Option<u64>> {
-    match stream.get_first_raw_message_by_subject(subject, 0).await {
+    next_message(stream, subject, 0)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read the ingest stream: {e}"))
+}
+
+/// The sequence of the stream's next message on `subject` at or after
+/// `from`, if there is one.
+async fn next_message<I>(
+    stream: &stream::Stream<I>,
+    subject: &str,
+    from: u64,
+) -> Result<Option<u64>, jetstream::stream::RawMessageError> {
+    match stream.get_first_raw_message_by_subject(subject, from).await {
         Ok(m) => Ok(Some(m.sequence)),
         Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(None),
-        Err(e) => anyhow::bail!("cannot read the ingest stream: {e}"),
+        Err(e) => Err(e),
     }
 }
 
@@ -1074,15 +1086,12 @@ async fn order_in_stream(
         .map_err(|e| e.to_string())?;
     let subject = shared.names.stored_subject(tenant.as_str());
     let answers = join_all(lanes::order_questions(batch).into_iter().map(|(i, from)| {
-        let (stream, subject) = (&stream, subject.clone());
+        let (stream, subject) = (&stream, &subject);
         async move {
-            match stream.get_first_raw_message_by_subject(subject, from).await {
-                Ok(found) => Ok((i, Some(found.sequence))),
-                Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
-                    Ok((i, None))
-                }
-                Err(e) => Err(e.to_string()),
-            }
+            next_message(stream, subject, from)
+                .await
+                .map(|found| (i, found))
+                .map_err(|e| e.to_string())
         }
     }))
     .await
