@@ -302,6 +302,12 @@ pub struct IngestSettings {
     pub backoff: Vec<Duration>,
     pub max_ack_pending: usize,
     pub pull_batch: usize,
+    /// Most bytes of ingest messages a worker asks the server for at once,
+    /// over all the consumers it pulls (each pull asks for an equal share,
+    /// and never less than the largest message the server takes). Kept
+    /// under the server's `max_pending` (64 MiB by default), past which the
+    /// server drops the worker's connection as a slow consumer.
+    pub pull_max_bytes: usize,
     /// Most tries of a message that fails `internal` before it is
     /// dead-lettered (`unavailable` and `rate_limited` wait without limit).
     pub max_retries: u32,
@@ -318,6 +324,15 @@ pub struct IngestSettings {
     pub ordered: bool,
     #[serde(with = "duration")]
     pub pin_timeout: Duration,
+}
+
+impl IngestSettings {
+    /// Whether the stream files messages by partition, a consumer each (the
+    /// default, and always in a fleet); `ordered` keeps the single pinned
+    /// consumer.
+    pub fn partitioned(&self) -> bool {
+        !self.ordered
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -553,6 +568,7 @@ impl Settings {
         let i = &s.ingest;
         range("ingest.max_ack_pending", i.max_ack_pending, 1, 100_000)?;
         range("ingest.pull_batch", i.pull_batch, 1, 100_000)?;
+        range("ingest.pull_max_bytes", i.pull_max_bytes, 1, 1 << 30)?;
         range(
             "ingest.stalled_tenant_messages",
             i.stalled_tenant_messages,

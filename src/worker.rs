@@ -91,8 +91,11 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
     // The stream and its consumer exist before the service answers PING.
     let ingest = if settings.ingest.enabled {
         let js = async_nats::jetstream::new(client.clone());
-        // A fleet: a consumer per partition, each pulled by its owner.
-        let names = if settings.cluster.enabled {
+        // A consumer per partition, so one tenant's backlog does not hold up
+        // the others, on one worker too; `ingest.ordered` keeps the single
+        // pinned consumer of before (several unclustered workers, one
+        // pulling at a time).
+        let names = if settings.ingest.partitioned() {
             transport::ingest::Names::partitioned(
                 &settings.nats.prefix,
                 settings.cluster.partitions,
@@ -114,9 +117,9 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
         })?;
         let counters = Arc::new(IngestCounters::default());
         let consumer = match consumer {
-            // A fleet on a prefix the single consumer served: what it left
-            // goes first.
-            Some(consumer) if settings.cluster.enabled => {
+            // Partitions on a prefix the single consumer served: what it
+            // left goes first.
+            Some(consumer) if settings.ingest.partitioned() => {
                 transport::ingest::apply_from_before(
                     js.clone(),
                     consumer,
@@ -168,15 +171,19 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
                 shutdown.clone(),
             ));
         }
-        if settings.cluster.enabled {
+        if settings.ingest.partitioned() {
             let partitions = Arc::new(transport::ingest::PartitionIngest::new(
                 js,
                 &settings,
                 router.clone(),
                 counters.clone(),
             ));
-            // The pending figures add up the partitions this worker holds.
             metrics.watch_partitions(counters, partitions.clone());
+            // Alone, the worker pulls every partition; in a fleet, those
+            // whose lease it holds.
+            if cluster.is_none() {
+                partitions.start_all().await?;
+            }
             partition_ingest = Some(partitions);
         }
     }

@@ -349,8 +349,9 @@ async fn assert_versions(settings: &tenantvec::config::Settings, tenant: &str, v
     );
 }
 
-/// A prefix served by one worker becomes a fleet's, and then one worker's
-/// again, with messages waiting at each switch. A work-queue stream refuses
+/// A prefix served by the single consumer (`ingest.ordered`) becomes a
+/// fleet's, and then the single consumer's again, with messages waiting at
+/// each switch. A work-queue stream refuses
 /// consumers that overlap, so the fleet narrows the single consumer to the
 /// subjects of before and drains it first; a single worker refuses to start
 /// while a fleet's messages wait, and takes the prefix back once they are
@@ -360,8 +361,12 @@ async fn a_prefix_moves_to_a_fleet_and_back_without_losing_order() {
     tenantvec::init_tracing(&std::env::var("TEST_LOG").unwrap_or_else(|_| "error".into()));
     let nats = NatsServer::start();
     let data = tempfile::tempdir().unwrap();
-    let single = common::settings(&nats.url(), data.path());
+    let mut single = common::settings(&nats.url(), data.path());
+    // One worker pulls the single consumer only with `ingest.ordered`.
+    single.ingest.ordered = true;
+    single.ingest.pin_timeout = Duration::from_secs(2);
     let mut fleet = single.clone();
+    fleet.ingest.ordered = false;
     fleet.cluster.enabled = true;
     fleet.cluster.partitions = 4;
     fleet.cluster.lease_ttl = Duration::from_secs(2);
@@ -608,7 +613,7 @@ async fn a_burst_on_a_loaded_host_keeps_the_latest_version_and_redelivers_nothin
         .get_stream(STREAM)
         .await
         .unwrap()
-        .consumer_info("tenantvec-ingest")
+        .consumer_info("tenantvec-ingest-p0")
         .await
         .unwrap();
     assert_eq!(info.config.ack_wait, h.settings.ingest.ack_wait);
@@ -733,7 +738,10 @@ async fn a_failing_message_at_max_deliver_is_dead_lettered() {
         .get_stream(STREAM)
         .await
         .unwrap()
-        .get_consumer("tenantvec-ingest")
+        .get_consumer(&format!(
+            "tenantvec-ingest-p{}",
+            tenantvec::cluster::partition_of("poison", h.settings.cluster.partitions)
+        ))
         .await
         .unwrap();
     for delivery in 1..=2 {

@@ -168,8 +168,9 @@ async fn ingest_waits_out_a_qdrant_outage() {
 
 /// With `ingest.ordered`, one worker at a time takes ingest messages, so a
 /// tenant's messages land in stream order even with two workers; when that
-/// worker stops, the other takes over after `pin_timeout`. The consumer made
-/// earlier without the setting is replaced on the way.
+/// worker stops, the other takes over after `pin_timeout`. The partitions'
+/// consumers made earlier without the setting give way to the single pinned
+/// consumer on the way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ordered_ingest_keeps_stream_order_across_two_workers() {
     let test = "ordered_ingest_keeps_stream_order_across_two_workers";
@@ -177,7 +178,7 @@ async fn ordered_ingest_keeps_stream_order_across_two_workers() {
         return;
     };
     let space = server::Space::new(&url);
-    // First without the setting: the consumer exists unpinned.
+    // First without the setting: the partitions' consumers exist.
     let mut h = Harness::start_with(|s| on_qdrant(s, &url, &space, Layout::Shared)).await;
     h.stop_worker().unwrap();
     h.settings.ingest.ordered = true;
@@ -220,7 +221,7 @@ async fn ordered_ingest_keeps_stream_order_across_two_workers() {
     assert_eq!(
         info.config.priority_policy,
         jetstream::consumer::PriorityPolicy::PinnedClient,
-        "the unpinned consumer was replaced"
+        "the single consumer is pinned"
     );
     publish(0, 80).await;
     landed(&h, 80).await;

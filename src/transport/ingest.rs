@@ -272,7 +272,7 @@ pub async fn ensure_streams(
     if let Some(p) = first_message(&stream, &names.all_partitioned()).await? {
         anyhow::bail!(
             "the ingest stream {} still holds messages filed by partition, the first \
-             at sequence {p}; start a worker with cluster.enabled = true to apply them, \
+             at sequence {p}; start a worker with ingest.ordered = false to apply them, \
              then this one",
             names.ingest_stream
         );
@@ -535,6 +535,8 @@ pub struct PartitionIngest {
     settings: Settings,
     router: Router,
     counters: Arc<IngestCounters>,
+    /// One for all the partitions this worker holds: it may hold them all.
+    budget: PullBudget,
     running: std::sync::Mutex<
         std::collections::HashMap<u32, (CancellationToken, Ingesting, consumer::PullConsumer)>,
     >,
@@ -547,7 +549,13 @@ impl PartitionIngest {
         router: Router,
         counters: Arc<IngestCounters>,
     ) -> Self {
+        let budget = PullBudget::new(
+            &settings.ingest,
+            settings.cluster.partitions as usize,
+            max_payload(&js),
+        );
         Self {
+            budget,
             js,
             names: Names::partitioned(&settings.nats.prefix, settings.cluster.partitions),
             settings: settings.clone(),
@@ -564,6 +572,11 @@ impl PartitionIngest {
         let (durable, filter) = self.names.partition_consumer(partition);
         let mut config = consumer_config(&self.settings.ingest, &durable);
         config.filter_subject = filter;
+        let share = partition_share(
+            self.settings.ingest.max_ack_pending,
+            self.names.partitions.unwrap_or(1),
+        );
+        config.max_ack_pending = share as i64;
         let stream = self
             .js
             .get_stream_no_info(&self.names.ingest_stream)
@@ -579,7 +592,8 @@ impl PartitionIngest {
             consumer.clone(),
             self.names.clone(),
             &self.settings,
-            self.settings.ingest.max_ack_pending,
+            share,
+            self.budget.clone(),
             self.router.clone(),
             self.counters.clone(),
             stop.clone(),
@@ -588,6 +602,14 @@ impl PartitionIngest {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(partition, (stop, ingesting, consumer));
+        Ok(())
+    }
+
+    /// Pull every partition (a worker alone on its prefix).
+    pub async fn start_all(&self) -> anyhow::Result<()> {
+        for partition in 0..self.names.partitions.unwrap_or(1) {
+            self.start(partition).await?;
+        }
         Ok(())
     }
 
@@ -652,6 +674,41 @@ struct Shared {
     in_flight: Arc<Semaphore>,
     /// The permits `in_flight` started with.
     in_flight_limit: usize,
+    /// What this consumer shares with the others the worker pulls.
+    budget: PullBudget,
+}
+
+/// The bytes the server may have on their way to a worker at once, shared
+/// by every consumer it pulls: each pull request asks for a share of
+/// `ingest.pull_max_bytes`, and the order checks' stream reads (each answer
+/// a whole message) take turns.
+///
+/// Why a budget at all: the server writes what was asked for to the
+/// worker's one connection, and drops the connection as a slow consumer
+/// once more than its `max_pending` (64 MiB by default) waits there; every
+/// ack and stream read in flight then times out, and the worker makes
+/// little progress for tens of seconds. Counted in messages alone, 64
+/// messages of ~1 MB per consumer got there, and so did the first order
+/// checks of a hundred tenants asked together.
+#[derive(Clone)]
+struct PullBudget {
+    /// The bytes one pull request asks for (see [`pull_share`]).
+    pull_max_bytes: usize,
+    stream_reads: Arc<Semaphore>,
+}
+
+impl PullBudget {
+    /// For a worker that may pull `consumers` consumers at once, on a
+    /// server whose largest message is `max_payload`.
+    fn new(settings: &IngestSettings, consumers: usize, max_payload: usize) -> Self {
+        Self {
+            pull_max_bytes: pull_share(settings.pull_max_bytes, consumers, max_payload),
+            stream_reads: Arc::new(Semaphore::new(stream_reads(
+                settings.pull_max_bytes,
+                max_payload,
+            ))),
+        }
+    }
 }
 
 /// The running pull and lane tasks; [`Ingesting::drain`] waits for them
@@ -686,12 +743,33 @@ pub fn start(
 ) -> Ingesting {
     let names = Names::new(&settings.nats.prefix);
     let in_flight = settings.ingest.max_ack_pending;
+    let budget = PullBudget::new(&settings.ingest, 1, max_payload(&js));
     start_with(
-        js, consumer, names, settings, in_flight, router, counters, shutdown,
+        js, consumer, names, settings, in_flight, budget, router, counters, shutdown,
     )
 }
 
-/// Pull `consumer` with lanes of its own, at most `in_flight` messages held.
+/// Messages in flight for one partition's consumer: its share of
+/// `ingest.max_ack_pending`, so that a worker pulling every partition holds
+/// about as many messages (and as much memory) as one consumer did, but at
+/// least [`MIN_PARTITION_IN_FLIGHT`], so that a busy tenant still writes
+/// several messages per group commit.
+fn partition_share(max_ack_pending: usize, partitions: u32) -> usize {
+    max_ack_pending
+        .div_ceil(partitions.max(1) as usize)
+        .max(MIN_PARTITION_IN_FLIGHT)
+}
+
+/// See [`partition_share`].
+const MIN_PARTITION_IN_FLIGHT: usize = 8;
+
+/// The largest message the server takes, as it said when we connected.
+fn max_payload(js: &jetstream::Context) -> usize {
+    js.client().server_info().max_payload
+}
+
+/// Pull `consumer` with lanes of its own, at most `in_flight` messages held,
+/// within the worker's `budget`.
 #[allow(clippy::too_many_arguments)] // one call each from the two kinds of consumer
 fn start_with(
     js: jetstream::Context,
@@ -699,11 +777,13 @@ fn start_with(
     names: Names,
     settings: &Settings,
     in_flight: usize,
+    budget: PullBudget,
     router: Router,
     counters: Arc<IngestCounters>,
     shutdown: CancellationToken,
 ) -> Ingesting {
     let shared = Arc::new(Shared {
+        budget,
         js,
         names,
         settings: settings.clone(),
@@ -736,15 +816,35 @@ impl Ingesting {
     }
 }
 
+/// Room for a message's subject and headers beyond its payload.
+const MESSAGE_OVERHEAD: usize = 64 * 1024;
+
+/// The bytes each pull request asks for: an equal share of `budget` among
+/// the `consumers` a worker may pull, but never less than the largest
+/// message the server takes (`max_payload` and its subject and headers):
+/// a message larger than a pull's `max_bytes` is never delivered by it.
+fn pull_share(budget: usize, consumers: usize, max_payload: usize) -> usize {
+    (budget / consumers.max(1)).max(max_payload.saturating_add(MESSAGE_OVERHEAD))
+}
+
+/// How many stream reads may be in flight within `budget` bytes: an answer
+/// carries the whole message, base64-encoded in JSON (4/3 of its size).
+fn stream_reads(budget: usize, max_payload: usize) -> usize {
+    let answer = max_payload / 3 * 4 + MESSAGE_OVERHEAD;
+    (budget / answer).max(1)
+}
+
 /// Open a pull stream. With `ordered`, in the pinned group, and renewed at a
 /// third of the pin timeout so the pin is never lost between pulls.
 async fn pull(
     consumer: &consumer::PullConsumer,
     settings: &IngestSettings,
+    max_bytes: usize,
 ) -> Result<consumer::pull::Stream, consumer::StreamError> {
     let stream = consumer
         .stream()
-        .max_messages_per_batch(settings.pull_batch);
+        .max_messages_per_batch(settings.pull_batch)
+        .max_bytes_per_batch(max_bytes);
     if settings.ordered {
         let expires = settings.pin_timeout / 3;
         stream
@@ -769,7 +869,7 @@ async fn pull_loop(
     'connect: loop {
         let messages = tokio::select! {
             _ = shutdown.cancelled() => return,
-            m = pull(&consumer, &shared.settings.ingest) => m,
+            m = pull(&consumer, &shared.settings.ingest, shared.budget.pull_max_bytes) => m,
         };
         let mut messages = match messages {
             Ok(m) => m,
@@ -1088,6 +1188,12 @@ async fn order_in_stream(
     let answers = join_all(lanes::order_questions(batch).into_iter().map(|(i, from)| {
         let (stream, subject) = (&stream, &subject);
         async move {
+            let _turn = shared
+                .budget
+                .stream_reads
+                .acquire()
+                .await
+                .map_err(|e| e.to_string())?;
             next_message(stream, subject, from)
                 .await
                 .map(|found| (i, found))
@@ -1385,11 +1491,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_pull_shares_the_budget_but_always_fits_the_largest_message() {
+        let mib = 1 << 20;
+        assert_eq!(pull_share(16 * mib, 1, mib), 16 * mib);
+        assert_eq!(pull_share(16 * mib, 4, mib), 4 * mib);
+        assert_eq!(pull_share(16 * mib, 16, mib), mib + MESSAGE_OVERHEAD);
+        assert_eq!(pull_share(16 * mib, 0, mib), 16 * mib);
+        assert_eq!(pull_share(1, 1, 8 * mib), 8 * mib + MESSAGE_OVERHEAD);
+    }
+
+    #[test]
+    fn stream_reads_fit_the_budget_and_one_always_goes() {
+        let mib = 1 << 20;
+        // ~1.4 MiB per answer of a 1 MiB message: 11 in 16 MiB.
+        assert_eq!(stream_reads(16 * mib, mib), 11);
+        assert_eq!(stream_reads(mib, 8 * mib), 1);
+        assert_eq!(stream_reads(64 * mib, 0), 1024);
+    }
+
+    #[test]
     fn the_partition_count_is_read_back_from_the_transform() {
         let names = Names::partitioned("tenantvec", 16);
         let destination = names.transform().unwrap().destination;
         assert_eq!(partitions_in(&destination), Some(16));
         assert_eq!(partitions_in("tenantvec.ingest.{{wildcard(1)}}"), None);
+    }
+
+    #[test]
+    fn a_partition_gets_its_share_of_the_slots() {
+        assert_eq!(partition_share(64, 16), 8);
+        assert_eq!(partition_share(64, 1), 64);
+        assert_eq!(partition_share(1000, 16), 63);
+        assert_eq!(partition_share(4, 16), MIN_PARTITION_IN_FLIGHT);
     }
 
     #[test]
