@@ -5,7 +5,8 @@
     bench_report.py SEED.json TENANTVEC.json [TENANTVEC.json ...]
 
 One column (and a ratio column) per tenantvec report, named by its backend
-and layout.
+and layout; then the noisy-neighbour phases, and benchmarks/notes.md (the
+findings written by hand) as it is.
 """
 import datetime
 import json
@@ -33,6 +34,59 @@ def ratio(a, b, higher_is_better=True):
     if not a or not b:
         return "-"
     return f"{(a / b if higher_is_better else b / a):.2f}x"
+
+
+def pair(r, a, b, digits=2):
+    """`a -> b` of two figures of a report, or "-" when it has neither."""
+    x, y = get(r, *a), get(r, *b)
+    if x is None and y is None:
+        return "-"
+    return f"{fmt(x, digits)} -> {fmt(y, digits)}"
+
+
+def noisy_table(runs, names):
+    """The noisy-neighbour phases (tenantvec only: the seed has no network to
+    flood), one column per report; nothing when no report ran them."""
+    if not any(get(r, "noisy_neighbour") or get(r, "noisy_ingest") for r in runs):
+        return []
+    nn, ni = "noisy_neighbour", "noisy_ingest"
+    rows = [
+        ("request-reply victim p50 ms, alone -> under the flood",
+         lambda r: pair(r, (nn, "victim_alone_ms", "p50"), (nn, "victim_flooded_ms", "p50"))),
+        ("request-reply victim p99 ms, alone -> under the flood",
+         lambda r: pair(r, (nn, "victim_alone_ms", "p99"), (nn, "victim_flooded_ms", "p99"))),
+        ("  p99 under the flood / alone (goal <= 3x)",
+         lambda r: "-" if get(r, nn, "victim_p99_ratio") is None
+         else f"{get(r, nn, 'victim_p99_ratio'):.2f}x"),
+        ("  victim errors",
+         lambda r: f"{fmt(get(r, nn, 'victim_errors'))} of {fmt(get(r, nn, 'victim_flooded_ms', 'n'))}"),
+        ("  flood: ok / rate_limited / other errors",
+         lambda r: " / ".join(fmt(get(r, nn, "flood", k))
+                              for k in ("ok", "rate_limited", "other_errors"))),
+        ("ingest victim ms, alone: p50 / max",
+         lambda r: f"{fmt(get(r, ni, 'victim_alone_ms', 'p50'), 2)} / "
+                   f"{fmt(get(r, ni, 'victim_alone_max_ms'), 2)}"),
+        ("ingest victim ms, behind another tenant's backlog: p50 / max (goal: a few hundred ms)",
+         lambda r: f"{fmt(get(r, ni, 'victim_behind_backlog_ms', 'p50'), 2)} / "
+                   f"{fmt(get(r, ni, 'victim_behind_backlog_max_ms'), 2)}"),
+        ("  backlog (documents) drained in s",
+         lambda r: f"{fmt(get(r, ni, 'backlog_docs'))} in {fmt(get(r, ni, 'backlog_drained_seconds'), 1)}"),
+    ]
+    flood = next((get(r, nn, "flood") for r in runs if get(r, nn, "flood")), {}) or {}
+    out = [
+        "\n## Noisy neighbours (this run)\n",
+        (f"One tenant floods ({flood.get('clients')} clients x {flood.get('depth')} requests in "
+        f"flight, {flood.get('batch_docs')}-document upserts alternating with top_k 1000 searches "
+        f"over a {fmt(flood.get('tenant_docs'))}-document tenant, "
+        f"{flood.get('backoff_ms_after_refusal')} ms pause after a refusal) while a victim tenant "
+        "searches at 50/s on a connection of its own; then one tenant's backlog waits in the "
+        "ingest stream while another tenant publishes single messages. Same worker, same run.\n"),
+        "| measure | " + " | ".join(f"tenantvec {n}" for n in names) + " |",
+        "| --- |" + " --- |" * len(runs),
+    ]
+    for label, cell in rows:
+        out.append(f"| {label} | " + " | ".join(cell(r) for r in runs) + " |")
+    return out
 
 
 def main():
@@ -104,9 +158,16 @@ def main():
             v = get(r, *path)
             cells.append(f"{fmt(v, digits)} | {ratio(v, s, hib)}")
         out.append(f"| {label} | {fmt(s, digits)} | " + " | ".join(cells) + " |")
+    out.extend(noisy_table(runs, names))
     out.append("\nThe same figures as charts (`scripts/bench_charts.py`, written by `scripts/bench`):\n")
     out.append("![Search and ingest throughput, seed vs tenantvec](benchmarks/throughput.png)\n")
     out.append("![Latency percentiles per phase, seed vs tenantvec](benchmarks/latency.png)")
+    # Findings written by hand (profiles, earlier runs, what was tried) live
+    # in benchmarks/notes.md and follow the generated tables, so a new run
+    # does not erase them.
+    notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks", "notes.md")
+    if os.path.exists(notes):
+        out.append("\n" + open(notes).read().rstrip())
     print("\n".join(out))
 
 
