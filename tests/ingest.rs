@@ -813,3 +813,91 @@ async fn dead_letters_are_listed_and_replayed_once_the_cause_is_fixed() {
     assert_eq!(cli(&h, &["deadletters"])["count"], 0);
     wait_drained(&js, Duration::from_secs(10)).await;
 }
+
+/// What the worker's pulls ask for, and the lanes' stream reads, stay within
+/// `ingest.pull_max_bytes`, so a server never has more than its
+/// `max_pending` waiting on the worker's connection and never drops it as a
+/// slow consumer, however much waits in the stream. The server here allows
+/// 3 MiB per connection and messages of up to 256 KiB; 16 MB of ~205 KB
+/// messages wait in the stream when the worker starts. Counted in messages alone (the
+/// worker before this bound), each partition's consumer asked for 32 of
+/// them at once, 6.5 MB; with 1 MB messages and the default 64 MiB limit
+/// that drop cut the benchmark's ingest from ~15,000 to ~3,000 docs/s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_stay_within_the_servers_slow_consumer_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let monitor = common::free_port();
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!("max_payload: 262144\nmax_pending: 3145728\nhttp: \"127.0.0.1:{monitor}\"\n"),
+    )
+    .unwrap();
+    let nats = NatsServer::start_with_config(conf);
+    let data = tempfile::tempdir().unwrap();
+    let mut settings = common::settings(&nats.url(), data.path());
+    settings.cluster.partitions = 2;
+    settings.ingest.pull_max_bytes = 1 << 20;
+    // The backlog waits in the stream before the worker starts: while it
+    // runs, its request subscription (`<p>.*.*`) also receives a copy of
+    // every ingest publish, which no pull bounds (see the README).
+    let js = jetstream::new(tenantvec::transport::connect(&settings.nats).await.unwrap());
+    tenantvec::transport::ingest::ensure_streams(
+        &js,
+        &tenantvec::transport::ingest::Names::partitioned(&settings.nats.prefix, 2),
+        &settings.ingest,
+        1,
+    )
+    .await
+    .unwrap();
+    let pad = "x".repeat(10_000);
+    let mut acks = Vec::new();
+    for m in 0..80u64 {
+        let tenant = format!("big{}", m % 8);
+        let docs: Vec<Value> = (0..20u64)
+            .map(|i| {
+                json!({"doc_id": format!("d{}-{i}", m / 8), "vector": vector(m * 20 + i, DIM),
+                       "metadata": {"pad": pad}})
+            })
+            .collect();
+        let body = serde_json::to_vec(&json!({ "documents": docs })).unwrap();
+        assert!(body.len() > 200_000 && body.len() < 262_144);
+        acks.push(
+            js.publish(format!("tenantvec.ingest.{tenant}"), body.into())
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        ack.await.expect("stored");
+    }
+    let worker = tenantvec::worker::spawn(settings.clone());
+    common::wait_ready(&settings, || worker.is_finished()).await;
+    wait_drained(&js, Duration::from_secs(120)).await;
+
+    let c = tenantvec::client::Client::connect(&settings).await.unwrap();
+    for t in 0..8 {
+        let count = c
+            .tenant(Verb::Count, &format!("big{t}"), &json!({}))
+            .await
+            .unwrap();
+        assert_eq!(count["count"], 200, "tenant big{t}");
+    }
+    let varz: Value = tokio::task::spawn_blocking(move || {
+        let body = ureq::get(format!("http://127.0.0.1:{monitor}/varz"))
+            .call()
+            .expect("the monitoring port answers")
+            .body_mut()
+            .read_to_string()
+            .expect("varz");
+        serde_json::from_str(&body).expect("varz is JSON")
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        varz["slow_consumers"], 0,
+        "the server dropped a connection as a slow consumer: {}",
+        varz["slow_consumer_stats"]
+    );
+    drop(worker);
+}
