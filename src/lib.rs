@@ -68,6 +68,10 @@
 //! pool of the actor's arbiter (with the qdrant backend, a blocking-pool
 //! thread waits there for the gRPC reply, which a small runtime of the
 //! store's drives). A reply is published from where it is made.
+//! NATS connections: one for requests and replies, one for ingest (its
+//! pulls are bounded, the request subscription's deliveries are not, and
+//! the server drops a connection it cannot write to), and in a fleet one
+//! for the leases.
 //! No state is global: each piece is owned by one actor or handed down from
 //! [`worker::run`].
 

@@ -89,8 +89,17 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
     .start();
     let router = Router::new(directory, supervisor.clone());
     // The stream and its consumer exist before the service answers PING.
+    let mut ingest_connection = None;
     let ingest = if settings.ingest.enabled {
-        let js = async_nats::jetstream::new(client.clone());
+        // A connection of its own. What the pulls bring is bounded
+        // (`ingest.pull_max_bytes`), what the request subscription receives
+        // is not (a flood of requests, or the copy of every ingest publish
+        // that `<p>.*.*` also matches): should the server drop that
+        // connection as a slow consumer, the acks and stream reads in flight
+        // here are not lost with it.
+        let connection = transport::connect(&extra_connection(&settings, "ingest")).await?;
+        ingest_connection = Some(connection.clone());
+        let js = async_nats::jetstream::new(connection);
         // A consumer per partition, so one tenant's backlog does not hold up
         // the others, on one worker too; `ingest.ordered` keeps the single
         // pinned consumer of before (several unclustered workers, one
@@ -194,7 +203,7 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
             crate::cluster::fleet::join(
                 // A connection of its own: lease renewals must not queue
                 // behind a flood of requests and replies on the main one.
-                transport::connect(&fleet_nats(&settings)).await?,
+                transport::connect(&extra_connection(&settings, "fleet")).await?,
                 &settings,
                 factory.backend(),
                 cluster.clone(),
@@ -246,8 +255,10 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
         if let Err(e) = supervisor.send(Shutdown).await {
             tracing::error!(error = %e, "the supervisor stopped before closing the stores");
         }
-        if let Err(e) = client.flush().await {
-            tracing::warn!(error = %e, "flushing NATS at shutdown");
+        for connection in std::iter::once(&client).chain(&ingest_connection) {
+            if let Err(e) = connection.flush().await {
+                tracing::warn!(error = %e, "flushing NATS at shutdown");
+            }
         }
     };
     if tokio::time::timeout(timeout, stop).await.is_err() {
@@ -276,10 +287,11 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
     Ok(())
 }
 
-/// The fleet's connection settings: the worker's, named apart.
-fn fleet_nats(settings: &Settings) -> crate::config::NatsSettings {
+/// The settings of one of the worker's extra connections (`fleet`, `ingest`):
+/// the worker's own, named after the role (`<connection_name>-<role>`).
+fn extra_connection(settings: &Settings, role: &str) -> crate::config::NatsSettings {
     let mut nats = settings.nats.clone();
-    nats.connection_name = format!("{}-fleet", nats.connection_name);
+    nats.connection_name = format!("{}-{role}", nats.connection_name);
     nats
 }
 
