@@ -174,8 +174,8 @@ impl Client {
 
     /// Publish a `docs.jsonl` file to the durable ingest subject of `tenant`,
     /// or of each line's own tenant when `tenant` is `None`: JetStream
-    /// publishes with at most [`MAX_OUTSTANDING_ACKS`] acks awaited at once
-    /// and a progress bar on a terminal; then, unless `wait` is false, a wait
+    /// publishes with at most [`MAX_OUTSTANDING_ACKS`] acks awaited at once,
+    /// of at most [`MAX_OUTSTANDING_BYTES`] together, and a progress bar on a terminal; then, unless `wait` is false, a wait
     /// until the workers have committed and acked every message published.
     pub async fn ingest_file(
         &self,
@@ -202,6 +202,7 @@ impl Client {
         let started = Instant::now();
         let mut batches = DocBatches::open(file, tenant, max_documents, self.max_batch_bytes())?;
         let mut outstanding = FuturesUnordered::new();
+        let mut outstanding_bytes = 0usize;
         let (mut published, mut messages) = (0u64, 0u64);
         let mut tenants = std::collections::BTreeSet::new();
         let settle = |acked: Result<_, async_nats::jetstream::context::PublishError>| {
@@ -214,13 +215,18 @@ impl Client {
             let n = batch.len() as u64;
             let body = serde_json::to_vec(&DocumentsBody { documents: &batch })
                 .map_err(anyhow::Error::from)?;
+            let size = body.len();
             let ack = js
                 .publish(subject.clone(), body.into())
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot publish to {subject}: {e}"))?;
-            outstanding.push(std::future::IntoFuture::into_future(ack));
-            while outstanding.len() >= MAX_OUTSTANDING_ACKS {
-                if let Some(acked) = outstanding.next().await {
+            outstanding.push(async move { (ack.await, size) });
+            outstanding_bytes += size;
+            while outstanding.len() >= MAX_OUTSTANDING_ACKS
+                || outstanding_bytes >= MAX_OUTSTANDING_BYTES
+            {
+                if let Some((acked, size)) = outstanding.next().await {
+                    outstanding_bytes -= size;
                     settle(acked)?;
                 }
             }
@@ -229,7 +235,7 @@ impl Client {
             messages += 1;
             progress.set_position(published + batches.skipped);
         }
-        while let Some(acked) = outstanding.next().await {
+        while let Some((acked, _)) = outstanding.next().await {
             settle(acked)?;
         }
         let publish_seconds = started.elapsed().as_secs_f64();
@@ -309,6 +315,13 @@ impl Client {
 
 /// JetStream publish acks awaited at once by `ingest_file`.
 const MAX_OUTSTANDING_ACKS: usize = 64;
+
+/// The most bytes `ingest_file` has published and not seen acked. Each
+/// worker's request subscription receives a copy of every ingest publish
+/// (`<p>.*.*` matches the ingest subject), pushed as fast as we publish; 64
+/// messages near the 1 MB `max_payload` would be nats-server's default
+/// slow-consumer limit (64 MiB) on that connection.
+const MAX_OUTSTANDING_BYTES: usize = 16 << 20;
 
 fn rate(n: u64, seconds: f64) -> f64 {
     if seconds > 0.0 {
