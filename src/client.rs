@@ -175,8 +175,9 @@ impl Client {
     /// Publish a `docs.jsonl` file to the durable ingest subject of `tenant`,
     /// or of each line's own tenant when `tenant` is `None`: JetStream
     /// publishes with at most [`MAX_OUTSTANDING_ACKS`] acks awaited at once,
-    /// of at most [`MAX_OUTSTANDING_BYTES`] together, and a progress bar on a terminal; then, unless `wait` is false, a wait
-    /// until the workers have committed and acked every message published.
+    /// of at most [`MAX_OUTSTANDING_BYTES`] together, and a progress bar on
+    /// a terminal; then, unless `wait` is false, a wait until the workers
+    /// have committed and acked every message published.
     pub async fn ingest_file(
         &self,
         tenant: Option<&str>,

@@ -302,11 +302,13 @@ pub struct IngestSettings {
     pub backoff: Vec<Duration>,
     pub max_ack_pending: usize,
     pub pull_batch: usize,
-    /// Most bytes of ingest messages a worker asks the server for at once,
-    /// over all the consumers it pulls (each pull asks for an equal share,
-    /// and never less than the largest message the server takes). Kept
-    /// under the server's `max_pending` (64 MiB by default), past which the
-    /// server drops the worker's connection as a slow consumer.
+    /// Bytes of ingest messages a worker asks the server for at once, over
+    /// all the consumers it pulls (each pull asks for an equal share, and
+    /// never less than the largest message the server takes); the order
+    /// checks' stream reads in flight are bounded by as many bytes again.
+    /// Twice it is kept under the server's `max_pending` (64 MiB by
+    /// default), past which the server drops the worker's connection as a
+    /// slow consumer.
     pub pull_max_bytes: usize,
     /// Most tries of a message that fails `internal` before it is
     /// dead-lettered (`unavailable` and `rate_limited` wait without limit).

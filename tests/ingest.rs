@@ -814,8 +814,8 @@ async fn dead_letters_are_listed_and_replayed_once_the_cause_is_fixed() {
     wait_drained(&js, Duration::from_secs(10)).await;
 }
 
-/// What the worker's pulls ask for, and the lanes' stream reads, stay within
-/// `ingest.pull_max_bytes`, so a server never has more than its
+/// What the worker's pulls ask for, and the lanes' stream reads, are bounded
+/// by `ingest.pull_max_bytes`, so a server never has more than its
 /// `max_pending` waiting on the worker's connection and never drops it as a
 /// slow consumer, however much waits in the stream. The server here allows
 /// 3 MiB per connection and messages of up to 256 KiB; 16 MB of ~205 KB

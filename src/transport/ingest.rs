@@ -681,7 +681,7 @@ struct Shared {
 /// The bytes the server may have on their way to a worker at once, shared
 /// by every consumer it pulls: each pull request asks for a share of
 /// `ingest.pull_max_bytes`, and the order checks' stream reads (each answer
-/// a whole message) take turns.
+/// a whole message) in flight are bounded by as many bytes again.
 ///
 /// Why a budget at all: the server writes what was asked for to the
 /// worker's one connection, and drops the connection as a slow consumer
