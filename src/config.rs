@@ -65,6 +65,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("TENANTVEC_LEASE_TTL", "cluster.lease_ttl"),
     ("TENANTVEC_MEMBER", "cluster.member"),
     ("TENANTVEC_REPLICAS", "nats.replicas"),
+    ("TENANTVEC_REQUEST_PARTITIONS", "nats.request_partitions"),
     ("RUST_LOG", "log.filter"),
 ];
 
@@ -116,6 +117,10 @@ pub struct NatsSettings {
     pub discovery_timeout: Duration,
     /// Copies JetStream keeps of every stream and bucket the worker creates.
     pub replicas: usize,
+    /// Request partitions the NATS server maps tenant verbs into (0: none):
+    /// one connection and subscription each, so that one tenant's flood
+    /// does not hold up the others' requests ([`crate::transport::partitions`]).
+    pub request_partitions: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -603,6 +608,8 @@ impl Settings {
         )?;
         range("worker.threads", s.worker.threads, 0, 1024)?;
         range("nats.replicas", s.nats.replicas, 1, 5)?;
+        // Each partition is a connection of its own.
+        range("nats.request_partitions", s.nats.request_partitions, 0, 64)?;
         let c = &s.cluster;
         range("cluster.partitions", c.partitions as usize, 1, 4096)?;
         check(
@@ -628,6 +635,15 @@ impl Settings {
              pulled only by the partition's owner, which keeps every tenant's order"
                 .into()
         })?;
+        check(
+            !(c.enabled && s.nats.request_partitions > 0),
+            "nats.request_partitions",
+            || {
+                "cannot be combined with cluster.enabled yet: requests forwarded between \
+                 the fleet's workers do not go through request partitions"
+                    .into()
+            },
+        )?;
         s.metrics
             .address()
             .map_err(|m| Invalid::new("metrics.listen", m))?;

@@ -13,7 +13,9 @@
 //!   the JetStream ingest stream, each tenant's messages in a lane of
 //!   [`transport::lanes`] that applies them in stream order;
 //!   [`transport::discovery`] refuses to start a worker that would split
-//!   tenants with another one.
+//!   tenants with another one; [`transport::partitions`] spreads tenants'
+//!   requests over connections when the NATS server maps them to request
+//!   partitions, so that one tenant's flood does not hold up the others.
 //! * [`cluster`]: several workers on one prefix (`cluster.enabled`): a
 //!   tenant's partition ([`cluster::partition`]), which member should own it
 //!   ([`cluster::assign`]), the leases in JetStream KV that make an owner and
@@ -68,7 +70,8 @@
 //! pool of the actor's arbiter (with the qdrant backend, a blocking-pool
 //! thread waits there for the gRPC reply, which a small runtime of the
 //! store's drives). A reply is published from where it is made.
-//! NATS connections: one for requests and replies, one for ingest (its
+//! NATS connections: one for requests and replies (and one more per
+//! request partition, with `nats.request_partitions`), one for ingest (its
 //! pulls are bounded, the request subscription's deliveries are not, and
 //! the server drops a connection it cannot write to), and in a fleet one
 //! for the leases.

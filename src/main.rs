@@ -152,6 +152,13 @@ enum Command {
         #[arg(long)]
         tenant: Option<String>,
     },
+    /// Print the NATS server configuration (`mappings`) that request
+    /// partitions need, for the prefix in use (nats.request_partitions).
+    NatsMappings {
+        /// Partitions (overrides TENANTVEC_REQUEST_PARTITIONS).
+        #[arg(long)]
+        partitions: Option<usize>,
+    },
     /// Benchmark a worker (started here as a child process) on a workload
     /// folder: ingest, Zipf search with 1 and C clients, warm search.
     Bench {
@@ -223,6 +230,21 @@ fn main() -> ExitCode {
         &client_filter
     });
 
+    if let Command::NatsMappings { partitions } = cli.command {
+        let n = partitions.unwrap_or(settings.nats.request_partitions);
+        if !(1..=64).contains(&n) {
+            eprintln!(
+                "error: request partitions must be 1..=64 (--partitions, or \
+                 nats.request_partitions), not {n}"
+            );
+            return ExitCode::from(2);
+        }
+        print!(
+            "{}",
+            tenantvec::transport::partitions::server_config(&settings.nats.prefix, n)
+        );
+        return ExitCode::SUCCESS;
+    }
     if let Command::Serve { .. } = cli.command {
         return match tenantvec::worker::run_blocking(settings, CancellationToken::new(), true) {
             Ok(()) => ExitCode::SUCCESS,
@@ -305,7 +327,9 @@ async fn request_command(command: Command, settings: &Settings) -> Result<Value,
     }
     let client = Client::connect(settings).await?;
     match command {
-        Command::Serve { .. } | Command::Bench { .. } => unreachable!("handled before"),
+        Command::Serve { .. } | Command::Bench { .. } | Command::NatsMappings { .. } => {
+            unreachable!("handled before")
+        }
         Command::Upsert { tenant, file } => {
             client
                 .upsert_file(&tenant, &file, settings.limits.max_documents)

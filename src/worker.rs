@@ -55,6 +55,21 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
         settings.cluster.enabled,
     )
     .await?;
+    // The server's request-partition mapping and ours agree, else requests
+    // would go unserved. The probes come back within a round trip; the wait
+    // is for probes that never come (no permission), which only matters
+    // with partitions configured.
+    let partitions = settings.nats.request_partitions;
+    let probe_wait = match partitions {
+        0 => settings.nats.discovery_timeout,
+        _ => settings.nats.discovery_timeout.max(Duration::from_secs(5)),
+    };
+    transport::partitions::check(&client, &settings.nats.prefix, partitions, probe_wait).await?;
+    let mut request_connections = Vec::with_capacity(settings.nats.request_partitions);
+    for k in 0..settings.nats.request_partitions {
+        let role = format!("requests-{k}");
+        request_connections.push(transport::connect(&extra_connection(&settings, &role)).await?);
+    }
     let cluster = settings.cluster.enabled.then(|| {
         Arc::new(Cluster::new(
             &settings.nats.prefix,
@@ -163,6 +178,7 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
         ingest.as_ref().map(|(_, _, counters)| counters.clone()),
         metrics.clone(),
         cluster.clone(),
+        request_connections.clone(),
         stop_serving.clone(),
     )
     .await?;
@@ -255,7 +271,11 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
         if let Err(e) = supervisor.send(Shutdown).await {
             tracing::error!(error = %e, "the supervisor stopped before closing the stores");
         }
-        for connection in std::iter::once(&client).chain(&ingest_connection) {
+        // Replies go out on the connection their request came in on.
+        let connections = std::iter::once(&client)
+            .chain(&ingest_connection)
+            .chain(&request_connections);
+        for connection in connections {
             if let Err(e) = connection.flush().await {
                 tracing::warn!(error = %e, "flushing NATS at shutdown");
             }
@@ -287,7 +307,8 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
     Ok(())
 }
 
-/// The settings of one of the worker's extra connections (`fleet`, `ingest`):
+/// The settings of one of the worker's extra connections (`fleet`, `ingest`,
+/// `requests-<k>`):
 /// the worker's own, named after the role (`<connection_name>-<role>`).
 fn extra_connection(settings: &Settings, role: &str) -> crate::config::NatsSettings {
     let mut nats = settings.nats.clone();

@@ -10,6 +10,7 @@ pub mod decode;
 pub mod discovery;
 pub mod ingest;
 pub mod lanes;
+pub mod partitions;
 pub mod relay;
 pub mod service;
 

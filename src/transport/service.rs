@@ -23,6 +23,12 @@
 //! `<p>.*.*` also matches the JetStream ingest subject, so the worker
 //! receives a copy of every ingest publish and drops it; and decoding runs
 //! on this one task rather than on as many tasks as there are requests.
+//!
+//! With request partitions (`nats.request_partitions`, see
+//! [`crate::transport::partitions`]) the server maps each tenant's requests
+//! to one of several subjects, and each is taken here the same way, on a
+//! connection and a task of its own: one tenant's flood then queues on its
+//! partition's connection only. Admin verbs stay on the endpoint.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,6 +59,7 @@ use crate::transport::backlog::{SharedBacklog, Slot};
 use crate::transport::decode::command;
 use crate::transport::discovery::{META_BACKEND, META_CLUSTER, META_PREFIX};
 use crate::transport::ingest::IngestCounters;
+use crate::transport::partitions;
 use crate::transport::relay::{self, Relay};
 
 /// The Services API name of the one endpoint.
@@ -90,25 +97,27 @@ struct Shared {
 pub struct Serving {
     service: Service,
     task: JoinHandle<()>,
+    /// One task per request partition (`nats.request_partitions`).
+    partitioned: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
     relaying: Option<JoinHandle<()>>,
 }
 
 /// A request as it reached this worker: from the service's endpoint, or a
-/// bare message (forwarded by another worker, or a forward of ours that came
-/// back undelivered), its subject the original and its reply subject the
-/// client's.
+/// bare message (from a request partition's subscription, forwarded by
+/// another worker, or a forward of ours that came back undelivered), its
+/// subject the original and its reply subject the client's.
 enum Incoming {
     Service(async_nats::service::Request),
     /// The message, and the connection to answer it on.
-    Forwarded(async_nats::Message, async_nats::Client),
+    Bare(async_nats::Message, async_nats::Client),
 }
 
 impl Incoming {
     fn message(&self) -> &async_nats::Message {
         match self {
             Incoming::Service(r) => &r.message,
-            Incoming::Forwarded(m, _) => m,
+            Incoming::Bare(m, _) => m,
         }
     }
 }
@@ -132,6 +141,7 @@ pub async fn start(
     ingest: Option<Arc<IngestCounters>>,
     metrics: Arc<Metrics>,
     cluster: Option<Arc<Cluster>>,
+    partitions: Vec<async_nats::Client>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Serving> {
     let subjects = Subjects::new(&settings.nats.prefix);
@@ -206,7 +216,7 @@ pub async fn start(
                     let Some(cluster) = reroute.cluster.clone() else {
                         return;
                     };
-                    let incoming = Incoming::Forwarded(f.message, reroute.client.clone());
+                    let incoming = Incoming::Bare(f.message, reroute.client.clone());
                     park(
                         incoming,
                         cluster,
@@ -216,7 +226,7 @@ pub async fn start(
                     );
                 },
                 move |f| {
-                    let incoming = Incoming::Forwarded(f.message, expire.client.clone());
+                    let incoming = Incoming::Bare(f.message, expire.client.clone());
                     reply_now(
                         incoming,
                         &expire,
@@ -240,11 +250,29 @@ pub async fn start(
         ),
         None => None,
     };
+    // Each request partition on its connection, subscribed (the server
+    // confirms it) before the service answers PING, like the endpoint.
+    let mut partitioned = Vec::with_capacity(partitions.len());
+    for (k, connection) in partitions.into_iter().enumerate() {
+        let subject = partitions::subscription(&settings.nats.prefix, k);
+        let subscriber = connection
+            .subscribe(subject.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot subscribe {subject}: {e}"))?;
+        partitions::settled(&connection, settings.nats.request_timeout).await?;
+        partitioned.push(tokio::spawn(serve_partition(
+            subscriber,
+            connection,
+            shared.clone(),
+            shutdown.clone(),
+        )));
+    }
     let task = tokio::spawn(serve(endpoint, forwarded, shared.clone(), shutdown));
     client.flush().await?;
     Ok(Serving {
         service,
         task,
+        partitioned,
         shared,
         relaying,
     })
@@ -255,6 +283,9 @@ impl Serving {
     /// in flight has been answered.
     pub async fn drain(self, timeout: Duration) {
         let _ = self.task.await;
+        for task in self.partitioned {
+            let _ = task.await;
+        }
         let max = self.shared.settings.limits.max_in_flight as u32;
         match tokio::time::timeout(timeout, self.shared.in_flight.acquire_many(max)).await {
             Ok(_) => tracing::info!("every request in flight was answered"),
@@ -269,6 +300,12 @@ impl Serving {
     }
 }
 
+/// A body past this is decoded for long enough (a 600 KB upsert: about a
+/// millisecond) that the serving task yields after it: tokio does not
+/// preempt, and the next requests already waiting, other tenants' replies
+/// and other partitions' tasks would otherwise wait for a run of them.
+const LARGE_BODY: usize = 64 * 1024;
+
 /// Take requests until shutdown, then unsubscribe and answer what was
 /// already delivered to us.
 async fn serve(
@@ -280,14 +317,20 @@ async fn serve(
     let original = |mut m: async_nats::Message| {
         let cluster = shared.cluster.as_ref()?;
         m.subject = cluster.original_subject(m.subject.as_str())?.into();
-        Some(Incoming::Forwarded(m, shared.client.clone()))
+        Some(Incoming::Bare(m, shared.client.clone()))
     };
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
             next = endpoint.next() => match next {
-                Some(request) => dispatch(Incoming::Service(request), &shared),
+                Some(request) => {
+                    let large = request.message.payload.len() > LARGE_BODY;
+                    dispatch(Incoming::Service(request), &shared);
+                    if large {
+                        tokio::task::yield_now().await;
+                    }
+                }
                 None => return,
             },
             Some(m) = next_forwarded(&mut forwarded) => {
@@ -315,6 +358,46 @@ async fn serve(
         if let Some(incoming) = original(m) {
             dispatch(incoming, &shared);
         }
+    }
+}
+
+/// Take one request partition's requests (`<p>.*.*.<k>`, on a connection of
+/// its own) until shutdown, then unsubscribe and answer what was already
+/// delivered: [`serve`] for the requests the server mapped to partition k.
+async fn serve_partition(
+    mut subscriber: async_nats::Subscriber,
+    connection: async_nats::Client,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let take = |mut m: async_nats::Message| {
+        // Always a suffix: the subscription matched `<p>.*.*.<k>`.
+        if let Some(original) = partitions::unpartitioned(m.subject.as_str()) {
+            m.subject = original.into();
+        }
+        dispatch(Incoming::Bare(m, connection.clone()), &shared);
+    };
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            next = subscriber.next() => match next {
+                Some(m) => {
+                    let large = m.payload.len() > LARGE_BODY;
+                    take(m);
+                    if large {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                None => return,
+            },
+        }
+    }
+    let _ = subscriber.unsubscribe().await;
+    while let Ok(Some(m)) =
+        tokio::time::timeout(Duration::from_millis(100), subscriber.next()).await
+    {
+        take(m);
     }
 }
 
@@ -357,6 +440,11 @@ fn dispatch_with(
     // the subject's tokens are in use.
     let subject = request.message().subject.clone();
     let addressed = shared.subjects.classify(subject.as_str());
+    if matches!(addressed, Addressed::Tenant(_, token) if partitions::is_probe(token)) {
+        // A worker's start-up check of the request partitions
+        // (`transport::partitions`), published without a reply subject.
+        return;
+    }
     if addressed == Addressed::Stream {
         // A JetStream publish the stream stores (ingest) or keeps (dead
         // letters); its publisher waits for the stream's PubAck on this reply
@@ -500,7 +588,7 @@ fn forward(
 ) {
     let message = match request {
         Incoming::Service(r) => r.message,
-        Incoming::Forwarded(m, _) => m,
+        Incoming::Bare(m, _) => m,
     };
     let Some(relay) = &shared.relay else {
         return;
@@ -754,7 +842,7 @@ async fn send(
             .respond_with_headers(Ok(body), h)
             .await
             .map_err(Into::into),
-        (Incoming::Forwarded(m, client), headers) => {
+        (Incoming::Bare(m, client), headers) => {
             let Some(reply) = m.reply.clone() else {
                 return Ok(());
             };

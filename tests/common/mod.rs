@@ -177,8 +177,12 @@ impl Harness {
     }
 
     pub async fn start_with(configure: impl FnOnce(&mut Settings)) -> Self {
+        Self::start_on(NatsServer::start(), configure).await
+    }
+
+    /// [`Harness::start_with`] on a nats-server the test started.
+    pub async fn start_on(nats: NatsServer, configure: impl FnOnce(&mut Settings)) -> Self {
         tenantvec::init_tracing(&std::env::var("TEST_LOG").unwrap_or_else(|_| "error".into()));
-        let nats = NatsServer::start();
         let data = tempfile::tempdir().expect("temp dir");
         let mut settings = settings(&nats.url(), data.path());
         configure(&mut settings);
