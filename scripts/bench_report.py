@@ -5,8 +5,9 @@
     bench_report.py SEED.json TENANTVEC.json [TENANTVEC.json ...]
 
 One column (and a ratio column) per tenantvec report, named by its backend
-and layout; then the noisy-neighbour phases, and benchmarks/notes.md (the
-findings written by hand) as it is.
+and layout; then the noisy-neighbour phases, a column for each report that
+ran them (`--noisy-only` reports too, which have no other column), and
+benchmarks/notes.md (the findings written by hand) as it is.
 """
 import datetime
 import json
@@ -58,6 +59,13 @@ def noisy_table(runs, names):
         ("  p99 under the flood / alone (goal <= 3x)",
          lambda r: "-" if get(r, nn, "victim_p99_ratio") is None
          else f"{get(r, nn, 'victim_p99_ratio'):.2f}x"),
+        ("  bare NATS echo p99 ms beside the victim, alone -> under the flood (no worker in its path)",
+         lambda r: pair(r, (nn, "echo_alone_ms", "p99"), (nn, "echo_flooded_ms", "p99"))),
+        ("  request partitions (nats.request_partitions): victim's / flood's partition",
+         lambda r: fmt(get(r, nn, "request_partitions")) + (
+             f": {fmt(get(r, nn, 'partition_of', 'nn-victim'))} / "
+             f"{fmt(get(r, nn, 'partition_of', 'nn-flood'))}"
+             if get(r, nn, "request_partitions") else "")),
         ("  victim errors",
          lambda r: f"{fmt(get(r, nn, 'victim_errors'))} of {fmt(get(r, nn, 'victim_flooded_ms', 'n'))}"),
         ("  flood: ok / rate_limited / other errors",
@@ -89,9 +97,19 @@ def noisy_table(runs, names):
     return out
 
 
+def name(r):
+    """A report's column: backend and layout, and its request partitions
+    when it had some."""
+    n = f"{get(r, 'args', 'backend') or 'edge'} {get(r, 'args', 'layout')}"
+    k = get(r, "noisy_neighbour", "request_partitions")
+    return n + (f", {k} request partitions" if k else "")
+
+
 def main():
     seed = json.load(open(sys.argv[1]))
-    runs = [json.load(open(p)) for p in sys.argv[2:]]
+    reports = [json.load(open(p)) for p in sys.argv[2:]]
+    # Noisy-only reports have nothing for the main table.
+    runs = [r for r in reports if get(r, "search") is not None]
     per = runs[0]
     # (label, seed value, tenantvec path, higher is better, digits)
     rows = [
@@ -148,7 +166,7 @@ def main():
                        + ", on the same machine: its CPU is shared with the worker, nats-server "
                        "and the client, and its memory is not in the worker's figures.\n")
             break
-    names = [f"{get(r, 'args', 'backend') or 'edge'} {get(r, 'args', 'layout')}" for r in runs]
+    names = [name(r) for r in runs]
     out.append("| measure | seed (FAISS, in-process) | "
                + " | ".join(f"tenantvec {n} | ratio" for n in names) + " |")
     out.append("| --- | --- |" + " --- | --- |" * len(runs))
@@ -158,7 +176,8 @@ def main():
             v = get(r, *path)
             cells.append(f"{fmt(v, digits)} | {ratio(v, s, hib)}")
         out.append(f"| {label} | {fmt(s, digits)} | " + " | ".join(cells) + " |")
-    out.extend(noisy_table(runs, names))
+    noisy = [r for r in reports if get(r, "noisy_neighbour") or get(r, "noisy_ingest")]
+    out.extend(noisy_table(noisy, [name(r) for r in noisy]))
     out.append("\nThe same figures as charts (`scripts/bench_charts.py`, written by `scripts/bench`):\n")
     out.append("![Search and ingest throughput, seed vs tenantvec](benchmarks/throughput.png)\n")
     out.append("![Latency percentiles per phase, seed vs tenantvec](benchmarks/latency.png)")

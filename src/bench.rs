@@ -791,6 +791,17 @@ pub fn table(r: &Value) -> String {
         format!("{} ; {}", f(&n["victim_p99_ratio"]), n["victim_errors"]),
     );
     line(
+        "noisy: bare NATS echo p99 alone / under flood ms",
+        pair(&n["echo_alone_ms"]["p99"], &n["echo_flooded_ms"]["p99"]),
+    );
+    line(
+        "noisy: request partitions; victim's / flood's",
+        format!(
+            "{} ; {} / {}",
+            n["request_partitions"], n["partition_of"]["nn-victim"], n["partition_of"]["nn-flood"]
+        ),
+    );
+    line(
         "noisy: flood ok / rate_limited / unavailable",
         format!(
             "{} / {} / {}",

@@ -129,32 +129,94 @@ async fn load(
     Ok(())
 }
 
+/// What the victim measured: its searches' latencies and errors, and the
+/// bare NATS round trips (an echo of the same body) taken between them.
+struct Victim {
+    searches: Vec<Duration>,
+    errors: Vec<String>,
+    echoes: Vec<Duration>,
+}
+
 /// The victim's paced searches: `n` at `rate` per second, each timed from
-/// its send; errors counted by code.
+/// its send; errors counted by code. After each, the same body to `echo`
+/// (a bare responder on a connection of its own): what NATS and the machine
+/// alone cost at that moment, with no worker in the path.
 async fn victim_searches(
     victim: &async_nats::Client,
+    subject: &str,
+    echo: &str,
+    n: usize,
+    rate: u32,
+    dim: usize,
+) -> anyhow::Result<Victim> {
+    let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let start = tokio::time::Instant::now();
+    let mut out = Victim {
+        searches: Vec::with_capacity(n),
+        errors: Vec::new(),
+        echoes: Vec::with_capacity(n),
+    };
+    for i in 0..n {
+        tokio::time::sleep_until(start + period * i as u32).await;
+        let body = Bytes::from(serde_json::to_vec(
+            &json!({"vector": vector(1000 + i as u64, dim), "top_k": 10}),
+        )?);
+        let t0 = Instant::now();
+        match victim.request(subject.to_owned(), body.clone()).await {
+            Ok(reply) => match error_code(&reply) {
+                None => out.searches.push(t0.elapsed()),
+                Some(code) => out.errors.push(code.as_str().to_owned()),
+            },
+            Err(e) => out.errors.push(format!("request: {e}")),
+        }
+        let t0 = Instant::now();
+        if victim.request(echo.to_owned(), body).await.is_ok() {
+            out.echoes.push(t0.elapsed());
+        }
+    }
+    Ok(out)
+}
+
+/// [`victim_searches`] on a thread, a runtime and NATS connections of their
+/// own. On the runtime of the flooding clients, in this same process, the
+/// victim's replies would wait behind their tasks, and the figure would
+/// measure the benchmark's own scheduling, not the worker's; a real victim
+/// is another program.
+async fn victim_apart(
+    nats: &tenantvec::config::NatsSettings,
     subject: &str,
     n: usize,
     rate: u32,
     dim: usize,
-) -> anyhow::Result<(Vec<Duration>, Vec<String>)> {
-    let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
-    let start = tokio::time::Instant::now();
-    let (mut lat, mut errors) = (Vec::with_capacity(n), Vec::new());
-    for i in 0..n {
-        tokio::time::sleep_until(start + period * i as u32).await;
-        let body =
-            serde_json::to_vec(&json!({"vector": vector(1000 + i as u64, dim), "top_k": 10}))?;
-        let t0 = Instant::now();
-        match victim.request(subject.to_owned(), body.into()).await {
-            Ok(reply) => match error_code(&reply) {
-                None => lat.push(t0.elapsed()),
-                Some(code) => errors.push(code.as_str().to_owned()),
-            },
-            Err(e) => errors.push(format!("request: {e}")),
-        }
-    }
-    Ok((lat, errors))
+) -> anyhow::Result<Victim> {
+    let (nats, subject) = (nats.clone(), subject.to_owned());
+    let thread = std::thread::Builder::new()
+        .name("bench-victim".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let victim = tenantvec::transport::connect(&nats).await?;
+                let responder = tenantvec::transport::connect(&nats).await?;
+                let echo = responder.new_inbox();
+                let mut requests = responder.subscribe(echo.clone()).await?;
+                responder.flush().await?;
+                let answering = tokio::spawn(async move {
+                    while let Some(m) = requests.next().await {
+                        if let Some(reply) = m.reply {
+                            let _ = responder.publish(reply, m.payload).await;
+                        }
+                    }
+                });
+                let measured = victim_searches(&victim, &subject, &echo, n, rate, dim).await;
+                answering.abort();
+                measured
+            })
+        })?;
+    tokio::task::spawn_blocking(move || thread.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the victim's thread panicked"))?
 }
 
 #[derive(Default)]
@@ -254,6 +316,13 @@ pub async fn request_reply(settings: &Settings, opts: &NoisyOptions) -> anyhow::
         "bench: noisy neighbour: loading {} documents into {FLOOD}",
         opts.flood_docs
     );
+    // Where the server puts each of the two: with request partitions, the
+    // figure only means something when they are apart.
+    let nats = loader.nats();
+    let mut mapped = nats
+        .subscribe(format!("{}.count.*.*", settings.nats.prefix))
+        .await?;
+    tenantvec::transport::partitions::settled(nats, Duration::from_secs(5)).await?;
     load(&loader, VICTIM, 2000, 100, dim).await?;
     load(
         &loader,
@@ -263,16 +332,29 @@ pub async fn request_reply(settings: &Settings, opts: &NoisyOptions) -> anyhow::
         dim,
     )
     .await?;
+    let mut partition_of = serde_json::Map::new();
+    for tenant in [VICTIM, FLOOD] {
+        let count = loader.subjects().tenant(Verb::Count, tenant);
+        loader
+            .request_bytes(count, Bytes::from_static(b"{}"))
+            .await?;
+    }
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(200), mapped.next()).await {
+        let mut tokens = m.subject.as_str().rsplit('.');
+        if let (Some(k), Some(tenant)) = (tokens.next(), tokens.next()) {
+            partition_of.insert(tenant.to_owned(), json!(k.parse::<u64>().ok()));
+        }
+    }
+    drop(mapped);
 
-    // The victim is a client of its own, on a connection of its own.
-    let victim = tenantvec::transport::connect(&settings.nats).await?;
+    // The victim is a client of its own (`victim_apart`).
     let victim_subject = loader.subjects().tenant(Verb::Search, VICTIM);
     eprintln!(
         "bench: noisy neighbour: victim alone, {} searches at {}/s",
         opts.victim_searches, opts.victim_rate
     );
-    let (alone, alone_errors) = victim_searches(
-        &victim,
+    let alone = victim_apart(
+        &settings.nats,
         &victim_subject,
         opts.victim_searches,
         opts.victim_rate,
@@ -315,8 +397,8 @@ pub async fn request_reply(settings: &Settings, opts: &NoisyOptions) -> anyhow::
     tokio::time::sleep(Duration::from_secs(2)).await;
     let flood_started = Instant::now();
     let before = counts.ok.load(Ordering::Relaxed);
-    let (flooded, flooded_errors) = victim_searches(
-        &victim,
+    let flooded = victim_apart(
+        &settings.nats,
         &victim_subject,
         opts.victim_searches,
         opts.victim_rate,
@@ -330,16 +412,21 @@ pub async fn request_reply(settings: &Settings, opts: &NoisyOptions) -> anyhow::
         let _ = f.await;
     }
     let p99 = |xs: &[Duration]| quantile(xs, 0.99);
-    let ratio = match (p99(&alone), p99(&flooded)) {
+    let ratio = |alone: &[Duration], flooded: &[Duration]| match (p99(alone), p99(flooded)) {
         (Some(a), Some(f)) if a > 0.0 => json!(f / a),
         _ => Value::Null,
     };
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    let victim_errors = [alone_errors, flooded_errors].concat();
+    let victim_errors = [alone.errors, flooded.errors].concat();
     Ok(json!({
-        "victim_alone_ms": percentiles(alone),
-        "victim_flooded_ms": percentiles(flooded),
-        "victim_p99_ratio": ratio,
+        "victim_p99_ratio": ratio(&alone.searches, &flooded.searches),
+        "echo_p99_ratio": ratio(&alone.echoes, &flooded.echoes),
+        "victim_alone_ms": percentiles(alone.searches),
+        "victim_flooded_ms": percentiles(flooded.searches),
+        "echo_alone_ms": percentiles(alone.echoes),
+        "echo_flooded_ms": percentiles(flooded.echoes),
+        "request_partitions": settings.nats.request_partitions,
+        "partition_of": partition_of,
         "victim_errors": victim_errors.len(),
         "victim_error_codes": victim_errors,
         "flood": {
