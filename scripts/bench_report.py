@@ -87,8 +87,12 @@ def noisy_table(runs, names):
         f"flight, {flood.get('batch_docs')}-document upserts alternating with top_k 1000 searches "
         f"over a {fmt(flood.get('tenant_docs'))}-document tenant, "
         f"{flood.get('backoff_ms_after_refusal')} ms pause after a refusal) while a victim tenant "
-        "searches at 50/s on a connection of its own; then one tenant's backlog waits in the "
-        "ingest stream while another tenant publishes single messages. Same worker, same run.\n"),
+        "searches at 50/s with a thread, a runtime and a connection of its own (a bare NATS echo "
+        "timed beside each search: the floor under the same flood, no worker in its path); then "
+        "one tenant's backlog waits in the "
+        "ingest stream while another tenant publishes single messages. Same worker, same run; "
+        "the columns with request partitions ran the first phase alone, on a prefix the "
+        "benchmark's nats-server maps to 8.\n"),
         "| measure | " + " | ".join(f"tenantvec {n}" for n in names) + " |",
         "| --- |" + " --- |" * len(runs),
     ]

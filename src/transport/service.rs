@@ -306,6 +306,14 @@ impl Serving {
 /// and other partitions' tasks would otherwise wait for a run of them.
 const LARGE_BODY: usize = 64 * 1024;
 
+/// After a request of `size` bytes: let the runtime's other tasks run if it
+/// was a large one ([`LARGE_BODY`]).
+async fn pace(size: usize) {
+    if size > LARGE_BODY {
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Take requests until shutdown, then unsubscribe and answer what was
 /// already delivered to us.
 async fn serve(
@@ -325,11 +333,9 @@ async fn serve(
             _ = shutdown.cancelled() => break,
             next = endpoint.next() => match next {
                 Some(request) => {
-                    let large = request.message.payload.len() > LARGE_BODY;
+                    let size = request.message.payload.len();
                     dispatch(Incoming::Service(request), &shared);
-                    if large {
-                        tokio::task::yield_now().await;
-                    }
+                    pace(size).await;
                 }
                 None => return,
             },
@@ -383,11 +389,9 @@ async fn serve_partition(
             _ = shutdown.cancelled() => break,
             next = subscriber.next() => match next {
                 Some(m) => {
-                    let large = m.payload.len() > LARGE_BODY;
+                    let size = m.payload.len();
                     take(m);
-                    if large {
-                        tokio::task::yield_now().await;
-                    }
+                    pace(size).await;
                 }
                 None => return,
             },
