@@ -938,15 +938,11 @@ async fn lane_loop(
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     progress.tick().await;
     let mut stopping = false;
-    // The consumer numbers its deliveries; one missing between two that
-    // reach us went elsewhere (another worker, or lost on the way).
-    let mut last_delivery: Option<u64> = None;
     loop {
         let now = Instant::now();
         if !stopping {
             for (tenant, seqs) in lanes.start(now) {
-                let check = lanes.must_check(&tenant);
-                spawn_batch(&shared, &lanes, tenant, &seqs, check, events.clone());
+                spawn_batch(&shared, &lanes, tenant, &seqs, events.clone());
             }
         } else if !lanes.running() {
             break;
@@ -961,13 +957,6 @@ async fn lane_loop(
             }
             Some(event) = inbox.recv() => match event {
                 Event::Arrived(message, permit) => {
-                    if let Ok(info) = message.info() {
-                        let delivery = info.consumer_sequence;
-                        if last_delivery.is_some_and(|last| delivery != last + 1) {
-                            lanes.suspect_all();
-                        }
-                        last_delivery = Some(delivery);
-                    }
                     arrive(&shared, &mut lanes, *message, permit, stopping);
                 }
                 Event::Finished(tenant, outcome) => {
@@ -1053,9 +1042,6 @@ fn arrive(
     }
     let last = pending.delivered >= shared.settings.ingest.max_deliver;
     let seq = pending.seq;
-    if pending.delivered > 1 {
-        lanes.suspect(&tenant);
-    }
     match lanes.arrive(&tenant, seq, pending, last, Instant::now()) {
         (Arrival::Held, _) => {}
         (Arrival::Replaced, _) => {
@@ -1146,7 +1132,6 @@ fn spawn_batch(
     lanes: &Lanes<Pending>,
     tenant: TenantId,
     seqs: &[u64],
-    check: bool,
     events: mpsc::Sender<Event>,
 ) {
     let items: Vec<BatchItem> = seqs
@@ -1162,7 +1147,7 @@ fn spawn_batch(
         .collect();
     let shared = shared.clone();
     tokio::spawn(async move {
-        let outcome = run_batch(&shared, &tenant, items, check).await;
+        let outcome = run_batch(&shared, &tenant, items).await;
         let _ = events.send(Event::Finished(tenant, outcome)).await;
     });
 }
@@ -1211,48 +1196,40 @@ async fn order_in_stream(
 /// them gone), dead-lettered when they can never succeed, and from the first
 /// failure that may pass on, left for the next try.
 ///
-/// With `check`, the stream is asked first whether the batch is the
-/// tenant's oldest messages with none between them; only the part of it
-/// that is goes ahead (see [`Lanes`] for when a lane knows without asking).
-async fn run_batch(
-    shared: &Shared,
-    tenant: &TenantId,
-    mut items: Vec<BatchItem>,
-    check: bool,
-) -> Outcome {
+/// The stream is asked first whether the batch is the tenant's oldest
+/// messages with none between them; only the part of it that is goes ahead
+/// (see [`Lanes`] for why every batch asks).
+async fn run_batch(shared: &Shared, tenant: &TenantId, mut items: Vec<BatchItem>) -> Outcome {
     let settings = &shared.settings.ingest;
     let first = items.first().map_or(0, |i| i.seq);
-    // Whether the lane may count on holding the tenant's oldest messages
-    // after this batch: only when the check passed the whole batch.
-    let mut checked = false;
-    if check {
-        let seqs: Vec<u64> = items.iter().map(|i| i.seq).collect();
-        match order_in_stream(shared, tenant, &seqs).await {
-            Ok(lanes::Order::Prefix(n)) => {
-                checked = n == items.len();
-                items.truncate(n);
-            }
-            Ok(lanes::Order::Older(older)) => {
-                tracing::debug!(%tenant, seq = first, older, "waiting for an older message of the tenant");
-                return wait(ORDER_RECHECK);
-            }
-            Ok(lanes::Order::FirstGone) => {
-                tracing::warn!(
-                    %tenant,
-                    seq = first,
-                    "an ingest message was settled elsewhere while this worker held it; dropped, not applied again"
-                );
-                return Outcome {
-                    settled: vec![first],
-                    ..Outcome::default()
-                };
-            }
-            Err(e) => {
-                tracing::warn!(%tenant, error = %e, "cannot read the ingest stream; waiting");
-                return wait(Duration::from_secs(1));
-            }
+    let seqs: Vec<u64> = items.iter().map(|i| i.seq).collect();
+    // Whether the check passed the whole batch (what the lane handed back
+    // before its first message is then gone).
+    let checked = match order_in_stream(shared, tenant, &seqs).await {
+        Ok(lanes::Order::Prefix(n)) => {
+            items.truncate(n);
+            n == seqs.len()
         }
-    }
+        Ok(lanes::Order::Older(older)) => {
+            tracing::debug!(%tenant, seq = first, older, "waiting for an older message of the tenant");
+            return wait(ORDER_RECHECK);
+        }
+        Ok(lanes::Order::FirstGone) => {
+            tracing::warn!(
+                %tenant,
+                seq = first,
+                "an ingest message was settled elsewhere while this worker held it; dropped, not applied again"
+            );
+            return Outcome {
+                settled: vec![first],
+                ..Outcome::default()
+            };
+        }
+        Err(e) => {
+            tracing::warn!(%tenant, error = %e, "cannot read the ingest stream; waiting");
+            return wait(Duration::from_secs(1));
+        }
+    };
 
     // Decode and route what has not been written yet, as one command.
     let span = tracing::info_span!("ingest", %tenant, first_seq = first);

@@ -9,7 +9,7 @@
 //! store or a clock of its own (callers pass `now`), so every rule here has a
 //! unit test.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::tenant::TenantId;
@@ -93,9 +93,6 @@ pub struct Retry {
     pub count: bool,
 }
 
-/// Most tenants remembered as checked; past it the memory starts over
-/// (which costs each tenant one more check, nothing else).
-const MAX_CHECKED: usize = 100_000;
 /// Most tenants whose highest settled sequence is remembered (16 bytes and a
 /// tenant id each); past it the memory starts again.
 const MAX_SETTLED: usize = 1_000_000;
@@ -157,20 +154,20 @@ pub fn judge_order(batch: &[u64], answers: &[(usize, Option<u64>)]) -> Order {
 
 /// Every tenant's lane in one worker.
 ///
-/// Which tenants need the stream checked before a batch: a lane cannot see
-/// an older message of its tenant that the stream still holds for someone
-/// else (a delivery to a worker that stopped, to another worker, or dropped
-/// on the way), so a batch asks the stream first, unless the lane knows.
-/// It knows once a check found nothing older than its first message: from
-/// then on each later message of the tenant reaches it in stream order,
-/// until one of these says otherwise, and then it checks again: the lane
-/// hands a message back; a message of the tenant arrives redelivered; or a
-/// delivery to this worker is missing ([`Lanes::suspect_all`]).
+/// A lane cannot see an older message of its tenant that the stream still
+/// holds for someone else (a delivery to a worker that stopped, to another
+/// worker, or dropped on the way), so every batch asks the stream first
+/// ([`order_questions`]). No lane ever "knows" it holds its tenant's oldest
+/// message for good: after a worker dies, its deliveries come back only
+/// when their ack wait runs out, while the stream's newer messages reach
+/// the next worker at once, first deliveries that nothing marks as
+/// suspect. A shortcut that skipped the check once one had passed applied
+/// such a newer message before the older one came back, and then took the
+/// older one for a duplicate (`tests/ingest.rs`, the SIGKILL test, about
+/// one run in five).
 #[derive(Debug)]
 pub struct Lanes<M> {
     lanes: HashMap<TenantId, Lane<M>>,
-    /// Tenants whose lane knows it holds their oldest message in the stream.
-    checked: HashSet<TenantId>,
     /// Most messages a stalled lane may hold.
     stalled_cap: usize,
     /// Most messages in one batch.
@@ -183,7 +180,6 @@ impl<M> Lanes<M> {
     pub fn new(stalled_cap: usize, max_batch: usize) -> Self {
         Self {
             lanes: HashMap::new(),
-            checked: HashSet::new(),
             stalled_cap: stalled_cap.max(1),
             max_batch: max_batch.max(1),
             settled: HashMap::new(),
@@ -215,7 +211,6 @@ impl<M> Lanes<M> {
         let oldest = lane.held.keys().next().is_none_or(|first| seq < *first);
         if !must_hold && !oldest && lane.stalled(now) && lane.held.len() >= self.stalled_cap {
             lane.deferred.insert(seq);
-            self.checked.remove(tenant);
             return (Arrival::Deferred, Some(message));
         }
         lane.deferred.remove(&seq);
@@ -253,28 +248,6 @@ impl<M> Lanes<M> {
         started
     }
 
-    /// Whether the next batch of `tenant` must first ask the stream for an
-    /// older message of the tenant (see [`Lanes`]).
-    pub fn must_check(&self, tenant: &TenantId) -> bool {
-        !self.checked.contains(tenant)
-            || self
-                .lanes
-                .get(tenant)
-                .is_some_and(|l| !l.deferred.is_empty())
-    }
-
-    /// A message of `tenant` arrived redelivered: an older one may be
-    /// outstanding too.
-    pub fn suspect(&mut self, tenant: &TenantId) {
-        self.checked.remove(tenant);
-    }
-
-    /// A delivery to this worker went missing: any tenant may have an older
-    /// message outstanding.
-    pub fn suspect_all(&mut self) {
-        self.checked.clear();
-    }
-
     /// The held message of `seq`.
     pub fn get(&self, tenant: &TenantId, seq: u64) -> Option<&Held<M>> {
         self.lanes.get(tenant)?.held.get(&seq)
@@ -290,10 +263,6 @@ impl<M> Lanes<M> {
             if let Some(first) = lane.running.first().copied() {
                 lane.deferred = lane.deferred.split_off(&first);
             }
-            if self.checked.len() >= MAX_CHECKED {
-                self.checked.clear();
-            }
-            self.checked.insert(tenant.clone());
         }
         lane.running.clear();
         if let Some(max) = outcome.settled.iter().max().copied() {
@@ -545,43 +514,6 @@ mod tests {
         // The check found nothing older: 2 went to another worker.
         settle(&mut lanes, "a", &[3], now + MS);
         assert_eq!(lanes.start(now + MS), vec![(t("a"), vec![4])]);
-    }
-
-    /// A lane checks the stream before its first batch, then not, until a
-    /// hand-back, a redelivery or a missing delivery makes it unsure again.
-    #[test]
-    fn a_lane_checks_the_stream_until_it_knows() {
-        let now = Instant::now();
-        let mut lanes = Lanes::new(1, 4);
-        hold(&mut lanes, "a", &[1], now);
-        assert!(lanes.must_check(&t("a")));
-        lanes.start(now);
-        let checked = Outcome {
-            settled: vec![1],
-            checked: true,
-            ..Outcome::default()
-        };
-        lanes.finish(&t("a"), checked, now);
-        assert!(!lanes.must_check(&t("a")));
-        assert!(lanes.must_check(&t("b")));
-        lanes.suspect(&t("a"));
-        assert!(lanes.must_check(&t("a")));
-        let checked = || Outcome {
-            checked: true,
-            ..Outcome::default()
-        };
-        hold(&mut lanes, "a", &[2], now);
-        lanes.start(now);
-        lanes.finish(&t("a"), checked(), now);
-        assert!(!lanes.must_check(&t("a")));
-        lanes.suspect_all();
-        assert!(lanes.must_check(&t("a")));
-        // A hand-back: unsure until a check has seen it gone.
-        lanes.start(now);
-        lanes.finish(&t("a"), checked(), now);
-        stall(&mut lanes, "a", Duration::from_secs(1), false, now);
-        assert_eq!(lanes.arrive(&t("a"), 3, 3, false, now).0, Arrival::Deferred);
-        assert!(lanes.must_check(&t("a")));
     }
 
     #[test]

@@ -318,7 +318,10 @@ pub fn spawn_worker_binary(nats: &NatsServer, data: &Path, dim: usize) -> Child 
         .env("VECTOR_STORE_FOLDER", data)
         .env("EMBEDDING_DIM", dim.to_string())
         .env("TENANTVEC_METRICS_LISTEN", "")
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("WORKER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
