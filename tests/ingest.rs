@@ -319,6 +319,84 @@ async fn a_lane_with_a_gap_waits_for_the_message_between() {
     drop(worker);
 }
 
+/// After a crash the dead worker's deliveries come back when their ack wait
+/// ends, while newer messages reach the next worker at once as first
+/// deliveries. A lane that has seen its tenant's oldest message must still
+/// ask the stream before a newer one: here message 2 is held elsewhere (as a
+/// dead worker would hold it) while message 1 is applied and message 3
+/// arrives fresh. Before every batch asked, 3 was applied first and 2,
+/// coming back after it, was taken for a settled duplicate and lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_message_waits_for_an_older_one_held_elsewhere() {
+    use async_nats::jetstream::AckKind;
+    use tenantvec::transport::ingest::Names;
+
+    let nats = NatsServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let mut settings = common::settings(&nats.url(), data.path());
+    // One partition, so the test can hold a message of that one consumer.
+    settings.cluster.partitions = 1;
+    // A first worker makes the stream and the consumer, and stops.
+    let first = tenantvec::worker::spawn(settings.clone());
+    common::wait_ready(&settings, || first.is_finished()).await;
+    first.stop().unwrap();
+
+    let js = jetstream::new(tenantvec::transport::connect(&settings.nats).await.unwrap());
+    let mut next = 0;
+    publish_versions(&js, "late", &mut next, 2).await;
+    let names = Names::partitioned(&settings.nats.prefix, 1);
+    let (consumer_name, _) = names.partition_consumer(0);
+    let consumer: jetstream::consumer::PullConsumer = js
+        .get_stream(&names.ingest_stream)
+        .await
+        .unwrap()
+        .get_consumer(&consumer_name)
+        .await
+        .unwrap();
+    let mut taken = consumer
+        .fetch()
+        .max_messages(2)
+        .expires(Duration::from_secs(5))
+        .messages()
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    while let Some(m) = taken.next().await {
+        held.push(m.unwrap());
+    }
+    assert_eq!(held.len(), 2, "the test takes both messages first");
+    // Message 1 back at once, message 2 only after 5 s.
+    held[0].ack_with(AckKind::Nak(None)).await.unwrap();
+    held[1]
+        .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+        .await
+        .unwrap();
+
+    let worker = tenantvec::worker::spawn(settings.clone());
+    common::wait_ready(&settings, || worker.is_finished()).await;
+    let c = tenantvec::client::Client::connect(&settings).await.unwrap();
+    // Message 1 applied: `same` and d0.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.tenant(Verb::Count, "late", &json!({})).await.unwrap()["count"] != 2 {
+        assert!(Instant::now() < deadline, "message 1 never landed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Message 3, a first delivery, while 2 is still away.
+    publish_versions(&js, "late", &mut next, 1).await;
+    wait_drained(&js, Duration::from_secs(60)).await;
+    let count = c.tenant(Verb::Count, "late", &json!({})).await.unwrap();
+    assert_eq!(count["count"], 4, "every message landed: {count}");
+    let got = c
+        .tenant(Verb::Get, "late", &json!({"doc_ids": ["same"]}))
+        .await
+        .unwrap();
+    assert_eq!(
+        got["documents"][0]["metadata"]["v"], 2,
+        "the last version won"
+    );
+    drop(worker);
+}
+
 /// Publish `n` more versions to tenant `tenant`: each message rewrites
 /// document `same` and adds a document of its own.
 async fn publish_versions(js: &jetstream::Context, tenant: &str, next: &mut u64, n: u64) {
