@@ -254,6 +254,35 @@ async fn sigkill_mid_ingest_loses_and_duplicates_nothing() {
     worker.wait().ok();
 }
 
+/// Take the first `delays.len()` messages of `consumer` (as a worker that
+/// then died would have held them) and hand each back to the stream after
+/// its delay (`None`: at once).
+async fn take_and_hand_back(
+    consumer: &jetstream::consumer::PullConsumer,
+    delays: &[Option<Duration>],
+) {
+    use async_nats::jetstream::AckKind;
+    let mut taken = consumer
+        .fetch()
+        .max_messages(delays.len())
+        .expires(Duration::from_secs(5))
+        .messages()
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    while let Some(m) = taken.next().await {
+        held.push(m.unwrap());
+    }
+    assert_eq!(
+        held.len(),
+        delays.len(),
+        "the test takes every message first"
+    );
+    for (m, delay) in held.iter().zip(delays) {
+        m.ack_with(AckKind::Nak(*delay)).await.unwrap();
+    }
+}
+
 /// A lane holding a tenant's messages with a gap between them (the message
 /// between comes later, redelivered) applies only up to the gap and waits:
 /// every message lands, in stream order. The test takes four messages on the
@@ -262,7 +291,6 @@ async fn sigkill_mid_ingest_loses_and_duplicates_nothing() {
 /// 5 s, the others at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lane_with_a_gap_waits_for_the_message_between() {
-    use async_nats::jetstream::AckKind;
     use tenantvec::transport::ingest::{ensure_streams, Names};
 
     let nats = NatsServer::start();
@@ -280,27 +308,16 @@ async fn a_lane_with_a_gap_waits_for_the_message_between() {
         ]});
         publish(&js, "gap", serde_json::to_vec(&body).unwrap()).await;
     }
-    let mut taken = consumer
-        .fetch()
-        .max_messages(4)
-        .expires(Duration::from_secs(5))
-        .messages()
-        .await
-        .unwrap();
-    let mut held = Vec::new();
-    while let Some(m) = taken.next().await {
-        held.push(m.unwrap());
-    }
-    assert_eq!(held.len(), 4, "the test takes every message first");
-    let delays = [
-        Some(Duration::from_secs(1)),
-        None,
-        Some(Duration::from_secs(5)),
-        None,
-    ];
-    for (m, delay) in held.iter().zip(delays) {
-        m.ack_with(AckKind::Nak(delay)).await.unwrap();
-    }
+    take_and_hand_back(
+        &consumer,
+        &[
+            Some(Duration::from_secs(1)),
+            None,
+            Some(Duration::from_secs(5)),
+            None,
+        ],
+    )
+    .await;
 
     let worker = tenantvec::worker::spawn(settings.clone());
     common::wait_ready(&settings, || worker.is_finished()).await;
@@ -328,7 +345,6 @@ async fn a_lane_with_a_gap_waits_for_the_message_between() {
 /// coming back after it, was taken for a settled duplicate and lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_message_waits_for_an_older_one_held_elsewhere() {
-    use async_nats::jetstream::AckKind;
     use tenantvec::transport::ingest::Names;
 
     let nats = NatsServer::start();
@@ -353,24 +369,8 @@ async fn a_fresh_message_waits_for_an_older_one_held_elsewhere() {
         .get_consumer(&consumer_name)
         .await
         .unwrap();
-    let mut taken = consumer
-        .fetch()
-        .max_messages(2)
-        .expires(Duration::from_secs(5))
-        .messages()
-        .await
-        .unwrap();
-    let mut held = Vec::new();
-    while let Some(m) = taken.next().await {
-        held.push(m.unwrap());
-    }
-    assert_eq!(held.len(), 2, "the test takes both messages first");
     // Message 1 back at once, message 2 only after 5 s.
-    held[0].ack_with(AckKind::Nak(None)).await.unwrap();
-    held[1]
-        .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-        .await
-        .unwrap();
+    take_and_hand_back(&consumer, &[None, Some(Duration::from_secs(5))]).await;
 
     let worker = tenantvec::worker::spawn(settings.clone());
     common::wait_ready(&settings, || worker.is_finished()).await;
