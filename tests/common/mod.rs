@@ -80,11 +80,18 @@ impl NatsServer {
             store,
             config,
         };
-        server.spawn();
-        server
+        // A port free when picked can be taken before the server binds it.
+        for _ in 0..5 {
+            if server.spawn() {
+                return server;
+            }
+            server.port = free_port();
+        }
+        panic!("nats-server did not start on five free ports in a row");
     }
 
-    fn spawn(&mut self) {
+    /// Start the server; `false` when it exited instead of listening.
+    fn spawn(&mut self) -> bool {
         let mut cmd = Command::new(nats_server_bin());
         if let Some(config) = &self.config {
             cmd.arg("-c").arg(config);
@@ -106,8 +113,15 @@ impl NatsServer {
                 nats_server_bin().display()
             )
         });
+        let mut child = child;
+        let up = wait_child_listening(
+            &mut child,
+            self.port,
+            Duration::from_secs(10),
+            "nats-server",
+        );
         self.child = Some(child);
-        wait_listening(self.port, Duration::from_secs(10), "nats-server");
+        up
     }
 
     pub fn url(&self) -> String {
@@ -121,7 +135,11 @@ impl NatsServer {
     /// Start again on the same port with the same JetStream store.
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        assert!(
+            self.spawn(),
+            "nats-server did not start again on {}",
+            self.port
+        );
     }
 }
 
@@ -134,10 +152,62 @@ impl Drop for NatsServer {
 /// Wait until something listens on the loopback `port`.
 pub fn wait_listening(port: u16, limit: Duration, what: &str) {
     let deadline = Instant::now() + limit;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while !accepts(port) {
         assert!(Instant::now() < deadline, "{what} never listened on {port}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Whether a connection to the loopback `port` reaches a listener. A connect
+/// to a free port in the ephemeral range can meet itself (Linux's
+/// simultaneous open: source port = destination port) and succeed with no
+/// listener at all; such a connection is not counted.
+fn accepts(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port))
+        .is_ok_and(|c| c.local_addr().ok() != c.peer_addr().ok())
+}
+
+/// Wait until `child` itself listens on the loopback `port`: `false` when it
+/// exits first (the port was taken between `free_port` and its bind, say).
+/// Asking whether *something* listens is not enough: another test's server
+/// may hold the port while this child, still loading, has yet to fail its bind.
+pub fn wait_child_listening(child: &mut Child, port: u16, limit: Duration, what: &str) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait().ok().flatten().is_some() {
+            return false;
+        }
+        if accepts(port) && listens(child.id(), port) {
+            return true;
+        }
+        assert!(Instant::now() < deadline, "{what} never listened on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether process `pid` holds the socket listening on loopback `port`
+/// (`/proc/net/tcp`'s listening inode among the process's descriptors).
+fn listens(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return true; // not Linux: the connect alone has to do
+    };
+    let local = format!("0100007F:{port:04X}");
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let listening = cols.get(1) == Some(&local.as_str()) && cols.get(3) == Some(&"0A");
+            Some(format!("socket:[{}]", cols.get(9)?)).filter(|_| listening)
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+    })
 }
 
 /// Kill a test's child process, if it runs, and reap it.
