@@ -41,6 +41,7 @@ QPS = [
     ("Zipf, pool 10\n1 client", ("search", "qps"), ("search", "qps")),
     ("Zipf, pool 10\n8 clients", None, ("search_concurrent", "qps")),
     ("warm\n1 client", ("warm", "qps"), ("warm", "qps")),
+    ("warm\n2 clients", None, ("warm_two", "qps")),
     ("warm\n8 clients", None, ("warm_concurrent", "qps")),
 ]
 INGEST = [

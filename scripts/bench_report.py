@@ -136,6 +136,7 @@ def main():
         ("  p99 ms", None, ("search_concurrent", "latency_ms", "p99"), False, 2),
         ("warm search, 1 client: QPS", get(seed, "warm", "qps"), ("warm", "qps"), True, 0),
         ("  p50 ms", get(seed, "warm", "latency_ms", "p50"), ("warm", "latency_ms", "p50"), False, 3),
+        ("warm search, 2 clients: QPS", None, ("warm_two", "qps"), True, 0),
         ("warm search, 8 clients: QPS", None, ("warm_concurrent", "qps"), True, 0),
         ("recall@5 unfiltered", get(seed, "search", "recall_unfiltered"), ("search", "recall_unfiltered"), True, 3),
         ("recall@5 filtered", get(seed, "search", "recall_filtered"), ("search", "recall_filtered"), True, 3),

@@ -285,6 +285,8 @@ pub async fn run(settings: &Settings, opts: &BenchOptions) -> anyhow::Result<Val
     warm["preloaded_tenants"] = json!(tenants.len());
     warm["worker_rss_mb"] = worker.rss_mb();
     report["warm"] = warm;
+    // How warm search grows with clients: 1 (above), 2, then C.
+    report["warm_two"] = search_pass(&client, &queries, &truth, 2, None).await?;
     report["warm_concurrent"] = search_pass(&client, &queries, &truth, opts.clients, None).await?;
     worker.stop()?;
     embedding_phase(settings, opts, &data, &client, &mut report).await?;
@@ -729,6 +731,7 @@ pub fn table(r: &Value) -> String {
         ("search (pool, 1 client)", "search"),
         ("search (pool, C clients)", "search_concurrent"),
         ("warm search (1 client)", "warm"),
+        ("warm search (2 clients)", "warm_two"),
         ("warm search (C clients)", "warm_concurrent"),
     ] {
         let s = &r[key];

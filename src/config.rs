@@ -66,6 +66,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("TENANTVEC_MEMBER", "cluster.member"),
     ("TENANTVEC_REPLICAS", "nats.replicas"),
     ("TENANTVEC_REQUEST_PARTITIONS", "nats.request_partitions"),
+    ("TENANTVEC_WORKER_THREADS", "worker.threads"),
     ("RUST_LOG", "log.filter"),
 ];
 
