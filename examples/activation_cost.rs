@@ -17,41 +17,16 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use serde_json::{json, Map};
 use tenantvec::config::Settings;
 use tenantvec::store::edge::EdgeFactory;
-use tenantvec::store::{Record, SearchQuery, StoreFactory, TenantStore};
+use tenantvec::store::{SearchQuery, StoreFactory, TenantStore};
 use tenantvec::tenant::TenantId;
 
-const DIM: usize = 384;
+mod support;
+use support::{records, vector};
+
+/// The pool's size, as the benchmark's Zipf phase has it.
 const POOL: usize = 10;
-
-fn vector(seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..DIM)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ((x >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        })
-        .collect()
-}
-
-fn records(range: std::ops::Range<u64>, base: u64) -> Vec<Record> {
-    range
-        .map(|i| {
-            let mut metadata = Map::new();
-            metadata.insert("category".into(), json!(format!("c{}", i % 20)));
-            Record {
-                doc_id: format!("d{i}"),
-                text: Some(format!("document {i} of a tenant, a sentence or two long")),
-                metadata,
-                vector: vector(base + i),
-            }
-        })
-        .collect()
-}
 
 fn tenant(t: u64) -> TenantId {
     TenantId::parse(&format!("t{t}")).expect("a valid tenant id")

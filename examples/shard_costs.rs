@@ -16,25 +16,14 @@ use qdrant_edge::{
     PointStructPersisted, QueryEnum, SearchRequest, UpdateOperation, ValueVariants, VectorInternal,
     WithPayloadInterface, WithVector, DEFAULT_VECTOR_NAME,
 };
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tenantvec::config::Settings;
 use tenantvec::store::edge::EdgeFactory;
-use tenantvec::store::{Record, StoreFactory, TenantStore};
+use tenantvec::store::{StoreFactory, TenantStore};
 use tenantvec::tenant::TenantId;
 
-const DIM: usize = 384;
-
-fn vector(seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..DIM)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ((x >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        })
-        .collect()
-}
+mod support;
+use support::{records, vector, DIM};
 
 /// (RssAnon, RssFile) of this process in MiB.
 fn rss() -> (f64, f64) {
@@ -59,21 +48,6 @@ fn disk(dir: &Path) -> (u64, u64) {
         }
     }
     total
-}
-
-fn records(n: u64, base: u64) -> Vec<Record> {
-    (0..n)
-        .map(|i| {
-            let mut metadata = Map::new();
-            metadata.insert("category".into(), json!(format!("c{}", i % 100)));
-            Record {
-                doc_id: format!("d{i}"),
-                text: Some(format!("document {i}")),
-                metadata,
-                vector: vector(base + i),
-            }
-        })
-        .collect()
 }
 
 fn default_shard(path: &Path) -> EdgeShard {
@@ -155,13 +129,13 @@ fn main() {
     let started = Instant::now();
     for t in 0..tenants {
         let mut s = factory.open(&TenantId::parse(&format!("t{t}")).unwrap());
-        s.upsert(records(1, t * 10_000)).unwrap();
+        s.upsert(records(0..1, t * 10_000)).unwrap();
         stores.push(s);
     }
     let create_ms = started.elapsed().as_secs_f64() * 1000.0 / tenants as f64;
     let empty_disk = disk(&root.path().join("ours/t0"));
     for (t, s) in stores.iter_mut().enumerate() {
-        s.upsert(records(docs, t as u64 * 10_000)).unwrap();
+        s.upsert(records(0..docs, t as u64 * 10_000)).unwrap();
     }
     for s in &mut stores {
         s.count(None).unwrap();
@@ -179,12 +153,12 @@ fn main() {
     // A single-document upsert into an open shard: one update and one flush.
     let started = Instant::now();
     for i in 0..100 {
-        stores[0].upsert(records(1, 5_000_000 + i)).unwrap();
+        stores[0].upsert(records(0..1, 5_000_000 + i)).unwrap();
     }
     let write_ms = started.elapsed().as_secs_f64() * 1000.0 / 100.0;
     // A 1000-document upsert: the same flush, spread over many documents.
     let started = Instant::now();
-    stores[1].upsert(records(1000, 6_000_000)).unwrap();
+    stores[1].upsert(records(0..1000, 6_000_000)).unwrap();
     let batch_ms = started.elapsed().as_secs_f64() * 1000.0;
     println!(
         "ours     create {create_ms:6.2} ms/shard  open {open_ms:5.2} ms/shard  \

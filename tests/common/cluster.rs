@@ -123,9 +123,13 @@ impl Node {
                     nats_server_bin().display()
                 )
             });
-        let mut child = child;
-        let up = wait_child_listening(&mut child, self.port, Duration::from_secs(10), &self.name);
-        self.child = Some(child);
+        let up = wait_child_listening(
+            &mut self.child,
+            child,
+            self.port,
+            Duration::from_secs(10),
+            &self.name,
+        );
         // Its ports are written in the other nodes' routes: no retry on others.
         assert!(
             up,

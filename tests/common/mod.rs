@@ -61,33 +61,26 @@ pub struct NatsServer {
 
 impl NatsServer {
     pub fn start() -> Self {
-        Self::start_on(free_port(), tempfile::tempdir().expect("temp dir"), None)
+        Self::start_on(tempfile::tempdir().expect("temp dir"), None)
     }
 
     /// Start with a config file (its port and store dir are set here).
     pub fn start_with_config(config: PathBuf) -> Self {
-        Self::start_on(
-            free_port(),
-            tempfile::tempdir().expect("temp dir"),
-            Some(config),
-        )
+        Self::start_on(tempfile::tempdir().expect("temp dir"), Some(config))
     }
 
-    fn start_on(port: u16, store: TempDir, config: Option<PathBuf>) -> Self {
+    fn start_on(store: TempDir, config: Option<PathBuf>) -> Self {
         let mut server = Self {
             child: None,
-            port,
+            port: 0,
             store,
             config,
         };
-        // A port free when picked can be taken before the server binds it.
-        for _ in 0..5 {
-            if server.spawn() {
-                return server;
-            }
-            server.port = free_port();
-        }
-        panic!("nats-server did not start on five free ports in a row");
+        on_free_ports("nats-server", |port| {
+            server.port = port;
+            server.spawn()
+        });
+        server
     }
 
     /// Start the server; `false` when it exited instead of listening.
@@ -113,15 +106,13 @@ impl NatsServer {
                 nats_server_bin().display()
             )
         });
-        let mut child = child;
-        let up = wait_child_listening(
-            &mut child,
+        wait_child_listening(
+            &mut self.child,
+            child,
             self.port,
             Duration::from_secs(10),
             "nats-server",
-        );
-        self.child = Some(child);
-        up
+        )
     }
 
     pub fn url(&self) -> String {
@@ -149,6 +140,18 @@ impl Drop for NatsServer {
     }
 }
 
+/// Start a server with `start(port)` on a free port, and again on another
+/// when it exits instead of listening: a port free when picked can be taken
+/// before the server binds it.
+pub fn on_free_ports(what: &str, mut start: impl FnMut(u16) -> bool) {
+    for _ in 0..5 {
+        if start(free_port()) {
+            return;
+        }
+    }
+    panic!("{what} did not start on five free ports in a row");
+}
+
 /// Wait until something listens on the loopback `port`.
 pub fn wait_listening(port: u16, limit: Duration, what: &str) {
     let deadline = Instant::now() + limit;
@@ -171,7 +174,15 @@ fn accepts(port: u16) -> bool {
 /// exits first (the port was taken between `free_port` and its bind, say).
 /// Asking whether *something* listens is not enough: another test's server
 /// may hold the port while this child, still loading, has yet to fail its bind.
-pub fn wait_child_listening(child: &mut Child, port: u16, limit: Duration, what: &str) -> bool {
+/// The child is kept in `slot` either way, to be killed with it.
+pub fn wait_child_listening(
+    slot: &mut Option<Child>,
+    child: Child,
+    port: u16,
+    limit: Duration,
+    what: &str,
+) -> bool {
+    let child = slot.insert(child);
     let deadline = Instant::now() + limit;
     loop {
         if child.try_wait().ok().flatten().is_some() {
