@@ -301,13 +301,7 @@ async fn a_lane_with_a_gap_waits_for_the_message_between() {
         .await
         .unwrap()
         .expect("the worker's consumer");
-    for v in 0..4u64 {
-        let body = json!({"documents": [
-            {"doc_id": "same", "vector": vector(v, DIM), "metadata": {"v": v}},
-            {"doc_id": format!("d{v}"), "vector": vector(v, DIM)},
-        ]});
-        publish(&js, "gap", serde_json::to_vec(&body).unwrap()).await;
-    }
+    publish_versions(&js, "gap", &mut 0, 4).await;
     take_and_hand_back(
         &consumer,
         &[
@@ -322,17 +316,7 @@ async fn a_lane_with_a_gap_waits_for_the_message_between() {
     let worker = tenantvec::worker::spawn(settings.clone());
     common::wait_ready(&settings, || worker.is_finished()).await;
     wait_drained(&js, Duration::from_secs(60)).await;
-    let c = tenantvec::client::Client::connect(&settings).await.unwrap();
-    let count = c.tenant(Verb::Count, "gap", &json!({})).await.unwrap();
-    assert_eq!(count["count"], 5, "every message landed");
-    let got = c
-        .tenant(Verb::Get, "gap", &json!({"doc_ids": ["same"]}))
-        .await
-        .unwrap();
-    assert_eq!(
-        got["documents"][0]["metadata"]["v"], 3,
-        "the last version won"
-    );
+    assert_versions(&settings, "gap", 4).await;
     drop(worker);
 }
 
@@ -384,16 +368,7 @@ async fn a_fresh_message_waits_for_an_older_one_held_elsewhere() {
     // Message 3, a first delivery, while 2 is still away.
     publish_versions(&js, "late", &mut next, 1).await;
     wait_drained(&js, Duration::from_secs(60)).await;
-    let count = c.tenant(Verb::Count, "late", &json!({})).await.unwrap();
-    assert_eq!(count["count"], 4, "every message landed: {count}");
-    let got = c
-        .tenant(Verb::Get, "late", &json!({"doc_ids": ["same"]}))
-        .await
-        .unwrap();
-    assert_eq!(
-        got["documents"][0]["metadata"]["v"], 2,
-        "the last version won"
-    );
+    assert_versions(&settings, "late", 3).await;
     drop(worker);
 }
 

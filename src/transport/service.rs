@@ -352,18 +352,27 @@ async fn serve(
     if let Some(f) = forwarded.as_mut() {
         let _ = f.unsubscribe().await;
     }
-    // Requests the server delivered before it saw the unsubscribe.
-    while let Ok(Some(request)) =
-        tokio::time::timeout(Duration::from_millis(100), endpoint.next()).await
-    {
-        dispatch(Incoming::Service(request), &shared);
+    drain(&mut endpoint, |request| {
+        dispatch(Incoming::Service(request), &shared)
+    })
+    .await;
+    if let Some(f) = forwarded.as_mut() {
+        drain(f, |m| {
+            if let Some(incoming) = original(m) {
+                dispatch(incoming, &shared);
+            }
+        })
+        .await;
     }
-    while let Ok(Some(m)) =
-        tokio::time::timeout(Duration::from_millis(100), next_forwarded(&mut forwarded)).await
+}
+
+/// After an unsubscribe: take what the server delivered before it saw it,
+/// until 100 ms pass with nothing more.
+async fn drain<S: futures::Stream + Unpin>(delivered: &mut S, mut take: impl FnMut(S::Item)) {
+    while let Ok(Some(item)) =
+        tokio::time::timeout(Duration::from_millis(100), delivered.next()).await
     {
-        if let Some(incoming) = original(m) {
-            dispatch(incoming, &shared);
-        }
+        take(item);
     }
 }
 
@@ -398,11 +407,7 @@ async fn serve_partition(
         }
     }
     let _ = subscriber.unsubscribe().await;
-    while let Ok(Some(m)) =
-        tokio::time::timeout(Duration::from_millis(100), subscriber.next()).await
-    {
-        take(m);
-    }
+    drain(&mut subscriber, take).await;
 }
 
 /// The next forwarded message, or never without a subscription.
