@@ -164,24 +164,10 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
     } else {
         None
     };
-    // A fleet member keeps serving (forwarding) while it hands its
-    // partitions over, so its endpoint stops only after that.
-    let stop_serving = match &cluster {
-        Some(_) => CancellationToken::new(),
-        None => shutdown.clone(),
-    };
-    let serving = transport::service::start(
-        client.clone(),
-        &settings,
-        router.clone(),
-        factory.backend(),
-        ingest.as_ref().map(|(_, _, counters)| counters.clone()),
-        metrics.clone(),
-        cluster.clone(),
-        request_connections.clone(),
-        stop_serving.clone(),
-    )
-    .await?;
+    // Ingest starts pulling before the endpoint answers: a worker that
+    // answers PING has its consumers made (a test or a deploy check that
+    // reads them right after start-up finds them).
+    let ingest_counters = ingest.as_ref().map(|(_, _, counters)| counters.clone());
     let mut partition_ingest = None;
     let mut ingesting = None;
     if let Some((js, consumer, counters)) = ingest {
@@ -212,6 +198,24 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
             partition_ingest = Some(partitions);
         }
     }
+    // A fleet member keeps serving (forwarding) while it hands its
+    // partitions over, so its endpoint stops only after that.
+    let stop_serving = match &cluster {
+        Some(_) => CancellationToken::new(),
+        None => shutdown.clone(),
+    };
+    let serving = transport::service::start(
+        client.clone(),
+        &settings,
+        router.clone(),
+        factory.backend(),
+        ingest_counters,
+        metrics.clone(),
+        cluster.clone(),
+        request_connections.clone(),
+        stop_serving.clone(),
+    )
+    .await?;
     // Joined last: from the first lease on, other workers forward this
     // one requests, and its endpoint already listens for them.
     let mut fleet = match &cluster {

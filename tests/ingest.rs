@@ -659,8 +659,11 @@ async fn a_burst_on_a_loaded_host_keeps_the_latest_version_and_redelivers_nothin
         s.store.dimension = BIG;
     })
     .await;
-    // The ack wait the server applies is the one configured: with a
-    // server-side backoff, nats-server took its first step (1 s) instead.
+    // A worker that answers PING has made its consumers (read at once,
+    // this once failed under load: the partitions' consumers came after
+    // the endpoint). The ack wait the server applies is the one
+    // configured: with a server-side backoff, nats-server took its first
+    // step (1 s) instead.
     let js = h.jetstream().await;
     let info = js
         .get_stream(STREAM)
