@@ -48,6 +48,8 @@ INGEST = [
     ("seed: store only\ntenantvec: upsert over NATS", ("ingest", "docs_per_s"), ("ingest_upsert", "docs_per_s")),
     ("seed: incl. JSON parsing\ntenantvec: JetStream", ("ingest", "docs_per_s_incl_json_parse"),
      ("ingest_jetstream", "committed_docs_per_second")),
+    ("seed: incl. JSON parsing\ntenantvec: JetStream, base64", ("ingest", "docs_per_s_incl_json_parse"),
+     ("ingest_jetstream_base64", "committed_docs_per_second")),
 ]
 LATENCY = [
     ("Zipf search, pool 10, 1 client", ("search", "latency_ms"), ("search", "latency_ms")),
