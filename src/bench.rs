@@ -922,7 +922,8 @@ mod tests {
     #[test]
     fn a_documents_vector_becomes_base64_and_the_rest_stays() {
         let line = r#"{"tenant":"u1","doc_id":"d1","text":"walk","vector":[0.5,-1.25,3]}"#;
-        let doc: serde_json::Value = serde_json::from_str(&super::base64_doc(line).unwrap()).unwrap();
+        let doc: serde_json::Value =
+            serde_json::from_str(&super::base64_doc(line).unwrap()).unwrap();
         let vector = tenantvec::vector::from_base64(doc["vector"].as_str().unwrap()).unwrap();
         assert_eq!(vector, vec![0.5, -1.25, 3.0]);
         assert_eq!(doc["tenant"], "u1");
