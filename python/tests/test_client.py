@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import nats
@@ -22,6 +23,7 @@ from tenantvec import (
     TooLarge,
     Unavailable,
 )
+from tenantvec.client import encode_vector_base64
 
 from .conftest import Worker, free_port, new_tenant
 
@@ -89,6 +91,16 @@ def test_vectors_sent_by_the_client(vec_client: SyncTenantVecClient, tenant: str
     hits = vec_client.search(tenant, vector=[1, 0, 0, 0, 0, 0], top_k=3)
     assert [h["doc_id"] for h in hits] == ["x", "y", "z"]
     assert hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    # Vectors travel as base64 both ways; the caller sees lists of floats,
+    # L2-normalised by the store.
+    norm = math.hypot(0.9, 0.1)
+    back = vec_client.get(tenant, ["y"], with_vectors=True)[0]["vector"]
+    assert back == pytest.approx([0.9 / norm, 0.1 / norm, 0, 0, 0, 0], abs=1e-6)
+    hit = vec_client.search(tenant, vector=[1, 0, 0, 0, 0, 0], top_k=1, with_vectors=True)[0]
+    assert hit["vector"] == pytest.approx([1, 0, 0, 0, 0, 0], abs=1e-6)
+    # A string is taken to be base64 already.
+    vec_client.upsert(tenant, [{"doc_id": "s", "vector": encode_vector_base64([0, 1, 0, 0, 0, 0])}])
+    assert vec_client.search(tenant, vector=[0, 1, 0, 0, 0, 0], top_k=1)[0]["doc_id"] == "s"
     with pytest.raises(DimensionMismatch) as e:
         vec_client.upsert(tenant, [{"doc_id": "w", "vector": [1.0, 2.0]}])
     assert e.value.code == "dimension_mismatch" and e.value.status == 400
