@@ -256,10 +256,14 @@ pub async fn run(settings: &Settings, opts: &BenchOptions) -> anyhow::Result<Val
         // The same again with base64 vectors, the compact encoding a
         // producer holding OpenAI's `encoding_format: "base64"` would send;
         // the searches after it then run on what it wrote.
-        let docs = base64_docs(&workload)?;
+        let (docs, scratch) = base64_docs(&workload)?;
         eprintln!("bench: ingest by JetStream, base64 vectors (replaces every document)");
         let started = Instant::now();
-        let mut js = client.ingest_file(None, &docs, 1000, true).await?;
+        let ingested = client.ingest_file(None, &docs, 1000, true).await;
+        if scratch {
+            let _ = std::fs::remove_file(&docs);
+        }
+        let mut js = ingested?;
         js["seconds"] = json!(started.elapsed().as_secs_f64());
         report["ingest_jetstream_base64"] = js;
         report["ingest_worker_rss_mb"] = worker.rss_mb();
@@ -552,21 +556,35 @@ async fn floor(
 }
 
 /// The workload's documents with every vector as base64 of little-endian
-/// f32, written once beside `docs.jsonl` (and again when that is newer), so
-/// the encoding's ingest is timed without the conversion, as a producer that
-/// holds base64 vectors already would see it.
-fn base64_docs(workload: &Path) -> anyhow::Result<PathBuf> {
+/// f32, written once beside `docs.jsonl` (and again when that is newer; in
+/// the temp folder when the workload's is read-only), so the encoding's
+/// ingest is timed without the conversion, as a producer that holds base64
+/// vectors already would see it. `true` with a file in the temp folder,
+/// which the caller removes when done.
+fn base64_docs(workload: &Path) -> anyhow::Result<(PathBuf, bool)> {
     use std::io::Write;
     let source = workload.join("docs.jsonl");
-    let target = workload.join("docs.base64.jsonl");
+    let mut target = workload.join("docs.base64.jsonl");
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     if matches!((modified(&target), modified(&source)), (Some(t), Some(s)) if t >= s) {
-        return Ok(target);
+        return Ok((target, false));
     }
     let open = std::fs::File::open(&source)
         .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", source.display()))?;
-    let partial = workload.join("docs.base64.jsonl.part");
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&partial)?);
+    let mut partial = target.with_extension("jsonl.part");
+    let mut scratch = false;
+    let created = std::fs::File::create(&partial).or_else(|_| {
+        scratch = true;
+        target = std::env::temp_dir().join(format!(
+            "tenantvec-bench-{}.base64.jsonl",
+            std::process::id()
+        ));
+        partial = target.with_extension("jsonl.part");
+        std::fs::File::create(&partial)
+    });
+    let created =
+        created.map_err(|e| anyhow::anyhow!("cannot write {}: {e}", partial.display()))?;
+    let mut out = std::io::BufWriter::new(created);
     for (n, line) in std::io::BufReader::new(open).lines().enumerate() {
         let line = line?;
         if line.trim().is_empty() {
@@ -578,7 +596,7 @@ fn base64_docs(workload: &Path) -> anyhow::Result<PathBuf> {
     }
     out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     std::fs::rename(&partial, &target)?;
-    Ok(target)
+    Ok((target, scratch))
 }
 
 /// One document line with its `vector` array as base64; other fields as
@@ -917,6 +935,23 @@ mod tests {
         assert!(close(p["mean"].as_f64().unwrap(), 0.5005), "{p}");
         assert_eq!(p["n"], 1000);
         assert!(close(super::quantile(&xs, 0.95).unwrap(), 0.000_95));
+    }
+
+    #[test]
+    fn the_base64_workload_is_written_once_beside_the_original() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = r#"{"tenant":"u1","doc_id":"d1","vector":[0.5,-1.25]}"#;
+        std::fs::write(dir.path().join("docs.jsonl"), format!("{line}\n\n{line}\n")).unwrap();
+        let (file, scratch) = super::base64_docs(dir.path()).unwrap();
+        assert_eq!(file, dir.path().join("docs.base64.jsonl"));
+        assert!(!scratch);
+        let written = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(written.lines().count(), 2, "{written}");
+        assert!(!dir.path().join("docs.base64.jsonl.part").exists());
+        // Kept while the original is not newer.
+        std::fs::write(&file, "kept\n").unwrap();
+        assert_eq!(super::base64_docs(dir.path()).unwrap().0, file);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "kept\n");
     }
 
     #[test]
