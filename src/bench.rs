@@ -247,25 +247,18 @@ pub async fn run(settings: &Settings, opts: &BenchOptions) -> anyhow::Result<Val
         eprintln!("bench: ingest by upsert request-reply (creates the tenants)");
         report["ingest_upsert"] = ingest_upsert(&client, &workload, opts).await?;
         eprintln!("bench: ingest by JetStream (replaces every document)");
-        let started = Instant::now();
-        let mut js = client
-            .ingest_file(None, &workload.join("docs.jsonl"), 1000, true)
-            .await?;
-        js["seconds"] = json!(started.elapsed().as_secs_f64());
-        report["ingest_jetstream"] = js;
+        report["ingest_jetstream"] =
+            ingest_jetstream(&client, &workload.join("docs.jsonl")).await?;
         // The same again with base64 vectors, the compact encoding a
         // producer holding OpenAI's `encoding_format: "base64"` would send;
         // the searches after it then run on what it wrote.
         let (docs, scratch) = base64_docs(&workload)?;
         eprintln!("bench: ingest by JetStream, base64 vectors (replaces every document)");
-        let started = Instant::now();
-        let ingested = client.ingest_file(None, &docs, 1000, true).await;
+        let ingested = ingest_jetstream(&client, &docs).await;
         if scratch {
             let _ = std::fs::remove_file(&docs);
         }
-        let mut js = ingested?;
-        js["seconds"] = json!(started.elapsed().as_secs_f64());
-        report["ingest_jetstream_base64"] = js;
+        report["ingest_jetstream_base64"] = ingested?;
         report["ingest_worker_rss_mb"] = worker.rss_mb();
     }
     // A fresh worker, so the pool starts empty as the seed's does.
@@ -555,6 +548,15 @@ async fn floor(
     Ok(json!({"latency_ms": percentiles(lat), "qps_concurrent": qps}))
 }
 
+/// Every document of `file` through JetStream, waiting until the worker
+/// has committed them; the client's figures and the seconds it all took.
+async fn ingest_jetstream(client: &Client, file: &Path) -> anyhow::Result<Value> {
+    let started = Instant::now();
+    let mut js = client.ingest_file(None, file, 1000, true).await?;
+    js["seconds"] = json!(started.elapsed().as_secs_f64());
+    Ok(js)
+}
+
 /// The workload's documents with every vector as base64 of little-endian
 /// f32, written once beside `docs.jsonl` (and again when that is newer; in
 /// the temp folder when the workload's is read-only), so the encoding's
@@ -564,26 +566,26 @@ async fn floor(
 fn base64_docs(workload: &Path) -> anyhow::Result<(PathBuf, bool)> {
     use std::io::Write;
     let source = workload.join("docs.jsonl");
-    let mut target = workload.join("docs.base64.jsonl");
+    let beside = workload.join("docs.base64.jsonl");
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if matches!((modified(&target), modified(&source)), (Some(t), Some(s)) if t >= s) {
-        return Ok((target, false));
+    if matches!((modified(&beside), modified(&source)), (Some(t), Some(s)) if t >= s) {
+        return Ok((beside, false));
     }
     let open = std::fs::File::open(&source)
         .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", source.display()))?;
-    let mut partial = target.with_extension("jsonl.part");
-    let mut scratch = false;
-    let created = std::fs::File::create(&partial).or_else(|_| {
-        scratch = true;
-        target = std::env::temp_dir().join(format!(
-            "tenantvec-bench-{}.base64.jsonl",
-            std::process::id()
-        ));
-        partial = target.with_extension("jsonl.part");
-        std::fs::File::create(&partial)
-    });
-    let created =
-        created.map_err(|e| anyhow::anyhow!("cannot write {}: {e}", partial.display()))?;
+    let partial_of = |p: &Path| p.with_extension("jsonl.part");
+    let (target, created, scratch) = match std::fs::File::create(partial_of(&beside)) {
+        Ok(file) => (beside, file, false),
+        Err(_) => {
+            let name = format!("tenantvec-bench-{}.base64.jsonl", std::process::id());
+            let target = std::env::temp_dir().join(name);
+            let partial = partial_of(&target);
+            let file = std::fs::File::create(&partial)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", partial.display()))?;
+            (target, file, true)
+        }
+    };
+    let partial = partial_of(&target);
     let mut out = std::io::BufWriter::new(created);
     for (n, line) in std::io::BufReader::new(open).lines().enumerate() {
         let line = line?;
