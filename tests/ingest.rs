@@ -541,19 +541,15 @@ async fn a_transient_failure_is_retried_until_it_succeeds() {
         serde_json::to_vec(&docs("later", 5, 100)).unwrap(),
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let stats = h.admin(AdminVerb::Stats, json!({})).await;
-        if stats["ingest"]["retried"].as_u64().unwrap() >= 2 {
-            assert_eq!(
-                stats["ingest"]["dead_lettered"], 0,
-                "a transient failure is not poison"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "never retried: {stats}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let stats = h
+        .ingest_until(Duration::from_secs(20), "never retried", |s| {
+            s["retried"].as_u64().unwrap() >= 2
+        })
+        .await;
+    assert_eq!(
+        stats["dead_lettered"], 0,
+        "a transient failure is not poison"
+    );
     assert_eq!(pending(&js).await, 1, "the message waits in the stream");
     drop(lock);
     wait_drained(&js, Duration::from_secs(20)).await;
@@ -603,25 +599,13 @@ fn versioned_dim(docs: u64, version: u64, round: u64, dim: usize) -> Vec<u8> {
     serde_json::to_vec(&json!({ "documents": docs })).unwrap()
 }
 
-async fn ingest_stats(h: &Harness) -> Value {
-    h.admin(AdminVerb::Stats, json!({})).await["ingest"].clone()
-}
-
 /// Wait until `acked + dead_lettered` reaches `settled`.
 async fn wait_settled(h: &Harness, settled: u64, limit: Duration) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let s = ingest_stats(h).await;
-        let done = s["acked"].as_u64().unwrap() + s["dead_lettered"].as_u64().unwrap();
-        if done >= settled {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {done} of {settled} settled: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let what = format!("not {settled} settled");
+    h.ingest_until(limit, &what, |s| {
+        s["acked"].as_u64().unwrap() + s["dead_lettered"].as_u64().unwrap() >= settled
+    })
+    .await
 }
 
 /// Every document `d0..d<docs>` of `tenant` is at `version` of `round`.
@@ -828,7 +812,7 @@ async fn a_failing_message_at_max_deliver_is_dead_lettered() {
     );
     assert_eq!(kept, body);
     wait_drained(&js, Duration::from_secs(10)).await;
-    let stats = ingest_stats(&h).await;
+    let stats = h.ingest_stats().await;
     assert_eq!(stats["dead_lettered"], 1, "{stats}");
 }
 

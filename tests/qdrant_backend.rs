@@ -137,20 +137,13 @@ async fn ingest_waits_out_a_qdrant_outage() {
             .await
             .unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let stats = h.admin(AdminVerb::Stats, json!({})).await;
-        if stats["ingest"]["retried"].as_u64().unwrap_or(0) >= 2 {
-            assert_eq!(
-                stats["ingest"]["dead_lettered"], 0,
-                "an outage is not poison"
-            );
-            assert_eq!(stats["ingest"]["acked"], 0, "{stats}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "never retried: {stats}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let stats = h
+        .ingest_until(Duration::from_secs(30), "never retried", |s| {
+            s["retried"].as_u64().unwrap_or(0) >= 2
+        })
+        .await;
+    assert_eq!(stats["dead_lettered"], 0, "an outage is not poison");
+    assert_eq!(stats["acked"], 0, "{stats}");
 
     proxy.restore();
     let deadline = Instant::now() + Duration::from_secs(60);

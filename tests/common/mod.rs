@@ -152,15 +152,6 @@ pub fn on_free_ports(what: &str, mut start: impl FnMut(u16) -> bool) {
     panic!("{what} did not start on five free ports in a row");
 }
 
-/// Wait until something listens on the loopback `port`.
-pub fn wait_listening(port: u16, limit: Duration, what: &str) {
-    let deadline = Instant::now() + limit;
-    while !accepts(port) {
-        assert!(Instant::now() < deadline, "{what} never listened on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Whether a connection to the loopback `port` reaches a listener. A connect
 /// to a free port in the ephemeral range can meet itself (Linux's
 /// simultaneous open: source port = destination port) and succeed with no
@@ -318,6 +309,30 @@ impl Harness {
 
     pub async fn admin(&self, verb: AdminVerb, body: Value) -> Value {
         self.client.admin(verb, &body).await.expect("admin call")
+    }
+
+    /// The worker's ingest figures (`admin.stats`).
+    pub async fn ingest_stats(&self) -> Value {
+        self.admin(AdminVerb::Stats, serde_json::json!({})).await["ingest"].clone()
+    }
+
+    /// The ingest figures, asked until `done` says they are what the test
+    /// waits for; fails with `what` after `limit`.
+    pub async fn ingest_until(
+        &self,
+        limit: Duration,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let stats = self.ingest_stats().await;
+            if done(&stats) {
+                return stats;
+            }
+            assert!(Instant::now() < deadline, "{what}: {stats}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// A plain NATS connection with the harness's settings, for what the
