@@ -106,8 +106,11 @@ fn use_up_inodes(dir: &Path) {
     }
 }
 
-/// Pages left free by `fill`: fewer than `store.min_free_disk_mb` (1 MiB
-/// here), more than the engine's background WAL segment creation touches.
+/// `store.min_free_disk_mb` of these tests: their filesystems are small.
+const MIN_FREE_MB: u64 = 1;
+
+/// Pages left free by `fill`: fewer than `MIN_FREE_MB`, more than the
+/// engine's background WAL segment creation touches.
 const LEFT_FREE: u64 = 256 * 1024;
 
 /// Bytes and inodes an unprivileged writer may still use under `dir`.
@@ -136,7 +139,10 @@ fn fill(path: &Path) {
             Err(e) => panic!("filling {}: {e}", path.display()),
         }
     }
-    assert!(room(dir).0 < 1 << 20, "filled below min_free_disk_mb");
+    assert!(
+        room(dir).0 < MIN_FREE_MB << 20,
+        "filled below min_free_disk_mb"
+    );
 }
 
 /// Wait until what the test removed is free again: the kernel frees an
@@ -164,8 +170,7 @@ fn settings(root: &Path, layout: Layout) -> Settings {
     s.store.folder = root.to_owned();
     s.store.dimension = 4;
     s.store.layout = layout;
-    // The test filesystems are small; the byte-full test fills below this.
-    s.store.min_free_disk_mb = 1;
+    s.store.min_free_disk_mb = MIN_FREE_MB;
     s
 }
 
@@ -307,8 +312,9 @@ fn a_broken_shared_store_fails_every_tenant_until_restart() {
 }
 
 /// A disk filled by someone else to less than `store.min_free_disk_mb`:
-/// writes are refused before the engine touches it, the shard stays usable, and writes work again once space is
-/// freed, with nothing acknowledged lost.
+/// writes are refused before the engine touches it, the shard stays usable,
+/// and writes work again once space is freed, with nothing acknowledged
+/// lost.
 #[test]
 fn writes_are_refused_before_the_disk_is_full() {
     let Some(fs) = Tmpfs::mount("writes_are_refused_before_the_disk_is_full", SMALL) else {

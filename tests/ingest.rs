@@ -81,10 +81,10 @@ async fn ten_thousand_documents_land_exactly_once() {
         let count = h.ok(Verb::Count, &format!("i{t}"), json!({})).await;
         assert_eq!(count["count"], 1000, "tenant i{t}");
     }
-    let stats = h.admin(AdminVerb::Stats, json!({})).await;
-    assert_eq!(stats["ingest"]["acked"], 100, "{stats}");
-    assert_eq!(stats["ingest"]["documents"], 10_000);
-    assert_eq!(stats["ingest"]["dead_lettered"], 0);
+    let stats = h.ingest_stats().await;
+    assert_eq!(stats["acked"], 100, "{stats}");
+    assert_eq!(stats["documents"], 10_000);
+    assert_eq!(stats["dead_lettered"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,8 +148,7 @@ async fn poison_messages_are_dead_lettered_and_block_nothing() {
     // The records are kept in the dead-letter stream for an operator.
     let mut dl = js.get_stream("TENANTVEC_DEADLETTER").await.unwrap();
     assert_eq!(dl.info().await.unwrap().state.messages, 4);
-    let stats = h.admin(AdminVerb::Stats, json!({})).await;
-    assert_eq!(stats["ingest"]["dead_lettered"], 4);
+    assert_eq!(h.ingest_stats().await["dead_lettered"], 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
