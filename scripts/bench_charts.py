@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Charts of the side-by-side benchmark: the same JSON reports as
 bench_report.py (seed_faiss/bench.py's and `tenantvec bench --json`'s),
-drawn as PNG files for BENCHMARKS.md and the README.
+drawn as PNG files for BENCHMARKS.md and docs/performance.md.
 
     bench_charts.py OUT_DIR SEED.json TENANTVEC.json [TENANTVEC.json ...]
 

@@ -9,6 +9,7 @@
 
 use tokio::sync::oneshot;
 
+use crate::backup::{Backups, ExportRequest, ImportRequest};
 use crate::filter::Filter;
 use crate::protocol::{Doc, Reply, ServiceError};
 use crate::store::Selector;
@@ -37,12 +38,28 @@ pub enum Command {
     Count(Option<Filter>),
     Drop,
     /// Write the tenant's export to the backup bucket, as one job.
-    Export(Box<crate::backup::ExportRequest>),
+    Export(Box<ExportRequest>),
     /// Replace the tenant's documents with an export, as one job.
-    Import(Box<crate::backup::ImportRequest>),
+    Import(Box<ImportRequest>),
 }
 
 impl Command {
+    /// Give an export or import command the backup bucket; other commands
+    /// pass unchanged.
+    pub fn with_backups(self, backups: &Backups) -> Command {
+        match self {
+            Command::Export(mut r) => {
+                r.backups = Some(backups.clone());
+                Command::Export(r)
+            }
+            Command::Import(mut r) => {
+                r.backups = Some(backups.clone());
+                Command::Import(r)
+            }
+            other => other,
+        }
+    }
+
     /// A write that joins a group commit: an upsert or ingest messages.
     pub fn is_upsert(&self) -> bool {
         matches!(self, Command::Upsert(_) | Command::Ingest(_))

@@ -1,4 +1,4 @@
-//! The directory of active tenants, and the [`Router`] that consults it.
+//! The directory of active tenants, which [`crate::router::Router`] consults.
 //!
 //! Owns the fast path of a request to a warm tenant: the transport finds the
 //! tenant's actor here and hands it the request itself, with the use
@@ -32,7 +32,6 @@ use actix::Addr;
 
 use crate::command::{Command, Envelope};
 use crate::metrics::Metrics;
-use crate::supervisor::{Route, Supervisor};
 use crate::tenant::TenantId;
 use crate::tenant_actor::TenantActor;
 
@@ -75,7 +74,8 @@ impl Directory {
         self.hits.load(Ordering::Relaxed)
     }
 
-    /// The supervisor took one request that [`Router::route`] sent it.
+    /// The supervisor took one request that [`Directory::send_or_count`]
+    /// gave back to be sent there.
     pub fn arrived(&self, tenant: &TenantId) {
         let mut entries = self.lock();
         if let Some(e) = entries.get_mut(tenant) {
@@ -116,56 +116,35 @@ impl Directory {
             .then(|| self.epoch + Duration::from_nanos(e.last_used))
     }
 
-    /// Nanoseconds since `epoch`, never 0 (0 means "never used").
-    fn now(&self) -> u64 {
-        (self.epoch.elapsed().as_nanos() as u64).max(1)
-    }
-}
-
-/// Where the transport hands a request: straight to a warm tenant's actor,
-/// else to the supervisor.
-#[derive(Clone)]
-pub struct Router {
-    directory: Arc<Directory>,
-    supervisor: Addr<Supervisor>,
-}
-
-impl Router {
-    pub fn new(directory: Arc<Directory>, supervisor: Addr<Supervisor>) -> Self {
-        Self {
-            directory,
-            supervisor,
-        }
-    }
-
-    pub fn supervisor(&self) -> &Addr<Supervisor> {
-        &self.supervisor
-    }
-
-    /// Hand `env` on; queued at once, in call order per tenant.
-    pub fn route(&self, env: Envelope) {
-        let dir = &self.directory;
-        let mut entries = dir.lock();
-        // `drop` ends the actor too, which only the supervisor does.
+    /// Hand `env` to its tenant's actor when it may take the fast path (sent
+    /// while the lock is held, see the module note); otherwise count it on
+    /// its way through the supervisor and give it back, for the caller to
+    /// send there. `drop` ends the actor too, which only the supervisor
+    /// does, so it always comes back.
+    pub fn send_or_count(&self, env: Envelope) -> Option<Envelope> {
+        let mut entries = self.lock();
         let direct = !matches!(env.command, Command::Drop);
         let entry = entries.entry(env.tenant.clone()).or_default();
         match &entry.addr {
             Some(addr) if direct && entry.in_transit == 0 => {
-                entry.last_used = dir.now();
-                dir.hits.fetch_add(1, Ordering::Relaxed);
-                dir.metrics.pool_hit();
+                entry.last_used = self.now();
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                self.metrics.pool_hit();
                 addr.do_send(env);
+                None
             }
             _ => {
                 // From here until the supervisor has taken this request, no
                 // later one of the tenant may take the fast path.
                 entry.in_transit += 1;
                 entry.addr = None;
-                self.supervisor.do_send(Route {
-                    env,
-                    via_directory: true,
-                });
+                Some(env)
             }
         }
+    }
+
+    /// Nanoseconds since `epoch`, never 0 (0 means "never used").
+    fn now(&self) -> u64 {
+        (self.epoch.elapsed().as_nanos() as u64).max(1)
     }
 }

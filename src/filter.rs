@@ -1,4 +1,4 @@
-//! Metadata filters: the validated form of PROTOCOL.md's `Filter` and its
+//! Metadata filters: the validated form of docs/protocol.md's `Filter` and its
 //! meaning.
 //!
 //! Owns parsing a filter from JSON (refusing the empty and the ambiguous with

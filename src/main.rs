@@ -9,7 +9,7 @@ mod bench;
 
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
-use tenantvec::backup::cli as backup;
+use tenantvec::client::backup;
 use tenantvec::client::{Client, ClientError};
 use tenantvec::config::{Overrides, Settings};
 use tenantvec::protocol::{AdminVerb, Verb};
@@ -436,10 +436,10 @@ async fn request_command(command: Command, settings: &Settings) -> Result<Value,
                     .transpose()
             };
             match action {
-                None => tenantvec::deadletter::list(&client, parse(tenant)?.as_ref()).await,
+                None => tenantvec::client::deadletter::list(&client, parse(tenant)?.as_ref()).await,
                 Some(DeadletterAction::Replay { tenant: t, seq }) => {
                     let t = parse(t.or(tenant))?;
-                    tenantvec::deadletter::replay(&client, t.as_ref(), seq).await
+                    tenantvec::client::deadletter::replay(&client, t.as_ref(), seq).await
                 }
             }
         }

@@ -1,4 +1,4 @@
-//! The wire contract (PROTOCOL.md): subjects, request and reply bodies, error
+//! The wire contract (docs/protocol.md): subjects, request and reply bodies, error
 //! codes.
 //!
 //! Owns the JSON shapes and the decoding rules: every body that comes off the
@@ -549,6 +549,13 @@ pub struct IngestStats {
     /// was stalled and held its share of max_ack_pending already.
     #[serde(default)]
     pub deferred: u64,
+}
+
+/// A failure of the store or of a tenant's files that is not the caller's: logged with its cause, and
+/// answered `internal` naming the tenant and the step that failed.
+pub fn internal(who: &str, what: &str, e: impl std::fmt::Display) -> ServiceError {
+    tracing::error!(%who, error = %e, "store failure: {what}");
+    ServiceError::internal(format!("{who}: {what} failed: {e}"))
 }
 
 #[cfg(test)]

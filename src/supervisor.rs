@@ -33,7 +33,7 @@ use crate::tenant_actor::{Close, Closed, TenantActor, TenantSetup};
 #[rtype(result = "()")]
 pub struct Route {
     pub env: Envelope,
-    /// Sent by [`crate::directory::Router`], which counted it in transit.
+    /// Sent by [`crate::router::Router`], which the directory counted in transit.
     pub via_directory: bool,
 }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::protocol::ServiceError;
 
-/// Longest tenant id, in bytes (PROTOCOL.md).
+/// Longest tenant id, in bytes (docs/protocol.md, "Tenant ids").
 pub const MAX_TENANT_LEN: usize = 64;
 
 /// A validated tenant id: `[a-z0-9][a-z0-9_-]{0,63}`.

@@ -22,12 +22,13 @@ use futures::future::BoxFuture;
 
 use crate::cluster::Cluster;
 use crate::config::Settings;
-use crate::directory::{Directory, Router};
+use crate::directory::Directory;
+use crate::metrics::IngestCounters;
 use crate::metrics::Metrics;
+use crate::router::Router;
 use crate::supervisor::{EvictWhere, Shutdown, Supervisor, Unfinished};
 use crate::tenant_actor::TenantSetup;
 use crate::transport;
-use crate::transport::ingest::IngestCounters;
 
 /// Serve until `shutdown` is cancelled, then stop gracefully.
 pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -120,12 +121,9 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
         // pinned consumer of before (several unclustered workers, one
         // pulling at a time).
         let names = if settings.ingest.partitioned() {
-            transport::ingest::Names::partitioned(
-                &settings.nats.prefix,
-                settings.cluster.partitions,
-            )
+            crate::names::Names::partitioned(&settings.nats.prefix, settings.cluster.partitions)
         } else {
-            transport::ingest::Names::new(&settings.nats.prefix)
+            crate::names::Names::new(&settings.nats.prefix)
         };
         let consumer = transport::ingest::ensure_streams(
             &js,
@@ -189,7 +187,8 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
                 router.clone(),
                 counters.clone(),
             ));
-            metrics.watch_partitions(counters, partitions.clone());
+            let pulled = partitions.clone();
+            metrics.watch_partitions(counters, move || pulled.consumers());
             // Alone, the worker pulls every partition; in a fleet, those
             // whose lease it holds.
             if cluster.is_none() {
@@ -373,7 +372,7 @@ impl crate::cluster::fleet::Partitions for Owner {
                 ingest.stop(partition).await;
             }
             let ours = move |t: &crate::tenant::TenantId| {
-                crate::cluster::partition_of(t.as_str(), partitions) == partition
+                crate::partition::partition_of(t.as_str(), partitions) == partition
             };
             match supervisor.send(EvictWhere(Box::new(ours))).await {
                 Ok(n) => tracing::debug!(partition, closed = n, "partition's stores closed"),

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::{qdrant as server, vector, Harness};
 use serde_json::{json, Value};
-use tenantvec::backup::{cli, format};
+use tenantvec::backup::format;
+use tenantvec::client::backup as cli;
 use tenantvec::client::ClientError;
 use tenantvec::config::{Backend, Layout, Settings};
 use tenantvec::protocol::{ErrorCode, Verb};

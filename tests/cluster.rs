@@ -7,7 +7,7 @@
 //! and no partition ever had two owners at once (each worker logs when it
 //! acquires and releases a partition; a killed worker's hold ends when it is
 //! killed). Failed requests are counted per scenario, with the takeover
-//! time after the SIGKILL, and printed for the README.
+//! time after the SIGKILL, and printed for docs/scaling.md, "Tested".
 //!
 //! The edge backend, per_tenant layout, every worker on one data folder (the
 //! shard file locks stay as fencing). Workers are the release binary, run as
@@ -623,7 +623,7 @@ async fn fleet_scenarios(backend: Vec<(String, String)>) {
     // only retryable `unavailable` besides what was inside the killed
     // worker (the relay keeps most from failing at all). The NATS node's loss is reported, not asserted: requests whose
     // replies were on their way through the killed node are lost, and while
-    // the lease bucket elects a new leader no lease moves (README).
+    // the lease bucket elects a new leader no lease moves (docs/scaling.md, "Tested").
     for (name, tally) in [("join", &joined), ("rolling restart", &rolled)] {
         assert!(
             tally.failed.is_empty(),

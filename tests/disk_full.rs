@@ -11,7 +11,7 @@
 //! That guard covers the worker's own writes, not a disk another process
 //! fills to its last byte: the engine then still writes a page into each
 //! WAL segment it makes ahead, on a thread of its own, and that is a SIGBUS
-//! (README, "The embedded store and its costs"). So the test that fills by
+//! (docs/storage.md, "The embedded store and its costs"). So the test that fills by
 //! bytes leaves a few pages free, as the guard would.
 //!
 //! Needs small filesystems of its own to fill: tmpfs, mounted here, which

@@ -290,7 +290,8 @@ async fn take_and_hand_back(
 /// 5 s, the others at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lane_with_a_gap_waits_for_the_message_between() {
-    use tenantvec::transport::ingest::{ensure_streams, Names};
+    use tenantvec::names::Names;
+    use tenantvec::transport::ingest::ensure_streams;
 
     let nats = NatsServer::start();
     let data = tempfile::tempdir().unwrap();
@@ -328,7 +329,7 @@ async fn a_lane_with_a_gap_waits_for_the_message_between() {
 /// coming back after it, was taken for a settled duplicate and lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_message_waits_for_an_older_one_held_elsewhere() {
-    use tenantvec::transport::ingest::Names;
+    use tenantvec::names::Names;
 
     let nats = NatsServer::start();
     let data = tempfile::tempdir().unwrap();
@@ -879,11 +880,11 @@ async fn pulls_stay_within_the_servers_slow_consumer_limit() {
     settings.ingest.pull_max_bytes = 1 << 20;
     // The backlog waits in the stream before the worker starts: while it
     // runs, its request subscription (`<p>.*.*`) also receives a copy of
-    // every ingest publish, which no pull bounds (see the README).
+    // every ingest publish, which no pull bounds (docs/ingest.md, "Pulls bounded in bytes").
     let js = jetstream::new(tenantvec::transport::connect(&settings.nats).await.unwrap());
     tenantvec::transport::ingest::ensure_streams(
         &js,
-        &tenantvec::transport::ingest::Names::partitioned(&settings.nats.prefix, 2),
+        &tenantvec::names::Names::partitioned(&settings.nats.prefix, 2),
         &settings.ingest,
         1,
     )

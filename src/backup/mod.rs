@@ -23,7 +23,6 @@
 //! leave a partial object under a backup's name, and never touch another
 //! tenant's objects on a tenant's request.
 
-pub mod cli;
 pub mod format;
 
 use std::collections::HashMap;
@@ -35,13 +34,12 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::command::Command;
 use crate::embed::record::EmbedderRecord;
+use crate::embed::Embedding;
 use crate::embed::Purpose;
 use crate::protocol::{decode, Reply, ServiceError};
 use crate::store::{Record, TenantStore};
 use crate::tenant::TenantId;
-use crate::tenant_actor::Embedding;
 
 use format::{decode_doc, decode_header, encode_doc, encode_header, Header};
 
@@ -55,10 +53,7 @@ const MAX_LINE: u64 = 8 << 20;
 /// The backup bucket of a subject prefix: `TENANTVEC_BACKUP`, and for
 /// another prefix `TENANTVEC_BACKUP_<PREFIX>` (as the ingest streams).
 pub fn bucket_name(prefix: &str) -> String {
-    format!(
-        "TENANTVEC_BACKUP{}",
-        crate::transport::ingest::name_suffix(prefix)
-    )
+    format!("TENANTVEC_BACKUP{}", crate::names::name_suffix(prefix))
 }
 
 /// The bucket as the worker reaches it: handed to export and import
@@ -89,21 +84,6 @@ impl Backups {
             bucket: bucket_name(prefix),
             replicas,
             handle: tokio::runtime::Handle::current(),
-        }
-    }
-
-    /// Give an export or import command the bucket; other commands pass.
-    pub fn attach(&self, command: Command) -> Command {
-        match command {
-            Command::Export(mut r) => {
-                r.backups = Some(self.clone());
-                Command::Export(r)
-            }
-            Command::Import(mut r) => {
-                r.backups = Some(self.clone());
-                Command::Import(r)
-            }
-            other => other,
         }
     }
 
@@ -158,7 +138,7 @@ impl Backups {
 pub struct ExportRequest {
     pub object: String,
     pub progress: Option<String>,
-    /// Set by the transport ([`Backups::attach`]).
+    /// Set by the transport ([`crate::command::Command::with_backups`]).
     pub backups: Option<Backups>,
 }
 
@@ -198,26 +178,28 @@ fn body(raw: &[u8]) -> Result<Body, ServiceError> {
     Ok(body)
 }
 
-pub fn decode_export(raw: &[u8]) -> Result<Command, ServiceError> {
+/// An export request from its body; the bucket is attached later.
+pub fn decode_export(raw: &[u8]) -> Result<ExportRequest, ServiceError> {
     let b = body(raw)?;
     if b.re_embed {
         return Err(ServiceError::bad_request("re_embed is for import"));
     }
-    Ok(Command::Export(Box::new(ExportRequest {
+    Ok(ExportRequest {
         object: b.object,
         progress: b.progress,
         backups: None,
-    })))
+    })
 }
 
-pub fn decode_import(raw: &[u8]) -> Result<Command, ServiceError> {
+/// An import request from its body; the bucket is attached later.
+pub fn decode_import(raw: &[u8]) -> Result<ImportRequest, ServiceError> {
     let b = body(raw)?;
-    Ok(Command::Import(Box::new(ImportRequest {
+    Ok(ImportRequest {
         object: b.object,
         re_embed: b.re_embed,
         progress: b.progress,
         backups: None,
-    })))
+    })
 }
 
 /// `object` must be `<tenant>/<name>`: a tenant reaches only its own objects.

@@ -507,7 +507,7 @@ async fn one_ingest(
 pub async fn ingest_backlog(settings: &Settings, opts: &NoisyOptions) -> anyhow::Result<()> {
     let client = Client::connect(settings).await?;
     let js = async_nats::jetstream::new(client.nats().clone());
-    let names = tenantvec::transport::ingest::Names::new(client.subjects().prefix());
+    let names = tenantvec::names::Names::new(client.subjects().prefix());
     eprintln!(
         "bench: noisy neighbour (ingest): publishing a backlog of {} documents for {BACKLOG}",
         opts.backlog_docs
@@ -529,7 +529,7 @@ pub async fn ingest_measure(settings: &Settings) -> anyhow::Result<Value> {
     let dim = settings.store.dimension;
     let client = Client::connect(settings).await?;
     let js = async_nats::jetstream::new(client.nats().clone());
-    let names = tenantvec::transport::ingest::Names::new(client.subjects().prefix());
+    let names = tenantvec::names::Names::new(client.subjects().prefix());
     let subject = names.ingest_subject(INGEST_VICTIM);
     // Filed under its partition too when the worker runs in a fleet.
     let backlog_filters = names.stored_filters(BACKLOG);

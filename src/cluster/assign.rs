@@ -8,7 +8,7 @@
 //! own. It must never decide who holds a partition: the lease does; this
 //! only says who should try to.
 
-use crate::cluster::partition::fnv1a32;
+use crate::partition::fnv1a32;
 
 /// The member (by name) that should own `partition`, or `None` with no
 /// members. Ties, which need equal hashes, go to the smaller name, so the

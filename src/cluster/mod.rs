@@ -1,15 +1,12 @@
 //! Several workers on one prefix: tenants partitioned over them, one owner
 //! per partition, through NATS primitives only.
 //!
-//! Owns the partition of a tenant, the assignment of partitions to the
-//! fleet's members, and the leases that make an owner. It must never let
+//! Owns the assignment of partitions to the fleet's members and the leases
+//! that make an owner (a tenant's partition is [`crate::partition`]'s). It must never let
 //! this worker serve a partition it does not hold the lease of, nor give a
 //! lease up before the partition's requests, ingest and stores are settled.
 
 pub mod assign;
-pub mod partition;
-
-pub use partition::partition_of;
 pub mod fleet;
 pub mod gate;
 
@@ -18,6 +15,10 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
 pub use gate::{Entry, Gate};
+
+/// A tenant's partition lives below every layer that needs it (the store's
+/// shared layout files tenants by it too); the fleet names it here.
+pub use crate::partition::partition_of;
 
 /// Where a tenant's request goes, by its partition's owner.
 pub enum Place {

@@ -7,10 +7,12 @@
 //! from an async thread: embedders are called from the blocking pool, inside
 //! a tenant actor's job.
 
+mod embedding;
 mod hashing;
 pub mod openai;
 pub mod record;
 
+pub use embedding::Embedding;
 pub use hashing::HashingEmbedder;
 
 use std::sync::Arc;

@@ -17,8 +17,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::embed::Embedder;
+use crate::protocol::internal;
 use crate::protocol::ServiceError;
-use crate::store::internal;
 use crate::tenant::{TenantId, TenantPaths};
 
 const FILE: &str = "embedder.json";
@@ -93,7 +93,7 @@ impl Records {
         Err(ServiceError::bad_request(format!(
             "tenant {tenant} holds vectors of embedder {:?} ({} dimensions); this worker embeds \
              with {:?} ({} dimensions), whose vectors cannot be compared with them. Send vectors \
-             made by {:?}, or re-embed the tenant (README: changing the embedding model)",
+             made by {:?}, or re-embed the tenant (docs/embeddings.md, \"Changing the model\")",
             recorded.model, recorded.dimension, current.model, current.dimension, recorded.model
         )))
     }

@@ -115,7 +115,7 @@ impl EdgeFactory {
             dimension: settings.store.dimension,
             wal_capacity: settings.store.wal_capacity_kb.max(64) * 1024,
             vectors_on_disk: settings.store.vectors_on_disk,
-            indexes: settings.store.index_policy(),
+            indexes: payload::IndexPolicy::from_settings(&settings.store),
             min_free_bytes: settings.store.min_free_disk_mb.saturating_mul(1 << 20),
         };
         let partitioned = (settings.cluster.enabled && settings.store.layout == Layout::Shared)
@@ -158,7 +158,7 @@ impl StoreFactory for EdgeFactory {
         let slot = match (&self.shared, &self.partitioned) {
             (Some(shard), _) => Slot::Shared(shard.clone()),
             (None, Some(shards)) => Slot::Partition {
-                partition: crate::cluster::partition_of(tenant.as_str(), shards.partitions),
+                partition: crate::partition::partition_of(tenant.as_str(), shards.partitions),
                 shards: shards.clone(),
                 open: None,
             },

@@ -22,6 +22,7 @@ use serde_json::{Map, Value};
 
 use crate::config::{Backend, Settings};
 use crate::filter::Filter;
+pub use crate::protocol::internal;
 use crate::protocol::{Doc, Hit, ServiceError};
 use crate::tenant::{TenantId, TenantPaths};
 
@@ -189,13 +190,6 @@ pub fn factory(settings: &Settings) -> anyhow::Result<Arc<dyn StoreFactory>> {
         Backend::Edge => Ok(Arc::new(edge::EdgeFactory::new(settings)?)),
         Backend::Qdrant => Ok(Arc::new(qdrant::QdrantFactory::new(settings)?)),
     }
-}
-
-/// A store failure that is not the caller's: logged with its cause, and
-/// answered `internal` naming the tenant and the step that failed.
-pub fn internal(who: &str, what: &str, e: impl std::fmt::Display) -> ServiceError {
-    tracing::error!(%who, error = %e, "store failure: {what}");
-    ServiceError::internal(format!("{who}: {what} failed: {e}"))
 }
 
 /// `dimension_mismatch` unless `vector` has the store's `dimension`.

@@ -12,6 +12,7 @@ use std::collections::HashSet;
 
 use serde_json::{Map, Value};
 
+use crate::config::StoreSettings;
 use crate::filter::{Condition, Filter, Scalar};
 use crate::protocol::Doc;
 
@@ -128,6 +129,12 @@ pub struct IndexPolicy {
 }
 
 impl IndexPolicy {
+    /// The policy the settings ask for (`store.indexed_keys`,
+    /// `store.max_payload_indexes`).
+    pub fn from_settings(store: &StoreSettings) -> Self {
+        Self::new(&store.indexed_keys, store.max_payload_indexes)
+    }
+
     /// `allowed`: the metadata keys that may get an index (empty: any);
     /// `max`: most indexes made on first use in one store.
     pub fn new(allowed: &[String], max: usize) -> Self {

@@ -59,8 +59,8 @@ pub fn command(verb: Verb, body: &[u8], settings: &Settings) -> Result<Command, 
             decode::<EmptyRequest>(body)?;
             Ok(Command::Drop)
         }
-        Verb::Export => crate::backup::decode_export(body),
-        Verb::Import => crate::backup::decode_import(body),
+        Verb::Export => crate::backup::decode_export(body).map(|r| Command::Export(Box::new(r))),
+        Verb::Import => crate::backup::decode_import(body).map(|r| Command::Import(Box::new(r))),
     }
 }
 

@@ -37,7 +37,7 @@ from .settings import ConnectionSettings, is_valid_tenant
 HEADER_ERROR_CODE = "Nats-Service-Error-Code"
 HEADER_ERROR = "Nats-Service-Error"
 
-#: The worker's default limits (PROTOCOL.md); batches are cut to fit them.
+#: The worker's default limits (docs/protocol.md, "Limits"); batches are cut to fit them.
 MAX_DOCUMENTS_PER_REQUEST = 1000
 MAX_IDS_PER_REQUEST = 10_000
 #: Room left in a message for the envelope and the NATS headers.

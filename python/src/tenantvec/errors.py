@@ -1,6 +1,6 @@
 """Exceptions raised by the client.
 
-Every error reply of the worker (PROTOCOL.md, "Errors") becomes one subclass
+Every error reply of the worker (docs/protocol.md, "Errors") becomes one subclass
 of :class:`ServiceError` that carries the protocol's ``code``, the HTTP-like
 ``status`` and the worker's ``message``. ``retryable`` says whether sending
 the same request again later may succeed.

@@ -75,7 +75,7 @@ INDEX_DIR = Path("vector_store") / "faiss_index"
 INDEX_NAME = "index"
 #: The metadata key where the seed keeps the application's id.
 METADATA_ID_KEY = "doc_id"
-#: The worker's bound on a ``doc_id`` (PROTOCOL.md).
+#: The worker's bound on a ``doc_id`` (docs/protocol.md, "Documents and hits").
 MAX_DOC_ID_BYTES = 256
 #: Bytes of documents asked for in one ``get`` while checking a tenant's ids
 #: (a quarter of nats-server's default ``max_payload``, the bound of a reply).

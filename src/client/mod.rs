@@ -6,6 +6,9 @@
 //! limit. It must never reach into the worker's internals: everything it does
 //! goes over the wire.
 
+pub mod backup;
+pub mod deadletter;
+
 use std::collections::{HashMap, VecDeque};
 use std::io::BufRead;
 use std::path::Path;
@@ -192,7 +195,7 @@ impl Client {
             check_tenant(tenant)?;
         }
         let js = async_nats::jetstream::new(self.nats.clone());
-        let names = crate::transport::ingest::Names::new(self.subjects.prefix());
+        let names = crate::names::Names::new(self.subjects.prefix());
         let progress = indicatif::ProgressBar::new(count_lines(file)?);
         progress.set_style(
             indicatif::ProgressStyle::with_template(

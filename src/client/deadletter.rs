@@ -18,8 +18,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::client::{Client, ClientError};
+use crate::names::Names;
 use crate::tenant::TenantId;
-use crate::transport::ingest::Names;
 
 /// A record as the worker writes it (`transport::ingest`).
 #[derive(Debug, Deserialize)]

@@ -30,6 +30,14 @@
 //! connection and a task of its own: one tenant's flood then queues on its
 //! partition's connection only. Admin verbs stay on the endpoint.
 
+mod admin;
+mod placement;
+mod reply;
+
+use admin::admin;
+use placement::{forward, hops, park};
+use reply::{reply_now, Responder};
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,27 +46,25 @@ use std::time::Duration;
 use async_nats::service::{Service, ServiceExt};
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::cluster::{Cluster, Entry, Place};
-use crate::command::{Envelope, Outcome, ReplyTo, Respond};
+use crate::cluster::{Cluster, Place};
+use crate::command::{Envelope, ReplyTo};
 use crate::config::Settings;
-use crate::directory::Router;
-use crate::metrics::{Metrics, RequestMark};
+use crate::metrics::IngestCounters;
+use crate::metrics::Metrics;
 use crate::protocol::{
-    decode, unknown_verb, Addressed, AdminVerb, EmptyRequest, ErrorBody, EvictRequest,
-    ServiceError, Subjects, VectorEncoding, Verb, HEADER_ERROR, HEADER_ERROR_CODE, SERVICE_NAME,
+    unknown_verb, Addressed, AdminVerb, ServiceError, Subjects, VectorEncoding, Verb, SERVICE_NAME,
 };
-use crate::supervisor::{Cleanup, Evict, GetStats};
+use crate::router::Router;
 use crate::tenant::TenantId;
-use crate::transport::backlog::{SharedBacklog, Slot};
+use crate::transport::backlog::SharedBacklog;
 use crate::transport::decode::command;
 use crate::transport::discovery::{META_BACKEND, META_CLUSTER, META_PREFIX};
-use crate::transport::ingest::IngestCounters;
 use crate::transport::partitions;
 use crate::transport::relay::{self, Relay};
 
@@ -534,7 +540,7 @@ fn dispatch_with(
                 // Parsed above, for the tenant's bound.
                 let tenant = parsed.unwrap_or_else(|| TenantId::parse(token))?;
                 let command = command(verb, &message.payload, &shared.settings)?;
-                Ok::<_, ServiceError>((tenant, shared.backups.attach(command)))
+                Ok::<_, ServiceError>((tenant, command.with_backups(&shared.backups)))
             });
             match decoded {
                 Ok((tenant, command)) => {
@@ -574,292 +580,4 @@ fn busy(shared: &Shared) -> ServiceError {
         "the worker has {} requests in flight; retry later",
         shared.settings.limits.max_in_flight
     ))
-}
-
-/// How many times `message` was forwarded already.
-fn hops(message: &async_nats::Message) -> u32 {
-    message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(HEADER_HOPS))
-        .and_then(|v| v.as_str().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Send the request on to its partition's owner through the relay, which
-/// passes the owner's reply on to the client (see [`relay`]).
-fn forward(
-    request: Incoming,
-    owner: &str,
-    cluster: &Cluster,
-    shared: &Arc<Shared>,
-    permit: OwnedSemaphorePermit,
-) {
-    let message = match request {
-        Incoming::Service(r) => r.message,
-        Incoming::Bare(m, _) => m,
-    };
-    let Some(relay) = &shared.relay else {
-        return;
-    };
-    let subject = cluster.forward_subject(owner, message.subject.as_str());
-    let mut headers = message.headers.clone().unwrap_or_default();
-    headers.insert(HEADER_HOPS, (hops(&message) + 1).to_string().as_str());
-    relay.forward(subject, owner, headers, message, permit, &shared.runtime);
-}
-
-/// Hold a request whose partition nobody serves at this moment (a
-/// hand-over in progress, or a worker that died and whose lease has not
-/// expired) until an owner is known, then take it again from the top. It
-/// holds an in-flight permit meanwhile, so a stop waits for it; past the
-/// wait it is answered `unavailable`, which a client may retry. `avoid`: a
-/// worker that proved gone (its forward came back undelivered); the request
-/// waits until its partition has another owner.
-fn park(
-    request: Incoming,
-    cluster: Arc<Cluster>,
-    shared: Arc<Shared>,
-    avoid: Option<String>,
-    carried: Option<OwnedSemaphorePermit>,
-) {
-    // Two leases: a dead owner's lease runs out within one, and a NATS
-    // cluster that lost the leader of the lease bucket elects another in
-    // about as long again (4-9 s measured), during which no lease moves.
-    let limit = 2 * shared.settings.cluster.lease_ttl + shared.settings.cluster.tick();
-    let permit = match carried {
-        Some(p) => Ok(p),
-        None => shared.in_flight.clone().try_acquire_owned(),
-    };
-    let mut changes = cluster.changes();
-    let runtime = shared.runtime.clone();
-    let task = async move {
-        let Ok(permit) = permit else {
-            return reply_now(request, &shared, busy(&shared));
-        };
-        let token = crate::protocol::tenant_token(request.message().subject.as_str()).to_owned();
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            // Looked at before the first wait too: owners may have changed
-            // since the request was placed.
-            let settled = match cluster.place(&token) {
-                Place::Local(_) => true,
-                Place::Remote(owner) => {
-                    hops(request.message()) < MAX_HOPS && Some(&owner) != avoid.as_ref()
-                }
-                Place::Unowned => false,
-            };
-            if settled {
-                return dispatch_with(request, &shared, Some(permit));
-            }
-            let waited = tokio::time::timeout_at(deadline, changes.changed()).await;
-            if !matches!(waited, Ok(Ok(()))) {
-                let p = crate::cluster::partition_of(&token, cluster.partitions);
-                return reply_now(
-                    request,
-                    &shared,
-                    ServiceError::unavailable(format!(
-                        "no worker serves partition {p} of tenant {token:?} now (a hand-over, \
-                         or a worker that stopped); retry"
-                    )),
-                );
-            }
-        }
-    };
-    runtime.spawn(task);
-}
-
-/// Answer `request` with `error` at once.
-fn reply_now(request: Incoming, shared: &Arc<Shared>, error: ServiceError) {
-    let addressed = shared.subjects.classify(request.message().subject.as_str());
-    Responder {
-        mark: shared.metrics.start(addressed),
-        request,
-        encoding: VectorEncoding::Array,
-        runtime: shared.runtime.clone(),
-        span: tracing::Span::current(),
-        held: None,
-    }
-    .deliver(Err(error));
-}
-
-/// The reply to one NATS request, sent from wherever its outcome is made.
-struct Responder {
-    request: Incoming,
-    /// How the reply carries vectors.
-    encoding: VectorEncoding,
-    runtime: tokio::runtime::Handle,
-    span: tracing::Span,
-    /// The in-flight permit, the tenant's slot and the partition's entry,
-    /// released once sent.
-    held: Option<(OwnedSemaphorePermit, Option<Slot>, Option<Entry>)>,
-    /// Counts and times the request once its reply is out.
-    mark: RequestMark,
-}
-
-impl Responder {
-    /// Send the reply. Publishing only queues it for the connection's
-    /// writer, so it is tried here, on the caller's thread, and completes at
-    /// once unless that queue is full; then a task of the runtime waits for
-    /// room. (A publish that did not complete sent nothing, so trying it
-    /// again is safe.)
-    fn deliver(self, outcome: Result<Bytes, ServiceError>) {
-        let code = outcome.as_ref().err().map(|e| e.code);
-        let sent = {
-            let _entered = self.span.enter();
-            respond(&self.request, outcome.clone()).now_or_never()
-        };
-        match sent {
-            Some(()) => self.finish(code),
-            None => {
-                let runtime = self.runtime.clone();
-                let span = self.span.clone();
-                runtime.spawn(
-                    async move {
-                        respond(&self.request, outcome).await;
-                        self.finish(code);
-                    }
-                    .instrument(span),
-                );
-            }
-        }
-    }
-
-    /// The reply is out: count it, then let go of the permit and the slot.
-    fn finish(self, code: Option<crate::protocol::ErrorCode>) {
-        let Responder { mark, held, .. } = self;
-        mark.finish(code);
-        drop(held);
-    }
-}
-
-impl Respond for Responder {
-    fn respond(self: Box<Self>, outcome: Outcome) {
-        let body = outcome.and_then(|reply| {
-            reply
-                .encode(self.encoding)
-                .map(Bytes::from)
-                .map_err(|e| ServiceError::internal(format!("cannot encode the reply: {e}")))
-        });
-        self.deliver(body);
-    }
-}
-
-/// An admin verb: decoded here, and its message to the supervisor queued
-/// here too (`send` queues at once unless the supervisor's mailbox is over
-/// its capacity, then on the first poll); the future awaits the answer.
-fn admin(verb: AdminVerb, body: &[u8], shared: &Shared) -> Result<Pending, ServiceError> {
-    let unavailable = |e: actix::MailboxError| {
-        ServiceError::unavailable(format!("the supervisor is not running: {e}"))
-    };
-    match verb {
-        AdminVerb::Stats => {
-            decode::<EmptyRequest>(body)?;
-            let stats = shared.router.supervisor().send(GetStats);
-            let ingest = shared.ingest.clone();
-            let metrics = shared.metrics.clone();
-            let cluster = shared.cluster.clone();
-            Ok(async move {
-                let mut stats = stats.await.map_err(unavailable)?;
-                stats.ingest = ingest.as_ref().map(|c| c.snapshot());
-                stats.cluster = cluster.map(|c| crate::protocol::ClusterStats {
-                    member: c.member.clone(),
-                    partitions: c.partitions,
-                    serving: c.served(),
-                    owners: c.owners(),
-                });
-                stats.errors = metrics.error_counts();
-                to_json(&stats)
-            }
-            .boxed())
-        }
-        AdminVerb::Cleanup => {
-            decode::<EmptyRequest>(body)?;
-            let n = shared.router.supervisor().send(Cleanup);
-            Ok(async move {
-                let n = n.await.map_err(unavailable)?;
-                to_json(&serde_json::json!({ "expired": n }))
-            }
-            .boxed())
-        }
-        AdminVerb::Evict => {
-            let req = decode::<EvictRequest>(body)?;
-            let tenant = req.tenant.as_deref().map(TenantId::parse).transpose()?;
-            let n = shared.router.supervisor().send(Evict(tenant));
-            Ok(async move {
-                let n = n.await.map_err(unavailable)?;
-                to_json(&serde_json::json!({ "evicted": n }))
-            }
-            .boxed())
-        }
-    }
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> Result<Bytes, ServiceError> {
-    serde_json::to_vec(value)
-        .map(Bytes::from)
-        .map_err(|e| ServiceError::internal(format!("cannot encode the reply: {e}")))
-}
-
-/// Send the reply. Errors carry the JSON body and the Services API headers;
-/// they are sent as a normal message (async-nats would send an error reply
-/// with an empty body), so the service's own error counter stays at zero and
-/// `admin.stats` is where failures are seen.
-async fn respond(request: &Incoming, outcome: Result<Bytes, ServiceError>) {
-    let sent = match outcome {
-        Ok(body) => send(request, body, None).await,
-        Err(error) => {
-            let subject = &request.message().subject;
-            if error.code == crate::protocol::ErrorCode::Internal {
-                tracing::error!(%subject, %error, "request failed");
-            } else {
-                tracing::debug!(%subject, %error, "request refused");
-            }
-            let mut headers = async_nats::HeaderMap::new();
-            let text: String = error
-                .message
-                .chars()
-                .map(|c| {
-                    if c.is_ascii() && !c.is_ascii_control() {
-                        c
-                    } else {
-                        ' '
-                    }
-                })
-                .collect();
-            headers.insert(HEADER_ERROR, text.as_str());
-            headers.insert(HEADER_ERROR_CODE, error.code.status().to_string().as_str());
-            let body = serde_json::to_vec(&ErrorBody { error }).unwrap_or_default();
-            send(request, body.into(), Some(headers)).await
-        }
-    };
-    if let Err(e) = sent {
-        tracing::debug!(error = %e, "reply not sent (no reply subject, or disconnected)");
-    }
-}
-
-/// Publish a reply: through the service for its own requests (which keeps
-/// its statistics), straight to the client's reply subject for forwarded
-/// ones.
-async fn send(
-    request: &Incoming,
-    body: Bytes,
-    headers: Option<async_nats::HeaderMap>,
-) -> Result<(), async_nats::Error> {
-    match (request, headers) {
-        (Incoming::Service(r), None) => r.respond(Ok(body)).await.map_err(Into::into),
-        (Incoming::Service(r), Some(h)) => r
-            .respond_with_headers(Ok(body), h)
-            .await
-            .map_err(Into::into),
-        (Incoming::Bare(m, client), headers) => {
-            let Some(reply) = m.reply.clone() else {
-                return Ok(());
-            };
-            match headers {
-                Some(h) => client.publish_with_headers(reply, h, body).await,
-                None => client.publish(reply, body).await,
-            }
-            .map_err(Into::into)
-        }
-    }
 }

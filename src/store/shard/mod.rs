@@ -12,6 +12,13 @@
 //! it: a second panic while unwinding (the engine flushes again when dropped)
 //! would abort the process and every tenant's work with it.
 
+mod disk;
+mod terms;
+
+use disk::{check_room, compact_wal, lock};
+use terms::{json_path, schema_type};
+pub use terms::{to_doc, to_edge_filter};
+
 use std::collections::HashSet;
 use std::fs::File;
 use std::num::NonZeroUsize;
@@ -21,21 +28,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use qdrant_edge::external::ordered_float::OrderedFloat;
 use qdrant_edge::{
-    Condition as EdgeCondition, CountRequest, CreateIndex, Distance, EdgeConfig, EdgeShard,
-    EdgeVectorParamsBuilder, FieldCondition, FieldIndexOperations, Filter as EdgeFilter,
-    KeywordIndexParams, Match, NamedQuery, Payload, PayloadFieldSchema, PayloadSchemaParams,
-    PayloadSchemaType, PointId, PointInsertOperations, PointOperations, PointStructPersisted,
-    QueryEnum, Range as EdgeRange, ScoredPoint, SearchParams, SearchRequest, UpdateOperation,
-    ValueVariants, VectorInternal, VectorStructInternal, WalOptions, WithPayloadInterface,
-    WithVector, DEFAULT_VECTOR_NAME,
+    CountRequest, CreateIndex, Distance, EdgeConfig, EdgeShard, EdgeVectorParamsBuilder,
+    FieldIndexOperations, Filter as EdgeFilter, KeywordIndexParams, NamedQuery, Payload,
+    PayloadFieldSchema, PayloadSchemaParams, PointId, PointInsertOperations, PointOperations,
+    PointStructPersisted, QueryEnum, ScoredPoint, SearchParams, SearchRequest, UpdateOperation,
+    VectorInternal, VectorStructInternal, WalOptions, WithPayloadInterface, WithVector,
+    DEFAULT_VECTOR_NAME,
 };
 
-use crate::filter::{Condition, Filter, Scalar};
-use crate::protocol::{Doc, ServiceError};
+use crate::filter::Filter;
+use crate::protocol::ServiceError;
 use crate::store::internal;
-use crate::store::payload::{self, metadata_path, IndexKind, IndexPolicy, TENANT};
+use crate::store::payload::{IndexPolicy, TENANT};
 
 /// Lock file inside a shard folder; held exclusively while the shard is open.
 const LOCK_FILE: &str = ".tenantvec.lock";
@@ -504,45 +509,6 @@ impl Drop for Shard {
     }
 }
 
-/// Refuse a write while the disk under `dir` has less than `min_free`
-/// bytes free. The engine writes through memory-mapped files: a page it
-/// cannot get on a full disk is a SIGBUS, which no error handling survives,
-/// so the write must not start. Answered `internal`, naming the disk: only an
-/// operator can free space. A disk whose free space cannot be read is let
-/// through (the engine reports what it finds).
-fn check_room(who: &str, dir: &Path, min_free: u64) -> Result<(), ServiceError> {
-    if min_free == 0 {
-        return Ok(());
-    }
-    let free = match free_bytes(dir) {
-        Ok(free) => free,
-        Err(e) => {
-            tracing::warn!(%who, dir = %dir.display(), error = %e, "cannot read the disk's free space");
-            return Ok(());
-        }
-    };
-    if free >= min_free {
-        return Ok(());
-    }
-    Err(internal(
-        who,
-        "write",
-        format!(
-            "the disk of {} has {} MiB free, less than store.min_free_disk_mb ({} MiB); \
-             writes are refused until space is freed",
-            dir.display(),
-            free >> 20,
-            min_free >> 20
-        ),
-    ))
-}
-
-/// Bytes an unprivileged writer may still use on the disk under `dir`.
-fn free_bytes(dir: &Path) -> std::io::Result<u64> {
-    let st = rustix::fs::statvfs(dir)?;
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
-}
-
 /// A panic's message cut for a reply: the engine's errors carry their
 /// backtrace in their text, which belongs in the log only.
 fn brief(cause: &str) -> String {
@@ -562,184 +528,13 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Delete the WAL segments the engine no longer needs, while the shard is
-/// closed and its lock is held.
-///
-/// Qdrant Edge 0.7.2 writes every operation to its WAL but never acknowledges
-/// (truncates) it and never replays it on load: its segments are the data,
-/// flushed after each of our writes. Left alone, the WAL grows with every
-/// write ever made and each load re-reads and checksums all of it. This does
-/// what the engine's own `ack` would: it removes the closed segments
-/// (`closed-<first index>`) except the newest, which the WAL needs to number
-/// the next operation after the last one (operation numbers version the
-/// points, so they must never go back). Open segments are left as they are.
-fn compact_wal(dir: &Path) -> std::io::Result<()> {
-    let wal = dir.join("wal");
-    let mut closed: Vec<(u64, PathBuf)> = match std::fs::read_dir(&wal) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                let start = name.strip_prefix("closed-")?.parse::<u64>().ok()?;
-                Some((start, e.path()))
-            })
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    closed.sort();
-    closed.pop(); // the newest closed segment stays
-    for (_, path) in closed {
-        std::fs::remove_file(path)?;
-    }
-    Ok(())
-}
-
-/// Take the shard's exclusive lock, or fail: some other handle (another
-/// worker on the same folder, or a bug that would open it twice) has it.
-fn lock(who: &str, dir: &Path) -> Result<File, ServiceError> {
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join(LOCK_FILE))
-        .map_err(|e| internal(who, "open lock file", e))?;
-    // A lock can be held for a moment by someone who is not using the store:
-    // a process forked by this one keeps a copy of the descriptor until it
-    // execs. So wait a little before calling the store taken.
-    let deadline = Instant::now() + LOCK_PATIENCE;
-    loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(file),
-            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(ServiceError::unavailable(format!(
-                    "{who}: the store is open in another process; retry later"
-                )))
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(internal(who, "lock store", e)),
-        }
-    }
-}
-
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
-}
-
-fn json_path(path: &str) -> Result<qdrant_edge::JsonPath, ServiceError> {
-    path.parse()
-        .map_err(|()| ServiceError::bad_request(format!("filter key path {path:?} is not usable")))
-}
-
-/// The engine's index type of an [`IndexKind`].
-fn schema_type(kind: IndexKind) -> PayloadSchemaType {
-    match kind {
-        IndexKind::Keyword => PayloadSchemaType::Keyword,
-        IndexKind::Float => PayloadSchemaType::Float,
-        IndexKind::Bool => PayloadSchemaType::Bool,
-    }
-}
-
-/// `must` conditions in the engine's terms: every one of `filter`'s on
-/// `metadata.<key>` (numbers compare as a closed range, so `1` equals `1.0`),
-/// plus `tenant == <tenant>` when a tenant scope is given.
-pub fn to_edge_filter(
-    filter: Option<&Filter>,
-    tenant: Option<&str>,
-) -> Result<Option<EdgeFilter>, ServiceError> {
-    let mut must = Vec::new();
-    if let Some(t) = tenant {
-        must.push(scalar_condition(
-            &json_path(TENANT)?,
-            &Scalar::String(t.to_owned()),
-        ));
-    }
-    for (key, cond) in filter.map(|f| f.conditions.as_slice()).unwrap_or_default() {
-        let path = json_path(&metadata_path(key))?;
-        let c = match cond {
-            Condition::Equals(s) => scalar_condition(&path, s),
-            Condition::AnyOf(list) => EdgeCondition::Filter(EdgeFilter {
-                should: Some(list.iter().map(|s| scalar_condition(&path, s)).collect()),
-                min_should: None,
-                must: None,
-                must_not: None,
-            }),
-            Condition::Range(r) => {
-                let r = r.tightest();
-                EdgeCondition::Field(FieldCondition::new_range(
-                    path,
-                    EdgeRange {
-                        lt: r.lt.map(OrderedFloat),
-                        gt: r.gt.map(OrderedFloat),
-                        gte: r.gte.map(OrderedFloat),
-                        lte: r.lte.map(OrderedFloat),
-                    },
-                ))
-            }
-        };
-        must.push(c);
-    }
-    Ok((!must.is_empty()).then_some(EdgeFilter {
-        should: None,
-        min_should: None,
-        must: Some(must),
-        must_not: None,
-    }))
-}
-
-fn scalar_condition(path: &qdrant_edge::JsonPath, s: &Scalar) -> EdgeCondition {
-    let field = match s {
-        Scalar::String(v) => FieldCondition::new_match(
-            path.clone(),
-            Match::new_value(ValueVariants::String(v.clone())),
-        ),
-        Scalar::Bool(b) => {
-            FieldCondition::new_match(path.clone(), Match::new_value(ValueVariants::Bool(*b)))
-        }
-        Scalar::Number(n) => FieldCondition::new_range(
-            path.clone(),
-            EdgeRange {
-                lt: None,
-                gt: None,
-                gte: Some(OrderedFloat(*n)),
-                lte: Some(OrderedFloat(*n)),
-            },
-        ),
-    };
-    EdgeCondition::Field(field)
-}
-
-/// A point read from the engine as a document.
-pub fn to_doc(payload: Option<Payload>, vector: Option<VectorStructInternal>) -> Doc {
-    let vector = vector.and_then(|v| match v {
-        VectorStructInternal::Single(v) => Some(v),
-        VectorStructInternal::Named(mut named) => match named.remove(DEFAULT_VECTOR_NAME) {
-            Some(VectorInternal::Dense(v)) => Some(v),
-            _ => None,
-        },
-        _ => None,
-    });
-    payload::to_doc(payload.map(|p| p.0).unwrap_or_default(), vector)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_disk_with_room_lets_writes_through_and_one_without_refuses() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(free_bytes(dir.path()).unwrap() > 0);
-        check_room("t", dir.path(), 0).unwrap();
-        check_room("t", dir.path(), 1).unwrap();
-        let err = check_room("t", dir.path(), u64::MAX).unwrap_err();
-        assert_eq!(err.code, crate::protocol::ErrorCode::Internal);
-        assert!(err.message.contains("min_free_disk_mb"), "{}", err.message);
-        // An unreadable disk is left to the engine.
-        check_room("t", &dir.path().join("missing"), u64::MAX).unwrap();
-    }
 
     #[test]
     fn a_panic_s_message_is_kept() {

@@ -21,15 +21,21 @@
 //! the blocking pool, like every store's, and wait there for the gRPC reply
 //! on the factory's own small runtime.
 
+mod errors;
+mod terms;
+
+use errors::{classify, is_already_there, is_missing};
+use terms::dense;
+pub use terms::to_qdrant_filter;
+
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use qdrant_client::qdrant::{
-    vector_output::Vector as VectorOutput, vectors_config, Condition as QCondition,
-    CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
+    vectors_config, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
     DeletePointsBuilder, Distance, FieldType, Filter as QFilter, GetPointsBuilder,
-    KeywordIndexParamsBuilder, PointId as QPointId, PointStruct, PointsIdsList, Range as QRange,
+    KeywordIndexParamsBuilder, PointId as QPointId, PointStruct, PointsIdsList,
     SearchParamsBuilder, SearchPointsBuilder, UpsertPointsBuilder, Value as QValue,
     VectorParamsBuilder, VectorsOutput,
 };
@@ -37,9 +43,9 @@ use qdrant_client::{Payload, Qdrant, QdrantError};
 use serde_json::Map;
 
 use crate::config::{Layout, Settings, StoreSettings};
-use crate::filter::{Condition, Filter, Scalar};
+use crate::filter::Filter;
 use crate::protocol::{Doc, Hit, ServiceError};
-use crate::store::payload::{self, metadata_path, IndexKind, IndexPolicy, TENANT};
+use crate::store::payload::{self, IndexKind, IndexPolicy, TENANT};
 use crate::store::{
     check_dimension, create_data_folder, internal, remove_tenant_data, unique, Record, SearchQuery,
     Selector, StoreFactory, TenantStore,
@@ -158,7 +164,7 @@ impl QdrantFactory {
             prefix: store.collection_prefix.clone(),
             dimension: store.dimension,
             paths: TenantPaths::new(&store.folder),
-            indexes: Arc::new(store.index_policy()),
+            indexes: Arc::new(IndexPolicy::from_settings(store)),
             shared,
         })
     }
@@ -698,167 +704,5 @@ impl TenantStore for QdrantStore {
             }
         };
         Ok(crate::store::Page { docs, next })
-    }
-}
-
-/// The default dense vector of a point, if it was asked for.
-fn dense(vectors: Option<VectorsOutput>) -> Option<Vec<f32>> {
-    match vectors?.get_vector()? {
-        VectorOutput::Dense(v) => Some(v.data),
-        _ => None,
-    }
-}
-
-/// `must` conditions in Qdrant's terms, the same as the edge store's: every
-/// one of `filter`'s on `metadata.<key>` (numbers compare as a closed range,
-/// so `1` equals `1.0`), plus `tenant == <tenant>` when a scope is given.
-pub fn to_qdrant_filter(filter: Option<&Filter>, tenant: Option<&str>) -> Option<QFilter> {
-    let mut must = Vec::new();
-    if let Some(t) = tenant {
-        must.push(QCondition::matches(TENANT, t.to_owned()));
-    }
-    for (key, cond) in filter.map(|f| f.conditions.as_slice()).unwrap_or_default() {
-        let path = metadata_path(key);
-        must.push(match cond {
-            Condition::Equals(s) => scalar_condition(&path, s),
-            Condition::AnyOf(list) => QCondition::from(QFilter::should(
-                list.iter().map(|s| scalar_condition(&path, s)),
-            )),
-            Condition::Range(r) => {
-                let r = r.tightest();
-                QCondition::range(
-                    path,
-                    QRange {
-                        lt: r.lt,
-                        gt: r.gt,
-                        gte: r.gte,
-                        lte: r.lte,
-                    },
-                )
-            }
-        });
-    }
-    (!must.is_empty()).then(|| QFilter::must(must))
-}
-
-fn scalar_condition(path: &str, s: &Scalar) -> QCondition {
-    match s {
-        Scalar::String(v) => QCondition::matches(path, v.clone()),
-        Scalar::Bool(b) => QCondition::matches(path, *b),
-        Scalar::Number(n) => QCondition::range(
-            path,
-            QRange {
-                lt: None,
-                gt: None,
-                gte: Some(*n),
-                lte: Some(*n),
-            },
-        ),
-    }
-}
-
-/// Whether Qdrant answered that the collection does not exist.
-fn is_missing(e: &QdrantError) -> bool {
-    matches!(e, QdrantError::ResponseError { status } if status.code() == tonic_code::NotFound)
-}
-
-/// Whether a create failed because the collection is already there.
-fn is_already_there(e: &QdrantError) -> bool {
-    matches!(e, QdrantError::ResponseError { status }
-        if status.code() == tonic_code::AlreadyExists
-            || status.message().contains("already exists"))
-}
-
-/// How qdrant-client begins the message of a failed connection attempt.
-const CONNECT_FAILED: &str = "Failed to connect to";
-
-/// gRPC status codes of the client's errors.
-mod tonic_code {
-    pub use tonic::Code::*;
-}
-
-/// A Qdrant failure as a protocol error: the server being unreachable,
-/// slow or overloaded is `unavailable` (retry later; ingest `nak`s it), a
-/// request it refuses is `bad_request` with its reason, refused credentials
-/// are `internal` with a pointer to the API key (the worker's fault, not the
-/// caller's; ingest retries until it is fixed), the rest `internal`.
-fn classify(who: &str, url: &str, what: &str, e: QdrantError) -> ServiceError {
-    use tonic_code as c;
-    let transient = match &e {
-        QdrantError::ResponseError { status } => {
-            matches!(
-                status.code(),
-                c::Unavailable | c::DeadlineExceeded | c::Cancelled | c::Aborted | c::Unknown
-            )
-            // qdrant-client reports a connection that cannot be made as
-            // `Internal` with this message, not as `Unavailable`.
-            || (status.code() == c::Internal && status.message().starts_with(CONNECT_FAILED))
-        }
-        QdrantError::ResourceExhaustedError { .. } | QdrantError::Io(_) => true,
-        _ => false,
-    };
-    if transient {
-        tracing::warn!(%who, %url, error = %e, "qdrant unavailable: {what}");
-        return ServiceError::unavailable(format!(
-            "{who}: {what}: the Qdrant server at {url} cannot be reached or is overloaded; retry later"
-        ));
-    }
-    match &e {
-        QdrantError::ResponseError { status }
-            if matches!(status.code(), c::Unauthenticated | c::PermissionDenied) =>
-        {
-            tracing::error!(%who, %url, error = %e, "qdrant refused the worker's credentials");
-            ServiceError::internal(format!(
-                "{who}: {what}: the Qdrant server at {url} refused the worker's credentials \
-                 (check QDRANT_API_KEY)"
-            ))
-        }
-        QdrantError::ResponseError { status } if status.code() == c::InvalidArgument => {
-            ServiceError::bad_request(format!(
-                "{who}: {what}: Qdrant refused it: {}",
-                status.message()
-            ))
-        }
-        _ => internal(who, what, e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_tenant_condition_is_always_first_and_kept() {
-        let f = Filter::parse(&serde_json::json!({"k": "v", "n": {"gte": 1, "gt": 0}})).unwrap();
-        let q = to_qdrant_filter(Some(&f), Some("alice")).unwrap();
-        assert_eq!(q.must.len(), 3);
-        assert_eq!(q.must[0], QCondition::matches(TENANT, "alice".to_owned()));
-        assert!(to_qdrant_filter(None, None).is_none());
-        assert_eq!(to_qdrant_filter(None, Some("a")).unwrap().must.len(), 1);
-    }
-
-    #[test]
-    fn failures_are_classified() {
-        use crate::protocol::ErrorCode::*;
-        let cases = [
-            (tonic::Status::unavailable("tcp connect error"), Unavailable),
-            (tonic::Status::deadline_exceeded("slow"), Unavailable),
-            (
-                tonic::Status::internal("Failed to connect to http://x/: refused"),
-                Unavailable,
-            ),
-            (tonic::Status::internal("segment broke"), Internal),
-            (tonic::Status::invalid_argument("bad"), BadRequest),
-            (tonic::Status::unauthenticated("no key"), Internal),
-        ];
-        for (status, want) in cases {
-            let e = classify(
-                "t",
-                "http://x",
-                "search",
-                QdrantError::ResponseError { status },
-            );
-            assert_eq!(e.code, want, "{e:?}");
-        }
     }
 }
