@@ -108,6 +108,9 @@ class Worker:
     def client(self) -> SyncTenantVecClient:
         return SyncTenantVecClient(url=self.url, prefix=self.prefix, request_timeout=20.0)
 
+    def stop(self) -> None:
+        _stop(self.proc)
+
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:

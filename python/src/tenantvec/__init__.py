@@ -1,7 +1,17 @@
 """Python client and LangChain ``VectorStore`` for tenantvec, a multi-tenant
 vector store worker served over NATS."""
 
-from .client import Document, Hit, IngestResult, TenantVecClient
+from .client import (
+    UNCHANGED,
+    Document,
+    EmbedderInfo,
+    Hit,
+    IngestResult,
+    TenantPage,
+    TenantRecord,
+    TenantSettings,
+    TenantVecClient,
+)
 from .errors import (
     BadRequest,
     CommitTimeout,
@@ -16,6 +26,7 @@ from .errors import (
     TenantVecError,
     TooLarge,
     Unavailable,
+    UnknownTenant,
 )
 from .settings import ConnectionSettings, is_valid_tenant
 from .sync import SyncTenantVecClient
@@ -24,12 +35,14 @@ from .vectorstore import TenantVecStore
 __version__ = "0.1.0"
 
 __all__ = [
+    "UNCHANGED",
     "BadRequest",
     "CommitTimeout",
     "ConnectError",
     "ConnectionSettings",
     "DimensionMismatch",
     "Document",
+    "EmbedderInfo",
     "Hit",
     "IngestResult",
     "Internal",
@@ -39,10 +52,14 @@ __all__ = [
     "RateLimited",
     "ServiceError",
     "SyncTenantVecClient",
+    "TenantPage",
+    "TenantRecord",
+    "TenantSettings",
     "TenantVecClient",
     "TenantVecError",
     "TenantVecStore",
     "TooLarge",
     "Unavailable",
+    "UnknownTenant",
     "is_valid_tenant",
 ]

@@ -1,4 +1,5 @@
-"""The async client: every verb of the wire protocol, and JetStream ingest.
+"""The async client: every verb of the wire protocol, JetStream ingest, and
+the worker's tenant registry.
 
 One :class:`TenantVecClient` holds one NATS connection. Requests of one
 tenant sent on one connection are applied by the worker in the order they
@@ -10,12 +11,15 @@ from __future__ import annotations
 import array
 import asyncio
 import base64
+import enum
 import json
+import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from datetime import datetime, timezone
+from typing import Any, Final, Literal, TypedDict, TypeVar
 
 import nats
 import nats.errors
@@ -40,8 +44,12 @@ HEADER_ERROR = "Nats-Service-Error"
 #: The worker's default limits (docs/protocol.md, "Limits"); batches are cut to fit them.
 MAX_DOCUMENTS_PER_REQUEST = 1000
 MAX_IDS_PER_REQUEST = 10_000
+#: Most tenant records one page of ``admin.tenants.list`` may hold.
+MAX_TENANTS_PAGE = 1000
 #: Room left in a message for the envelope and the NATS headers.
 _PAYLOAD_HEADROOM = 4096
+
+T = TypeVar("T")
 
 Vector = Sequence[float]
 Filter = Mapping[str, Any]
@@ -78,6 +86,129 @@ class IngestResult:
     """Sequence of each message in the ingest stream."""
     committed: bool = False
     """Whether the worker was seen to commit every message (``wait=True``)."""
+
+
+TenantState = Literal["idle", "active", "dropping"]
+"""Where a tenant stands: ``idle`` (known, not loaded), ``active`` (loaded by
+the worker that answered), ``dropping`` (being deleted)."""
+
+
+class Unchanged(enum.Enum):
+    """The type of :data:`UNCHANGED`."""
+
+    UNCHANGED = "UNCHANGED"
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED: Final = Unchanged.UNCHANGED
+"""The default of :meth:`TenantVecClient.update_tenant`'s settings: leave
+this setting as it is (``None`` puts it back to the worker's default)."""
+
+
+@dataclass(frozen=True)
+class TenantSettings:
+    """A tenant's own settings; ``None`` means the worker's default (``[tenants]``
+    and ``[search]`` in its settings)."""
+
+    top_k: int | None = None
+    """Results of a search that gives no ``top_k``."""
+    max_documents: int | None = None
+    """Most documents the tenant may hold (past it: :class:`QuotaExceeded`); 0: no limit."""
+    max_rps: float | None = None
+    """Most requests per second (past it: :class:`RateLimited`); 0: no limit."""
+
+
+@dataclass(frozen=True)
+class EmbedderInfo:
+    """The embedder that made a tenant's vectors, as the worker last saw it."""
+
+    model: str
+    dimension: int
+
+
+@dataclass(frozen=True)
+class TenantRecord:
+    """A tenant as the worker's registry keeps it (docs/registry.md).
+
+    ``documents``, ``bytes``, ``embedder`` and ``last_active`` are the figures
+    of when the tenant was last unloaded (``None`` before that). ``raw`` is
+    the record as the worker sent it, with any field this version of the
+    package does not know.
+    """
+
+    id: str
+    state: str
+    """``idle``, ``active`` (loaded by the worker that answered) or ``dropping``;
+    a later worker may report other states."""
+    settings: TenantSettings
+    created: datetime
+    updated: datetime
+    """When the record was last written (UTC)."""
+    embedder: EmbedderInfo | None = None
+    documents: int | None = None
+    bytes: int | None = None
+    """Bytes of the tenant's store folder (``None`` where tenants share a store)."""
+    last_active: datetime | None = None
+    """When the tenant was last unloaded after serving requests."""
+    home_region: str | None = None
+    schema: int = 1
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TenantRecord:
+        """A record from its JSON form; raises ``KeyError``, ``TypeError`` or
+        ``ValueError`` when ``data`` is not one."""
+        settings = data.get("settings") or {}
+        embedder = data.get("embedder")
+        return cls(
+            id=str(data["id"]),
+            state=str(data.get("state") or "idle"),
+            settings=TenantSettings(
+                top_k=_optional(int, settings.get("top_k")),
+                max_documents=_optional(int, settings.get("max_documents")),
+                max_rps=_optional(float, settings.get("max_rps")),
+            ),
+            created=_timestamp(data["created"]),
+            updated=_timestamp(data["updated"]),
+            embedder=(
+                EmbedderInfo(model=str(embedder["model"]), dimension=int(embedder["dimension"]))
+                if embedder is not None
+                else None
+            ),
+            documents=_optional(int, data.get("documents")),
+            bytes=_optional(int, data.get("bytes")),
+            last_active=_timestamp(data["last_active"]) if data.get("last_active") else None,
+            home_region=_optional(str, data.get("home_region")),
+            schema=int(data.get("schema", 1)),
+            raw=dict(data),
+        )
+
+
+@dataclass(frozen=True)
+class TenantPage:
+    """One page of :meth:`TenantVecClient.tenant_page`."""
+
+    tenants: list[TenantRecord]
+    next: str | None
+    """The cursor of the next page; ``None`` on the last one."""
+
+
+def _optional(kind: Callable[[Any], T], value: Any) -> T | None:
+    return None if value is None else kind(value)
+
+
+_FRACTION = re.compile(r"\.(\d+)")
+
+
+def _timestamp(text: str) -> datetime:
+    """An RFC 3339 time (``2026-12-07T05:00:00Z``) as an aware ``datetime``."""
+    text = str(text).strip().upper().replace("Z", "+00:00")
+    # Python 3.10 reads 3 or 6 digits of fraction only.
+    text = _FRACTION.sub(lambda m: "." + m.group(1)[:6].ljust(6, "0"), text, count=1)
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
 
 
 def encode_vector_base64(vector: Any) -> str:
@@ -368,6 +499,137 @@ class TenantVecClient:
         reply = await self.request(self.subject("admin", "evict"), {"tenant": tenant} if tenant else {})
         return int(reply.get("evicted", 0))
 
+    # -- the tenant registry ----------------------------------------------
+
+    async def _tenants(self, op: str, body: Mapping[str, Any]) -> Any:
+        return await self.request(f"{self.prefix}.admin.tenants.{op}", body)
+
+    def _record(self, op: str, reply: Any) -> TenantRecord:
+        try:
+            return TenantRecord.from_json(reply)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise self._unreadable(op, e) from None
+
+    def _unreadable(self, op: str, error: Exception) -> ServiceError:
+        subject = f"{self.prefix}.admin.tenants.{op}"
+        return ServiceError(f"unreadable reply on {subject}: {error!r}", code="internal", subject=subject)
+
+    async def tenant_page(
+        self,
+        *,
+        prefix: str | None = None,
+        state: TenantState | None = None,
+        cursor: str | None = None,
+        limit: int | None = None,
+    ) -> TenantPage:
+        """One page of the registry (``admin.tenants.list``): at most ``limit``
+        records (1 to 1,000, the worker's default 100) in id order, after
+        ``cursor``, whose id starts with ``prefix``. Ask again with
+        ``cursor=page.next`` until it is ``None``. With ``state``, the
+        records of other states are left out of the page, so it may hold
+        fewer (even none) while more follow."""
+        if limit is not None and not 1 <= limit <= MAX_TENANTS_PAGE:
+            raise ValueError(f"a page holds 1 to {MAX_TENANTS_PAGE} tenants, not {limit}")
+        body: dict[str, Any] = {}
+        if prefix:
+            body["prefix"] = prefix
+        if state is not None:
+            body["state"] = state
+        if cursor is not None:
+            body["cursor"] = cursor
+        if limit is not None:
+            body["limit"] = limit
+        reply = await self._tenants("list", body)
+        try:
+            records, next_cursor = reply["tenants"], reply.get("next")
+        except (KeyError, TypeError, AttributeError) as e:
+            raise self._unreadable("list", e) from None
+        return TenantPage([self._record("list", r) for r in records], None if next_cursor is None else str(next_cursor))
+
+    async def iter_tenants(
+        self, prefix: str | None = None, state: TenantState | None = None, page_size: int = 500
+    ) -> AsyncIterator[TenantRecord]:
+        """Every tenant of the registry whose id starts with ``prefix`` (and in
+        ``state``), in id order, asking ``page_size`` records at a time.
+
+        ::
+
+            async for record in tv.iter_tenants(prefix="acme-"):
+                print(record.id, record.documents)
+        """
+        cursor: str | None = None
+        while True:
+            page = await self.tenant_page(prefix=prefix, state=state, cursor=cursor, limit=page_size)
+            for record in page.tenants:
+                yield record
+            if page.next is None:
+                return
+            cursor = page.next
+
+    async def list_tenants(
+        self, prefix: str | None = None, state: TenantState | None = None, page_size: int = 500
+    ) -> list[TenantRecord]:
+        """Every tenant whose id starts with ``prefix`` (and in ``state``), in id
+        order: :meth:`iter_tenants`, collected."""
+        return [record async for record in self.iter_tenants(prefix, state, page_size)]
+
+    async def tenant_info(self, tenant: str) -> TenantRecord:
+        """The tenant's record; :class:`UnknownTenant` if it has none."""
+        check_tenant(tenant)
+        return self._record("show", await self._tenants("show", {"tenant": tenant}))
+
+    async def create_tenant(
+        self,
+        tenant: str,
+        *,
+        top_k: int | None = None,
+        max_documents: int | None = None,
+        max_rps: float | None = None,
+    ) -> TenantRecord:
+        """Create the tenant's record, with settings of its own (``None``: the
+        worker's default); returns the new record. :class:`BadRequest` if it
+        exists already, or a setting is out of range."""
+        check_tenant(tenant)
+        given = {"top_k": top_k, "max_documents": max_documents, "max_rps": max_rps}
+        settings = {key: value for key, value in given.items() if value is not None}
+        body: dict[str, Any] = {"tenant": tenant}
+        if settings:
+            body["settings"] = settings
+        return self._record("create", await self._tenants("create", body))
+
+    async def update_tenant(
+        self,
+        tenant: str,
+        *,
+        top_k: int | Unchanged | None = UNCHANGED,
+        max_documents: int | Unchanged | None = UNCHANGED,
+        max_rps: float | Unchanged | None = UNCHANGED,
+    ) -> TenantRecord:
+        """Change the tenant's settings; returns the changed record.
+
+        A setting given a value takes it, one given ``None`` goes back to
+        the worker's default, one left out stays as it is::
+
+            await tv.update_tenant("alice", top_k=10, max_rps=None)
+
+        The change holds from the tenant's next request, loaded or not.
+        :class:`UnknownTenant` if the tenant has no record,
+        :class:`BadRequest` if a setting is out of range (nothing changes).
+        """
+        check_tenant(tenant)
+        given = {"top_k": top_k, "max_documents": max_documents, "max_rps": max_rps}
+        settings = {key: value for key, value in given.items() if value is not UNCHANGED}
+        if not settings:
+            raise ValueError("update_tenant needs at least one of top_k, max_documents, max_rps")
+        reply = await self._tenants("set", {"tenant": tenant, "settings": settings})
+        return self._record("set", reply)
+
+    async def delete_tenant(self, tenant: str) -> None:
+        """Erase the tenant: its documents (as :meth:`drop`), its settings and
+        its record. :class:`UnknownTenant` if it has no record."""
+        check_tenant(tenant)
+        await self._tenants("delete", {"tenant": tenant})
+
     # -- durable ingest -----------------------------------------------------
 
     async def ingest(
@@ -500,9 +762,13 @@ def _decode_reply(subject: str, reply: Msg) -> Any:
             err = json.loads(reply.data)["error"]
             code, message = str(err["code"]), str(err["message"])
         except (ValueError, KeyError, TypeError):
-            code = {"400": "bad_request", "413": "too_large", "429": "rate_limited", "503": "unavailable"}.get(
-                headers.get(HEADER_ERROR_CODE, ""), "internal"
-            )
+            code = {
+                "400": "bad_request",
+                "404": "unknown_tenant",
+                "413": "too_large",
+                "429": "rate_limited",
+                "503": "unavailable",
+            }.get(headers.get(HEADER_ERROR_CODE, ""), "internal")
             message = headers.get(HEADER_ERROR, "") or reply.data.decode(errors="replace")
         raise error_for(code, message, subject=subject)
     try:

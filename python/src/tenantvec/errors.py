@@ -43,6 +43,21 @@ class InvalidTenant(ServiceError):
     status = 400
 
 
+class UnknownTenant(ServiceError):
+    """The tenant has no record in the worker's tenant registry.
+
+    Raised for any request of such a tenant when the worker creates tenants
+    only on demand (``tenants.auto_create`` off), and by
+    :meth:`~tenantvec.TenantVecClient.tenant_info`,
+    :meth:`~tenantvec.TenantVecClient.update_tenant` and
+    :meth:`~tenantvec.TenantVecClient.delete_tenant` of a tenant without one.
+    Create it with :meth:`~tenantvec.TenantVecClient.create_tenant`.
+    """
+
+    code = "unknown_tenant"
+    status = 404
+
+
 class BadRequest(ServiceError):
     """The request is malformed: unknown verb, bad JSON, unknown or mistyped field, bad filter."""
 
@@ -98,6 +113,7 @@ ERRORS_BY_CODE: dict[str, type[ServiceError]] = {
     cls.code: cls
     for cls in (
         InvalidTenant,
+        UnknownTenant,
         BadRequest,
         DimensionMismatch,
         TooLarge,

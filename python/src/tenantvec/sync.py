@@ -10,10 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from .client import Document, Filter, Hit, IngestResult, TenantVecClient, Vector
+from .client import (
+    UNCHANGED,
+    Document,
+    Filter,
+    Hit,
+    IngestResult,
+    TenantPage,
+    TenantRecord,
+    TenantState,
+    TenantVecClient,
+    Unchanged,
+    Vector,
+)
 from .settings import ConnectionSettings
 
 T = TypeVar("T")
@@ -124,6 +136,64 @@ class SyncTenantVecClient:
 
     def evict(self, tenant: str | None = None) -> int:
         return self.run(self.aclient.evict(tenant))
+
+    # -- the tenant registry --------------------------------------------------
+
+    def tenant_page(
+        self,
+        *,
+        prefix: str | None = None,
+        state: TenantState | None = None,
+        cursor: str | None = None,
+        limit: int | None = None,
+    ) -> TenantPage:
+        return self.run(self.aclient.tenant_page(prefix=prefix, state=state, cursor=cursor, limit=limit))
+
+    def iter_tenants(
+        self, prefix: str | None = None, state: TenantState | None = None, page_size: int = 500
+    ) -> Iterator[TenantRecord]:
+        """Every tenant whose id starts with ``prefix`` (and in ``state``), in id
+        order, a page of ``page_size`` records asked for as the iteration needs it."""
+        cursor: str | None = None
+        while True:
+            page = self.tenant_page(prefix=prefix, state=state, cursor=cursor, limit=page_size)
+            yield from page.tenants
+            if page.next is None:
+                return
+            cursor = page.next
+
+    def list_tenants(
+        self, prefix: str | None = None, state: TenantState | None = None, page_size: int = 500
+    ) -> list[TenantRecord]:
+        return self.run(self.aclient.list_tenants(prefix, state, page_size))
+
+    def tenant_info(self, tenant: str) -> TenantRecord:
+        return self.run(self.aclient.tenant_info(tenant))
+
+    def create_tenant(
+        self,
+        tenant: str,
+        *,
+        top_k: int | None = None,
+        max_documents: int | None = None,
+        max_rps: float | None = None,
+    ) -> TenantRecord:
+        return self.run(self.aclient.create_tenant(tenant, top_k=top_k, max_documents=max_documents, max_rps=max_rps))
+
+    def update_tenant(
+        self,
+        tenant: str,
+        *,
+        top_k: int | Unchanged | None = UNCHANGED,
+        max_documents: int | Unchanged | None = UNCHANGED,
+        max_rps: float | Unchanged | None = UNCHANGED,
+    ) -> TenantRecord:
+        """Change the tenant's settings: a value sets one, ``None`` puts it back
+        to the worker's default, one left out stays as it is."""
+        return self.run(self.aclient.update_tenant(tenant, top_k=top_k, max_documents=max_documents, max_rps=max_rps))
+
+    def delete_tenant(self, tenant: str) -> None:
+        self.run(self.aclient.delete_tenant(tenant))
 
     def ingest(
         self,

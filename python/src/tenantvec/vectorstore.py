@@ -11,7 +11,7 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 
-from .client import Filter, TenantVecClient, check_tenant
+from .client import Filter, TenantRecord, TenantState, TenantVecClient, check_tenant
 from .settings import ConnectionSettings
 from .sync import SyncTenantVecClient
 
@@ -291,6 +291,29 @@ class TenantVecStore(VectorStore):
 
     async def acount(self, filter: Filter | None = None) -> int:
         return await self._async(lambda c: c.count(self.tenant, filter))
+
+    # -- the tenant registry -------------------------------------------------------
+
+    def tenant_info(self) -> TenantRecord:
+        """This store's tenant as the worker's registry keeps it: its settings,
+        embedder and size (:class:`UnknownTenant` before its first write)."""
+        return self._sync(lambda c: c.tenant_info(self.tenant))
+
+    async def atenant_info(self) -> TenantRecord:
+        return await self._async(lambda c: c.tenant_info(self.tenant))
+
+    def list_tenants(
+        self, prefix: str | None = None, state: TenantState | None = None, page_size: int = 500
+    ) -> list[TenantRecord]:
+        """Every tenant of the store's worker whose id starts with ``prefix``
+        (and in ``state``), in id order, through the store's connection; make a
+        store of one with ``TenantVecStore(record.id, client=store.client)``."""
+        return self._sync(lambda c: c.list_tenants(prefix, state, page_size))
+
+    async def alist_tenants(
+        self, prefix: str | None = None, state: TenantState | None = None, page_size: int = 500
+    ) -> list[TenantRecord]:
+        return await self._async(lambda c: c.list_tenants(prefix, state, page_size))
 
     # -- constructors -----------------------------------------------------------------
 
