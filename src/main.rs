@@ -9,10 +9,10 @@ mod bench;
 
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
-use tenantvec::client::backup;
+use tenantvec::client::{backup, tenants};
 use tenantvec::client::{Client, ClientError};
 use tenantvec::config::{Overrides, Settings};
-use tenantvec::protocol::{AdminVerb, Verb};
+use tenantvec::protocol::{AdminVerb, TenantsOp, Verb};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -96,6 +96,11 @@ enum Command {
     },
     /// Pool statistics of a worker.
     Stats,
+    /// The tenant registry: list, show, create, change and delete tenants.
+    Tenants {
+        #[command(subcommand)]
+        action: TenantsAction,
+    },
     /// The fleet of a prefix (cluster.enabled): its settings, its members
     /// with the partitions each serves and hands over, and every
     /// partition's owner, as the leases say.
@@ -168,6 +173,41 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum TenantsAction {
+    /// Every tenant (page by page), or those whose id starts with
+    /// --id-prefix (--prefix is the subject prefix of every command).
+    List {
+        #[arg(long, value_name = "PREFIX")]
+        id_prefix: Option<String>,
+        /// Only tenants in this state: idle, active or dropping.
+        #[arg(long)]
+        state: Option<String>,
+        /// Records asked for per request (1..=1000).
+        #[arg(long, default_value_t = 500)]
+        page: usize,
+        /// The records as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A tenant's record.
+    Show { tenant: String },
+    /// Create a tenant, with settings as key=value (top_k, max_documents, max_rps).
+    Create {
+        tenant: String,
+        settings: Vec<String>,
+    },
+    /// Change a tenant's settings (key=value; key=default puts one back to
+    /// the worker's default); it holds from the tenant's next request.
+    Set {
+        tenant: String,
+        #[arg(required = true)]
+        settings: Vec<String>,
+    },
+    /// Erase a tenant: its data (as drop) and its record.
+    Delete { tenant: String },
 }
 
 #[derive(Subcommand)]
@@ -294,6 +334,20 @@ async fn client_command(command: Command, settings: &Settings) -> Result<String,
             false => bench::table(&report).trim_end().to_owned(),
         });
     }
+    if let Command::Tenants {
+        action:
+            TenantsAction::List {
+                id_prefix,
+                state,
+                page,
+                json: false,
+            },
+    } = &command
+    {
+        let client = Client::connect(settings).await?;
+        let records = tenants::list(&client, id_prefix.as_deref(), state.as_deref(), *page).await?;
+        return Ok(tenants::table(&records));
+    }
     if let Command::Export { file: None, .. } = &command {
         // The export is on stdout: the summary goes to stderr.
         eprintln!("{}", pretty(request_command(command, settings).await?));
@@ -388,6 +442,30 @@ async fn request_command(command: Command, settings: &Settings) -> Result<Value,
         }
         Command::Drop { tenant } => client.tenant(Verb::Drop, &tenant, &json!({})).await,
         Command::Stats => client.admin(AdminVerb::Stats, &json!({})).await,
+        Command::Tenants { action } => match action {
+            TenantsAction::List {
+                id_prefix,
+                state,
+                page,
+                ..
+            } => tenants::list(&client, id_prefix.as_deref(), state.as_deref(), page)
+                .await
+                .map(Value::Array),
+            TenantsAction::Show { tenant } => {
+                tenants::one(&client, TenantsOp::Show, &tenant, None).await
+            }
+            TenantsAction::Create { tenant, settings } => {
+                let settings = tenants::parse_settings(&settings)?;
+                tenants::one(&client, TenantsOp::Create, &tenant, Some(settings)).await
+            }
+            TenantsAction::Set { tenant, settings } => {
+                let settings = tenants::parse_settings(&settings)?;
+                tenants::one(&client, TenantsOp::Set, &tenant, Some(settings)).await
+            }
+            TenantsAction::Delete { tenant } => {
+                tenants::one(&client, TenantsOp::Delete, &tenant, None).await
+            }
+        },
         Command::Cluster => {
             tenantvec::cluster::fleet::describe(client.nats(), &settings.nats.prefix)
                 .await

@@ -146,6 +146,12 @@ impl Names {
     }
 }
 
+/// The tenant registry's bucket of a prefix: `TENANTVEC_TENANTS`, and for
+/// another prefix `TENANTVEC_TENANTS_<PREFIX>` (as every bucket).
+pub fn tenants_bucket(prefix: &str) -> String {
+    format!("TENANTVEC_TENANTS{}", name_suffix(prefix))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

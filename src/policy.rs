@@ -1,8 +1,10 @@
 //! Per-tenant policy: default `top_k`, document quota and request rate.
 //!
-//! Owns reading `<data>/<tenant>/config/tenant.json` (the seed application's
-//! per-user config file) over the global defaults, and the token bucket that
-//! enforces a request rate. A tenant actor holds one of each while active. It
+//! Owns a tenant's settings ([`TenantSettings`]: kept in its registry record,
+//! or in `<data>/<tenant>/config/tenant.json`, the seed application's
+//! per-user config file, where there is no registry or before a tenant's
+//! record is made from it), what they resolve to over the global defaults,
+//! and the token bucket that enforces a request rate. A tenant actor holds one of each while active. It
 //! must never follow a symlink out of the tenant's folder, and never let an
 //! unreadable policy file lift a limit: a broken file fails the tenant's
 //! requests instead (fail closed), with a message that names the file.
@@ -24,15 +26,78 @@ pub struct TenantDefaults {
     /// Most requests per second a tenant may send (a token bucket holding
     /// one second's worth).
     pub max_rps: f64,
+    /// Keep tenants as records in the registry (a JetStream KV bucket);
+    /// without it, as folders with `tenant.json`.
+    pub registry: bool,
+    /// A tenant's first write makes its record; off, a tenant without one
+    /// is refused (`unknown_tenant`) until an operator creates it.
+    pub auto_create: bool,
 }
 
-/// `tenant.json`: each field overrides the default; absent fields keep it.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+/// A tenant's own settings: each one set overrides the default; absent
+/// ones keep it. The shape of `tenant.json` and of a registry record's
+/// `settings`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TenantFile {
-    top_k: Option<usize>,
-    max_documents: Option<u64>,
-    max_rps: Option<f64>,
+pub struct TenantSettings {
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    #[serde(default)]
+    pub max_documents: Option<u64>,
+    #[serde(default)]
+    pub max_rps: Option<f64>,
+}
+
+impl TenantSettings {
+    /// The first setting out of its range, named; `max_top_k` bounds `top_k`.
+    pub fn check(&self, max_top_k: usize) -> Result<(), String> {
+        if self.top_k.is_some_and(|k| k == 0 || k > max_top_k) {
+            return Err(format!("top_k must be 1..={max_top_k}"));
+        }
+        if self.max_rps.is_some_and(|r| !r.is_finite() || r < 0.0) {
+            return Err("max_rps must be a number >= 0 (0: no limit)".into());
+        }
+        Ok(())
+    }
+
+    /// Apply `changes` (a JSON object of settings): a setting given a value
+    /// takes it, one given `null` goes back to the default. Unknown keys and
+    /// values of the wrong type are refused, and nothing is changed then.
+    pub fn apply(
+        &mut self,
+        changes: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), String> {
+        let mut next = serde_json::to_value(&*self).map_err(|e| e.to_string())?;
+        let object = next
+            .as_object_mut()
+            .ok_or_else(|| "settings are not an object".to_owned())?;
+        for (key, value) in changes {
+            if !object.contains_key(key) {
+                return Err(format!(
+                    "unknown setting {key:?}: the settings are top_k, max_documents and max_rps"
+                ));
+            }
+            object.insert(key.clone(), value.clone());
+        }
+        *self = serde_json::from_value(next).map_err(|e| format!("invalid settings: {e}"))?;
+        Ok(())
+    }
+
+    /// The tenant's `tenant.json`, `None` when it has none. Refuses a
+    /// symlink at any step below the data root, and a file that is not
+    /// valid settings.
+    pub fn read_file(paths: &TenantPaths, tenant: &TenantId) -> Result<Option<Self>, ServiceError> {
+        let file = TenantPolicy::file(paths, tenant);
+        let Some(text) = read_plain_file(paths, tenant, &file)? else {
+            return Ok(None);
+        };
+        serde_json::from_str(&text).map(Some).map_err(|e| {
+            ServiceError::internal(format!(
+                "tenant {tenant}: {} is invalid: {e}",
+                file.display()
+            ))
+        })
+    }
 }
 
 /// What applies to one tenant.
@@ -53,28 +118,22 @@ impl TenantPolicy {
         defaults: &TenantDefaults,
         max_top_k: usize,
     ) -> Result<Self, ServiceError> {
+        let settings = TenantSettings::read_file(paths, tenant)?.unwrap_or_default();
         let file = Self::file(paths, tenant);
-        let parsed = match read_plain_file(paths, tenant, &file)? {
-            None => TenantFile::default(),
-            Some(text) => serde_json::from_str::<TenantFile>(&text).map_err(|e| {
-                ServiceError::internal(format!(
-                    "tenant {tenant}: {} is invalid: {e}",
-                    file.display()
-                ))
-            })?,
-        };
-        let invalid = |what: &str| {
-            ServiceError::internal(format!(
-                "tenant {tenant}: {} has an invalid {what}",
-                file.display()
-            ))
-        };
-        if parsed.top_k.is_some_and(|k| k == 0 || k > max_top_k) {
-            return Err(invalid("top_k"));
-        }
-        if parsed.max_rps.is_some_and(|r| !r.is_finite() || r < 0.0) {
-            return Err(invalid("max_rps"));
-        }
+        Self::resolve(&settings, defaults, max_top_k).map_err(|e| {
+            ServiceError::internal(format!("tenant {tenant}: {}: {e}", file.display()))
+        })
+    }
+
+    /// What `settings` come to over `defaults`; an out-of-range setting is
+    /// an error (fail closed: a broken setting never lifts a limit).
+    pub fn resolve(
+        settings: &TenantSettings,
+        defaults: &TenantDefaults,
+        max_top_k: usize,
+    ) -> Result<Self, String> {
+        settings.check(max_top_k)?;
+        let parsed = settings;
         let limit_u = |v: u64| (v > 0).then_some(v);
         let limit_f = |v: f64| (v > 0.0).then_some(v);
         Ok(Self {
@@ -172,7 +231,47 @@ mod tests {
     const DEFAULTS: TenantDefaults = TenantDefaults {
         max_documents: 100,
         max_rps: 0.0,
+        registry: true,
+        auto_create: true,
     };
+
+    #[test]
+    fn changes_set_and_clear_settings_or_change_nothing() {
+        let mut s = TenantSettings::default();
+        let changes = |v: serde_json::Value| v.as_object().unwrap().clone();
+        s.apply(&changes(serde_json::json!({"top_k": 3, "max_rps": 2.5})))
+            .unwrap();
+        assert_eq!(
+            (s.top_k, s.max_documents, s.max_rps),
+            (Some(3), None, Some(2.5))
+        );
+        s.apply(&changes(
+            serde_json::json!({"top_k": null, "max_documents": 10}),
+        ))
+        .unwrap();
+        assert_eq!(
+            (s.top_k, s.max_documents, s.max_rps),
+            (None, Some(10), Some(2.5))
+        );
+        let before = s.clone();
+        assert!(s.apply(&changes(serde_json::json!({"quota": 5}))).is_err());
+        assert!(s
+            .apply(&changes(serde_json::json!({"top_k": "many"})))
+            .is_err());
+        assert_eq!(s, before);
+        assert!(TenantSettings {
+            top_k: Some(0),
+            ..Default::default()
+        }
+        .check(10)
+        .is_err());
+        assert!(TenantSettings {
+            max_rps: Some(-1.0),
+            ..Default::default()
+        }
+        .check(10)
+        .is_err());
+    }
 
     #[test]
     fn the_file_overrides_the_defaults() {

@@ -28,6 +28,9 @@ pub const HEADER_ERROR_CODE: &str = "Nats-Service-Error-Code";
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     InvalidTenant,
+    /// The tenant has no record in the registry and `tenants.auto_create`
+    /// is off: an operator creates it first.
+    UnknownTenant,
     BadRequest,
     DimensionMismatch,
     TooLarge,
@@ -41,6 +44,7 @@ impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::InvalidTenant => "invalid_tenant",
+            Self::UnknownTenant => "unknown_tenant",
             Self::BadRequest => "bad_request",
             Self::DimensionMismatch => "dimension_mismatch",
             Self::TooLarge => "too_large",
@@ -55,6 +59,7 @@ impl ErrorCode {
     pub fn status(self) -> u16 {
         match self {
             Self::InvalidTenant | Self::BadRequest | Self::DimensionMismatch => 400,
+            Self::UnknownTenant => 404,
             Self::TooLarge => 413,
             Self::QuotaExceeded | Self::RateLimited => 429,
             Self::Unavailable => 503,
@@ -100,6 +105,7 @@ macro_rules! constructors {
 
 constructors! {
     invalid_tenant => InvalidTenant,
+    unknown_tenant => UnknownTenant,
     bad_request => BadRequest,
     dimension_mismatch => DimensionMismatch,
     too_large => TooLarge,
@@ -201,6 +207,74 @@ impl AdminVerb {
     pub fn parse(token: &str) -> Option<AdminVerb> {
         AdminVerb::ALL.into_iter().find(|v| v.as_str() == token)
     }
+}
+
+/// The registry's operations, each on `<prefix>.admin.tenants.<op>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TenantsOp {
+    List,
+    Show,
+    Create,
+    Set,
+    Delete,
+}
+
+impl TenantsOp {
+    pub const ALL: [TenantsOp; 5] = [
+        TenantsOp::List,
+        TenantsOp::Show,
+        TenantsOp::Create,
+        TenantsOp::Set,
+        TenantsOp::Delete,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantsOp::List => "list",
+            TenantsOp::Show => "show",
+            TenantsOp::Create => "create",
+            TenantsOp::Set => "set",
+            TenantsOp::Delete => "delete",
+        }
+    }
+
+    pub fn parse(token: &str) -> Option<TenantsOp> {
+        TenantsOp::ALL.into_iter().find(|v| v.as_str() == token)
+    }
+}
+
+/// The token after `admin` of the registry's subjects.
+pub const TENANTS: &str = "tenants";
+
+/// Most records in one page of `tenants.list`.
+pub const MAX_TENANTS_PAGE: usize = 1000;
+
+/// `<p>.admin.tenants.list`: a page of records in id order, from after
+/// `cursor` (the `next` of the page before), those whose id starts with
+/// `prefix` and, with `state`, those in that state.
+#[derive(Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TenantsListRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// Records per page, 1..=1000 (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// `<p>.admin.tenants.{show,create,set,delete}`: the tenant, and for
+/// `create` and `set` the settings to change (`null` puts one back to the
+/// worker's default; a setting left out keeps its value).
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantRequest {
+    pub tenant: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// The verb token of the admin subjects, `<prefix>.admin.<verb>`.
@@ -317,6 +391,16 @@ impl Subjects {
     /// `<p>.admin.<verb>`
     pub fn admin(&self, verb: AdminVerb) -> String {
         format!("{}.admin.{}", self.prefix, verb.as_str())
+    }
+
+    /// `<p>.admin.tenants.<op>`: the registry's operations.
+    pub fn tenants(&self, op: TenantsOp) -> String {
+        format!("{}.admin.{TENANTS}.{}", self.prefix, op.as_str())
+    }
+
+    /// `<p>.admin.tenants.*`, the subscription of the registry's operations.
+    pub fn tenants_requests(&self) -> String {
+        format!("{}.admin.{TENANTS}.*", self.prefix)
     }
 }
 

@@ -25,8 +25,9 @@ use crate::command::{Command, Envelope};
 use crate::directory::Directory;
 use crate::pool::{max_holders, Waiting};
 use crate::protocol::{PoolStats, ServiceError};
+use crate::registry::TenantRecord;
 use crate::tenant::TenantId;
-use crate::tenant_actor::{Close, Closed, TenantActor, TenantSetup};
+use crate::tenant_actor::{Close, Closed, Reconfigure, TenantActor, TenantSetup};
 
 /// Forward a request to its tenant's actor, starting one if needed.
 #[derive(Message)]
@@ -70,6 +71,17 @@ pub struct Shutdown;
 #[derive(Message)]
 #[rtype(result = "Vec<TenantId>")]
 pub struct Unfinished;
+
+/// A tenant's registry record changed: its actor, when active here, takes
+/// the new settings before this is answered (`true` then).
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct NewRecord(pub TenantRecord);
+
+/// Which of these tenants have an actor in the pool now.
+#[derive(Message)]
+#[rtype(result = "Vec<TenantId>")]
+pub struct ActiveAmong(pub Vec<TenantId>);
 
 /// Why an actor is told to stop; decides which counter moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -531,5 +543,39 @@ impl Drop for Supervisor {
         for arbiter in &self.arbiters {
             arbiter.stop();
         }
+    }
+}
+
+impl Handler<NewRecord> for Supervisor {
+    type Result = ResponseFuture<bool>;
+
+    fn handle(&mut self, NewRecord(record): NewRecord, _ctx: &mut Self::Context) -> Self::Result {
+        let active = TenantId::parse(&record.id)
+            .ok()
+            .and_then(|t| self.pool.get(&t))
+            .map(|a| a.addr.clone());
+        Box::pin(async move {
+            match active {
+                Some(addr) => addr.send(Reconfigure(record)).await.is_ok(),
+                None => false,
+            }
+        })
+    }
+}
+
+impl Handler<ActiveAmong> for Supervisor {
+    type Result = MessageResult<ActiveAmong>;
+
+    fn handle(
+        &mut self,
+        ActiveAmong(tenants): ActiveAmong,
+        _ctx: &mut Self::Context,
+    ) -> Self::Result {
+        MessageResult(
+            tenants
+                .into_iter()
+                .filter(|t| self.pool.get(t).is_some())
+                .collect(),
+        )
     }
 }

@@ -79,6 +79,24 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
         ))
     });
 
+    // The tenant registry: every tenant a record, read when its actor starts.
+    let registry = match settings.tenants.registry {
+        true => Some(
+            crate::registry::Registry::open(
+                &async_nats::jetstream::new(client.clone()),
+                &settings.nats.prefix,
+                settings.nats.replicas,
+            )
+            .await
+            .map_err(|e| {
+                e.context(
+                    "the tenant registry needs JetStream (nats-server -js); \
+                     or set tenants.registry = false",
+                )
+            })?,
+        ),
+        false => None,
+    };
     let setup = Arc::new(TenantSetup {
         factory: factory.clone(),
         embedder,
@@ -92,6 +110,8 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
         default_top_k: settings.search.default_top_k,
         max_top_k: settings.limits.max_top_k,
         metrics: metrics.clone(),
+        registry: registry.clone(),
+        auto_create: settings.tenants.auto_create,
     });
     let directory = Arc::new(Directory::new(metrics.clone()));
     let supervisor = Supervisor::new(
@@ -212,9 +232,17 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
         metrics.clone(),
         cluster.clone(),
         request_connections.clone(),
+        registry.clone(),
         stop_serving.clone(),
     )
     .await?;
+    if let Some(registry) = registry.clone() {
+        tokio::spawn(transport::record_changes::pass_on(
+            registry,
+            supervisor.clone(),
+            shutdown.clone(),
+        ));
+    }
     // Joined last: from the first lease on, other workers forward this
     // one requests, and its endpoint already listens for them.
     let mut fleet = match &cluster {

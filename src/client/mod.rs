@@ -8,6 +8,7 @@
 
 pub mod backup;
 pub mod deadletter;
+pub mod tenants;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::BufRead;

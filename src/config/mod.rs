@@ -78,6 +78,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("TENANTVEC_TENANT_QUEUE", "limits.tenant_queue"),
     ("TENANTVEC_MAX_DOCUMENTS", "tenants.max_documents"),
     ("TENANTVEC_MAX_RPS", "tenants.max_rps"),
+    ("TENANTVEC_REGISTRY", "tenants.registry"),
+    ("TENANTVEC_AUTO_CREATE", "tenants.auto_create"),
     ("TENANTVEC_INGEST_ORDERED", "ingest.ordered"),
     ("TENANTVEC_METRICS_LISTEN", "metrics.listen"),
     ("TENANTVEC_CLUSTER", "cluster.enabled"),

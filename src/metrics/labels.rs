@@ -47,7 +47,7 @@ pub(super) fn verb_index(addressed: Addressed<'_>) -> usize {
 }
 
 /// The `code` label of a request's outcome: `ok`, or its error code.
-pub(super) const CODES: [&str; 9] = [
+pub(super) const CODES: [&str; 10] = [
     "ok",
     "invalid_tenant",
     "bad_request",
@@ -57,6 +57,7 @@ pub(super) const CODES: [&str; 9] = [
     "rate_limited",
     "unavailable",
     "internal",
+    "unknown_tenant",
 ];
 
 pub(super) fn code_index(code: Option<ErrorCode>) -> usize {
@@ -70,6 +71,7 @@ pub(super) fn code_index(code: Option<ErrorCode>) -> usize {
         Some(ErrorCode::RateLimited) => 6,
         Some(ErrorCode::Unavailable) => 7,
         Some(ErrorCode::Internal) => 8,
+        Some(ErrorCode::UnknownTenant) => 9,
     }
 }
 

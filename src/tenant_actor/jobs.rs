@@ -354,6 +354,26 @@ pub(super) fn apply_one(
     }
 }
 
+/// Bytes of the files under `dir`, `None` when it cannot be read (no
+/// folder: a layout without one per tenant).
+pub(super) fn folder_bytes(dir: &std::path::Path) -> Option<u64> {
+    let mut total = 0u64;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).ok()?.flatten() {
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                total = total.saturating_add(meta.len());
+            }
+        }
+    }
+    Some(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,6 +438,16 @@ mod tests {
 
     /// A request refused for a bad vector reserves nothing: a valid request
     /// in the same group commit still fits the quota.
+    #[test]
+    fn a_folder_s_bytes_are_its_files_all_the_way_down() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("x"), [0u8; 10]).unwrap();
+        std::fs::write(dir.path().join("a/b/y"), [0u8; 5]).unwrap();
+        assert_eq!(folder_bytes(dir.path()), Some(15));
+        assert_eq!(folder_bytes(&dir.path().join("missing")), None);
+    }
+
     #[test]
     fn a_refused_request_takes_no_quota() {
         let dir = tempfile::tempdir().unwrap();

@@ -17,15 +17,17 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use crate::command::{Command, Envelope, QueryInput};
-use crate::embed::{record, Embedder, Embedding};
-use crate::policy::{RateLimiter, TenantDefaults, TenantPolicy};
-use crate::protocol::ServiceError;
+use crate::embed::record::Records;
+use crate::embed::{Embedder, Embedding};
+use crate::policy::{RateLimiter, TenantDefaults, TenantPolicy, TenantSettings};
+use crate::protocol::{ErrorCode, ServiceError};
+use crate::registry::{record, Found, Registry, TenantRecord};
 use crate::store::{StoreFactory, TenantStore};
 use crate::tenant::{TenantId, TenantPaths};
 
 mod jobs;
 
-use jobs::{apply_one, JobLimits, Work};
+use jobs::{apply_one, folder_bytes, JobLimits, Work};
 
 /// Most documents applied in one group commit.
 const MAX_GROUP_DOCS: usize = 8192;
@@ -41,6 +43,10 @@ const MAX_GROUP_DOCS: usize = 8192;
 /// send every tenant to the pool exactly when hops cost most.
 const INLINE_BUDGET: Duration = Duration::from_micros(500);
 
+/// How long after a failed read of its registry record an actor tries
+/// again, on its next request (JetStream was away).
+const RELOAD_AFTER: Duration = Duration::from_secs(1);
+
 /// CPU time this thread has used.
 fn thread_cpu() -> Duration {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
@@ -51,6 +57,11 @@ fn thread_cpu() -> Duration {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Close;
+
+/// The tenant's registry record changed: take its settings from now on.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reconfigure(pub TenantRecord);
 
 /// Sent to the supervisor when the actor has stopped and its store is closed.
 #[derive(Message)]
@@ -72,7 +83,7 @@ pub struct TenantSetup {
     pub factory: Arc<dyn StoreFactory>,
     pub embedder: Arc<dyn Embedder>,
     /// Which embedder wrote each tenant's vectors.
-    pub records: record::Records,
+    pub records: Records,
     /// Where tenant policy files live.
     pub paths: TenantPaths,
     pub defaults: TenantDefaults,
@@ -80,6 +91,11 @@ pub struct TenantSetup {
     pub max_top_k: usize,
     /// Where the pool's moves are recorded.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The tenant registry (`tenants.registry`); without it, a tenant's
+    /// settings are its `tenant.json`.
+    pub registry: Option<Registry>,
+    /// A first write makes a tenant's record (`tenants.auto_create`).
+    pub auto_create: bool,
 }
 
 pub struct TenantActor {
@@ -87,9 +103,21 @@ pub struct TenantActor {
     generation: u64,
     setup: Arc<TenantSetup>,
     supervisor: Recipient<Closed>,
-    /// The tenant's policy, read when the actor starts; an unreadable policy
-    /// file fails every request (fail closed).
+    /// The tenant's policy, read when the actor starts (from its registry
+    /// record, else its `tenant.json`); an unreadable one fails every
+    /// request (fail closed), and so does a tenant without a record when
+    /// `tenants.auto_create` is off (`unknown_tenant`).
     policy: Result<TenantPolicy, ServiceError>,
+    /// The tenant has a registry record (read, made from its files, made by
+    /// its first write, or created by an operator meanwhile).
+    registered: bool,
+    /// When the read of its record last failed; the next request after
+    /// [`RELOAD_AFTER`] tries again.
+    load_failed: Option<Instant>,
+    /// A request that arrived while the record was read again.
+    held: Vec<Envelope>,
+    /// The last write was a `drop`: nothing is left to count at close.
+    dropped: bool,
     limiter: Option<RateLimiter>,
     /// `None` only while a job has it on the blocking pool.
     store: Option<Box<dyn TenantStore>>,
@@ -111,31 +139,118 @@ impl TenantActor {
         supervisor: Recipient<Closed>,
     ) -> Self {
         let store = setup.factory.open(&tenant);
-        // A small file, read once per activation: not worth a trip to the
+        // With a registry the record is read when the actor starts (see
+        // `started`), before it takes a request. Without, the policy is a
+        // small file, read once per activation: not worth a trip to the
         // blocking pool before the actor can take its first request.
-        let policy = TenantPolicy::load(&setup.paths, &tenant, &setup.defaults, setup.max_top_k);
-        if let Err(e) = &policy {
-            tracing::error!(%tenant, error = %e, "tenant policy unreadable; refusing its requests");
-        }
-        let limiter = policy
-            .as_ref()
-            .ok()
-            .and_then(|p| p.max_rps)
-            .map(|rate| RateLimiter::new(rate, Instant::now()));
-        Self {
+        let policy = match setup.registry {
+            Some(_) => {
+                TenantPolicy::resolve(&TenantSettings::default(), &setup.defaults, setup.max_top_k)
+                    .map_err(ServiceError::internal)
+            }
+            None => TenantPolicy::load(&setup.paths, &tenant, &setup.defaults, setup.max_top_k),
+        };
+        let mut actor = Self {
             tenant,
             generation,
             setup,
             supervisor,
-            policy,
-            limiter,
+            policy: Err(ServiceError::internal("no policy yet")),
+            registered: false,
+            load_failed: None,
+            held: Vec::new(),
+            dropped: false,
+            limiter: None,
             store: Some(store),
             queue: VecDeque::new(),
             busy: false,
             closing: false,
             wrote: false,
             read_cost: Duration::ZERO,
+        };
+        actor.set_policy(policy);
+        actor
+    }
+
+    fn set_policy(&mut self, policy: Result<TenantPolicy, ServiceError>) {
+        if let Err(e) = &policy {
+            if e.code == ErrorCode::Internal {
+                tracing::error!(tenant = %self.tenant, error = %e, "tenant policy unreadable; refusing its requests");
+            }
         }
+        self.limiter = policy
+            .as_ref()
+            .ok()
+            .and_then(|p| p.max_rps)
+            .map(|rate| RateLimiter::new(rate, Instant::now()));
+        self.policy = policy;
+    }
+
+    /// Read the tenant's record (or make it from the files of before)
+    /// before the actor takes another message.
+    fn load(&mut self, ctx: &mut Context<Self>) {
+        let Some(registry) = self.setup.registry.clone() else {
+            return;
+        };
+        let setup = self.setup.clone();
+        let tenant = self.tenant.clone();
+        let read = async move {
+            registry
+                .activate(&tenant, &setup.paths, &setup.records)
+                .await
+        };
+        ctx.wait(read.into_actor(self).map(|found, act, ctx| {
+            act.found(found);
+            for env in std::mem::take(&mut act.held) {
+                act.admit(env, ctx);
+            }
+        }));
+    }
+
+    fn found(&mut self, found: Result<Found, ServiceError>) {
+        self.load_failed = None;
+        match found {
+            Ok(Found::Record(record)) => self.adopt(&record),
+            Ok(Found::Migrated(record)) => {
+                tracing::info!(
+                    tenant = %self.tenant,
+                    settings = ?record.settings,
+                    embedder = ?record.embedder,
+                    "tenant registered from its files (tenant.json, embedder.json, its store)"
+                );
+                self.adopt(&record);
+            }
+            Ok(Found::Missing) if self.setup.auto_create => {
+                self.registered = false;
+            }
+            Ok(Found::Missing) => {
+                self.registered = false;
+                self.set_policy(Err(ServiceError::unknown_tenant(format!(
+                    "tenant {t} has no record and tenants.auto_create is off: \
+                     create it first (tenantvec tenants create {t})",
+                    t = self.tenant
+                ))));
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %self.tenant, error = %e, "cannot read the tenant's registry record; refusing its requests until it can");
+                self.load_failed = Some(Instant::now());
+                self.set_policy(Err(e));
+            }
+        }
+    }
+
+    /// Take the settings of the tenant's record.
+    fn adopt(&mut self, record: &TenantRecord) {
+        self.registered = true;
+        let policy =
+            TenantPolicy::resolve(&record.settings, &self.setup.defaults, self.setup.max_top_k)
+                .map_err(|e| {
+                    ServiceError::internal(format!(
+                        "tenant {}: its registry record has an invalid setting: {e}",
+                        self.tenant
+                    ))
+                });
+        self.set_policy(policy);
     }
 
     /// Whether `env` is a read to answer here and now, on the actor's
@@ -272,18 +387,43 @@ impl TenantActor {
         // reads of an open store price the next ones.
         let read =
             matches!(&work, Work::Batch(b) if !b[0].command.is_write()) && store.answers_inline();
+        // A tenant's first write makes its record (`tenants.auto_create`).
+        let create = !self.registered
+            && self.setup.auto_create
+            && matches!(&work, Work::Batch(b) if b[0].command.is_write() && !matches!(b[0].command, Command::Drop));
+        if let Work::Batch(b) = &work {
+            if b.iter().any(|e| e.command.is_write()) {
+                self.dropped = matches!(b.last().map(|e| &e.command), Some(Command::Drop));
+            }
+        }
+        let closing = Closing {
+            registered: self.registered,
+            dropped: self.dropped,
+        };
         let job = tokio::task::spawn_blocking(move || {
             let started = thread_cpu();
             let close = matches!(work, Work::Close);
+            let created = create && register(&setup, &tenant);
             let embedding = Embedding::new(setup.embedder.as_ref(), &setup.records, &tenant);
+            let documents = match close && closing.registered {
+                true if closing.dropped => Some(0),
+                true => store.count(None).ok().map(|n| n as u64),
+                false => None,
+            };
             work.apply(&tenant, store.as_mut(), &embedding, &limits);
-            (store, close, thread_cpu().saturating_sub(started))
+            if close && closing.registered {
+                record_close(&setup, &tenant, documents, closing.dropped);
+            }
+            (store, close, created, thread_cpu().saturating_sub(started))
         });
         ctx.spawn(job.into_actor(self).map(move |outcome, act, ctx| {
             act.busy = false;
+            if matches!(outcome, Ok((_, _, true, _))) {
+                act.registered = true;
+            }
             match outcome {
-                Ok((_, true, _)) => ctx.stop(),
-                Ok((store, false, took)) => {
+                Ok((_, true, _, _)) => ctx.stop(),
+                Ok((store, false, _, took)) => {
                     act.store = Some(store);
                     if read {
                         act.record_read(took, false);
@@ -305,6 +445,59 @@ impl TenantActor {
     }
 }
 
+/// What a closing job writes into the tenant's record.
+struct Closing {
+    registered: bool,
+    dropped: bool,
+}
+
+/// Make the tenant's record before its first write; `false` when the
+/// registry cannot be reached (the write goes ahead, and the record is
+/// made from the tenant's store folder at its next activation).
+fn register(setup: &TenantSetup, tenant: &TenantId) -> bool {
+    let Some(registry) = &setup.registry else {
+        return false;
+    };
+    let record = TenantRecord::new(tenant, &record::now());
+    match registry.block_on(registry.create(&record)) {
+        Ok(made) => {
+            if made.is_some() {
+                tracing::info!(%tenant, "tenant created by its first write");
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!(%tenant, error = %e, "cannot make the tenant's record; made at its next activation");
+            false
+        }
+    }
+}
+
+/// Write what the closing actor saw into the tenant's record: its size,
+/// its embedder, its last activity (best effort: a record that cannot be
+/// written keeps the figures of before).
+fn record_close(setup: &TenantSetup, tenant: &TenantId, documents: Option<u64>, dropped: bool) {
+    let Some(registry) = &setup.registry else {
+        return;
+    };
+    let bytes = match dropped {
+        true => Some(0),
+        false => folder_bytes(&setup.paths.store_dir(tenant)),
+    };
+    let embedder = setup.records.read(tenant).ok().flatten();
+    let now = record::now();
+    let written = registry.block_on(registry.update(tenant.as_str(), |r| {
+        r.closed(documents, bytes, embedder.clone(), &now);
+        if dropped {
+            r.embedder = None;
+        }
+        Ok(())
+    }));
+    if let Err(e) = written {
+        tracing::warn!(%tenant, error = %e, "cannot write the tenant's figures into its record");
+    }
+}
+
 fn upsert_len(env: &Envelope) -> usize {
     match &env.command {
         Command::Upsert(docs) => docs.len(),
@@ -316,8 +509,9 @@ fn upsert_len(env: &Envelope) -> usize {
 impl Actor for TenantActor {
     type Context = Context<Self>;
 
-    fn started(&mut self, _ctx: &mut Self::Context) {
+    fn started(&mut self, ctx: &mut Self::Context) {
         tracing::debug!(tenant = %self.tenant, generation = self.generation, "tenant actor started");
+        self.load(ctx);
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -344,6 +538,32 @@ impl Handler<Envelope> for TenantActor {
     type Result = ();
 
     fn handle(&mut self, env: Envelope, ctx: &mut Self::Context) {
+        if self
+            .load_failed
+            .is_some_and(|at| at.elapsed() >= RELOAD_AFTER)
+        {
+            // The registry was away: read the record again before this
+            // request (the mailbox waits meanwhile).
+            self.held.push(env);
+            self.load(ctx);
+            return;
+        }
+        self.admit(env, ctx);
+    }
+}
+
+impl Handler<Reconfigure> for TenantActor {
+    type Result = ();
+
+    fn handle(&mut self, Reconfigure(record): Reconfigure, _ctx: &mut Self::Context) {
+        self.load_failed = None;
+        self.adopt(&record);
+    }
+}
+
+impl TenantActor {
+    /// Check a request against the tenant's policy and rate, then queue it.
+    fn admit(&mut self, env: Envelope, ctx: &mut Context<Self>) {
         if let Err(e) = &self.policy {
             env.fail(e.clone());
             return;

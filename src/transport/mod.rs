@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod ingest;
 pub mod lanes;
 pub mod partitions;
+pub mod record_changes;
 pub mod relay;
 pub mod service;
 

@@ -33,6 +33,7 @@
 mod admin;
 mod placement;
 mod reply;
+mod tenants;
 
 use admin::admin;
 use placement::{forward, hops, park};
@@ -58,8 +59,10 @@ use crate::config::Settings;
 use crate::metrics::IngestCounters;
 use crate::metrics::Metrics;
 use crate::protocol::{
-    unknown_verb, Addressed, AdminVerb, ServiceError, Subjects, VectorEncoding, Verb, SERVICE_NAME,
+    unknown_verb, Addressed, AdminVerb, ServiceError, Subjects, TenantsOp, VectorEncoding, Verb,
+    SERVICE_NAME,
 };
+use crate::registry::Registry;
 use crate::router::Router;
 use crate::tenant::TenantId;
 use crate::transport::backlog::SharedBacklog;
@@ -70,6 +73,8 @@ use crate::transport::relay::{self, Relay};
 
 /// The Services API name of the one endpoint.
 const ENDPOINT_NAME: &str = "requests";
+/// The Services API name of the registry's operations.
+const TENANTS_ENDPOINT_NAME: &str = "tenants";
 
 /// Shared by the endpoint task and every reply task.
 struct Shared {
@@ -96,6 +101,8 @@ struct Shared {
     client: async_nats::Client,
     /// Forwards requests to their partition's owner and relays the replies.
     relay: Option<Arc<Relay>>,
+    /// The tenant registry (`tenants.registry`).
+    registry: Option<Registry>,
 }
 
 /// The running endpoint; [`Serving::drain`] stops it and waits for the
@@ -107,6 +114,8 @@ pub struct Serving {
     partitioned: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
     relaying: Option<JoinHandle<()>>,
+    /// The registry's operations (`<p>.admin.tenants.*`).
+    tenants: JoinHandle<()>,
 }
 
 /// A request as it reached this worker: from the service's endpoint, or a
@@ -148,6 +157,7 @@ pub async fn start(
     metrics: Arc<Metrics>,
     cluster: Option<Arc<Cluster>>,
     partitions: Vec<async_nats::Client>,
+    registry: Option<Registry>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Serving> {
     let subjects = Subjects::new(&settings.nats.prefix);
@@ -181,6 +191,21 @@ pub async fn start(
         .add(subject.clone())
         .await
         .map_err(|e| anyhow::anyhow!("cannot subscribe {subject}: {e}"))?;
+    let tenants_subject = subjects.tenants_requests();
+    let tenants_endpoint = service
+        .endpoint_builder()
+        .name(TENANTS_ENDPOINT_NAME)
+        .metadata(HashMap::from([(
+            "verbs".to_owned(),
+            TenantsOp::ALL
+                .iter()
+                .map(|op| subjects.tenants(*op))
+                .collect::<Vec<_>>()
+                .join(" "),
+        )]))
+        .add(tenants_subject.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot subscribe {tenants_subject}: {e}"))?;
     let shared = Arc::new(Shared {
         settings: settings.clone(),
         subjects,
@@ -201,6 +226,7 @@ pub async fn start(
         relay: cluster
             .as_ref()
             .map(|_| Arc::new(Relay::new(client.clone()))),
+        registry,
     });
     let relaying = match &shared.relay {
         Some(relay) => {
@@ -273,6 +299,11 @@ pub async fn start(
             shutdown.clone(),
         )));
     }
+    let tenants = tokio::spawn(tenants::serve(
+        tenants_endpoint,
+        shared.clone(),
+        shutdown.clone(),
+    ));
     let task = tokio::spawn(serve(endpoint, forwarded, shared.clone(), shutdown));
     client.flush().await?;
     Ok(Serving {
@@ -281,6 +312,7 @@ pub async fn start(
         partitioned,
         shared,
         relaying,
+        tenants,
     })
 }
 
@@ -289,6 +321,7 @@ impl Serving {
     /// in flight has been answered.
     pub async fn drain(self, timeout: Duration) {
         let _ = self.task.await;
+        let _ = self.tenants.await;
         for task in self.partitioned {
             let _ = task.await;
         }

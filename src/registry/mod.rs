@@ -1,0 +1,256 @@
+//! The tenant registry: one record per tenant in a JetStream KV bucket
+//! (`TENANTVEC_TENANTS[_<PREFIX>]`), read by every worker and tool of the
+//! prefix.
+//!
+//! Owns the bucket and every access to it: records read, made only when
+//! absent, changed only against the revision they were read at (so two
+//! writers never lose each other's change: the loser reads again and
+//! applies its change to the winner's record), removed, listed page by
+//! page; and what an actor finds when it activates a tenant (its record, or
+//! one made from the files of before, or none). It must never hold a
+//! record across requests (actors cache their own), never write on a warm
+//! request's path, and never let a JetStream outage look like a missing
+//! tenant: a record that cannot be read is `unavailable`, never absent.
+
+pub mod record;
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures::{StreamExt, TryStreamExt};
+
+pub use record::{TenantRecord, TenantState};
+
+use crate::embed::record::Records;
+use crate::names::tenants_bucket;
+use crate::policy::TenantSettings;
+use crate::protocol::ServiceError;
+use crate::tenant::{TenantId, TenantPaths};
+
+/// How long one access waits for JetStream before it answers `unavailable`.
+const TIMEOUT: Duration = Duration::from_secs(3);
+/// Tries of a revision-checked change that keeps losing to other writers.
+const CHANGE_TRIES: u32 = 16;
+
+/// A record with the revision it was read at.
+#[derive(Debug, Clone)]
+pub struct Versioned {
+    pub record: TenantRecord,
+    pub revision: u64,
+}
+
+/// What an activating actor finds.
+#[derive(Debug)]
+pub enum Found {
+    /// The tenant's record.
+    Record(TenantRecord),
+    /// No record, but the tenant's files of before (`tenant.json`,
+    /// `embedder.json`, a store folder): a record made from them, once.
+    Migrated(TenantRecord),
+    /// Nothing at all: a tenant still to be created.
+    Missing,
+}
+
+/// The registry's bucket as a worker or a tool reaches it.
+#[derive(Clone)]
+pub struct Registry {
+    kv: kv::Store,
+    bucket: String,
+    /// The runtime of the NATS connection, for callers on the blocking pool.
+    handle: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("bucket", &self.bucket)
+            .finish()
+    }
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::unavailable(format!(
+        "the tenant registry cannot be reached ({what}: {e}); retry"
+    ))
+}
+
+async fn timed<T, E: std::fmt::Display>(
+    what: &str,
+    f: impl Future<Output = Result<T, E>>,
+) -> Result<T, ServiceError> {
+    match tokio::time::timeout(TIMEOUT, f).await {
+        Ok(r) => r.map_err(|e| unavailable(what, e)),
+        Err(_) => Err(unavailable(what, "timed out")),
+    }
+}
+
+impl Registry {
+    /// Open the prefix's bucket, made with `replicas` copies when missing.
+    /// Called on the runtime that drives the connection.
+    pub async fn open(
+        js: &jetstream::Context,
+        prefix: &str,
+        replicas: usize,
+    ) -> anyhow::Result<Self> {
+        let bucket = tenants_bucket(prefix);
+        let kv = match js.get_key_value(&bucket).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: bucket.clone(),
+                    description: "tenantvec tenant registry: one record per tenant".into(),
+                    history: 1,
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot create the registry bucket {bucket}: {e}"))?,
+        };
+        Ok(Self {
+            kv,
+            bucket,
+            handle: tokio::runtime::Handle::current(),
+        })
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Run `f` to completion from a thread outside the runtime (the
+    /// blocking pool).
+    pub fn block_on<F: Future>(&self, f: F) -> F::Output {
+        self.handle.block_on(f)
+    }
+
+    /// The tenant's record, `None` when it has none.
+    pub async fn get(&self, tenant: &str) -> Result<Option<Versioned>, ServiceError> {
+        let entry = timed("read", self.kv.entry(tenant)).await?;
+        match entry {
+            Some(e) if e.operation == kv::Operation::Put => Ok(Some(Versioned {
+                record: TenantRecord::decode(tenant, &e.value)?,
+                revision: e.revision,
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    /// Store `record` if its tenant has none; `Ok(None)` when it has one.
+    pub async fn create(&self, record: &TenantRecord) -> Result<Option<u64>, ServiceError> {
+        match tokio::time::timeout(TIMEOUT, self.kv.create(&record.id, record.encode())).await {
+            Ok(Ok(revision)) => Ok(Some(revision)),
+            Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Ok(Err(e)) => Err(unavailable("create", e)),
+            Err(_) => Err(unavailable("create", "timed out")),
+        }
+    }
+
+    /// Apply `change` to the tenant's record and store it against the
+    /// revision it was read at, again from a fresh read whenever another
+    /// writer came first. `Ok(None)`: the tenant has no record. `change`
+    /// may refuse (its error is returned, nothing is written).
+    pub async fn update<F>(
+        &self,
+        tenant: &str,
+        mut change: F,
+    ) -> Result<Option<TenantRecord>, ServiceError>
+    where
+        F: FnMut(&mut TenantRecord) -> Result<(), ServiceError>,
+    {
+        for _ in 0..CHANGE_TRIES {
+            let Some(Versioned {
+                mut record,
+                revision,
+            }) = self.get(tenant).await?
+            else {
+                return Ok(None);
+            };
+            change(&mut record)?;
+            record.updated = record::now();
+            match tokio::time::timeout(TIMEOUT, self.kv.update(tenant, record.encode(), revision))
+                .await
+            {
+                Ok(Ok(_)) => return Ok(Some(record)),
+                Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Ok(Err(e)) => return Err(unavailable("update", e)),
+                Err(_) => return Err(unavailable("update", "timed out")),
+            }
+        }
+        Err(ServiceError::unavailable(format!(
+            "tenant {tenant}: its record changed under every one of {CHANGE_TRIES} tries; retry"
+        )))
+    }
+
+    /// Remove the tenant's record, every revision of it.
+    pub async fn remove(&self, tenant: &str) -> Result<(), ServiceError> {
+        timed("remove", self.kv.purge(tenant)).await
+    }
+
+    /// Every tenant's id, sorted. Reads each key's last message headers
+    /// only (no values), through one ordered consumer.
+    pub async fn ids(&self) -> Result<Vec<String>, ServiceError> {
+        let keys = timed("list", self.kv.keys()).await?;
+        let mut ids: Vec<String> =
+            tokio::time::timeout(TIMEOUT * 10, keys.try_collect::<Vec<String>>())
+                .await
+                .map_err(|_| unavailable("list", "timed out"))?
+                .map_err(|e| unavailable("list", e))?;
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// The records of `ids`, read together; those removed meanwhile are
+    /// left out.
+    pub async fn records(&self, ids: &[&str]) -> Result<Vec<TenantRecord>, ServiceError> {
+        let reads: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let (registry, id) = (self.clone(), (*id).to_owned());
+                async move { registry.get(&id).await }
+            })
+            .collect();
+        let reads = futures::stream::iter(reads)
+            .buffered(32)
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(reads.into_iter().flatten().map(|v| v.record).collect())
+    }
+
+    /// Changes to any record from now on (the worker passes new settings
+    /// on to active tenants from it).
+    pub async fn watch(&self) -> Result<kv::Watch, ServiceError> {
+        timed("watch", self.kv.watch_all()).await
+    }
+
+    /// What activating `tenant` finds: its record; or, when it has none
+    /// and its files of before are there, a record made from them (stored
+    /// only if no other worker stored one meanwhile, whose record is then
+    /// taken); or nothing.
+    pub async fn activate(
+        &self,
+        tenant: &TenantId,
+        paths: &TenantPaths,
+        records: &Records,
+    ) -> Result<Found, ServiceError> {
+        if let Some(v) = self.get(tenant.as_str()).await? {
+            return Ok(Found::Record(v.record));
+        }
+        let settings = TenantSettings::read_file(paths, tenant)?;
+        let embedder = records.read(tenant)?;
+        let folder = paths.store_dir(tenant).is_dir();
+        if settings.is_none() && embedder.is_none() && !folder {
+            return Ok(Found::Missing);
+        }
+        let mut record = TenantRecord::new(tenant, &record::now());
+        record.settings = settings.unwrap_or_default();
+        record.embedder = embedder;
+        match self.create(&record).await? {
+            Some(_) => Ok(Found::Migrated(record)),
+            None => match self.get(tenant.as_str()).await? {
+                Some(v) => Ok(Found::Record(v.record)),
+                None => Ok(Found::Missing),
+            },
+        }
+    }
+}

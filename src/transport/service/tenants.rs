@@ -1,0 +1,243 @@
+//! The registry's operations on `<p>.admin.tenants.<op>`: list (a page),
+//! show, create, set and delete a tenant's record.
+//!
+//! Owns their bodies and replies. It must never change a record but
+//! through the registry's revision-checked writes, and never erase a
+//! tenant's data but through its `drop` request (which reaches the
+//! tenant's owner, on this worker or another one of the fleet).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::{json, Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::admin::to_json;
+use super::reply::respond;
+use super::{Incoming, Shared};
+use crate::policy::{TenantPolicy, TenantSettings};
+use crate::protocol::{
+    decode, unknown_verb, ErrorBody, ServiceError, TenantRequest, TenantsListRequest, TenantsOp,
+    Verb, HEADER_ERROR_CODE, MAX_TENANTS_PAGE,
+};
+use crate::registry::{record, Registry, TenantRecord, TenantState};
+use crate::supervisor::{ActiveAmong, NewRecord};
+use crate::tenant::{TenantId, TenantPaths};
+
+/// Records per page of `tenants.list` when the request gives none.
+const DEFAULT_PAGE: usize = 100;
+
+/// Answer the registry's operations until shutdown, each in a task of its
+/// own (they wait on JetStream, never on a tenant's queue).
+pub(super) async fn serve(
+    mut endpoint: async_nats::service::endpoint::Endpoint,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let request = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = endpoint.next() => match r {
+                Some(r) => r,
+                None => return,
+            },
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let subject = request.message.subject.to_string();
+            let body = request.message.payload.clone();
+            let op = subject.rsplit('.').next().and_then(TenantsOp::parse);
+            let outcome = match (op, shared.registry.clone()) {
+                (None, _) => Err(unknown_verb(&subject)),
+                (Some(_), None) => Err(ServiceError::bad_request(
+                    "this worker keeps no tenant registry (tenants.registry = false)",
+                )),
+                (Some(op), Some(registry)) => operate(op, &body, &shared, &registry).await,
+            };
+            respond(&Incoming::Service(request), outcome).await;
+        });
+    }
+}
+
+async fn operate(
+    op: TenantsOp,
+    body: &Bytes,
+    shared: &Shared,
+    registry: &Registry,
+) -> Result<Bytes, ServiceError> {
+    let max_top_k = shared.settings.limits.max_top_k;
+    match op {
+        TenantsOp::List => {
+            let req: TenantsListRequest = decode(body)?;
+            let limit = req.limit.unwrap_or(DEFAULT_PAGE);
+            if !(1..=MAX_TENANTS_PAGE).contains(&limit) {
+                return Err(ServiceError::bad_request(format!(
+                    "limit must be 1..={MAX_TENANTS_PAGE}"
+                )));
+            }
+            let state = req.state.as_deref().map(parse_state).transpose()?;
+            let ids = registry.ids().await?;
+            let prefix = req.prefix.as_deref().unwrap_or("");
+            let (page, next) = record::page(&ids, prefix, req.cursor.as_deref(), limit);
+            let mut records = registry.records(&page).await?;
+            mark_active(&mut records, shared).await;
+            if let Some(state) = state {
+                records.retain(|r| r.state == state);
+            }
+            to_json(&json!({ "tenants": records, "next": next }))
+        }
+        TenantsOp::Show => {
+            let (tenant, _) = tenant_of(body, false)?;
+            let mut record = registry
+                .get(tenant.as_str())
+                .await?
+                .ok_or_else(|| unknown(&tenant))?
+                .record;
+            mark_active(std::slice::from_mut(&mut record), shared).await;
+            to_json(&record)
+        }
+        TenantsOp::Create => {
+            let (tenant, changes) = tenant_of(body, true)?;
+            let mut settings = TenantSettings::default();
+            settings
+                .apply(&changes)
+                .and_then(|()| settings.check(max_top_k))
+                .map_err(ServiceError::bad_request)?;
+            let mut record = TenantRecord::new(&tenant, &record::now());
+            record.settings = settings;
+            if registry.create(&record).await?.is_none() {
+                return Err(ServiceError::bad_request(format!(
+                    "tenant {tenant} exists already (tenants set changes its settings)"
+                )));
+            }
+            tracing::info!(%tenant, "tenant created");
+            pass_on(&record, shared).await;
+            to_json(&record)
+        }
+        TenantsOp::Set => {
+            let (tenant, changes) = tenant_of(body, true)?;
+            if changes.is_empty() {
+                return Err(ServiceError::bad_request(
+                    "settings: give at least one of top_k, max_documents, max_rps",
+                ));
+            }
+            let record = registry
+                .update(tenant.as_str(), |r| {
+                    r.settings
+                        .apply(&changes)
+                        .and_then(|()| r.settings.check(max_top_k))
+                        .map_err(ServiceError::bad_request)
+                })
+                .await?
+                .ok_or_else(|| unknown(&tenant))?;
+            tracing::info!(%tenant, settings = ?record.settings, "tenant settings changed");
+            pass_on(&record, shared).await;
+            to_json(&record)
+        }
+        TenantsOp::Delete => {
+            let (tenant, _) = tenant_of(body, false)?;
+            registry
+                .update(tenant.as_str(), |r| {
+                    r.state = TenantState::Dropping;
+                    Ok(())
+                })
+                .await?
+                .ok_or_else(|| unknown(&tenant))?;
+            drop_data(&tenant, shared).await?;
+            // Its settings went with the record; a tenant.json left from
+            // before would make the record again at the next activation.
+            let file =
+                TenantPolicy::file(&TenantPaths::new(&shared.settings.store.folder), &tenant);
+            if let Err(e) = std::fs::remove_file(&file) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(%tenant, error = %e, file = %file.display(), "cannot remove the tenant's settings file");
+                }
+            }
+            registry.remove(tenant.as_str()).await?;
+            tracing::info!(%tenant, "tenant deleted: its data and its record");
+            to_json(&json!({ "deleted": tenant.as_str() }))
+        }
+    }
+}
+
+fn parse_state(raw: &str) -> Result<TenantState, ServiceError> {
+    TenantState::parse(raw).ok_or_else(|| {
+        ServiceError::bad_request(format!("state {raw:?} is none of idle, active, dropping"))
+    })
+}
+
+fn unknown(tenant: &TenantId) -> ServiceError {
+    ServiceError::unknown_tenant(format!("tenant {tenant} has no record in the registry"))
+}
+
+/// The tenant a body names, and its settings changes (refused unless
+/// `with_settings`).
+fn tenant_of(
+    body: &[u8],
+    with_settings: bool,
+) -> Result<(TenantId, Map<String, Value>), ServiceError> {
+    let req: TenantRequest = decode(body)?;
+    let tenant = TenantId::parse(&req.tenant)?;
+    match (req.settings, with_settings) {
+        (Some(_), false) => Err(ServiceError::bad_request(
+            "settings are for tenants.create and tenants.set",
+        )),
+        (settings, _) => Ok((tenant, settings.unwrap_or_default())),
+    }
+}
+
+/// Show the records of tenants this worker's pool holds as `active`.
+async fn mark_active(records: &mut [TenantRecord], shared: &Shared) {
+    let ids: Vec<TenantId> = records
+        .iter()
+        .filter_map(|r| TenantId::parse(&r.id).ok())
+        .collect();
+    let Ok(active) = shared.router.supervisor().send(ActiveAmong(ids)).await else {
+        return;
+    };
+    for r in records.iter_mut() {
+        if r.state == TenantState::Idle && active.iter().any(|t| t.as_str() == r.id) {
+            r.state = TenantState::Active;
+        }
+    }
+}
+
+/// A tenant active here takes its new record before the reply goes out,
+/// so the asker's next request sees it; other workers of a fleet take it
+/// from the registry's changes.
+async fn pass_on(record: &TenantRecord, shared: &Shared) {
+    let _ = shared
+        .router
+        .supervisor()
+        .send(NewRecord(record.clone()))
+        .await;
+}
+
+/// Erase the tenant's data through its `drop` request, which reaches the
+/// actor that owns the tenant wherever it is served.
+async fn drop_data(tenant: &TenantId, shared: &Shared) -> Result<(), ServiceError> {
+    let subject = shared.subjects.tenant(Verb::Drop, tenant.as_str());
+    let reply = tokio::time::timeout(
+        shared.settings.nats.request_timeout,
+        shared.client.request(subject, Bytes::from_static(b"{}")),
+    )
+    .await
+    .map_err(|_| ServiceError::unavailable(format!("tenant {tenant}: its drop timed out; retry")))?
+    .map_err(|e| {
+        ServiceError::unavailable(format!("tenant {tenant}: its drop failed: {e}; retry"))
+    })?;
+    let failed = reply
+        .headers
+        .as_ref()
+        .is_some_and(|h| h.get(HEADER_ERROR_CODE).is_some());
+    if failed {
+        let body: ErrorBody = serde_json::from_slice(&reply.payload).map_err(|e| {
+            ServiceError::internal(format!(
+                "tenant {tenant}: its drop's reply is unreadable: {e}"
+            ))
+        })?;
+        return Err(body.error);
+    }
+    Ok(())
+}
