@@ -144,6 +144,39 @@ impl TenantRecord {
     }
 }
 
+/// How stale a record's `last_active` may get before a closing actor that
+/// only read writes it again: a read-only activation costs no write within
+/// this (a tenant's last activity is known to within it).
+pub const ACTIVITY_PRECISION: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What a closing actor writes into its tenant's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseWrite {
+    /// Its figures: documents, bytes, embedder, last activity (it wrote).
+    Figures,
+    /// Its last activity alone (it only read, and the record's is stale).
+    Activity,
+    /// Nothing (it only read, and the record's last activity is recent).
+    Nothing,
+}
+
+/// What to write at a close: the figures after writes; after reads only,
+/// the last activity when the record's (`last_active`) is older than
+/// [`ACTIVITY_PRECISION`] or unknown.
+pub fn on_close(wrote: bool, last_active: Option<&str>, now: std::time::SystemTime) -> CloseWrite {
+    if wrote {
+        return CloseWrite::Figures;
+    }
+    let recent = last_active
+        .and_then(|t| humantime::parse_rfc3339(t).ok())
+        .and_then(|t| now.duration_since(t).ok())
+        .is_some_and(|age| age < ACTIVITY_PRECISION);
+    match recent {
+        true => CloseWrite::Nothing,
+        false => CloseWrite::Activity,
+    }
+}
+
 /// Now, as records write times (RFC 3339, UTC, whole seconds).
 pub fn now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
@@ -220,6 +253,28 @@ mod tests {
         let e = TenantRecord::decode("alice", &r.encode()).unwrap_err();
         assert!(e.message.contains("upgrade"), "{e}");
         assert!(TenantRecord::decode("alice", b"{").is_err());
+    }
+
+    #[test]
+    fn a_read_only_activation_writes_its_activity_once_a_minute() {
+        let now = humantime::parse_rfc3339("2026-12-07T05:00:00Z").unwrap();
+        assert_eq!(
+            on_close(true, Some("2026-12-07T04:59:59Z"), now),
+            CloseWrite::Figures
+        );
+        assert_eq!(
+            on_close(false, Some("2026-12-07T04:59:30Z"), now),
+            CloseWrite::Nothing
+        );
+        assert_eq!(
+            on_close(false, Some("2026-12-07T04:58:00Z"), now),
+            CloseWrite::Activity
+        );
+        assert_eq!(on_close(false, None, now), CloseWrite::Activity);
+        assert_eq!(
+            on_close(false, Some("yesterday"), now),
+            CloseWrite::Activity
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::embed::record::Records;
 use crate::embed::{Embedder, Embedding};
 use crate::policy::{RateLimiter, TenantDefaults, TenantPolicy, TenantSettings};
 use crate::protocol::{ErrorCode, ServiceError};
+use crate::registry::record::CloseWrite;
 use crate::registry::{record, Found, Registry, TenantRecord};
 use crate::store::{StoreFactory, TenantStore};
 use crate::tenant::{TenantId, TenantPaths};
@@ -118,6 +119,10 @@ pub struct TenantActor {
     held: Vec<Envelope>,
     /// The last write was a `drop`: nothing is left to count at close.
     dropped: bool,
+    /// A write ran since the actor started: its figures are written at close.
+    wrote_any: bool,
+    /// The record's `last_active` as the actor read it.
+    last_active: Option<String>,
     limiter: Option<RateLimiter>,
     /// `None` only while a job has it on the blocking pool.
     store: Option<Box<dyn TenantStore>>,
@@ -160,6 +165,8 @@ impl TenantActor {
             load_failed: None,
             held: Vec::new(),
             dropped: false,
+            wrote_any: false,
+            last_active: None,
             limiter: None,
             store: Some(store),
             queue: VecDeque::new(),
@@ -242,6 +249,7 @@ impl TenantActor {
     /// Take the settings of the tenant's record.
     fn adopt(&mut self, record: &TenantRecord) {
         self.registered = true;
+        self.last_active = record.last_active.clone();
         let policy =
             TenantPolicy::resolve(&record.settings, &self.setup.defaults, self.setup.max_top_k)
                 .map_err(|e| {
@@ -393,11 +401,19 @@ impl TenantActor {
             && matches!(&work, Work::Batch(b) if b[0].command.is_write() && !matches!(b[0].command, Command::Drop));
         if let Work::Batch(b) = &work {
             if b.iter().any(|e| e.command.is_write()) {
+                self.wrote_any = true;
                 self.dropped = matches!(b.last().map(|e| &e.command), Some(Command::Drop));
             }
         }
         let closing = Closing {
-            registered: self.registered,
+            write: match self.registered {
+                true => record::on_close(
+                    self.wrote_any,
+                    self.last_active.as_deref(),
+                    std::time::SystemTime::now(),
+                ),
+                false => CloseWrite::Nothing,
+            },
             dropped: self.dropped,
         };
         let job = tokio::task::spawn_blocking(move || {
@@ -405,14 +421,20 @@ impl TenantActor {
             let close = matches!(work, Work::Close);
             let created = create && register(&setup, &tenant);
             let embedding = Embedding::new(setup.embedder.as_ref(), &setup.records, &tenant);
-            let documents = match close && closing.registered {
+            let figures = close && closing.write == CloseWrite::Figures;
+            let documents = match figures {
                 true if closing.dropped => Some(0),
                 true => store.count(None).ok().map(|n| n as u64),
                 false => None,
             };
             work.apply(&tenant, store.as_mut(), &embedding, &limits);
-            if close && closing.registered {
-                record_close(&setup, &tenant, documents, closing.dropped);
+            if close && closing.write != CloseWrite::Nothing {
+                record_close(
+                    &setup,
+                    &tenant,
+                    figures.then_some(documents),
+                    closing.dropped,
+                );
             }
             (store, close, created, thread_cpu().saturating_sub(started))
         });
@@ -447,7 +469,7 @@ impl TenantActor {
 
 /// What a closing job writes into the tenant's record.
 struct Closing {
-    registered: bool,
+    write: CloseWrite,
     dropped: bool,
 }
 
@@ -473,22 +495,34 @@ fn register(setup: &TenantSetup, tenant: &TenantId) -> bool {
     }
 }
 
-/// Write what the closing actor saw into the tenant's record: its size,
-/// its embedder, its last activity (best effort: a record that cannot be
-/// written keeps the figures of before).
-fn record_close(setup: &TenantSetup, tenant: &TenantId, documents: Option<u64>, dropped: bool) {
+/// Write what the closing actor saw into the tenant's record: with
+/// `figures` (it wrote; the documents counted, `None` when they could not
+/// be), its size and embedder too, else its last activity alone (best
+/// effort: a record that cannot be written keeps the figures of before).
+fn record_close(
+    setup: &TenantSetup,
+    tenant: &TenantId,
+    figures: Option<Option<u64>>,
+    dropped: bool,
+) {
     let Some(registry) = &setup.registry else {
         return;
     };
-    let bytes = match dropped {
-        true => Some(0),
-        false => folder_bytes(&setup.paths.store_dir(tenant)),
+    let (documents, bytes, embedder) = match figures {
+        Some(documents) => (
+            documents,
+            match dropped {
+                true => Some(0),
+                false => folder_bytes(&setup.paths.store_dir(tenant)),
+            },
+            setup.records.read(tenant).ok().flatten(),
+        ),
+        None => (None, None, None),
     };
-    let embedder = setup.records.read(tenant).ok().flatten();
     let now = record::now();
     let written = registry.block_on(registry.update(tenant.as_str(), |r| {
         r.closed(documents, bytes, embedder.clone(), &now);
-        if dropped {
+        if dropped && figures.is_some() {
             r.embedder = None;
         }
         Ok(())
