@@ -22,15 +22,19 @@ fn docs(n: usize) -> Value {
     json!({ "documents": docs })
 }
 
-/// `tenantvec <args>` against the harness's worker; its stdout, or a panic
-/// with its stderr.
-fn cli(h: &Harness, args: &[&str]) -> String {
-    let out = std::process::Command::new(common::tenantvec_bin())
+/// `tenantvec <args>` against the harness's worker.
+fn run_cli(h: &Harness, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(common::tenantvec_bin())
         .args(args)
         .env("NATS_URL", h.nats.url())
         .env("RUST_LOG", "error")
         .output()
-        .expect("run tenantvec");
+        .expect("run tenantvec")
+}
+
+/// [`run_cli`] that must succeed: its stdout.
+fn cli(h: &Harness, args: &[&str]) -> String {
+    let out = run_cli(h, args);
     assert!(
         out.status.success(),
         "tenantvec {args:?} failed: {}",
@@ -39,14 +43,9 @@ fn cli(h: &Harness, args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
-/// The same, expected to fail: its stderr.
+/// [`run_cli`] that must fail: its stderr.
 fn cli_fails(h: &Harness, args: &[&str]) -> String {
-    let out = std::process::Command::new(common::tenantvec_bin())
-        .args(args)
-        .env("NATS_URL", h.nats.url())
-        .env("RUST_LOG", "error")
-        .output()
-        .expect("run tenantvec");
+    let out = run_cli(h, args);
     assert!(!out.status.success(), "tenantvec {args:?} succeeded");
     String::from_utf8(out.stderr).expect("utf-8 output")
 }

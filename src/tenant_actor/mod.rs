@@ -149,10 +149,7 @@ impl TenantActor {
         // small file, read once per activation: not worth a trip to the
         // blocking pool before the actor can take its first request.
         let policy = match setup.registry {
-            Some(_) => {
-                TenantPolicy::resolve(&TenantSettings::default(), &setup.defaults, setup.max_top_k)
-                    .map_err(ServiceError::internal)
-            }
+            Some(_) => default_policy(&setup),
             None => TenantPolicy::load(&setup.paths, &tenant, &setup.defaults, setup.max_top_k),
         };
         let mut actor = Self {
@@ -228,7 +225,9 @@ impl TenantActor {
                 self.adopt(&record);
             }
             Ok(Found::Missing) if self.setup.auto_create => {
+                // The defaults, also after a read that failed before.
                 self.registered = false;
+                self.set_policy(default_policy(&self.setup));
             }
             Ok(Found::Missing) => {
                 self.registered = false;
@@ -465,6 +464,12 @@ impl TenantActor {
             }
         }));
     }
+}
+
+/// The policy of a tenant without settings of its own: the defaults.
+fn default_policy(setup: &TenantSetup) -> Result<TenantPolicy, ServiceError> {
+    TenantPolicy::resolve(&TenantSettings::default(), &setup.defaults, setup.max_top_k)
+        .map_err(ServiceError::internal)
 }
 
 /// What a closing job writes into the tenant's record.

@@ -1,0 +1,76 @@
+//! The registry's operations on the wire: `<prefix>.admin.tenants.<op>`
+//! and their request bodies.
+//!
+//! Owns the operations' names and bodies. It must never know what a
+//! record holds (that is the registry's): replies are records as the
+//! registry writes them.
+
+use serde::{Deserialize, Serialize};
+
+/// The registry's operations, each on `<prefix>.admin.tenants.<op>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TenantsOp {
+    List,
+    Show,
+    Create,
+    Set,
+    Delete,
+}
+
+impl TenantsOp {
+    pub const ALL: [TenantsOp; 5] = [
+        TenantsOp::List,
+        TenantsOp::Show,
+        TenantsOp::Create,
+        TenantsOp::Set,
+        TenantsOp::Delete,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantsOp::List => "list",
+            TenantsOp::Show => "show",
+            TenantsOp::Create => "create",
+            TenantsOp::Set => "set",
+            TenantsOp::Delete => "delete",
+        }
+    }
+
+    pub fn parse(token: &str) -> Option<TenantsOp> {
+        TenantsOp::ALL.into_iter().find(|v| v.as_str() == token)
+    }
+}
+
+/// The token after `admin` of the registry's subjects.
+pub const TENANTS: &str = "tenants";
+
+/// Most records in one page of `tenants.list`.
+pub const MAX_TENANTS_PAGE: usize = 1000;
+
+/// `<p>.admin.tenants.list`: a page of records in id order, from after
+/// `cursor` (the `next` of the page before), those whose id starts with
+/// `prefix` and, with `state`, those in that state.
+#[derive(Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TenantsListRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// Records per page, 1..=1000 (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// `<p>.admin.tenants.{show,create,set,delete}`: the tenant, and for
+/// `create` and `set` the settings to change (`null` puts one back to the
+/// worker's default; a setting left out keeps its value).
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantRequest {
+    pub tenant: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<serde_json::Map<String, serde_json::Value>>,
+}
