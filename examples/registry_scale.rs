@@ -1,0 +1,99 @@
+//! The tenant registry at scale: how long it takes to create N records, to
+//! read every key once, and to list every tenant page by page as
+//! `tenants.list` does, and how large the bucket is on disk.
+//!
+//!     cargo run --release --example registry_scale -- TENANTS [PAGE]
+//!
+//! Runs against the nats-server the settings name (`NATS_URL`), with
+//! JetStream, under its own prefix (`TENANTVEC_PREFIX`, default
+//! `registry_scale`, whose bucket it empties first). PAGE is the records per
+//! page (1..=1000, default 1000). Prints what it measured in this run.
+
+use std::time::Instant;
+
+use futures::{StreamExt, TryStreamExt};
+use tenantvec::config::Settings;
+use tenantvec::registry::{record, Registry, TenantRecord};
+use tenantvec::tenant::TenantId;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (tenants, page) = match args.as_slice() {
+        [n] => (n.parse::<usize>()?, 1000),
+        [n, p] => (n.parse::<usize>()?, p.parse::<usize>()?),
+        _ => anyhow::bail!("usage: registry_scale TENANTS [PAGE]"),
+    };
+    let mut settings = Settings::load(None, Vec::new())?;
+    if std::env::var_os("TENANTVEC_PREFIX").is_none() {
+        settings.nats.prefix = "registry_scale".into();
+    }
+    let client = async_nats::connect(&settings.nats.url).await?;
+    let js = async_nats::jetstream::new(client);
+    let bucket = tenantvec::names::tenants_bucket(&settings.nats.prefix);
+    let _ = js.delete_key_value(&bucket).await;
+    let registry = Registry::open(&js, &settings.nats.prefix, 1).await?;
+
+    // Create: 256 creates in flight, as many workers would make them.
+    let started = Instant::now();
+    let now = record::now();
+    futures::stream::iter(0..tenants)
+        .map(|i| {
+            let registry = registry.clone();
+            let now = now.clone();
+            async move {
+                let id = TenantId::parse(&format!("user-{i:07}"))?;
+                let made = registry.create(&TenantRecord::new(&id, &now)).await?;
+                anyhow::ensure!(made.is_some(), "user-{i:07} existed already");
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(256)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let create = started.elapsed();
+
+    let started = Instant::now();
+    let ids = registry.ids().await?;
+    let scan = started.elapsed();
+    anyhow::ensure!(
+        ids.len() == tenants,
+        "{} ids for {tenants} tenants",
+        ids.len()
+    );
+
+    // Every page as tenants.list answers it: the ids, then the page's records.
+    let started = Instant::now();
+    let (mut cursor, mut pages, mut listed) = (None::<String>, 0, 0);
+    loop {
+        let ids = registry.ids().await?;
+        let (page_ids, next) = record::page(&ids, "", cursor.as_deref(), page);
+        listed += registry.records(&page_ids).await?.len();
+        pages += 1;
+        match next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let list = started.elapsed();
+    anyhow::ensure!(listed == tenants, "listed {listed} of {tenants}");
+
+    let info = js
+        .get_stream(format!("KV_{bucket}"))
+        .await?
+        .info()
+        .await?
+        .clone();
+    println!(
+        "{tenants} tenants: create {:.1} s ({:.0}/s, 256 in flight); one scan of every key {:.2} s; \
+         list in {pages} pages of {page}: {:.1} s ({:.2} s a page); bucket {:.1} MB on disk",
+        create.as_secs_f64(),
+        tenants as f64 / create.as_secs_f64(),
+        scan.as_secs_f64(),
+        list.as_secs_f64(),
+        list.as_secs_f64() / pages as f64,
+        info.state.bytes as f64 / 1e6,
+    );
+    js.delete_key_value(&bucket).await?;
+    Ok(())
+}
