@@ -131,24 +131,50 @@ enum Command {
         #[arg(long)]
         re_embed: bool,
     },
-    /// Back a tenant up into the NATS Object Store bucket (TENANTVEC_BACKUP).
+    /// Back a tenant up into the NATS Object Store bucket (TENANTVEC_BACKUP),
+    /// or with --all every tenant of the registry.
     Backup {
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        tenant: Option<String>,
+        /// Every tenant of the registry (resumable: the same command with
+        /// the same --name skips the tenants done).
         #[arg(long)]
-        tenant: String,
+        all: bool,
         /// The backup's name; the UTC time by default.
         #[arg(long)]
         name: Option<String>,
+        /// With --all: only tenants whose id starts with this.
+        #[arg(long, value_name = "PREFIX", requires = "all")]
+        id_prefix: Option<String>,
+        /// With --all: tenants backed up at once.
+        #[arg(long, default_value_t = tenantvec::client::backup_all::DEFAULT_PARALLEL)]
+        parallel: usize,
     },
-    /// Replace a tenant's documents with one of its backups.
+    /// Replace a tenant's documents with one of its backups, or with --all
+    /// every tenant's that has one.
     Restore {
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        tenant: Option<String>,
+        /// Every tenant with a backup in the bucket (of --at's name, if
+        /// given); resumable with the same --run.
         #[arg(long)]
-        tenant: String,
+        all: bool,
         /// Restore into this tenant instead.
-        #[arg(long = "as", value_name = "TENANT")]
+        #[arg(long = "as", value_name = "TENANT", conflicts_with = "all")]
         into: Option<String>,
         /// The backup's name; the newest by default.
         #[arg(long, value_name = "NAME")]
         at: Option<String>,
+        /// With --all: the run's name, marking the tenants it restored (a
+        /// rerun with it skips them); --at's name or the UTC time by default.
+        #[arg(long, value_name = "NAME", requires = "all")]
+        run: Option<String>,
+        /// With --all: only tenants whose id starts with this.
+        #[arg(long, value_name = "PREFIX", requires = "all")]
+        id_prefix: Option<String>,
+        /// With --all: tenants restored at once.
+        #[arg(long, default_value_t = tenantvec::client::backup_all::DEFAULT_PARALLEL)]
+        parallel: usize,
         #[arg(long)]
         re_embed: bool,
     },
@@ -208,6 +234,11 @@ enum TenantsAction {
     },
     /// Erase a tenant: its data (as drop) and its record.
     Delete { tenant: String },
+    /// Make the record of every tenant of this machine's data folder
+    /// (store.folder) written before the registry, from its tenant.json and
+    /// embedder.json; run where the worker's data is. A worker does the same
+    /// for one tenant when it first opens it.
+    ImportFiles,
 }
 
 #[derive(Subcommand)]
@@ -348,12 +379,64 @@ async fn client_command(command: Command, settings: &Settings) -> Result<String,
         let records = tenants::list(&client, id_prefix.as_deref(), state.as_deref(), *page).await?;
         return Ok(tenants::table(&records));
     }
+    if let Command::Tenants {
+        action: TenantsAction::ImportFiles,
+    } = &command
+    {
+        return import_files(settings).await.map(pretty);
+    }
     if let Command::Export { file: None, .. } = &command {
         // The export is on stdout: the summary goes to stderr.
         eprintln!("{}", pretty(request_command(command, settings).await?));
         return Ok(String::new());
     }
     request_command(command, settings).await.map(pretty)
+}
+
+/// `tenants import-files`: the data folder's tenants into the registry.
+async fn import_files(settings: &Settings) -> Result<Value, ClientError> {
+    use tenantvec::config::{Backend, Layout};
+    use tenantvec::tenant::TenantPaths;
+    let client = Client::connect(settings).await?;
+    let registry = tenantvec::registry::Registry::open(
+        &async_nats::jetstream::new(client.nats().clone()),
+        &settings.nats.prefix,
+        settings.nats.replicas,
+    )
+    .await?;
+    let folder = &settings.store.folder;
+    let records = tenantvec::embed::record::Records::new(
+        TenantPaths::new(folder),
+        settings.store.backend == Backend::Edge && settings.store.layout == Layout::PerTenant,
+    );
+    let progress = indicatif::ProgressBar::new_spinner();
+    progress.enable_steady_tick(std::time::Duration::from_millis(200));
+    let summary = tenantvec::registry::import::import_files(
+        &registry,
+        &TenantPaths::new(folder),
+        &records,
+        |s| {
+            progress.set_message(format!(
+                "{}: {} imported, {} registered already, {} failed",
+                folder.display(),
+                s.imported,
+                s.registered,
+                s.failed.len()
+            ))
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot read the data folder {}: {e}", folder.display()))?;
+    progress.finish_and_clear();
+    let failed = summary.failed.len();
+    let summary = serde_json::to_value(&summary).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if failed > 0 {
+        return Err(anyhow::anyhow!(
+            "{summary:#}\n{failed} tenants failed; run it again to retry them"
+        )
+        .into());
+    }
+    Ok(summary)
 }
 
 async fn request_command(command: Command, settings: &Settings) -> Result<Value, ClientError> {
@@ -364,9 +447,8 @@ async fn request_command(command: Command, settings: &Settings) -> Result<Value,
         | Command::Count { tenant, .. }
         | Command::Drop { tenant }
         | Command::Export { tenant, .. }
-        | Command::Import { tenant, .. }
-        | Command::Backup { tenant, .. }
-        | Command::Restore { tenant, .. } => Some(tenant.as_str()),
+        | Command::Import { tenant, .. } => Some(tenant.as_str()),
+        Command::Backup { tenant, .. } | Command::Restore { tenant, .. } => tenant.as_deref(),
         Command::Backups { tenant } => tenant.as_deref(),
         Command::Ingest { tenant, .. } => tenant.as_deref(),
         Command::Deadletters {
@@ -465,6 +547,7 @@ async fn request_command(command: Command, settings: &Settings) -> Result<Value,
             TenantsAction::Delete { tenant } => {
                 tenants::one(&client, TenantsOp::Delete, &tenant, None).await
             }
+            TenantsAction::ImportFiles => unreachable!("handled before"),
         },
         Command::Cluster => {
             tenantvec::cluster::fleet::describe(client.nats(), &settings.nats.prefix)
@@ -483,15 +566,56 @@ async fn request_command(command: Command, settings: &Settings) -> Result<Value,
             let tenant = tenantvec::client::check_tenant(&tenant)?;
             backup::import(&client, &tenant, &file, re_embed).await
         }
-        Command::Backup { tenant, name } => {
+        Command::Backup {
+            tenant: None,
+            name,
+            id_prefix,
+            parallel,
+            ..
+        } => {
+            tenantvec::client::backup_all::backup_all(
+                &client,
+                name.as_deref(),
+                id_prefix.as_deref(),
+                parallel,
+            )
+            .await
+        }
+        Command::Backup {
+            tenant: Some(tenant),
+            name,
+            ..
+        } => {
             let tenant = tenantvec::client::check_tenant(&tenant)?;
             backup::backup(&client, &tenant, name.as_deref()).await
         }
         Command::Restore {
-            tenant,
+            tenant: None,
+            at,
+            run,
+            id_prefix,
+            parallel,
+            re_embed,
+            ..
+        } => {
+            tenantvec::client::backup_all::restore_all(
+                &client,
+                tenantvec::client::backup_all::RestoreAll {
+                    at: at.as_deref(),
+                    run: run.as_deref(),
+                    id_prefix: id_prefix.as_deref(),
+                    parallel,
+                    re_embed,
+                },
+            )
+            .await
+        }
+        Command::Restore {
+            tenant: Some(tenant),
             into,
             at,
             re_embed,
+            ..
         } => {
             let tenant = tenantvec::client::check_tenant(&tenant)?;
             let into = into

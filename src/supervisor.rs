@@ -385,6 +385,7 @@ impl Supervisor {
             ingest: None,
             errors: Default::default(),
             cluster: None,
+            registry: None,
         }
     }
 }

@@ -237,6 +237,8 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
     )
     .await?;
     if let Some(registry) = registry.clone() {
+        let index = registry.index().clone();
+        metrics.watch_registry(move || index.census(&[]));
         tokio::spawn(transport::record_changes::pass_on(
             registry,
             supervisor.clone(),

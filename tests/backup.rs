@@ -489,3 +489,117 @@ async fn a_large_tenant_is_backed_up_in_flat_memory() {
     );
     common::kill(&mut worker);
 }
+
+/// `tenantvec <args>` against the harness's NATS server, as a child.
+fn cli_command(h: &Harness, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(common::tenantvec_bin());
+    cmd.args(args)
+        .env("NATS_URL", h.nats.url())
+        .env("RUST_LOG", "error");
+    cmd
+}
+
+/// [`cli_command`] run to its end, which must be a success: its output.
+fn cli_json(h: &Harness, args: &[&str]) -> Value {
+    let out = cli_command(h, args).output().expect("run tenantvec");
+    assert!(
+        out.status.success(),
+        "tenantvec {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON output")
+}
+
+/// `backup --all` killed half-way and run again backs every tenant of the
+/// registry up once; `restore --all` into a fresh worker and data folder
+/// answers every search as before, and run again restores nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_all_resumes_and_restore_all_gives_the_same_answers() {
+    const TENANTS: usize = 30;
+    let mut h = Harness::start().await;
+    let names: Vec<String> = (0..TENANTS).map(|i| format!("user-{i:02}")).collect();
+    let mut before = Vec::new();
+    for t in &names {
+        load(&h, t, 120).await;
+        before.push(answers(&h, t).await);
+    }
+
+    // Interrupted: killed once a few tenants are done.
+    let mut child = cli_command(
+        &h,
+        &["backup", "--all", "--name", "nightly", "--parallel", "1"],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .expect("run tenantvec backup --all");
+    let js = h.jetstream().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let bucket = loop {
+        if let Ok(b) = js
+            .get_object_store(tenantvec::backup::bucket_name(&h.settings.nats.prefix))
+            .await
+        {
+            break b;
+        }
+        assert!(Instant::now() < deadline, "no backup bucket made");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    while bucket.info("user-03/nightly").await.is_err() {
+        assert!(Instant::now() < deadline, "backup --all made no progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let first = cli::list(&h.client, None).await.unwrap()["count"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        (4..TENANTS as u64).contains(&first),
+        "killed after {first} of {TENANTS}: not half-way"
+    );
+
+    let rerun = cli_json(&h, &["backup", "--all", "--name", "nightly"]);
+    assert_eq!(rerun["tenants"], TENANTS, "{rerun:#}");
+    assert!(
+        rerun["already_done"].as_u64().unwrap() >= first,
+        "{rerun:#}"
+    );
+    assert_eq!(
+        rerun["done"].as_u64().unwrap() + rerun["already_done"].as_u64().unwrap(),
+        TENANTS as u64,
+        "{rerun:#}"
+    );
+    let listed = cli::list(&h.client, None).await.unwrap();
+    let backups = listed["backups"].as_array().unwrap();
+    assert_eq!(backups.len(), TENANTS, "every tenant once: {listed:#}");
+    for (b, t) in backups.iter().zip(&names) {
+        assert_eq!((&b["tenant"], &b["name"]), (&json!(t), &json!("nightly")));
+        assert_eq!(b["documents"], 120);
+    }
+
+    // A fresh worker and data folder on the same NATS (registry and bucket).
+    h.stop_worker().unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    h.settings.store.folder = fresh.path().to_owned();
+    h.start_worker().await;
+    assert_eq!(h.ok(Verb::Count, "user-00", json!({})).await["count"], 0);
+    let restored = cli_json(&h, &["restore", "--all", "--at", "nightly"]);
+    assert_eq!(
+        (&restored["done"], &restored["documents"]),
+        (&json!(TENANTS), &json!(TENANTS * 120)),
+        "{restored:#}"
+    );
+    for (t, expected) in names.iter().zip(&before) {
+        assert_eq!(&answers(&h, t).await, expected, "{t} answers otherwise");
+    }
+    let again = cli_json(&h, &["restore", "--all", "--at", "nightly"]);
+    assert_eq!(
+        (&again["done"], &again["already_done"]),
+        (&json!(0), &json!(TENANTS)),
+        "{again:#}"
+    );
+    // The marks of the restore are no backups.
+    assert_eq!(cli::list(&h.client, None).await.unwrap()["count"], TENANTS);
+    h.stop_worker().unwrap();
+}

@@ -451,3 +451,90 @@ impl Drop for Running {
         let _ = self.0.wait();
     }
 }
+
+/// The registry's census: tenants by state and by documents, in
+/// `admin.stats` and in `/metrics`, with no tenant named in either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_census_counts_tenants_by_state_and_size() {
+    let (h, port) = harness().await;
+    for (tenant, n) in [("alice", 10u64), ("bob", 150)] {
+        let docs: Vec<Value> = (0..n)
+            .map(|i| json!({"doc_id": format!("d{i}"), "vector": vector(i, DIM)}))
+            .collect();
+        h.ok(Verb::Upsert, tenant, json!({ "documents": docs }))
+            .await;
+    }
+    tenantvec::client::tenants::one(
+        &h.client,
+        tenantvec::protocol::TenantsOp::Create,
+        "carol",
+        Some(Default::default()),
+    )
+    .await
+    .unwrap();
+    // Closing writes each tenant's figures into its record.
+    h.admin(AdminVerb::Evict, json!({})).await;
+    h.ok(Verb::Count, "alice", json!({})).await;
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let registry = loop {
+        let stats = h.admin(AdminVerb::Stats, json!({})).await;
+        let registry = stats["registry"].clone();
+        if registry["complete"] == json!(true) && registry["documents_total"] == json!(160) {
+            break registry;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "census never complete: {stats:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(registry["tenants"], 3, "{registry:#}");
+    assert_eq!(
+        registry["states"],
+        json!({"idle": 2, "active": 1, "dropping": 0}),
+        "{registry:#}"
+    );
+    assert_eq!(registry["documents_unknown"], 1, "carol never closed");
+    let per: Vec<(Value, Value)> = registry["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["le"].clone(), b["tenants"].clone()))
+        .collect();
+    assert_eq!(per[1], (json!(10), json!(1)), "alice: {registry:#}");
+    assert_eq!(per[3], (json!(1000), json!(1)), "bob: {registry:#}");
+
+    let text = scrape(port);
+    assert_eq!(sample(&text, "tenantvec_registry_complete"), 1.0);
+    assert_eq!(
+        sample(&text, r#"tenantvec_registry_tenants{state="active"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, r#"tenantvec_registry_tenants{state="idle"}"#),
+        2.0
+    );
+    assert_eq!(
+        sample(&text, "tenantvec_registry_tenant_documents_count"),
+        2.0
+    );
+    assert_eq!(
+        sample(&text, "tenantvec_registry_tenant_documents_sum"),
+        160.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"tenantvec_registry_tenant_documents_bucket{le="10"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "tenantvec_registry_tenants_size_unknown"),
+        1.0
+    );
+    for tenant in ["alice", "bob", "carol"] {
+        assert!(!text.contains(tenant), "a tenant named in /metrics");
+    }
+}

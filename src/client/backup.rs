@@ -25,7 +25,7 @@ fn other(e: impl std::fmt::Display) -> ClientError {
 }
 
 /// The bucket; made when `create`, else a clear error when missing.
-async fn bucket(client: &Client, create: bool) -> Result<ObjectStore, ClientError> {
+pub(super) async fn bucket(client: &Client, create: bool) -> Result<ObjectStore, ClientError> {
     let name = bucket_name(client.subjects().prefix());
     let js = async_nats::jetstream::new(client.nats().clone());
     match js.get_object_store(&name).await {
@@ -53,7 +53,7 @@ fn temporary(tenant: &TenantId, kind: &str) -> String {
 }
 
 /// A backup's name: given, or the UTC time now (`2026-11-30T12-00-00.123Z`).
-fn backup_name(name: Option<&str>) -> Result<String, ClientError> {
+pub(super) fn backup_name(name: Option<&str>) -> Result<String, ClientError> {
     let name = match name {
         Some(n) => n.to_owned(),
         None => humantime::format_rfc3339_millis(std::time::SystemTime::now())
@@ -74,7 +74,7 @@ fn backup_name(name: Option<&str>) -> Result<String, ClientError> {
     Ok(name)
 }
 
-fn bar(len: u64, template: &str) -> indicatif::ProgressBar {
+pub(super) fn bar(len: u64, template: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(
         indicatif::ProgressStyle::with_template(template)
@@ -91,6 +91,27 @@ async fn ask(
     object: &str,
     re_embed: bool,
 ) -> Result<Value, ClientError> {
+    let progress = bar(
+        0,
+        "{spinner} {msg} {bar:40} {pos}/{len} docs  {per_sec}  eta {eta}",
+    );
+    progress.set_message(format!("{} {tenant}", verb.as_str()));
+    progress.enable_steady_tick(Duration::from_millis(200));
+    let outcome = job(client, verb, tenant, object, re_embed, Some(&progress)).await;
+    progress.finish_and_clear();
+    outcome
+}
+
+/// An export or import job of one tenant into or from `object`, its
+/// progress shown on `progress` when given.
+pub(super) async fn job(
+    client: &Client,
+    verb: Verb,
+    tenant: &TenantId,
+    object: &str,
+    re_embed: bool,
+    progress: Option<&indicatif::ProgressBar>,
+) -> Result<Value, ClientError> {
     let inbox = client.nats().new_inbox();
     let mut updates = client
         .nats()
@@ -105,17 +126,11 @@ async fn ask(
     let subject = client.subjects().tenant(verb, tenant.as_str());
     let request = client.request_timeout(subject, payload.into(), JOB_TIMEOUT);
     tokio::pin!(request);
-    let progress = bar(
-        0,
-        "{spinner} {msg} {bar:40} {pos}/{len} docs  {per_sec}  eta {eta}",
-    );
-    progress.set_message(format!("{} {tenant}", verb.as_str()));
-    progress.enable_steady_tick(Duration::from_millis(200));
-    let outcome = loop {
+    loop {
         tokio::select! {
             reply = &mut request => break reply,
             Some(update) = updates.next() => {
-                if let Ok(u) = serde_json::from_slice::<Value>(&update.payload) {
+                if let (Some(progress), Ok(u)) = (progress, serde_json::from_slice::<Value>(&update.payload)) {
                     let phase = u["phase"].as_str().unwrap_or("");
                     progress.set_message(format!("{phase} {tenant}"));
                     progress.set_length(u["total"].as_u64().unwrap_or(0));
@@ -123,9 +138,7 @@ async fn ask(
                 }
             }
         }
-    };
-    progress.finish_and_clear();
-    outcome
+    }
 }
 
 /// Stream an object into `out`, with a progress bar of its bytes.
@@ -240,15 +253,16 @@ pub async fn backup(
 }
 
 /// A backup as listed: tenant, name and the object's info.
-struct Listed {
-    tenant: String,
-    name: String,
-    info: ObjectInfo,
+pub(super) struct Listed {
+    pub(super) tenant: String,
+    pub(super) name: String,
+    pub(super) info: ObjectInfo,
 }
 
-/// Every backup in the bucket (temporary objects left out), of `tenant` only
-/// when given; oldest first.
-async fn listed(
+/// Every backup in the bucket (temporary objects and the marks of
+/// `restore --all` left out), of `tenant` only when given; by tenant, then
+/// oldest first.
+pub(super) async fn listed(
     bucket: &ObjectStore,
     tenant: Option<&TenantId>,
 ) -> Result<Vec<Listed>, ClientError> {
@@ -259,7 +273,11 @@ async fn listed(
         let Some((t, name)) = info.name.split_once('/') else {
             continue;
         };
-        if info.deleted || name.starts_with('_') || tenant.is_some_and(|want| want.as_str() != t) {
+        if info.deleted
+            || t.starts_with('_')
+            || name.starts_with('_')
+            || tenant.is_some_and(|want| want.as_str() != t)
+        {
             continue;
         }
         out.push(Listed {

@@ -7,6 +7,7 @@
 //! goes over the wire.
 
 pub mod backup;
+pub mod backup_all;
 pub mod deadletter;
 pub mod tenants;
 

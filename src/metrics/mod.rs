@@ -19,6 +19,7 @@ mod ingest;
 mod labels;
 mod process;
 mod server;
+mod tenants;
 mod timed;
 
 pub use histogram::Histogram;
@@ -28,6 +29,7 @@ pub use server::MetricsServer;
 use ingest::{IngestCollector, IngestConsumers, IngestSource, CONSUMER_INFO_TIMEOUT};
 use labels::{code_index, verb_index, Labels1, Labels2, CODES, OPS, PURPOSES, VERBS};
 use process::ProcessCollector;
+use tenants::{CensusSource, TenantsCollector};
 use timed::{TimedEmbedder, TimedFactory};
 
 use std::collections::BTreeMap;
@@ -67,6 +69,8 @@ pub struct Metrics {
     embedder_texts: Vec<Counter>,
     /// Set once ingest starts: read at each scrape.
     ingest: Arc<OnceLock<IngestSource>>,
+    /// Set when the worker keeps a registry: read at each scrape.
+    census: Arc<OnceLock<CensusSource>>,
 }
 
 impl Metrics {
@@ -180,6 +184,11 @@ impl Metrics {
         let Registrar(mut registry) = r;
         registry.register_collector(Box::new(IngestCollector(ingest.clone())));
         registry.register_collector(Box::new(ProcessCollector));
+        let census = Arc::new(OnceLock::new());
+        registry.register_collector(Box::new(TenantsCollector {
+            source: census.clone(),
+            pool_active: pool_active.clone(),
+        }));
 
         Self {
             registry,
@@ -199,6 +208,7 @@ impl Metrics {
             embedder_seconds,
             embedder_texts,
             ingest,
+            census,
         }
     }
 
@@ -282,6 +292,16 @@ impl Metrics {
         partitions: impl Fn() -> Vec<PullConsumer> + Send + Sync + 'static,
     ) {
         self.watch(counters, IngestConsumers::Partitions(Box::new(partitions)));
+    }
+
+    /// Report the registry's census from now on: `census` gives it at
+    /// each scrape (no tenant counted active: the pool's gauge says how
+    /// many are).
+    pub fn watch_registry(
+        &self,
+        census: impl Fn() -> crate::protocol::RegistryStats + Send + Sync + 'static,
+    ) {
+        let _ = self.census.set(Box::new(census));
     }
 
     fn watch(&self, counters: Arc<IngestCounters>, consumers: IngestConsumers) {

@@ -8,7 +8,10 @@
 
 mod tenants;
 
-pub use tenants::{TenantRequest, TenantsListRequest, TenantsOp, MAX_TENANTS_PAGE, TENANTS};
+pub use tenants::{
+    DocumentsBucket, RegistryStats, TenantRequest, TenantsListRequest, TenantsOp, MAX_TENANTS_PAGE,
+    TENANTS,
+};
 
 use std::fmt;
 
@@ -537,6 +540,9 @@ pub struct PoolStats {
     /// With `cluster.enabled`: this worker's place in the fleet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterStats>,
+    /// With `tenants.registry`: the tenants by state and by size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistryStats>,
 }
 
 /// A fleet member's view of the fleet (`admin.stats`).

@@ -74,3 +74,33 @@ pub struct TenantRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<serde_json::Map<String, serde_json::Value>>,
 }
+
+/// The registry as one worker's index of it sees it (`admin.stats`'s
+/// `registry`): tenants by state and by size, never one by name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RegistryStats {
+    /// Whether the worker has read the whole registry yet (the figures are
+    /// partial until then).
+    pub complete: bool,
+    /// Tenants with a record.
+    pub tenants: u64,
+    /// Tenants by state: `idle`, `active` (held by the answering worker's
+    /// pool), `dropping`.
+    pub states: std::collections::BTreeMap<String, u64>,
+    /// Tenants by documents as last seen (each bucket those with at most
+    /// `le`, above the bucket before; the last has no bound).
+    pub documents: Vec<DocumentsBucket>,
+    /// Documents of all tenants whose size is known, added up.
+    pub documents_total: u64,
+    /// Tenants whose size is not known yet (no actor closed since their
+    /// record was made).
+    pub documents_unknown: u64,
+}
+
+/// One bucket of [`RegistryStats::documents`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DocumentsBucket {
+    /// Most documents a tenant of this bucket has (`null`: no bound).
+    pub le: Option<u64>,
+    pub tenants: u64,
+}

@@ -12,6 +12,8 @@
 //! request's path, and never let a JetStream outage look like a missing
 //! tenant: a record that cannot be read is `unavailable`, never absent.
 
+pub mod import;
+pub mod index;
 pub mod record;
 
 use std::future::Future;
@@ -20,6 +22,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use futures::{StreamExt, TryStreamExt};
 
+pub use index::Index;
 pub use record::{TenantRecord, TenantState};
 
 use crate::embed::record::Records;
@@ -57,6 +60,8 @@ pub enum Found {
 pub struct Registry {
     kv: kv::Store,
     bucket: String,
+    /// Every record's id, state and size, from a watch of the bucket.
+    index: Index,
     /// The runtime of the NATS connection, for callers on the blocking pool.
     handle: tokio::runtime::Handle,
 }
@@ -110,12 +115,19 @@ impl Registry {
         Ok(Self {
             kv,
             bucket,
+            index: Index::default(),
             handle: tokio::runtime::Handle::current(),
         })
     }
 
     pub fn bucket(&self) -> &str {
         &self.bucket
+    }
+
+    /// The live index; complete once [`Registry::follow`] has read the
+    /// whole bucket.
+    pub fn index(&self) -> &Index {
+        &self.index
     }
 
     /// Run `f` to completion from a thread outside the runtime (the
@@ -139,7 +151,10 @@ impl Registry {
     /// Store `record` if its tenant has none; `Ok(None)` when it has one.
     pub async fn create(&self, record: &TenantRecord) -> Result<Option<u64>, ServiceError> {
         match tokio::time::timeout(TIMEOUT, self.kv.create(&record.id, record.encode())).await {
-            Ok(Ok(revision)) => Ok(Some(revision)),
+            Ok(Ok(revision)) => {
+                self.index.put(record, revision);
+                Ok(Some(revision))
+            }
             Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
             Ok(Err(e)) => Err(unavailable("create", e)),
             Err(_) => Err(unavailable("create", "timed out")),
@@ -171,7 +186,10 @@ impl Registry {
             match tokio::time::timeout(TIMEOUT, self.kv.update(tenant, record.encode(), revision))
                 .await
             {
-                Ok(Ok(_)) => return Ok(Some(record)),
+                Ok(Ok(revision)) => {
+                    self.index.put(&record, revision);
+                    return Ok(Some(record));
+                }
                 Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
                 Ok(Err(e)) => return Err(unavailable("update", e)),
                 Err(_) => return Err(unavailable("update", "timed out")),
@@ -184,7 +202,27 @@ impl Registry {
 
     /// Remove the tenant's record, every revision of it.
     pub async fn remove(&self, tenant: &str) -> Result<(), ServiceError> {
-        timed("remove", self.kv.purge(tenant)).await
+        timed("remove", self.kv.purge(tenant)).await?;
+        self.index.remove(tenant, None);
+        Ok(())
+    }
+
+    /// A page of ids in order (from after `cursor`, starting with `prefix`,
+    /// those `keep` takes by their stored state) and the next page's
+    /// cursor: from the index once complete, else from a scan of every key.
+    pub async fn page(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+        keep: impl Fn(&str, TenantState) -> bool,
+    ) -> Result<(Vec<String>, Option<String>), ServiceError> {
+        if let Some(page) = self.index.page(prefix, cursor, limit, keep) {
+            return Ok(page);
+        }
+        let ids = self.ids().await?;
+        let (page, next) = record::page(&ids, prefix, cursor, limit);
+        Ok((page.into_iter().map(str::to_owned).collect(), next))
     }
 
     /// Every tenant's id, sorted. Reads each key's last message headers
@@ -217,10 +255,13 @@ impl Registry {
         Ok(reads.into_iter().flatten().map(|v| v.record).collect())
     }
 
-    /// Changes to any record from now on (the worker passes new settings
-    /// on to active tenants from it).
-    pub async fn watch(&self) -> Result<kv::Watch, ServiceError> {
-        timed("watch", self.kv.watch_all()).await
+    /// Every record's last value, then every change from then on; and
+    /// whether the bucket was empty when the watch began (then no record
+    /// will say it is the last of before).
+    pub async fn follow(&self) -> Result<(kv::Watch, bool), ServiceError> {
+        let watch = timed("watch", self.kv.watch_with_history(">")).await?;
+        let status = timed("status", self.kv.status()).await?;
+        Ok((watch, status.values() == 0))
     }
 
     /// What activating `tenant` finds: its record; or, when it has none

@@ -29,6 +29,7 @@ pub(super) fn admin(
             let ingest = shared.ingest.clone();
             let metrics = shared.metrics.clone();
             let cluster = shared.cluster.clone();
+            let registry = shared.registry.clone();
             Ok(async move {
                 let mut stats = stats.await.map_err(unavailable)?;
                 stats.ingest = ingest.as_ref().map(|c| c.snapshot());
@@ -39,6 +40,7 @@ pub(super) fn admin(
                     owners: c.owners(),
                 });
                 stats.errors = metrics.error_counts();
+                stats.registry = registry.map(|r| r.index().census(&stats.keys));
                 to_json(&stats)
             }
             .boxed())

@@ -6,6 +6,7 @@
 //! tenant's data but through its `drop` request (which reaches the
 //! tenant's owner, on this worker or another one of the fleet).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -22,7 +23,7 @@ use crate::protocol::{
     Verb, HEADER_ERROR_CODE, MAX_TENANTS_PAGE,
 };
 use crate::registry::{record, Registry, TenantRecord, TenantState};
-use crate::supervisor::{ActiveAmong, NewRecord};
+use crate::supervisor::{ActiveAmong, GetStats, NewRecord};
 use crate::tenant::{TenantId, TenantPaths};
 
 /// Records per page of `tenants.list` when the request gives none.
@@ -77,11 +78,25 @@ async fn operate(
                 )));
             }
             let state = req.state.as_deref().map(parse_state).transpose()?;
-            let ids = registry.ids().await?;
+            let held: HashSet<String> = match state {
+                Some(TenantState::Active | TenantState::Idle) => held(shared).await,
+                _ => HashSet::new(),
+            };
+            let keep = |id: &str, stored: TenantState| match state {
+                None => true,
+                Some(TenantState::Active) => held.contains(id),
+                Some(TenantState::Idle) => stored == TenantState::Idle && !held.contains(id),
+                Some(TenantState::Dropping) => stored == TenantState::Dropping,
+            };
             let prefix = req.prefix.as_deref().unwrap_or("");
-            let (page, next) = record::page(&ids, prefix, req.cursor.as_deref(), limit);
+            let (page, next) = registry
+                .page(prefix, req.cursor.as_deref(), limit, keep)
+                .await?;
+            let page: Vec<&str> = page.iter().map(String::as_str).collect();
             let mut records = registry.records(&page).await?;
             mark_active(&mut records, shared).await;
+            // A page scanned from the bucket (the index not yet complete)
+            // is filtered here; one from the index is already.
             if let Some(state) = state {
                 records.retain(|r| r.state == state);
             }
@@ -184,6 +199,14 @@ fn tenant_of(
             "settings are for tenants.create and tenants.set",
         )),
         (settings, _) => Ok((tenant, settings.unwrap_or_default())),
+    }
+}
+
+/// The tenants this worker's pool holds.
+async fn held(shared: &Shared) -> HashSet<String> {
+    match shared.router.supervisor().send(GetStats).await {
+        Ok(stats) => stats.keys.into_iter().collect(),
+        Err(_) => HashSet::new(),
     }
 }
 
