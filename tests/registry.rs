@@ -233,6 +233,68 @@ async fn a_data_folder_of_before_keeps_its_limits_and_its_embedder() {
     assert_eq!(listed.len(), 1);
 }
 
+/// `tenants import-files` makes the records of a whole data folder of
+/// before at once, and run again finds them made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_files_registers_every_tenant_of_a_folder_of_before() {
+    let mut h = Harness::start_with(|s| s.tenants.registry = false).await;
+    for (i, t) in ["a1", "b2", "c3"].iter().enumerate() {
+        let config = h.tenant_dir(t).join("config");
+        std::fs::create_dir_all(&config).unwrap();
+        std::fs::write(
+            config.join("tenant.json"),
+            format!(r#"{{"max_documents": {}}}"#, 10 + i),
+        )
+        .unwrap();
+        h.ok(Verb::Upsert, t, docs(2)).await;
+    }
+    // Not tenants: a file, a folder whose name is no tenant id, an empty one.
+    std::fs::write(h.data.path().join("notes.txt"), "x").unwrap();
+    std::fs::create_dir_all(h.data.path().join("Not A Tenant")).unwrap();
+    std::fs::create_dir_all(h.data.path().join("empty")).unwrap();
+    h.stop_worker().unwrap();
+    h.settings.tenants.registry = true;
+    h.start_worker().await;
+
+    let import = |h: &Harness| {
+        let out = std::process::Command::new(common::tenantvec_bin())
+            .args(["tenants", "import-files"])
+            .env("NATS_URL", h.nats.url())
+            .env("VECTOR_STORE_FOLDER", h.data.path())
+            .env("RUST_LOG", "error")
+            .output()
+            .expect("run tenantvec");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let first = import(&h);
+    assert_eq!(
+        (
+            &first["imported"],
+            &first["registered"],
+            &first["empty"],
+            &first["other"]
+        ),
+        (&json!(3), &json!(0), &json!(1), &json!(2)),
+        "{first:#}"
+    );
+    let again = import(&h);
+    assert_eq!(
+        (&again["imported"], &again["registered"]),
+        (&json!(0), &json!(3)),
+        "{again:#}"
+    );
+    let listed = tenants::list(&h.client, None, None, 10).await.unwrap();
+    let ids: Vec<&str> = listed.iter().filter_map(|r| r["id"].as_str()).collect();
+    assert_eq!(ids, ["a1", "b2", "c3"]);
+    assert_eq!(listed[1]["settings"]["max_documents"], 11);
+    assert_eq!(listed[2]["embedder"]["dimension"], 8);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_writers_of_one_record_never_lose_a_change() {
     let h = Harness::start().await;
