@@ -293,6 +293,22 @@ async fn import_files_registers_every_tenant_of_a_folder_of_before() {
     assert_eq!(ids, ["a1", "b2", "c3"]);
     assert_eq!(listed[1]["settings"]["max_documents"], 11);
     assert_eq!(listed[2]["embedder"]["dimension"], 8);
+    // The worker's index learnt of records another process made.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let stats = h
+            .admin(tenantvec::protocol::AdminVerb::Stats, json!({}))
+            .await;
+        if stats["registry"]["tenants"] == 3 {
+            assert_eq!(stats["registry"]["complete"], true);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the index never counted the imported tenants: {stats:#}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,7 @@
 //! request's path, and never let a JetStream outage look like a missing
 //! tenant: a record that cannot be read is `unavailable`, never absent.
 
+mod follow;
 pub mod import;
 pub mod index;
 pub mod record;
@@ -59,6 +60,7 @@ pub enum Found {
 #[derive(Clone)]
 pub struct Registry {
     kv: kv::Store,
+    js: jetstream::Context,
     bucket: String,
     /// Every record's id, state and size, from a watch of the bucket.
     index: Index,
@@ -114,6 +116,7 @@ impl Registry {
         };
         Ok(Self {
             kv,
+            js: js.clone(),
             bucket,
             index: Index::default(),
             handle: tokio::runtime::Handle::current(),
@@ -258,10 +261,11 @@ impl Registry {
     /// Every record's last value, then every change from then on; and
     /// whether the bucket was empty when the watch began (then no record
     /// will say it is the last of before).
-    pub async fn follow(&self) -> Result<(kv::Watch, bool), ServiceError> {
+    async fn watch_all(&self) -> Result<(kv::Watch, bool), ServiceError> {
         let watch = timed("watch", self.kv.watch_with_history(">")).await?;
-        let status = timed("status", self.kv.status()).await?;
-        Ok((watch, status.values() == 0))
+        // Asked now (the bucket's own status is as it was when opened).
+        let stream = timed("status", self.js.get_stream(format!("KV_{}", self.bucket))).await?;
+        Ok((watch, stream.cached_info().state.messages == 0))
     }
 
     /// What activating `tenant` finds: its record; or, when it has none
