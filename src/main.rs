@@ -36,6 +36,22 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum KeysAction {
+    /// Write a new master key (32 random bytes) to a new file of mode 0600
+    /// and print its fingerprint.
+    New {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Print the fingerprint of a master key file (encryption.master_key_file
+    /// unless given).
+    Fingerprint {
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the worker until SIGTERM or SIGINT.
     Serve {
@@ -100,6 +116,11 @@ enum Command {
     Tenants {
         #[command(subcommand)]
         action: TenantsAction,
+    },
+    /// Encryption keys (docs/encryption.md).
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
     },
     /// The fleet of a prefix (cluster.enabled): its settings, its members
     /// with the partitions each serves and hands over, and every
@@ -316,6 +337,34 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    if let Command::Keys { action } = &cli.command {
+        let done = match action {
+            KeysAction::New { out } => tenantvec::crypto::MasterKey::generate().and_then(|key| {
+                key.write_new(out)?;
+                Ok(format!(
+                    "master key {} written to {} (mode 0600): keep a copy apart from the data",
+                    key.fingerprint(),
+                    out.display()
+                ))
+            }),
+            KeysAction::Fingerprint { file } => {
+                let path = file
+                    .clone()
+                    .unwrap_or(settings.encryption.master_key_file.clone());
+                tenantvec::crypto::MasterKey::load(&path).map(|k| k.fingerprint().to_owned())
+            }
+        };
+        return match done {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Command::Serve { .. } = cli.command {
         return match tenantvec::worker::run_blocking(settings, CancellationToken::new(), true) {
             Ok(()) => ExitCode::SUCCESS,
@@ -463,7 +512,10 @@ async fn request_command(command: Command, settings: &Settings) -> Result<Value,
     }
     let client = Client::connect(settings).await?;
     match command {
-        Command::Serve { .. } | Command::Bench { .. } | Command::NatsMappings { .. } => {
+        Command::Serve { .. }
+        | Command::Bench { .. }
+        | Command::NatsMappings { .. }
+        | Command::Keys { .. } => {
             unreachable!("handled before")
         }
         Command::Upsert { tenant, file } => {

@@ -34,6 +34,9 @@ use crate::transport;
 pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     // Bound before NATS is reached: a metrics.listen that cannot be served
     // stops the start at once.
+    // The master key first: a worker that cannot open its tenants' keys
+    // stops before it touches anything.
+    let keys = encryption_keys(&settings)?;
     let metrics = Arc::new(Metrics::new(&settings));
     let _metrics_server = metrics.serve(&settings).await?;
     let client = transport::connect(&settings.nats).await?;
@@ -112,6 +115,7 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
         metrics: metrics.clone(),
         registry: registry.clone(),
         auto_create: settings.tenants.auto_create,
+        keys,
     });
     let directory = Arc::new(Directory::new(metrics.clone()));
     let supervisor = Supervisor::new(
@@ -343,6 +347,27 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
 /// The settings of one of the worker's extra connections (`fleet`, `ingest`,
 /// `requests-<k>`):
 /// the worker's own, named after the role (`<connection_name>-<role>`).
+/// `encryption.enabled`: the master key, checked against the one the data
+/// folder's tenants were written under, as the keyring of the prefix.
+fn encryption_keys(settings: &Settings) -> anyhow::Result<Option<crate::crypto::Keyring>> {
+    if !settings.encryption.enabled {
+        return Ok(None);
+    }
+    let master = crate::crypto::MasterKey::load(&settings.encryption.master_key_file)?;
+    crate::store::create_data_folder(&settings.store.folder)?;
+    // The filesystem can encrypt (else the fix is named), before anything.
+    crate::crypto::fscrypt::Fscrypt::open(&settings.store.folder)?;
+    crate::store::encrypted::EncryptedFolders::check_master(
+        &settings.store.folder,
+        master.fingerprint(),
+    )?;
+    tracing::info!(master_key = %master.fingerprint(), "encryption at rest: every tenant's folder encrypted with its own key");
+    Ok(Some(crate::crypto::Keyring::new(
+        master,
+        &settings.nats.prefix,
+    )))
+}
+
 fn extra_connection(settings: &Settings, role: &str) -> crate::config::NatsSettings {
     let mut nats = settings.nats.clone();
     nats.connection_name = format!("{}-{role}", nats.connection_name);

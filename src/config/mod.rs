@@ -7,6 +7,7 @@
 //! other module gets what it needs from the `Settings` it is handed.
 
 mod embedding;
+mod encryption;
 mod ingest;
 mod nats;
 mod pool;
@@ -18,6 +19,7 @@ pub mod values;
 mod worker;
 
 pub use embedding::*;
+pub use encryption::*;
 pub use ingest::*;
 pub use nats::*;
 pub use pool::*;
@@ -89,6 +91,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("TENANTVEC_REPLICAS", "nats.replicas"),
     ("TENANTVEC_REQUEST_PARTITIONS", "nats.request_partitions"),
     ("TENANTVEC_WORKER_THREADS", "worker.threads"),
+    ("TENANTVEC_ENCRYPTION", "encryption.enabled"),
+    ("TENANTVEC_MASTER_KEY_FILE", "encryption.master_key_file"),
     ("RUST_LOG", "log.filter"),
 ];
 
@@ -106,6 +110,7 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub cluster: ClusterSettings,
     pub metrics: MetricsSettings,
+    pub encryption: EncryptionSettings,
     pub log: LogSettings,
 }
 

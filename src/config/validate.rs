@@ -206,6 +206,35 @@ impl Settings {
             "nats.request_timeout",
             || "must be positive".into(),
         )?;
+        let e = &s.encryption;
+        if e.enabled {
+            check(
+                !e.master_key_file.as_os_str().is_empty(),
+                "encryption.master_key_file",
+                || {
+                    "must name the master key file when encryption.enabled is on \
+                     (`tenantvec keys new --out FILE` makes one)"
+                        .into()
+                },
+            )?;
+            check(s.tenants.registry, "encryption.enabled", || {
+                "needs tenants.registry: each tenant's wrapped key is kept in its record".into()
+            })?;
+            check(
+                s.store.backend == super::Backend::Edge
+                    && s.store.layout == super::Layout::PerTenant,
+                "encryption.enabled",
+                || {
+                    format!(
+                        "is built for the edge store's per_tenant layout (the kernel encrypts each \
+                         tenant's folder); with backend {:?} and layout {:?} the engine holds \
+                         every tenant's data together, and per-tenant encryption of it is not \
+                         built yet: refused rather than left unencrypted",
+                        s.store.backend, s.store.layout
+                    )
+                },
+            )?;
+        }
         crate::protocol::check_prefix(&s.nats.prefix)
             .map_err(|m| Invalid::new("nats.prefix", m))?;
         crate::protocol::check_prefix(&s.nats.inbox_prefix)

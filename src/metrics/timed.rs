@@ -107,6 +107,10 @@ impl TenantStore for TimedStore {
         self.inner.answers_inline()
     }
 
+    fn set_data_key(&mut self, key: Arc<crate::crypto::DataKey>) {
+        self.inner.set_data_key(key)
+    }
+
     fn scroll(&mut self, cursor: Option<&str>, limit: usize) -> Result<Page, ServiceError> {
         self.time(Op::Scroll, |s| s.scroll(cursor, limit))
     }

@@ -26,6 +26,7 @@ use futures::{StreamExt, TryStreamExt};
 pub use index::Index;
 pub use record::{TenantRecord, TenantState};
 
+use crate::crypto::{DataKey, KeyError, Keyring, WrappedKey};
 use crate::embed::record::Records;
 use crate::names::tenants_bucket;
 use crate::policy::TenantSettings;
@@ -74,6 +75,10 @@ impl std::fmt::Debug for Registry {
             .field("bucket", &self.bucket)
             .finish()
     }
+}
+
+fn no_record(tenant: &str) -> ServiceError {
+    ServiceError::unknown_tenant(format!("tenant {tenant} has no record"))
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> ServiceError {
@@ -266,6 +271,46 @@ impl Registry {
         // Asked now (the bucket's own status is as it was when opened).
         let stream = timed("status", self.js.get_stream(format!("KV_{}", self.bucket))).await?;
         Ok((watch, stream.cached_info().state.messages == 0))
+    }
+
+    /// `tenant`'s data key (`encryption.enabled`): opened from its record,
+    /// or, for a record without one, made now and stored in it (against
+    /// the revision read: when two workers race, both take the key stored
+    /// first). A key that does not open is `internal`, naming the master
+    /// keys; a tenant without a record, `unknown_tenant`.
+    pub async fn data_key(&self, tenant: &str, keys: &Keyring) -> Result<DataKey, ServiceError> {
+        let refused = |e: KeyError| {
+            ServiceError::internal(format!(
+                "tenant {tenant}: its data key cannot be opened: {e}"
+            ))
+        };
+        let record = match self.get(tenant).await? {
+            Some(v) if v.record.key.is_some() => v.record,
+            Some(_) => {
+                let (_, wrapped) = keys.make(tenant, 1).map_err(refused)?;
+                let stored = self
+                    .update(tenant, |r| {
+                        if r.key.is_none() {
+                            r.key = Some(wrapped.to_value());
+                        }
+                        Ok(())
+                    })
+                    .await?;
+                match stored {
+                    Some(record) => record,
+                    None => return Err(no_record(tenant)),
+                }
+            }
+            None => return Err(no_record(tenant)),
+        };
+        let wrapped = record
+            .key
+            .as_ref()
+            .map(WrappedKey::from_value)
+            .transpose()
+            .map_err(refused)?
+            .ok_or_else(|| no_record(tenant))?;
+        keys.open(tenant, &wrapped).map_err(refused)
     }
 
     /// What activating `tenant` finds: its record; or, when it has none

@@ -12,6 +12,12 @@
 //!   every read, count, delete and search is given the tenant condition here,
 //!   so no caller can forget it. Activating a tenant costs nothing.
 //!
+//! With `encryption.enabled` (per_tenant only), each tenant's folder is
+//! encrypted by the kernel with the tenant's data key ([`super::encrypted`]):
+//! the key is put into the filesystem when the shard opens and taken out
+//! when it closes; a tenant written before encryption was on is copied into
+//! an encrypted folder by its first open.
+//!
 //! Owns the scoping of a tenant's points (ids, payload, filters) in both
 //! layouts. It must never open a path outside `<root>/<tenant>/` for a tenant
 //! (the shared shard excepted), nor let a read or write of one tenant reach
@@ -21,8 +27,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::{Layout, Settings};
+use crate::crypto::fscrypt::KeyIdentifier;
+use crate::crypto::DataKey;
 use crate::filter::Filter;
 use crate::protocol::{Doc, Hit, ServiceError};
+use crate::store::encrypted::{EncryptedFolders, Unlocked};
 use crate::store::shard::{self, Shard, ShardOptions};
 use crate::store::{
     create_data_folder, internal, payload, remove_tenant_data, unique, Record, SearchQuery,
@@ -45,6 +54,8 @@ pub struct EdgeFactory {
     /// The shared layout in a fleet: a shard per partition, open while this
     /// worker owns the partition.
     partitioned: Option<Arc<PartitionShards>>,
+    /// `encryption.enabled`: tenants' folders encrypted with their keys.
+    encryption: Option<Arc<EncryptedFolders>>,
 }
 
 /// The shared layout's shards in a fleet, one per partition under
@@ -143,12 +154,17 @@ impl EdgeFactory {
                 Some(Arc::new(shard))
             }
         };
+        let encryption = match settings.encryption.enabled {
+            true => Some(EncryptedFolders::open(root)?),
+            false => None,
+        };
         Ok(Self {
             paths: TenantPaths::new(root),
             options,
             optimize_threshold: settings.store.optimize_threshold,
             shared,
             partitioned,
+            encryption,
         })
     }
 }
@@ -172,6 +188,9 @@ impl StoreFactory for EdgeFactory {
             options: self.options.clone(),
             optimize_threshold: self.optimize_threshold,
             slot,
+            encryption: self.encryption.clone(),
+            key: None,
+            unlocked: None,
         })
     }
 
@@ -224,12 +243,20 @@ pub struct EdgeStore {
     options: ShardOptions,
     optimize_threshold: usize,
     slot: Slot,
+    encryption: Option<Arc<EncryptedFolders>>,
+    /// The tenant's data key, given by its actor (`encryption.enabled`).
+    key: Option<Arc<DataKey>>,
+    /// The key in the filesystem while the shard is open.
+    unlocked: Option<Unlocked>,
 }
 
 impl EdgeStore {
     /// The tenant's shard: opened (or, with `create`, created) on first use
     /// in the per-tenant layout; `None` for a tenant with no data there.
     fn shard(&mut self, create: bool) -> Result<Option<&Shard>, ServiceError> {
+        if matches!(self.slot, Slot::Own(_)) {
+            self.open_own(create)?;
+        }
         match &mut self.slot {
             Slot::Shared(shard) => Ok(Some(shard)),
             Slot::Partition {
@@ -242,18 +269,138 @@ impl EdgeStore {
                 }
                 Ok(open.as_deref())
             }
-            Slot::Own(open) => {
-                discard_broken(open, &self.who);
-                if open.is_none() {
-                    self.paths
-                        .check_tenant_dir(&self.tenant)
-                        .map_err(|e| internal(&self.who, "tenant folder", e))?;
-                    crate::store::refuse_seed_index(&self.paths, &self.tenant)?;
-                    *open = Shard::open(&self.dir, &self.options, create, &self.who)?.map(Box::new);
+            Slot::Own(open) => Ok(open.as_deref()),
+        }
+    }
+
+    /// Open the per-tenant shard unless it is open (and not broken).
+    fn open_own(&mut self, create: bool) -> Result<(), ServiceError> {
+        let Slot::Own(open) = &mut self.slot else {
+            return Ok(());
+        };
+        discard_broken(open, &self.who);
+        if open.is_some() {
+            return Ok(());
+        }
+        self.paths
+            .check_tenant_dir(&self.tenant)
+            .map_err(|e| internal(&self.who, "tenant folder", e))?;
+        crate::store::refuse_seed_index(&self.paths, &self.tenant)?;
+        if self.encryption.is_some() && !self.prepare_encrypted(create)? {
+            return Ok(());
+        }
+        let shard = Shard::open(&self.dir, &self.options, create, &self.who)?.map(Box::new);
+        self.slot = Slot::Own(shard);
+        Ok(())
+    }
+
+    /// Before the per-tenant shard opens under encryption: the tenant's key
+    /// in the filesystem, its folder encrypted with it (made so when new or
+    /// empty, copied into an encrypted one when written before encryption
+    /// was on). `false`: there is nothing to open.
+    fn prepare_encrypted(&mut self, create: bool) -> Result<bool, ServiceError> {
+        let Some(folders) = self.encryption.clone() else {
+            return Ok(true);
+        };
+        if !create && !self.dir.exists() {
+            return Ok(false);
+        }
+        let id = self.unlock()?;
+        match folders.policy(&self.dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                folders.make_dir(&self.dir, &id, &self.who)?;
+                Ok(true)
+            }
+            Err(e) => Err(internal(&self.who, "read the store folder's encryption", e)),
+            Ok(Some(policy)) if policy == id => Ok(true),
+            Ok(Some(policy)) => Err(internal(
+                &self.who,
+                "open",
+                format!(
+                    "its store folder is encrypted with key {}, and its record holds key {}",
+                    policy.hex(),
+                    id.hex()
+                ),
+            )),
+            Ok(None) => {
+                let empty = std::fs::read_dir(&self.dir)
+                    .map(|mut d| d.next().is_none())
+                    .map_err(|e| internal(&self.who, "read the store folder", e))?;
+                match empty {
+                    true => folders.make_dir(&self.dir, &id, &self.who)?,
+                    false => self.encrypt_plaintext(&folders, &id)?,
                 }
-                Ok(open.as_deref())
+                Ok(true)
             }
         }
+    }
+
+    /// The tenant's key in the filesystem (once per open).
+    fn unlock(&mut self) -> Result<KeyIdentifier, ServiceError> {
+        if let Some(unlocked) = &self.unlocked {
+            return Ok(unlocked.id());
+        }
+        let (Some(folders), Some(key)) = (&self.encryption, &self.key) else {
+            return Err(internal(
+                &self.who,
+                "open",
+                "encryption is on and the tenant's data key was not given",
+            ));
+        };
+        let unlocked = folders.unlock(key, &self.who)?;
+        let id = unlocked.id();
+        self.unlocked = Some(unlocked);
+        Ok(id)
+    }
+
+    /// Copy a tenant written before encryption was on into an encrypted
+    /// folder beside its own, then swap the two and remove the plaintext
+    /// one (its blocks stay in the filesystem's free space until reused).
+    fn encrypt_plaintext(
+        &mut self,
+        folders: &EncryptedFolders,
+        id: &KeyIdentifier,
+    ) -> Result<(), ServiceError> {
+        let who = self.who.clone();
+        let Some(plain) = Shard::open(&self.dir, &self.options, false, &who)? else {
+            return Ok(());
+        };
+        let side = self.side_dir();
+        remove_dir(&side).map_err(|e| internal(&who, "remove an unfinished copy", e))?;
+        folders.make_dir(&side, id, &who)?;
+        let mut options = self.options.clone();
+        options.dimension = plain.dimension();
+        let mut cursor = None;
+        let mut copied = 0usize;
+        let mut done = false;
+        let built = self.build_aside(&side, &options, &mut || {
+            if done {
+                return Ok(None);
+            }
+            let (points, next) = plain.scroll(&who, cursor.take(), 256, None)?;
+            done = next.is_none();
+            cursor = next;
+            let mut batch = Vec::with_capacity(points.len());
+            for (payload, vector) in points {
+                let doc = shard::to_doc(payload, vector);
+                let vector = doc.vector.ok_or_else(|| {
+                    internal(&who, "encrypt", format!("{:?} has no vector", doc.doc_id))
+                })?;
+                batch.push(Record {
+                    doc_id: doc.doc_id,
+                    text: doc.text,
+                    metadata: doc.metadata,
+                    vector,
+                });
+            }
+            copied += batch.len();
+            Ok(Some(batch))
+        });
+        let closed = plain.close(&who);
+        built.and(closed)?;
+        self.swap_in(&side)?;
+        tracing::info!(tenant = %self.tenant, documents = copied, "a tenant written before encryption was on is now encrypted (copied into an encrypted folder)");
+        Ok(())
     }
 
     fn is_shared(&self) -> bool {
@@ -441,12 +588,24 @@ impl TenantStore for EdgeStore {
         }
     }
 
+    fn set_data_key(&mut self, key: Arc<DataKey>) {
+        self.key = Some(key);
+    }
+
     fn close(&mut self) -> Result<(), ServiceError> {
         match &mut self.slot {
-            Slot::Own(open) => match open.take() {
-                Some(shard) => (*shard).close(&self.who),
-                None => Ok(()),
-            },
+            Slot::Own(open) => {
+                let closed = match open.take() {
+                    Some(shard) => (*shard).close(&self.who),
+                    None => Ok(()),
+                };
+                // The files are closed: the key goes out of the filesystem.
+                let locked = match self.unlocked.take() {
+                    Some(unlocked) => unlocked.release(&self.who),
+                    None => Ok(()),
+                };
+                closed.and(locked)
+            }
             // The shared shard stays open for the other tenants.
             Slot::Shared(_) => Ok(()),
             // So does a partition's, until the partition is handed over;
@@ -547,13 +706,39 @@ impl EdgeStore {
             .check_tenant_dir(&self.tenant)
             .map_err(|e| internal(&who, "tenant folder", e))?;
         crate::store::refuse_seed_index(&self.paths, &self.tenant)?;
-        let side = self.dir.with_file_name("vector_store.import");
+        let side = self.side_dir();
         remove_dir(&side).map_err(|e| internal(&who, "remove an unfinished import", e))?;
+        if let Some(folders) = self.encryption.clone() {
+            let id = self.unlock()?;
+            folders.make_dir(&side, &id, &who)?;
+        }
         let mut options = self.options.clone();
         options.dimension = dimension;
+        self.build_aside(&side, &options, next)?;
+        self.swap_in(&side)?;
+        Ok(crate::store::Replaced {
+            atomic: true,
+            how: "built a new shard aside, then swapped it in with one rename",
+        })
+    }
+
+    /// Where a new shard is built before it replaces the tenant's.
+    fn side_dir(&self) -> PathBuf {
+        self.dir.with_file_name("vector_store.import")
+    }
+
+    /// Build a shard in `side` from the batches `next` yields, and close
+    /// it; on failure, remove it.
+    fn build_aside(
+        &self,
+        side: &std::path::Path,
+        options: &ShardOptions,
+        next: &mut dyn FnMut() -> Result<Option<Vec<Record>>, ServiceError>,
+    ) -> Result<(), ServiceError> {
+        let who = &self.who;
         let built = (|| {
-            let shard = Shard::open(&side, &options, true, &who)?
-                .ok_or_else(|| internal(&who, "create shard", "shard missing after create"))?;
+            let shard = Shard::open(side, options, true, who)?
+                .ok_or_else(|| internal(who, "create shard", "shard missing after create"))?;
             let mut fill = || {
                 while let Some(batch) = next()? {
                     let mut points = Vec::with_capacity(batch.len());
@@ -567,42 +752,49 @@ impl EdgeStore {
                             serde_json::Value::Object(payload),
                         )));
                     }
-                    shard.upsert(&who, points)?;
+                    shard.upsert(who, points)?;
                 }
                 Ok(())
             };
             let filled = fill();
-            let closed = shard.close(&who);
+            let closed = shard.close(who);
             filled.and(closed)
         })();
-        if let Err(e) = built {
-            let _ = remove_dir(&side);
-            return Err(e);
+        if built.is_err() {
+            let _ = remove_dir(side);
         }
-        self.close()?;
+        built
+    }
+
+    /// Swap the shard built in `side` with the tenant's (closed first) in
+    /// one `renameat2(RENAME_EXCHANGE)`, then remove the old one.
+    fn swap_in(&mut self, side: &std::path::Path) -> Result<(), ServiceError> {
+        let who = self.who.clone();
+        if let Slot::Own(open) = &mut self.slot {
+            if let Some(shard) = open.take() {
+                (*shard).close(&who)?;
+            }
+        }
         let swapped = if self.dir.exists() {
             rustix::fs::renameat_with(
                 rustix::fs::CWD,
-                &side,
+                side,
                 rustix::fs::CWD,
                 &self.dir,
                 rustix::fs::RenameFlags::EXCHANGE,
             )
             .map_err(std::io::Error::from)
         } else {
-            std::fs::rename(&side, &self.dir)
+            std::fs::rename(side, &self.dir)
         };
         if let Err(e) = swapped {
-            let _ = remove_dir(&side);
-            return Err(internal(&who, "swap in the imported shard", e));
+            let _ = remove_dir(side);
+            return Err(internal(&who, "swap in the new shard", e));
         }
-        if let Err(e) = remove_dir(&side) {
+        if let Err(e) = remove_dir(side) {
             tracing::warn!(%who, dir = %side.display(), error = %e, "the replaced shard was not removed");
         }
-        Ok(crate::store::Replaced {
-            atomic: true,
-            how: "built a new shard aside, then swapped it in with one rename",
-        })
+        Ok(())
     }
 }
 

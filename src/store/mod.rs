@@ -9,6 +9,7 @@
 //! pool.
 
 pub mod edge;
+pub mod encrypted;
 #[cfg(test)]
 pub mod memory;
 pub mod page_cache;
@@ -89,6 +90,11 @@ pub trait TenantStore: Send {
 
     /// Release every handle; the data stays. Called once, before the actor stops.
     fn close(&mut self) -> Result<(), ServiceError>;
+
+    /// The tenant's data key (`encryption.enabled`), given by its actor
+    /// before the store's first job that may open its data. Ignored by a
+    /// store that does not encrypt.
+    fn set_data_key(&mut self, _key: Arc<crate::crypto::DataKey>) {}
 
     /// Whether a read may run on the actor's own thread rather than the
     /// blocking pool: the data is open in this process and a read does no

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use crate::command::{Command, Envelope, QueryInput};
+use crate::crypto::{DataKey, Keyring};
 use crate::embed::record::Records;
 use crate::embed::{Embedder, Embedding};
 use crate::policy::{RateLimiter, TenantDefaults, TenantPolicy, TenantSettings};
@@ -97,6 +98,9 @@ pub struct TenantSetup {
     pub registry: Option<Registry>,
     /// A first write makes a tenant's record (`tenants.auto_create`).
     pub auto_create: bool,
+    /// `encryption.enabled`: the keyring that opens each tenant's data key
+    /// (kept in its record) for its store.
+    pub keys: Option<Keyring>,
 }
 
 pub struct TenantActor {
@@ -126,6 +130,9 @@ pub struct TenantActor {
     limiter: Option<RateLimiter>,
     /// `None` only while a job has it on the blocking pool.
     store: Option<Box<dyn TenantStore>>,
+    /// The tenant's data key (`encryption.enabled`), once read from its
+    /// record; given to every store handle the actor makes.
+    data_key: Option<Arc<DataKey>>,
     queue: VecDeque<Job>,
     busy: bool,
     closing: bool,
@@ -166,6 +173,7 @@ impl TenantActor {
             last_active: None,
             limiter: None,
             store: Some(store),
+            data_key: None,
             queue: VecDeque::new(),
             busy: false,
             closing: false,
@@ -199,12 +207,31 @@ impl TenantActor {
         let setup = self.setup.clone();
         let tenant = self.tenant.clone();
         let read = async move {
-            registry
+            let found = registry
                 .activate(&tenant, &setup.paths, &setup.records)
-                .await
+                .await;
+            // With encryption, the tenant's data key comes with its record.
+            let key = match (&found, &setup.keys) {
+                (Ok(Found::Record(_) | Found::Migrated(_)), Some(keys)) => {
+                    Some(registry.data_key(tenant.as_str(), keys).await.map(Arc::new))
+                }
+                _ => None,
+            };
+            (found, key)
         };
-        ctx.wait(read.into_actor(self).map(|found, act, ctx| {
+        ctx.wait(read.into_actor(self).map(|(found, key), act, ctx| {
             act.found(found);
+            match key {
+                Some(Ok(key)) => act.give_key(key),
+                Some(Err(e)) => {
+                    tracing::error!(tenant = %act.tenant, error = %e, "cannot open the tenant's data key; refusing its requests");
+                    if e.code == ErrorCode::Unavailable {
+                        act.load_failed = Some(Instant::now());
+                    }
+                    act.set_policy(Err(e));
+                }
+                None => {}
+            }
             for env in std::mem::take(&mut act.held) {
                 act.admit(env, ctx);
             }
@@ -243,6 +270,14 @@ impl TenantActor {
                 self.set_policy(Err(e));
             }
         }
+    }
+
+    /// The tenant's data key, for this store and every one made after it.
+    fn give_key(&mut self, key: Arc<DataKey>) {
+        if let Some(store) = self.store.as_mut() {
+            store.set_data_key(key.clone());
+        }
+        self.data_key = Some(key);
     }
 
     /// Take the settings of the tenant's record.
@@ -326,9 +361,13 @@ impl TenantActor {
     fn take_store(&mut self) -> Box<dyn TenantStore> {
         // After a job panicked its store is gone (and closed by unwinding);
         // a fresh handle reopens the data on its next job.
-        self.store
-            .take()
-            .unwrap_or_else(|| self.setup.factory.open(&self.tenant))
+        self.store.take().unwrap_or_else(|| {
+            let mut store = self.setup.factory.open(&self.tenant);
+            if let Some(key) = &self.data_key {
+                store.set_data_key(key.clone());
+            }
+            store
+        })
     }
 
     /// Start the next job if none is running.
@@ -398,6 +437,11 @@ impl TenantActor {
         let create = !self.registered
             && self.setup.auto_create
             && matches!(&work, Work::Batch(b) if b[0].command.is_write() && !matches!(b[0].command, Command::Drop));
+        // A write of a tenant whose key is not known yet (its first, which
+        // makes its record): the key is read (or made) before the store opens.
+        let need_key = self.setup.keys.is_some()
+            && self.data_key.is_none()
+            && matches!(&work, Work::Batch(b) if b.iter().any(|e| e.command.is_write()));
         if let Work::Batch(b) = &work {
             if b.iter().any(|e| e.command.is_write()) {
                 self.wrote_any = true;
@@ -419,6 +463,30 @@ impl TenantActor {
             let started = thread_cpu();
             let close = matches!(work, Work::Close);
             let created = create && register(&setup, &tenant);
+            let mut new_key = None;
+            if need_key {
+                match key_of(&setup, &tenant) {
+                    Ok(key) => {
+                        store.set_data_key(key.clone());
+                        new_key = Some(key);
+                    }
+                    Err(e) => {
+                        tracing::error!(%tenant, error = %e, "cannot have the tenant's data key; its write is refused");
+                        if let Work::Batch(batch) = work {
+                            for env in batch {
+                                env.fail(e.clone());
+                            }
+                        }
+                        return (
+                            store,
+                            false,
+                            created,
+                            thread_cpu().saturating_sub(started),
+                            None,
+                        );
+                    }
+                }
+            }
             let embedding = Embedding::new(setup.embedder.as_ref(), &setup.records, &tenant);
             let figures = close && closing.write == CloseWrite::Figures;
             let documents = match figures {
@@ -435,16 +503,25 @@ impl TenantActor {
                     closing.dropped,
                 );
             }
-            (store, close, created, thread_cpu().saturating_sub(started))
+            (
+                store,
+                close,
+                created,
+                thread_cpu().saturating_sub(started),
+                new_key,
+            )
         });
         ctx.spawn(job.into_actor(self).map(move |outcome, act, ctx| {
             act.busy = false;
-            if matches!(outcome, Ok((_, _, true, _))) {
+            if matches!(outcome, Ok((_, _, true, _, _))) {
                 act.registered = true;
             }
+            if let Ok((_, _, _, _, Some(key))) = &outcome {
+                act.data_key = Some(key.clone());
+            }
             match outcome {
-                Ok((_, true, _, _)) => ctx.stop(),
-                Ok((store, false, _, took)) => {
+                Ok((_, true, _, _, _)) => ctx.stop(),
+                Ok((store, false, _, took, _)) => {
                     act.store = Some(store);
                     if read {
                         act.record_read(took, false);
@@ -485,7 +562,17 @@ fn register(setup: &TenantSetup, tenant: &TenantId) -> bool {
     let Some(registry) = &setup.registry else {
         return false;
     };
-    let record = TenantRecord::new(tenant, &record::now());
+    let mut record = TenantRecord::new(tenant, &record::now());
+    if let Some(keys) = &setup.keys {
+        // Its data key made with it (`encryption.enabled`).
+        match keys.make(tenant.as_str(), 1) {
+            Ok((_, wrapped)) => record.key = Some(wrapped.to_value()),
+            Err(e) => {
+                tracing::error!(%tenant, error = %e, "cannot make the tenant's data key");
+                return false;
+            }
+        }
+    }
     match registry.block_on(registry.create(&record)) {
         Ok(made) => {
             if made.is_some() {
@@ -498,6 +585,19 @@ fn register(setup: &TenantSetup, tenant: &TenantId) -> bool {
             false
         }
     }
+}
+
+/// The tenant's data key from its record (made there if it has none), on
+/// the blocking pool.
+fn key_of(setup: &TenantSetup, tenant: &TenantId) -> Result<Arc<DataKey>, ServiceError> {
+    let (Some(registry), Some(keys)) = (&setup.registry, &setup.keys) else {
+        return Err(ServiceError::internal(
+            "encryption is on without a registry",
+        ));
+    };
+    registry
+        .block_on(registry.data_key(tenant.as_str(), keys))
+        .map(Arc::new)
 }
 
 /// Write what the closing actor saw into the tenant's record: with

@@ -1,0 +1,18 @@
+//! `[encryption]`: per-tenant keys (docs/encryption.md).
+//!
+//! Owns the section's shape. It must never hold a key: the master key is
+//! named by its file, read by the worker at start.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionSettings {
+    /// Every tenant's data encrypted at rest with a key of its own.
+    pub enabled: bool,
+    /// The master key: a file of 32 random bytes, mode 0600
+    /// (`tenantvec keys new --out FILE`).
+    pub master_key_file: PathBuf,
+}

@@ -1,0 +1,612 @@
+//! Per-tenant encryption at rest (docs/encryption.md), on a real ext4
+//! filesystem with the `encrypt` feature that each test makes in an image
+//! file and loop-mounts: what a tenant wrote is nowhere in the image in
+//! clear, an idle tenant's files cannot be read (ENOKEY) nor their names
+//! seen, the master key opens everything again after a restart and another
+//! one is refused with nothing lost, a tenant written before encryption is
+//! encrypted by its next open, keys a crashed worker left in the filesystem
+//! are removed by the next start, and the ioctl structs are the kernel's.
+//!
+//! Mounting takes root (`mkfs.ext4`, `mount -o loop`); without it the tests
+//! say why and pass as skipped, except under `CI=true`, where they fail.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::Harness;
+use serde_json::{json, Value};
+use tenantvec::config::Settings;
+use tenantvec::crypto::MasterKey;
+use tenantvec::protocol::Verb;
+
+/// The text written in clear by the tests, searched for in the image.
+const MARKER: &str = "zebra-marker-5f1c9e2a health note";
+const ENOKEY: i32 = 126;
+
+/// Say why a test cannot run: loudly, and as a failure under `CI=true`.
+fn skip(test: &str, why: &str) {
+    let msg = format!("{test}: SKIPPED, {why}");
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{msg} (failing: CI=true)"
+    );
+    eprintln!("\n!!! {msg}\n");
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(format!(
+            "{cmd:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )),
+    }
+}
+
+/// An ext4 filesystem in an image file, loop-mounted; unmounted on drop.
+struct Ext4 {
+    dir: tempfile::TempDir,
+    mounted: bool,
+}
+
+impl Ext4 {
+    /// A new 96 MiB ext4 (`-O encrypt` when `encrypt`), mounted; `None`
+    /// after saying why when this machine cannot.
+    fn make(test: &str, encrypt: bool) -> Option<Self> {
+        if unsafe { libc::geteuid() } != 0 {
+            skip(
+                test,
+                "it mounts an ext4 image (loop device), which takes root",
+            );
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let image = dir.path().join("fs.img");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(96 << 20))
+            .expect("image file");
+        let mut mkfs = Command::new("mkfs.ext4");
+        mkfs.arg("-q").arg("-F");
+        if encrypt {
+            mkfs.args(["-O", "encrypt"]);
+        }
+        if let Err(e) = run(mkfs.arg(&image)) {
+            skip(test, &format!("mkfs.ext4 failed: {e}"));
+            return None;
+        }
+        let mut fs = Self {
+            dir,
+            mounted: false,
+        };
+        std::fs::create_dir(fs.mount_point()).unwrap();
+        if let Err(e) = fs.mount() {
+            skip(test, &format!("cannot loop-mount an ext4 image: {e}"));
+            return None;
+        }
+        Some(fs)
+    }
+
+    fn image(&self) -> PathBuf {
+        self.dir.path().join("fs.img")
+    }
+
+    fn mount_point(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+
+    fn data(&self) -> PathBuf {
+        self.mount_point().join("data")
+    }
+
+    fn mount(&mut self) -> Result<(), String> {
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(self.image())
+            .arg(self.mount_point()))?;
+        self.mounted = true;
+        Ok(())
+    }
+
+    fn unmount(&mut self) {
+        if !self.mounted {
+            return;
+        }
+        for _ in 0..50 {
+            if run(Command::new("umount").arg(self.mount_point())).is_ok() {
+                self.mounted = false;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = run(Command::new("umount").arg("-l").arg(self.mount_point()));
+        self.mounted = false;
+    }
+
+    /// Whether the image's raw bytes hold `needle` (the filesystem unmounted,
+    /// so that every block is on it).
+    fn image_holds(&mut self, needle: &[u8]) -> bool {
+        self.unmount();
+        let raw = std::fs::read(self.image()).expect("read the image");
+        self.mount().expect("mount again");
+        raw.windows(needle.len()).any(|w| w == needle)
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+fn master_key(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    MasterKey::generate().unwrap().write_new(&path).unwrap();
+    path
+}
+
+fn encrypted(s: &mut Settings, fs: &Ext4, key: &Path) {
+    s.store.folder = fs.data();
+    s.encryption.enabled = true;
+    s.encryption.master_key_file = key.to_owned();
+}
+
+/// Three documents with the marker text and vectors far from zero.
+fn docs() -> Value {
+    let docs: Vec<Value> = (0..3)
+        .map(|i| {
+            json!({
+                "doc_id": format!("note-{i}"),
+                "text": format!("{MARKER} {i}"),
+                "metadata": {"kind": "note"},
+                "vector": common::vector(40 + i, 8),
+            })
+        })
+        .collect();
+    json!({ "documents": docs })
+}
+
+/// The first 4 floats of a stored vector, as bytes on disk.
+fn vector_bytes(h: &Harness, stored: &Value) -> Vec<u8> {
+    let _ = h;
+    let v = stored["documents"][0]["vector"].as_array().expect("vector");
+    v.iter()
+        .take(4)
+        .flat_map(|x| (x.as_f64().unwrap() as f32).to_le_bytes())
+        .collect()
+}
+
+/// Every file below `dir`.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            match e.file_type().unwrap().is_dir() {
+                true => stack.push(p),
+                false => out.push(p),
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_is_unreadable_at_rest_and_opens_again_with_its_master_key() {
+    let test = "a_tenant_is_unreadable_at_rest_and_opens_again_with_its_master_key";
+    let Some(mut fs) = Ext4::make(test, true) else {
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let key = master_key(keys.path(), "master.key");
+    let mut h = Harness::start_with(|s| encrypted(s, &fs, &key)).await;
+    h.ok(Verb::Upsert, "alice", docs()).await;
+    let stored = h
+        .ok(
+            Verb::Get,
+            "alice",
+            json!({"doc_ids": ["note-0"], "with_vectors": true}),
+        )
+        .await;
+    let needle_vector = vector_bytes(&h, &stored);
+    h.stop_worker().unwrap();
+
+    // Stopped: the tenant's key is out of the filesystem.
+    let store = fs.data().join("alice").join("vector_store");
+    let stored_files = files(&store);
+    assert!(!stored_files.is_empty());
+    for f in &stored_files {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        for plain in [
+            "wal",
+            "segments",
+            "shard_config.json",
+            "payload_storage",
+            "vector_storage",
+        ] {
+            assert!(
+                !name.contains(plain),
+                "a file name is in clear: {}",
+                f.display()
+            );
+        }
+        let err = std::fs::read(f).expect_err("an encrypted file was read without its key");
+        assert_eq!(err.raw_os_error(), Some(ENOKEY), "{}: {err}", f.display());
+    }
+    // The raw image holds neither the text nor the vectors.
+    assert!(
+        !fs.image_holds(MARKER.as_bytes()),
+        "the marker text is in the image"
+    );
+    assert!(
+        !fs.image_holds(&needle_vector),
+        "a stored vector is in the image"
+    );
+
+    // Restart with the master key: everything as before.
+    h.start_worker().await;
+    let found = h
+        .ok(
+            Verb::Search,
+            "alice",
+            json!({"vector": common::vector(41, 8), "top_k": 1}),
+        )
+        .await;
+    assert_eq!(found["results"][0]["doc_id"], "note-1", "{found}");
+    assert_eq!(found["results"][0]["text"], format!("{MARKER} 1"));
+    assert_eq!(h.ok(Verb::Count, "alice", json!({})).await["count"], 3);
+    h.stop_worker().unwrap();
+
+    // Another master key: refused at start, naming both keys, nothing written.
+    let other = master_key(keys.path(), "other.key");
+    let mut wrong = h.settings.clone();
+    wrong.encryption.master_key_file = other.clone();
+    let refused = tenantvec::worker::run(wrong, tokio_util::sync::CancellationToken::new())
+        .await
+        .expect_err("a worker with another master key started");
+    let said = format!("{refused:#}");
+    let fingerprint = |p: &Path| MasterKey::load(p).unwrap().fingerprint().to_owned();
+    assert!(said.contains(&fingerprint(&other)), "{said}");
+    assert!(said.contains(&fingerprint(&key)), "{said}");
+
+    // The right key again: nothing was lost.
+    h.start_worker().await;
+    assert_eq!(h.ok(Verb::Count, "alice", json!({})).await["count"], 3);
+    h.stop_worker().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_encryption_the_same_test_finds_the_text_and_vectors() {
+    // The control of the test above: its search of the image finds what an
+    // unencrypted tenant wrote.
+    let test = "without_encryption_the_same_test_finds_the_text_and_vectors";
+    let Some(mut fs) = Ext4::make(test, true) else {
+        return;
+    };
+    let data = fs.data();
+    let mut h = Harness::start_with(|s| s.store.folder = data).await;
+    h.ok(Verb::Upsert, "alice", docs()).await;
+    let stored = h
+        .ok(
+            Verb::Get,
+            "alice",
+            json!({"doc_ids": ["note-0"], "with_vectors": true}),
+        )
+        .await;
+    let needle_vector = vector_bytes(&h, &stored);
+    h.stop_worker().unwrap();
+    assert!(fs.image_holds(MARKER.as_bytes()));
+    assert!(fs.image_holds(&needle_vector));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_written_before_encryption_is_encrypted_by_its_next_open() {
+    let test = "a_tenant_written_before_encryption_is_encrypted_by_its_next_open";
+    let Some(fs) = Ext4::make(test, true) else {
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let key = master_key(keys.path(), "master.key");
+    let data = fs.data();
+    let mut h = Harness::start_with(|s| s.store.folder = data).await;
+    h.ok(Verb::Upsert, "bob", docs()).await;
+    h.stop_worker().unwrap();
+    let store = fs.data().join("bob").join("vector_store");
+    assert!(files(&store).iter().all(|f| std::fs::read(f).is_ok()));
+
+    encrypted(&mut h.settings, &fs, &key);
+    h.start_worker().await;
+    assert_eq!(h.ok(Verb::Count, "bob", json!({})).await["count"], 3);
+    let found = h
+        .ok(
+            Verb::Search,
+            "bob",
+            json!({"vector": common::vector(42, 8), "top_k": 1}),
+        )
+        .await;
+    assert_eq!(found["results"][0]["doc_id"], "note-2", "{found}");
+    h.ok(
+        Verb::Upsert,
+        "bob",
+        json!({"documents": [{"doc_id": "late", "text": "x", "vector": common::vector(9, 8)}]}),
+    )
+    .await;
+    h.stop_worker().unwrap();
+    let now = files(&store);
+    assert!(!now.is_empty());
+    for f in &now {
+        let err = std::fs::read(f).expect_err("a file of the copied tenant is in clear");
+        assert_eq!(err.raw_os_error(), Some(ENOKEY), "{}: {err}", f.display());
+    }
+    assert!(!fs.data().join("bob").join("vector_store.import").exists());
+    h.start_worker().await;
+    assert_eq!(h.ok(Verb::Count, "bob", json!({})).await["count"], 4);
+    h.stop_worker().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_a_killed_worker_left_are_removed_by_the_next_start() {
+    let test = "keys_a_killed_worker_left_are_removed_by_the_next_start";
+    let Some(fs) = Ext4::make(test, true) else {
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let key = master_key(keys.path(), "master.key");
+    let nats = common::NatsServer::start();
+    let spawn = || {
+        let mut cmd = Command::new(common::tenantvec_bin());
+        cmd.arg("serve")
+            .env("NATS_URL", nats.url())
+            .env("VECTOR_STORE_FOLDER", fs.data())
+            .env("EMBEDDING_DIM", "8")
+            .env("TENANTVEC_METRICS_LISTEN", "")
+            .env("TENANTVEC_ENCRYPTION", "true")
+            .env("TENANTVEC_MASTER_KEY_FILE", &key)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit());
+        cmd.spawn().expect("start the worker")
+    };
+    let settings = common::settings(&nats.url(), &fs.data());
+    let mut worker = Some(spawn());
+    common::wait_ready(&settings, || false).await;
+    let client = tenantvec::client::Client::connect(&settings).await.unwrap();
+    client.tenant(Verb::Upsert, "carol", &docs()).await.unwrap();
+    // Killed with the tenant open: its key stays in the filesystem.
+    common::kill(&mut worker);
+    let store = fs.data().join("carol").join("vector_store");
+    let open = files(&store);
+    assert!(
+        open.iter().any(|f| std::fs::read(f).is_ok()),
+        "the killed worker's tenant should still be readable until the next start"
+    );
+    let mut worker = Some(spawn());
+    common::wait_ready(&settings, || false).await;
+    for f in files(&store) {
+        let err = std::fs::read(&f).expect_err("a key left by the killed worker is still in");
+        assert_eq!(err.raw_os_error(), Some(ENOKEY), "{}: {err}", f.display());
+    }
+    // And the tenant serves.
+    let count = client
+        .tenant(Verb::Count, "carol", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(count["count"], 3);
+    common::kill(&mut worker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filesystem_without_encryption_is_refused_with_the_fix() {
+    let test = "a_filesystem_without_encryption_is_refused_with_the_fix";
+    let Some(fs) = Ext4::make(test, false) else {
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let key = master_key(keys.path(), "master.key");
+    let mut s = common::settings("nats://127.0.0.1:1", &fs.data());
+    encrypted(&mut s, &fs, &key);
+    let refused = tenantvec::worker::run(s, tokio_util::sync::CancellationToken::new())
+        .await
+        .expect_err("encryption on a filesystem without it");
+    let said = format!("{refused:#}");
+    assert!(said.contains("tune2fs -O encrypt"), "{said}");
+    assert!(said.contains(&fs.data().display().to_string()), "{said}");
+}
+
+#[test]
+fn fscrypt_structs_match_the_kernel_headers() {
+    use std::mem::{offset_of, size_of};
+    use tenantvec::crypto::fscrypt::*;
+    let test = "fscrypt_structs_match_the_kernel_headers";
+    if !Path::new("/usr/include/linux/fscrypt.h").exists() {
+        return skip(test, "no /usr/include/linux/fscrypt.h (linux-libc-dev)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("layout.c");
+    std::fs::write(
+        &source,
+        r#"#include <stdio.h>
+#include <stddef.h>
+#include <linux/fscrypt.h>
+#define S(t) printf(#t " %zu\n", sizeof(struct t))
+#define O(t, f) printf(#t "." #f " %zu\n", offsetof(struct t, f))
+#define N(c) printf(#c " %lu\n", (unsigned long)(c))
+int main(void) {
+  S(fscrypt_policy_v1); S(fscrypt_policy_v2); S(fscrypt_get_policy_ex_arg);
+  S(fscrypt_key_specifier); S(fscrypt_add_key_arg); S(fscrypt_remove_key_arg);
+  S(fscrypt_get_key_status_arg);
+  O(fscrypt_policy_v2, master_key_identifier); O(fscrypt_get_policy_ex_arg, policy);
+  O(fscrypt_key_specifier, u); O(fscrypt_add_key_arg, raw_size); O(fscrypt_add_key_arg, key_id);
+  O(fscrypt_add_key_arg, raw); O(fscrypt_remove_key_arg, removal_status_flags);
+  O(fscrypt_get_key_status_arg, status); O(fscrypt_get_key_status_arg, status_flags);
+  O(fscrypt_get_key_status_arg, user_count);
+  N(FS_IOC_SET_ENCRYPTION_POLICY); N(FS_IOC_GET_ENCRYPTION_POLICY_EX);
+  N(FS_IOC_ADD_ENCRYPTION_KEY); N(FS_IOC_REMOVE_ENCRYPTION_KEY);
+  N(FS_IOC_GET_ENCRYPTION_KEY_STATUS);
+  N(FSCRYPT_KEY_SPEC_TYPE_IDENTIFIER); N(FSCRYPT_MODE_AES_256_XTS); N(FSCRYPT_MODE_AES_256_CTS);
+  N(FSCRYPT_POLICY_FLAGS_PAD_32); N(FSCRYPT_POLICY_V2); N(FSCRYPT_KEY_IDENTIFIER_SIZE);
+  N(FSCRYPT_KEY_REMOVAL_STATUS_FLAG_FILES_BUSY); N(FSCRYPT_KEY_REMOVAL_STATUS_FLAG_OTHER_USERS);
+  N(FSCRYPT_KEY_STATUS_PRESENT); N(FSCRYPT_KEY_STATUS_INCOMPLETELY_REMOVED);
+  return 0;
+}
+"#,
+    )
+    .unwrap();
+    let binary = dir.path().join("layout");
+    if let Err(e) = run(Command::new("cc").arg(&source).arg("-o").arg(&binary)) {
+        return skip(
+            test,
+            &format!("cannot compile against the kernel headers: {e}"),
+        );
+    }
+    let out = Command::new(&binary).output().unwrap();
+    let c: std::collections::HashMap<String, u64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect();
+    let rust: Vec<(&str, u64)> = vec![
+        ("fscrypt_policy_v1", size_of::<PolicyV1>() as u64),
+        ("fscrypt_policy_v2", size_of::<PolicyV2>() as u64),
+        (
+            "fscrypt_get_policy_ex_arg",
+            size_of::<GetPolicyExArg>() as u64,
+        ),
+        ("fscrypt_key_specifier", size_of::<KeySpecifier>() as u64),
+        ("fscrypt_add_key_arg", size_of::<AddKeyArg>() as u64),
+        ("fscrypt_remove_key_arg", size_of::<RemoveKeyArg>() as u64),
+        (
+            "fscrypt_get_key_status_arg",
+            size_of::<GetKeyStatusArg>() as u64,
+        ),
+        (
+            "fscrypt_policy_v2.master_key_identifier",
+            offset_of!(PolicyV2, master_key_identifier) as u64,
+        ),
+        (
+            "fscrypt_get_policy_ex_arg.policy",
+            offset_of!(GetPolicyExArg, policy) as u64,
+        ),
+        (
+            "fscrypt_key_specifier.u",
+            offset_of!(KeySpecifier, u) as u64,
+        ),
+        (
+            "fscrypt_add_key_arg.raw_size",
+            offset_of!(AddKeyArg, raw_size) as u64,
+        ),
+        (
+            "fscrypt_add_key_arg.key_id",
+            offset_of!(AddKeyArg, key_id) as u64,
+        ),
+        // The key's bytes follow the header.
+        ("fscrypt_add_key_arg.raw", size_of::<AddKeyArg>() as u64),
+        (
+            "fscrypt_remove_key_arg.removal_status_flags",
+            offset_of!(RemoveKeyArg, removal_status_flags) as u64,
+        ),
+        (
+            "fscrypt_get_key_status_arg.status",
+            offset_of!(GetKeyStatusArg, status) as u64,
+        ),
+        (
+            "fscrypt_get_key_status_arg.status_flags",
+            offset_of!(GetKeyStatusArg, status_flags) as u64,
+        ),
+        (
+            "fscrypt_get_key_status_arg.user_count",
+            offset_of!(GetKeyStatusArg, user_count) as u64,
+        ),
+        (
+            "FS_IOC_SET_ENCRYPTION_POLICY",
+            FS_IOC_SET_ENCRYPTION_POLICY as u64,
+        ),
+        (
+            "FS_IOC_GET_ENCRYPTION_POLICY_EX",
+            FS_IOC_GET_ENCRYPTION_POLICY_EX as u64,
+        ),
+        (
+            "FS_IOC_ADD_ENCRYPTION_KEY",
+            FS_IOC_ADD_ENCRYPTION_KEY as u64,
+        ),
+        (
+            "FS_IOC_REMOVE_ENCRYPTION_KEY",
+            FS_IOC_REMOVE_ENCRYPTION_KEY as u64,
+        ),
+        (
+            "FS_IOC_GET_ENCRYPTION_KEY_STATUS",
+            FS_IOC_GET_ENCRYPTION_KEY_STATUS as u64,
+        ),
+        (
+            "FSCRYPT_KEY_SPEC_TYPE_IDENTIFIER",
+            KEY_SPEC_TYPE_IDENTIFIER as u64,
+        ),
+        ("FSCRYPT_MODE_AES_256_XTS", MODE_AES_256_XTS as u64),
+        ("FSCRYPT_MODE_AES_256_CTS", MODE_AES_256_CTS as u64),
+        ("FSCRYPT_POLICY_FLAGS_PAD_32", POLICY_FLAGS_PAD_32 as u64),
+        ("FSCRYPT_POLICY_V2", POLICY_V2 as u64),
+        ("FSCRYPT_KEY_IDENTIFIER_SIZE", KEY_IDENTIFIER_SIZE as u64),
+        (
+            "FSCRYPT_KEY_REMOVAL_STATUS_FLAG_FILES_BUSY",
+            KEY_REMOVAL_STATUS_FLAG_FILES_BUSY as u64,
+        ),
+        (
+            "FSCRYPT_KEY_REMOVAL_STATUS_FLAG_OTHER_USERS",
+            KEY_REMOVAL_STATUS_FLAG_OTHER_USERS as u64,
+        ),
+        ("FSCRYPT_KEY_STATUS_PRESENT", KEY_STATUS_PRESENT as u64),
+        (
+            "FSCRYPT_KEY_STATUS_INCOMPLETELY_REMOVED",
+            KEY_STATUS_INCOMPLETELY_REMOVED as u64,
+        ),
+    ];
+    for (name, value) in rust {
+        assert_eq!(
+            c.get(name),
+            Some(&value),
+            "{name}: the header says {:?}, the code {value}",
+            c.get(name)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kernel_names_a_key_as_the_code_does() {
+    // The key identifier is computed before the key goes in (so that a
+    // crash never leaves a key unlisted): it must be the kernel's.
+    use tenantvec::crypto::fscrypt::{Fscrypt, KeyIdentifier, KeyStatus, Removal};
+    let test = "the_kernel_names_a_key_as_the_code_does";
+    let Some(fs) = Ext4::make(test, true) else {
+        return;
+    };
+    std::fs::create_dir_all(fs.data()).unwrap();
+    let fscrypt = Fscrypt::open(&fs.data()).unwrap();
+    let key = tenantvec::crypto::DataKey::generate().unwrap();
+    let id = fscrypt.add_key(&key).unwrap();
+    assert_eq!(id, KeyIdentifier::of(&key));
+    assert_eq!(fscrypt.key_status(&id).unwrap(), KeyStatus::Present);
+    let dir = fs.data().join("x");
+    std::fs::create_dir(&dir).unwrap();
+    fscrypt.set_policy(&dir, &id).unwrap();
+    assert_eq!(fscrypt.policy(&dir).unwrap(), Some(id));
+    std::fs::write(dir.join("note"), MARKER).unwrap();
+    assert_eq!(fscrypt.remove_key(&id).unwrap(), Removal::Removed);
+    assert_eq!(fscrypt.key_status(&id).unwrap(), KeyStatus::Absent);
+    let name = std::fs::read_dir(&dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name();
+    assert_ne!(name, "note", "the name is seen without the key");
+    let err = std::fs::read(dir.join(&name)).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(ENOKEY));
+    assert_eq!(fscrypt.remove_key(&id).unwrap(), Removal::Absent);
+}
