@@ -49,6 +49,15 @@ enum KeysAction {
         #[arg(long, value_name = "FILE")]
         file: Option<PathBuf>,
     },
+    /// Wrap every tenant's data key again under a new master key (the data
+    /// is untouched); opens them with encryption.master_key_file. Stop the
+    /// workers first and start them with the new key after; run it again
+    /// after an interruption: it takes up what is left.
+    RotateMaster {
+        /// The new master key's file (`tenantvec keys new --out FILE`).
+        #[arg(long, value_name = "FILE")]
+        new: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -337,7 +346,10 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    if let Command::Keys { action } = &cli.command {
+    if let Command::Keys {
+        action: action @ (KeysAction::New { .. } | KeysAction::Fingerprint { .. }),
+    } = &cli.command
+    {
         let done = match action {
             KeysAction::New { out } => tenantvec::crypto::MasterKey::generate().and_then(|key| {
                 key.write_new(out)?;
@@ -353,6 +365,7 @@ fn main() -> ExitCode {
                     .unwrap_or(settings.encryption.master_key_file.clone());
                 tenantvec::crypto::MasterKey::load(&path).map(|k| k.fingerprint().to_owned())
             }
+            KeysAction::RotateMaster { .. } => unreachable!("matched above"),
         };
         return match done {
             Ok(line) => {
@@ -434,12 +447,66 @@ async fn client_command(command: Command, settings: &Settings) -> Result<String,
     {
         return import_files(settings).await.map(pretty);
     }
+    if let Command::Keys {
+        action: KeysAction::RotateMaster { new },
+    } = &command
+    {
+        return rotate_master(settings, new).await.map(pretty);
+    }
     if let Command::Export { file: None, .. } = &command {
         // The export is on stdout: the summary goes to stderr.
         eprintln!("{}", pretty(request_command(command, settings).await?));
         return Ok(String::new());
     }
     request_command(command, settings).await.map(pretty)
+}
+
+/// `keys rotate-master`: every record's data key under the new master key.
+async fn rotate_master(settings: &Settings, new: &std::path::Path) -> Result<Value, ClientError> {
+    use tenantvec::crypto::{Keyring, MasterKey};
+    let old = Keyring::new(
+        MasterKey::load(&settings.encryption.master_key_file)?,
+        &settings.nats.prefix,
+    );
+    let new = Keyring::new(MasterKey::load(new)?, &settings.nats.prefix);
+    if old.fingerprint() == new.fingerprint() {
+        return Err(anyhow::anyhow!(
+            "the new master key is the one in use ({})",
+            old.fingerprint()
+        )
+        .into());
+    }
+    let client = Client::connect(settings).await?;
+    let registry = tenantvec::registry::Registry::open(
+        &async_nats::jetstream::new(client.nats().clone()),
+        &settings.nats.prefix,
+        settings.nats.replicas,
+    )
+    .await?;
+    let progress = indicatif::ProgressBar::new_spinner();
+    progress.enable_steady_tick(std::time::Duration::from_millis(200));
+    let summary = tenantvec::registry::rotate::rotate_master(&registry, &old, &new, |s| {
+        progress.set_message(format!(
+            "{} wrapped again, {} done before, {} failed",
+            s.rewrapped,
+            s.already,
+            s.failed.len()
+        ))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    progress.finish_and_clear();
+    let failed = summary.failed.len();
+    let mut summary = serde_json::to_value(&summary).map_err(|e| anyhow::anyhow!("{e}"))?;
+    summary["from"] = json!(old.fingerprint());
+    summary["to"] = json!(new.fingerprint());
+    if failed > 0 {
+        return Err(anyhow::anyhow!(
+            "{summary:#}\n{failed} tenants failed; run it again to retry them"
+        )
+        .into());
+    }
+    Ok(summary)
 }
 
 /// `tenants import-files`: the data folder's tenants into the registry.

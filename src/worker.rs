@@ -100,6 +100,16 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
         ),
         false => None,
     };
+    if let (Some(keys), Some(registry)) = (&keys, &registry) {
+        let in_use = crate::registry::rotate::masters_in_use(
+            registry,
+            crate::registry::rotate::MASTER_SAMPLE,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the tenant registry: {e}"))?;
+        crate::registry::rotate::check_master(keys.fingerprint(), &in_use)
+            .map_err(|e| anyhow::anyhow!(e))?;
+    }
     let setup = Arc::new(TenantSetup {
         factory: factory.clone(),
         embedder,
@@ -347,8 +357,8 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
 /// The settings of one of the worker's extra connections (`fleet`, `ingest`,
 /// `requests-<k>`):
 /// the worker's own, named after the role (`<connection_name>-<role>`).
-/// `encryption.enabled`: the master key, checked against the one the data
-/// folder's tenants were written under, as the keyring of the prefix.
+/// `encryption.enabled`: the master key, as the keyring of the prefix
+/// (checked against the records once the registry is open).
 fn encryption_keys(settings: &Settings) -> anyhow::Result<Option<crate::crypto::Keyring>> {
     if !settings.encryption.enabled {
         return Ok(None);
@@ -357,10 +367,6 @@ fn encryption_keys(settings: &Settings) -> anyhow::Result<Option<crate::crypto::
     crate::store::create_data_folder(&settings.store.folder)?;
     // The filesystem can encrypt (else the fix is named), before anything.
     crate::crypto::fscrypt::Fscrypt::open(&settings.store.folder)?;
-    crate::store::encrypted::EncryptedFolders::check_master(
-        &settings.store.folder,
-        master.fingerprint(),
-    )?;
     tracing::info!(master_key = %master.fingerprint(), "encryption at rest: every tenant's folder encrypted with its own key");
     Ok(Some(crate::crypto::Keyring::new(
         master,

@@ -358,7 +358,14 @@ async fn keys_a_killed_worker_left_are_removed_by_the_next_start() {
     let keys = tempfile::tempdir().unwrap();
     let key = master_key(keys.path(), "master.key");
     let nats = common::NatsServer::start();
+    let logs = tempfile::tempdir().unwrap();
+    let log_file = logs.path().join("worker.log");
     let spawn = || {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_file)
+            .unwrap();
         let mut cmd = Command::new(common::tenantvec_bin());
         cmd.arg("serve")
             .env("NATS_URL", nats.url())
@@ -367,9 +374,9 @@ async fn keys_a_killed_worker_left_are_removed_by_the_next_start() {
             .env("TENANTVEC_METRICS_LISTEN", "")
             .env("TENANTVEC_ENCRYPTION", "true")
             .env("TENANTVEC_MASTER_KEY_FILE", &key)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info,tenantvec=trace")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit());
+            .stderr(log);
         cmd.spawn().expect("start the worker")
     };
     let settings = common::settings(&nats.url(), &fs.data());
@@ -397,7 +404,90 @@ async fn keys_a_killed_worker_left_are_removed_by_the_next_start() {
         .await
         .unwrap();
     assert_eq!(count["count"], 3);
+    let found = client
+        .tenant(
+            Verb::Search,
+            "carol",
+            &json!({"vector": common::vector(40, 8), "top_k": 1}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(found["results"][0]["text"], format!("{MARKER} 0"));
     common::kill(&mut worker);
+    // The worker's log, at its most detailed, names no document's text.
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    assert!(log.contains("tenant"), "the log is empty: {log}");
+    assert!(
+        !log.contains("zebra-marker"),
+        "document text in the worker's log:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_master_rewraps_every_key_and_the_old_key_opens_nothing() {
+    let test = "rotate_master_rewraps_every_key_and_the_old_key_opens_nothing";
+    let Some(fs) = Ext4::make(test, true) else {
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let old = master_key(keys.path(), "old.key");
+    let new = master_key(keys.path(), "new.key");
+    let mut h = Harness::start_with(|s| encrypted(s, &fs, &old)).await;
+    for tenant in ["alice", "bob", "carol"] {
+        h.ok(Verb::Upsert, tenant, docs()).await;
+    }
+    h.stop_worker().unwrap();
+    let rotate = || {
+        let out = Command::new(common::tenantvec_bin())
+            .args(["keys", "rotate-master", "--new"])
+            .arg(&new)
+            .env("NATS_URL", h.nats.url())
+            .env("TENANTVEC_MASTER_KEY_FILE", &old)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let first = rotate();
+    assert_eq!(first["rewrapped"], 3, "{first}");
+    // Run again (as after an interruption): nothing left to do.
+    let again = rotate();
+    assert_eq!(
+        (again["rewrapped"].as_u64(), again["already"].as_u64()),
+        (Some(0), Some(3)),
+        "{again}"
+    );
+
+    // The old key opens nothing: a worker with it is refused.
+    let refused = tenantvec::worker::run(
+        h.settings.clone(),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .expect_err("a worker with the old master key started");
+    assert!(
+        format!("{refused:#}").contains("wrapped with master key"),
+        "{refused:#}"
+    );
+    // The new one opens every tenant, as before.
+    h.settings.encryption.master_key_file = new.clone();
+    h.start_worker().await;
+    for tenant in ["alice", "bob", "carol"] {
+        assert_eq!(h.ok(Verb::Count, tenant, json!({})).await["count"], 3);
+        let found = h
+            .ok(
+                Verb::Search,
+                tenant,
+                json!({"vector": common::vector(42, 8), "top_k": 1}),
+            )
+            .await;
+        assert_eq!(found["results"][0]["doc_id"], "note-2", "{found}");
+    }
+    h.stop_worker().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,6 +33,11 @@ impl Keyring {
         Ok((key, wrapped))
     }
 
+    /// `key` of `tenant` wrapped under this keyring's master key.
+    pub fn wrap(&self, key: &DataKey, tenant: &str, version: u32) -> Result<WrappedKey, KeyError> {
+        key.wrap(&self.master, &self.prefix, tenant, version)
+    }
+
     /// `tenant`'s data key from its wrapped form.
     pub fn open(&self, tenant: &str, wrapped: &WrappedKey) -> Result<DataKey, KeyError> {
         wrapped.unwrap(&self.master, &self.prefix, tenant)

@@ -16,6 +16,7 @@ mod follow;
 pub mod import;
 pub mod index;
 pub mod record;
+pub mod rotate;
 
 use std::future::Future;
 use std::time::Duration;
@@ -244,6 +245,15 @@ impl Registry {
                 .map_err(|e| unavailable("list", e))?;
         ids.sort_unstable();
         Ok(ids)
+    }
+
+    /// At most `n` ids, the first the bucket's stream gives (unsorted).
+    pub async fn first_ids(&self, n: usize) -> Result<Vec<String>, ServiceError> {
+        let keys = timed("list", self.kv.keys()).await?;
+        tokio::time::timeout(TIMEOUT, keys.take(n).try_collect::<Vec<String>>())
+            .await
+            .map_err(|_| unavailable("list", "timed out"))?
+            .map_err(|e| unavailable("list", e))
     }
 
     /// The records of `ids`, read together; those removed meanwhile are

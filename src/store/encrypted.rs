@@ -21,8 +21,6 @@ use crate::crypto::DataKey;
 use crate::protocol::ServiceError;
 use crate::store::internal;
 
-/// The marker of the master key a data folder's tenants were written under.
-pub const MASTER_MARKER: &str = "_encryption.json";
 /// How often a key whose files are still busy is tried again at close.
 const REMOVE_TRIES: u32 = 50;
 const REMOVE_PAUSE: Duration = Duration::from_millis(20);
@@ -67,36 +65,6 @@ impl EncryptedFolders {
             );
         }
         Ok(Arc::new(this))
-    }
-
-    /// Check the master key against the one the data folder's tenants were
-    /// written under (its fingerprint, noted at the first start); note it
-    /// at the first start.
-    pub fn check_master(root: &Path, fingerprint: &str) -> anyhow::Result<()> {
-        let marker = root.join(MASTER_MARKER);
-        match std::fs::read(&marker) {
-            Ok(raw) => {
-                let noted: serde_json::Value = serde_json::from_slice(&raw)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", marker.display()))?;
-                let noted = noted.get("master").and_then(|v| v.as_str()).unwrap_or("");
-                if noted != fingerprint {
-                    anyhow::bail!(
-                        "the master key given has fingerprint {fingerprint}, and the tenants of \
-                         the data folder {} were written under master key {noted}: start with that \
-                         key (encryption.master_key_file); nothing was written",
-                        root.display()
-                    );
-                }
-                Ok(())
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let body = serde_json::json!({ "master": fingerprint });
-                std::fs::write(&marker, body.to_string())
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", marker.display()))?;
-                Ok(())
-            }
-            Err(e) => Err(anyhow::anyhow!("{}: {e}", marker.display())),
-        }
     }
 
     /// Put `key` into the filesystem (noted first, so a crash never leaves

@@ -1,0 +1,177 @@
+//! `tenantvec keys rotate-master`: every tenant's data key wrapped again
+//! under a new master key, in its registry record; the data is untouched.
+//!
+//! Owns that walk of the registry and the master-key census a worker checks
+//! at start. It must never write a key it could not open with the old master
+//! key, never replace a record changed meanwhile without reading it again
+//! (each write is revision-checked), and never stop at one tenant's failure:
+//! a rerun takes up what is left (a record already under the new key is
+//! skipped).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::crypto::{Keyring, WrappedKey};
+use crate::protocol::ServiceError;
+use crate::registry::Registry;
+
+/// Records re-wrapped at once.
+const PARALLEL: usize = 32;
+/// Records a starting worker reads to learn which master key is in use.
+pub const MASTER_SAMPLE: usize = 16;
+
+/// What a rotation did.
+#[derive(Debug, Default, Serialize)]
+pub struct RotateSummary {
+    /// Keys wrapped again under the new master key.
+    pub rewrapped: u64,
+    /// Keys under the new master key already (an earlier, interrupted run).
+    pub already: u64,
+    /// Records without a data key (tenants that never opened with
+    /// encryption on: theirs is made under the new key when they do).
+    pub without_key: u64,
+    /// Tenants whose key could not be re-wrapped, with why.
+    pub failed: BTreeMap<String, String>,
+}
+
+/// Wrap every tenant's data key under `new`, opening it with `old`.
+pub async fn rotate_master(
+    registry: &Registry,
+    old: &Keyring,
+    new: &Keyring,
+    progress: impl Fn(&RotateSummary),
+) -> Result<RotateSummary, ServiceError> {
+    let ids = registry.ids().await?;
+    let mut summary = RotateSummary::default();
+    let mut done = futures::stream::iter(ids)
+        .map(|tenant| async move {
+            let outcome = rewrap(registry, &tenant, old, new).await;
+            (tenant, outcome)
+        })
+        .buffer_unordered(PARALLEL);
+    while let Some((tenant, outcome)) = done.next().await {
+        match outcome {
+            Ok(Rewrap::Done) => summary.rewrapped += 1,
+            Ok(Rewrap::Already) => summary.already += 1,
+            Ok(Rewrap::NoKey) => summary.without_key += 1,
+            Err(e) => {
+                summary.failed.insert(tenant, e.message);
+            }
+        }
+        progress(&summary);
+    }
+    Ok(summary)
+}
+
+enum Rewrap {
+    Done,
+    Already,
+    NoKey,
+}
+
+async fn rewrap(
+    registry: &Registry,
+    tenant: &str,
+    old: &Keyring,
+    new: &Keyring,
+) -> Result<Rewrap, ServiceError> {
+    let mut outcome = Rewrap::NoKey;
+    registry
+        .update(tenant, |record| {
+            let Some(value) = &record.key else {
+                outcome = Rewrap::NoKey;
+                return Err(unchanged());
+            };
+            let wrapped = WrappedKey::from_value(value).map_err(refused)?;
+            if wrapped.master == new.fingerprint() {
+                outcome = Rewrap::Already;
+                return Err(unchanged());
+            }
+            let key = old.open(tenant, &wrapped).map_err(refused)?;
+            let again = new.wrap(&key, tenant, wrapped.version).map_err(refused)?;
+            record.key = Some(again.to_value());
+            outcome = Rewrap::Done;
+            Ok(())
+        })
+        .await
+        .or_else(|e| match e.message == UNCHANGED {
+            true => Ok(None),
+            false => Err(e),
+        })?;
+    Ok(outcome)
+}
+
+const UNCHANGED: &str = "unchanged";
+
+/// Ends an update without a write.
+fn unchanged() -> ServiceError {
+    ServiceError::internal(UNCHANGED)
+}
+
+fn refused(e: crate::crypto::KeyError) -> ServiceError {
+    ServiceError::internal(e.to_string())
+}
+
+/// The fingerprints of the master keys the first `sample` records' data
+/// keys are wrapped with (empty: no record has a key yet).
+pub async fn masters_in_use(
+    registry: &Registry,
+    sample: usize,
+) -> Result<BTreeSet<String>, ServiceError> {
+    let ids: Vec<String> = registry
+        .first_ids(sample)
+        .await?
+        .into_iter()
+        .collect::<Vec<_>>();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let records = registry.records(&ids).await?;
+    Ok(records
+        .iter()
+        .filter_map(|r| r.key.as_ref())
+        .filter_map(|k| WrappedKey::from_value(k).ok())
+        .map(|w| w.master)
+        .collect())
+}
+
+/// Why a worker with master key `have` must not start, if it must not:
+/// the records sampled are wrapped with another key, or with several (a
+/// rotation under way).
+pub fn check_master(have: &str, in_use: &BTreeSet<String>) -> Result<(), String> {
+    if in_use.is_empty() || (in_use.len() == 1 && in_use.contains(have)) {
+        return Ok(());
+    }
+    let listed = in_use.iter().cloned().collect::<Vec<_>>().join(", ");
+    if in_use.contains(have) {
+        return Err(format!(
+            "tenants' data keys are wrapped with several master keys ({listed}): a rotation \
+             is under way; finish it (`tenantvec keys rotate-master --new FILE`, run again) \
+             and start with the new key"
+        ));
+    }
+    Err(format!(
+        "the master key given has fingerprint {have}, and the tenants' data keys in the \
+         registry are wrapped with master key {listed}: start with that key \
+         (encryption.master_key_file); nothing was written"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_starts_only_with_the_master_key_in_use() {
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        assert!(check_master("a", &set(&[])).is_ok());
+        assert!(check_master("a", &set(&["a"])).is_ok());
+        let e = check_master("b", &set(&["a"])).unwrap_err();
+        assert!(
+            e.contains("fingerprint b") && e.contains("master key a"),
+            "{e}"
+        );
+        let e = check_master("a", &set(&["a", "b"])).unwrap_err();
+        assert!(e.contains("rotation"), "{e}");
+    }
+}
