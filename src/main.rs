@@ -477,7 +477,7 @@ async fn rotate_master(settings: &Settings, new: &std::path::Path) -> Result<Val
         .into());
     }
     let client = Client::connect(settings).await?;
-    let registry = tenantvec::registry::Registry::open(
+    let store = tenantvec::registry::keys::KeyStore::open(
         &async_nats::jetstream::new(client.nats().clone()),
         &settings.nats.prefix,
         settings.nats.replicas,
@@ -485,7 +485,7 @@ async fn rotate_master(settings: &Settings, new: &std::path::Path) -> Result<Val
     .await?;
     let progress = indicatif::ProgressBar::new_spinner();
     progress.enable_steady_tick(std::time::Duration::from_millis(200));
-    let summary = tenantvec::registry::rotate::rotate_master(&registry, &old, &new, |s| {
+    let summary = tenantvec::registry::rotate::rotate_master(&store, &old, &new, |s| {
         progress.set_message(format!(
             "{} wrapped again, {} done before, {} failed",
             s.rewrapped,

@@ -152,6 +152,12 @@ pub fn tenants_bucket(prefix: &str) -> String {
     format!("TENANTVEC_TENANTS{}", name_suffix(prefix))
 }
 
+/// The KV bucket of the prefix's tenants' wrapped data keys
+/// (`encryption.enabled`).
+pub fn keys_bucket(prefix: &str) -> String {
+    format!("TENANTVEC_KEYS{}", name_suffix(prefix))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

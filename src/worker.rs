@@ -100,16 +100,29 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
         ),
         false => None,
     };
-    if let (Some(keys), Some(registry)) = (&keys, &registry) {
-        let in_use = crate::registry::rotate::masters_in_use(
-            registry,
-            crate::registry::rotate::MASTER_SAMPLE,
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("reading the tenant registry: {e}"))?;
-        crate::registry::rotate::check_master(keys.fingerprint(), &in_use)
-            .map_err(|e| anyhow::anyhow!(e))?;
-    }
+    // With encryption, the tenants' wrapped keys, and the master key
+    // checked against those in use.
+    let keys = match keys {
+        Some(keyring) => {
+            let store = crate::registry::keys::KeyStore::open(
+                &async_nats::jetstream::new(client.clone()),
+                &settings.nats.prefix,
+                settings.nats.replicas,
+            )
+            .await
+            .map_err(|e| e.context("encryption.enabled needs JetStream for the tenants' keys"))?;
+            let in_use = crate::registry::rotate::masters_in_use(
+                &store,
+                crate::registry::rotate::MASTER_SAMPLE,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the tenants' keys: {e}"))?;
+            crate::registry::rotate::check_master(keyring.fingerprint(), &in_use)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            Some(crate::registry::keys::Keys { keyring, store })
+        }
+        None => None,
+    };
     let setup = Arc::new(TenantSetup {
         factory: factory.clone(),
         embedder,

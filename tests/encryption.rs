@@ -452,8 +452,18 @@ async fn rotate_master_rewraps_every_key_and_the_old_key_opens_nothing() {
         );
         serde_json::from_slice::<Value>(&out.stdout).unwrap()
     };
+    let before = sealed_key(&h, "alice").await.expect("alice has a key");
     let first = rotate();
     assert_eq!(first["rewrapped"], 3, "{first}");
+    // The key wrapped with the old master key is erased, not only replaced.
+    assert_ne!(
+        sealed_key(&h, "alice").await.as_deref(),
+        Some(before.as_str())
+    );
+    assert!(
+        !jetstream_store_holds(&h, &before),
+        "the old wrapping of a key is still in the JetStream store's files"
+    );
     // Run again (as after an interruption): nothing left to do.
     let again = rotate();
     assert_eq!(
@@ -699,4 +709,64 @@ async fn the_kernel_names_a_key_as_the_code_does() {
     let err = std::fs::read(dir.join(&name)).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(ENOKEY));
     assert_eq!(fscrypt.remove_key(&id).unwrap(), Removal::Absent);
+}
+
+/// The sealed part of `tenant`'s wrapped key in the key store, if any.
+async fn sealed_key(h: &Harness, tenant: &str) -> Option<String> {
+    let js = h.jetstream().await;
+    let kv = js
+        .get_key_value("TENANTVEC_KEYS")
+        .await
+        .expect("the key bucket");
+    let entry = kv.entry(tenant).await.expect("read the key")?;
+    if entry.operation != async_nats::jetstream::kv::Operation::Put {
+        return None;
+    }
+    let value: Value = serde_json::from_slice(&entry.value).unwrap();
+    Some(value["sealed"].as_str().unwrap().to_owned())
+}
+
+/// Whether any file of the nats-server's JetStream store holds `needle`.
+fn jetstream_store_holds(h: &Harness, needle: &str) -> bool {
+    files(h.nats.store.path()).iter().any(|f| {
+        std::fs::read(f)
+            .map(|raw| raw.windows(needle.len()).any(|w| w == needle.as_bytes()))
+            .unwrap_or(false)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drop_destroys_the_tenants_key_and_every_copy_of_it() {
+    let test = "a_drop_destroys_the_tenants_key_and_every_copy_of_it";
+    let Some(fs) = Ext4::make(test, true) else {
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let key = master_key(keys.path(), "master.key");
+    let mut h = Harness::start_with(|s| encrypted(s, &fs, &key)).await;
+    h.ok(Verb::Upsert, "alice", docs()).await;
+    h.ok(Verb::Upsert, "bob", docs()).await;
+    let alice = sealed_key(&h, "alice").await.expect("alice has a key");
+    assert!(
+        jetstream_store_holds(&h, &alice),
+        "the search of the store finds the key"
+    );
+
+    h.ok(Verb::Drop, "alice", json!({})).await;
+    assert_eq!(sealed_key(&h, "alice").await, None);
+    assert!(
+        !jetstream_store_holds(&h, &alice),
+        "the dropped tenant's wrapped key is still in the JetStream store's files"
+    );
+    assert!(!fs.data().join("alice").join("vector_store").exists());
+    // The other tenant is untouched; the dropped one starts anew, under a new key.
+    assert_eq!(h.ok(Verb::Count, "bob", json!({})).await["count"], 3);
+    assert_eq!(h.ok(Verb::Count, "alice", json!({})).await["count"], 0);
+    h.ok(Verb::Upsert, "alice", docs()).await;
+    let again = sealed_key(&h, "alice").await.expect("a new key");
+    assert_ne!(again, alice);
+    h.stop_worker().unwrap();
+    h.start_worker().await;
+    assert_eq!(h.ok(Verb::Count, "alice", json!({})).await["count"], 3);
+    h.stop_worker().unwrap();
 }

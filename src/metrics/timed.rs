@@ -107,7 +107,7 @@ impl TenantStore for TimedStore {
         self.inner.answers_inline()
     }
 
-    fn set_data_key(&mut self, key: Arc<crate::crypto::DataKey>) {
+    fn set_data_key(&mut self, key: Option<Arc<crate::crypto::DataKey>>) {
         self.inner.set_data_key(key)
     }
 

@@ -15,6 +15,7 @@
 mod follow;
 pub mod import;
 pub mod index;
+pub mod keys;
 pub mod record;
 pub mod rotate;
 
@@ -27,7 +28,6 @@ use futures::{StreamExt, TryStreamExt};
 pub use index::Index;
 pub use record::{TenantRecord, TenantState};
 
-use crate::crypto::{DataKey, KeyError, Keyring, WrappedKey};
 use crate::embed::record::Records;
 use crate::names::tenants_bucket;
 use crate::policy::TenantSettings;
@@ -76,10 +76,6 @@ impl std::fmt::Debug for Registry {
             .field("bucket", &self.bucket)
             .finish()
     }
-}
-
-fn no_record(tenant: &str) -> ServiceError {
-    ServiceError::unknown_tenant(format!("tenant {tenant} has no record"))
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> ServiceError {
@@ -247,15 +243,6 @@ impl Registry {
         Ok(ids)
     }
 
-    /// At most `n` ids, the first the bucket's stream gives (unsorted).
-    pub async fn first_ids(&self, n: usize) -> Result<Vec<String>, ServiceError> {
-        let keys = timed("list", self.kv.keys()).await?;
-        tokio::time::timeout(TIMEOUT, keys.take(n).try_collect::<Vec<String>>())
-            .await
-            .map_err(|_| unavailable("list", "timed out"))?
-            .map_err(|e| unavailable("list", e))
-    }
-
     /// The records of `ids`, read together; those removed meanwhile are
     /// left out.
     pub async fn records(&self, ids: &[&str]) -> Result<Vec<TenantRecord>, ServiceError> {
@@ -281,46 +268,6 @@ impl Registry {
         // Asked now (the bucket's own status is as it was when opened).
         let stream = timed("status", self.js.get_stream(format!("KV_{}", self.bucket))).await?;
         Ok((watch, stream.cached_info().state.messages == 0))
-    }
-
-    /// `tenant`'s data key (`encryption.enabled`): opened from its record,
-    /// or, for a record without one, made now and stored in it (against
-    /// the revision read: when two workers race, both take the key stored
-    /// first). A key that does not open is `internal`, naming the master
-    /// keys; a tenant without a record, `unknown_tenant`.
-    pub async fn data_key(&self, tenant: &str, keys: &Keyring) -> Result<DataKey, ServiceError> {
-        let refused = |e: KeyError| {
-            ServiceError::internal(format!(
-                "tenant {tenant}: its data key cannot be opened: {e}"
-            ))
-        };
-        let record = match self.get(tenant).await? {
-            Some(v) if v.record.key.is_some() => v.record,
-            Some(_) => {
-                let (_, wrapped) = keys.make(tenant, 1).map_err(refused)?;
-                let stored = self
-                    .update(tenant, |r| {
-                        if r.key.is_none() {
-                            r.key = Some(wrapped.to_value());
-                        }
-                        Ok(())
-                    })
-                    .await?;
-                match stored {
-                    Some(record) => record,
-                    None => return Err(no_record(tenant)),
-                }
-            }
-            None => return Err(no_record(tenant)),
-        };
-        let wrapped = record
-            .key
-            .as_ref()
-            .map(WrappedKey::from_value)
-            .transpose()
-            .map_err(refused)?
-            .ok_or_else(|| no_record(tenant))?;
-        keys.open(tenant, &wrapped).map_err(refused)
     }
 
     /// What activating `tenant` finds: its record; or, when it has none

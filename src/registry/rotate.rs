@@ -1,5 +1,6 @@
 //! `tenantvec keys rotate-master`: every tenant's data key wrapped again
-//! under a new master key, in its registry record; the data is untouched.
+//! under a new master key in the key store, and the key it replaces erased;
+//! the data is untouched.
 //!
 //! Owns that walk of the registry and the master-key census a worker checks
 //! at start. It must never write a key it could not open with the old master
@@ -13,9 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::crypto::{Keyring, WrappedKey};
+use crate::crypto::Keyring;
 use crate::protocol::ServiceError;
-use crate::registry::Registry;
+use crate::registry::keys::KeyStore;
 
 /// Records re-wrapped at once.
 const PARALLEL: usize = 32;
@@ -25,37 +26,33 @@ pub const MASTER_SAMPLE: usize = 16;
 /// What a rotation did.
 #[derive(Debug, Default, Serialize)]
 pub struct RotateSummary {
-    /// Keys wrapped again under the new master key.
+    /// Keys wrapped again under the new master key (the old wrapping erased).
     pub rewrapped: u64,
     /// Keys under the new master key already (an earlier, interrupted run).
     pub already: u64,
-    /// Records without a data key (tenants that never opened with
-    /// encryption on: theirs is made under the new key when they do).
-    pub without_key: u64,
     /// Tenants whose key could not be re-wrapped, with why.
     pub failed: BTreeMap<String, String>,
 }
 
 /// Wrap every tenant's data key under `new`, opening it with `old`.
 pub async fn rotate_master(
-    registry: &Registry,
+    store: &KeyStore,
     old: &Keyring,
     new: &Keyring,
     progress: impl Fn(&RotateSummary),
 ) -> Result<RotateSummary, ServiceError> {
-    let ids = registry.ids().await?;
+    let tenants = store.tenants().await?;
     let mut summary = RotateSummary::default();
-    let mut done = futures::stream::iter(ids)
+    let mut done = futures::stream::iter(tenants)
         .map(|tenant| async move {
-            let outcome = rewrap(registry, &tenant, old, new).await;
+            let outcome = rewrap(store, &tenant, old, new).await;
             (tenant, outcome)
         })
         .buffer_unordered(PARALLEL);
     while let Some((tenant, outcome)) = done.next().await {
         match outcome {
-            Ok(Rewrap::Done) => summary.rewrapped += 1,
-            Ok(Rewrap::Already) => summary.already += 1,
-            Ok(Rewrap::NoKey) => summary.without_key += 1,
+            Ok(true) => summary.rewrapped += 1,
+            Ok(false) => summary.already += 1,
             Err(e) => {
                 summary.failed.insert(tenant, e.message);
             }
@@ -65,74 +62,44 @@ pub async fn rotate_master(
     Ok(summary)
 }
 
-enum Rewrap {
-    Done,
-    Already,
-    NoKey,
-}
-
+/// `true`: re-wrapped now; `false`: under `new` already (or gone).
 async fn rewrap(
-    registry: &Registry,
+    store: &KeyStore,
     tenant: &str,
     old: &Keyring,
     new: &Keyring,
-) -> Result<Rewrap, ServiceError> {
-    let mut outcome = Rewrap::NoKey;
-    registry
-        .update(tenant, |record| {
-            let Some(value) = &record.key else {
-                outcome = Rewrap::NoKey;
-                return Err(unchanged());
-            };
-            let wrapped = WrappedKey::from_value(value).map_err(refused)?;
-            if wrapped.master == new.fingerprint() {
-                outcome = Rewrap::Already;
-                return Err(unchanged());
-            }
-            let key = old.open(tenant, &wrapped).map_err(refused)?;
-            let again = new.wrap(&key, tenant, wrapped.version).map_err(refused)?;
-            record.key = Some(again.to_value());
-            outcome = Rewrap::Done;
-            Ok(())
-        })
-        .await
-        .or_else(|e| match e.message == UNCHANGED {
-            true => Ok(None),
-            false => Err(e),
-        })?;
-    Ok(outcome)
+) -> Result<bool, ServiceError> {
+    loop {
+        let Some(stored) = store.get(tenant).await? else {
+            return Ok(false);
+        };
+        if stored.wrapped.master == new.fingerprint() {
+            return Ok(false);
+        }
+        let refused = |e: crate::crypto::KeyError| ServiceError::internal(e.to_string());
+        let key = old.open(tenant, &stored.wrapped).map_err(refused)?;
+        let again = new
+            .wrap(&key, tenant, stored.wrapped.version)
+            .map_err(refused)?;
+        if store.replace(tenant, &again, stored.revision).await? {
+            return Ok(true);
+        }
+    }
 }
 
-const UNCHANGED: &str = "unchanged";
-
-/// Ends an update without a write.
-fn unchanged() -> ServiceError {
-    ServiceError::internal(UNCHANGED)
-}
-
-fn refused(e: crate::crypto::KeyError) -> ServiceError {
-    ServiceError::internal(e.to_string())
-}
-
-/// The fingerprints of the master keys the first `sample` records' data
-/// keys are wrapped with (empty: no record has a key yet).
+/// The fingerprints of the master keys the first `sample` tenants' data
+/// keys are wrapped with (empty: no tenant has a key yet).
 pub async fn masters_in_use(
-    registry: &Registry,
+    store: &KeyStore,
     sample: usize,
 ) -> Result<BTreeSet<String>, ServiceError> {
-    let ids: Vec<String> = registry
-        .first_ids(sample)
-        .await?
-        .into_iter()
-        .collect::<Vec<_>>();
-    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let records = registry.records(&ids).await?;
-    Ok(records
-        .iter()
-        .filter_map(|r| r.key.as_ref())
-        .filter_map(|k| WrappedKey::from_value(k).ok())
-        .map(|w| w.master)
-        .collect())
+    let mut in_use = BTreeSet::new();
+    for tenant in store.first_tenants(sample).await? {
+        if let Some(stored) = store.get(&tenant).await? {
+            in_use.insert(stored.wrapped.master);
+        }
+    }
+    Ok(in_use)
 }
 
 /// Why a worker with master key `have` must not start, if it must not:

@@ -588,8 +588,8 @@ impl TenantStore for EdgeStore {
         }
     }
 
-    fn set_data_key(&mut self, key: Arc<DataKey>) {
-        self.key = Some(key);
+    fn set_data_key(&mut self, key: Option<Arc<DataKey>>) {
+        self.key = key;
     }
 
     fn close(&mut self) -> Result<(), ServiceError> {

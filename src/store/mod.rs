@@ -94,7 +94,7 @@ pub trait TenantStore: Send {
     /// The tenant's data key (`encryption.enabled`), given by its actor
     /// before the store's first job that may open its data. Ignored by a
     /// store that does not encrypt.
-    fn set_data_key(&mut self, _key: Arc<crate::crypto::DataKey>) {}
+    fn set_data_key(&mut self, _key: Option<Arc<crate::crypto::DataKey>>) {}
 
     /// Whether a read may run on the actor's own thread rather than the
     /// blocking pool: the data is open in this process and a read does no

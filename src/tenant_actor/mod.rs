@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use crate::command::{Command, Envelope, QueryInput};
-use crate::crypto::{DataKey, Keyring};
+use crate::crypto::DataKey;
 use crate::embed::record::Records;
 use crate::embed::{Embedder, Embedding};
 use crate::policy::{RateLimiter, TenantDefaults, TenantPolicy, TenantSettings};
 use crate::protocol::{ErrorCode, ServiceError};
+use crate::registry::keys::Keys;
 use crate::registry::record::CloseWrite;
 use crate::registry::{record, Found, Registry, TenantRecord};
 use crate::store::{StoreFactory, TenantStore};
@@ -98,9 +99,9 @@ pub struct TenantSetup {
     pub registry: Option<Registry>,
     /// A first write makes a tenant's record (`tenants.auto_create`).
     pub auto_create: bool,
-    /// `encryption.enabled`: the keyring that opens each tenant's data key
-    /// (kept in its record) for its store.
-    pub keys: Option<Keyring>,
+    /// `encryption.enabled`: the keyring and the key store that give each
+    /// tenant's data key to its store.
+    pub keys: Option<Keys>,
 }
 
 pub struct TenantActor {
@@ -213,7 +214,7 @@ impl TenantActor {
             // With encryption, the tenant's data key comes with its record.
             let key = match (&found, &setup.keys) {
                 (Ok(Found::Record(_) | Found::Migrated(_)), Some(keys)) => {
-                    Some(registry.data_key(tenant.as_str(), keys).await.map(Arc::new))
+                    Some(keys.data_key(tenant.as_str()).await.map(Arc::new))
                 }
                 _ => None,
             };
@@ -275,7 +276,7 @@ impl TenantActor {
     /// The tenant's data key, for this store and every one made after it.
     fn give_key(&mut self, key: Arc<DataKey>) {
         if let Some(store) = self.store.as_mut() {
-            store.set_data_key(key.clone());
+            store.set_data_key(Some(key.clone()));
         }
         self.data_key = Some(key);
     }
@@ -363,8 +364,8 @@ impl TenantActor {
         // a fresh handle reopens the data on its next job.
         self.store.take().unwrap_or_else(|| {
             let mut store = self.setup.factory.open(&self.tenant);
-            if let Some(key) = &self.data_key {
-                store.set_data_key(key.clone());
+            if self.data_key.is_some() {
+                store.set_data_key(self.data_key.clone());
             }
             store
         })
@@ -439,9 +440,13 @@ impl TenantActor {
             && matches!(&work, Work::Batch(b) if b[0].command.is_write() && !matches!(b[0].command, Command::Drop));
         // A write of a tenant whose key is not known yet (its first, which
         // makes its record): the key is read (or made) before the store opens.
+        let is_drop = matches!(&work, Work::Batch(b) if matches!(b[0].command, Command::Drop));
         let need_key = self.setup.keys.is_some()
             && self.data_key.is_none()
+            && !is_drop
             && matches!(&work, Work::Batch(b) if b.iter().any(|e| e.command.is_write()));
+        // A drop destroys the tenant's key before its files go.
+        let destroy_key = self.setup.keys.is_some() && is_drop;
         if let Work::Batch(b) = &work {
             if b.iter().any(|e| e.command.is_write()) {
                 self.wrote_any = true;
@@ -464,27 +469,31 @@ impl TenantActor {
             let close = matches!(work, Work::Close);
             let created = create && register(&setup, &tenant);
             let mut new_key = None;
-            if need_key {
-                match key_of(&setup, &tenant) {
-                    Ok(key) => {
-                        store.set_data_key(key.clone());
-                        new_key = Some(key);
-                    }
-                    Err(e) => {
-                        tracing::error!(%tenant, error = %e, "cannot have the tenant's data key; its write is refused");
-                        if let Work::Batch(batch) = work {
-                            for env in batch {
-                                env.fail(e.clone());
-                            }
+            let key_step = match (need_key, destroy_key) {
+                (true, _) => key_of(&setup, &tenant).map(Some),
+                (_, true) => destroy_key_of(&setup, &tenant).map(|()| None),
+                _ => Ok(None),
+            };
+            match key_step {
+                Ok(key) if need_key || destroy_key => {
+                    store.set_data_key(key.clone());
+                    new_key = Some(key);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(%tenant, error = %e, "the tenant's data key cannot be had or destroyed; its request is refused");
+                    if let Work::Batch(batch) = work {
+                        for env in batch {
+                            env.fail(e.clone());
                         }
-                        return (
-                            store,
-                            false,
-                            created,
-                            thread_cpu().saturating_sub(started),
-                            None,
-                        );
                     }
+                    return (
+                        store,
+                        false,
+                        created,
+                        thread_cpu().saturating_sub(started),
+                        None,
+                    );
                 }
             }
             let embedding = Embedding::new(setup.embedder.as_ref(), &setup.records, &tenant);
@@ -517,7 +526,7 @@ impl TenantActor {
                 act.registered = true;
             }
             if let Ok((_, _, _, _, Some(key))) = &outcome {
-                act.data_key = Some(key.clone());
+                act.data_key = key.clone();
             }
             match outcome {
                 Ok((_, true, _, _, _)) => ctx.stop(),
@@ -562,17 +571,7 @@ fn register(setup: &TenantSetup, tenant: &TenantId) -> bool {
     let Some(registry) = &setup.registry else {
         return false;
     };
-    let mut record = TenantRecord::new(tenant, &record::now());
-    if let Some(keys) = &setup.keys {
-        // Its data key made with it (`encryption.enabled`).
-        match keys.make(tenant.as_str(), 1) {
-            Ok((_, wrapped)) => record.key = Some(wrapped.to_value()),
-            Err(e) => {
-                tracing::error!(%tenant, error = %e, "cannot make the tenant's data key");
-                return false;
-            }
-        }
-    }
+    let record = TenantRecord::new(tenant, &record::now());
     match registry.block_on(registry.create(&record)) {
         Ok(made) => {
             if made.is_some() {
@@ -596,8 +595,22 @@ fn key_of(setup: &TenantSetup, tenant: &TenantId) -> Result<Arc<DataKey>, Servic
         ));
     };
     registry
-        .block_on(registry.data_key(tenant.as_str(), keys))
+        .block_on(keys.data_key(tenant.as_str()))
         .map(Arc::new)
+}
+
+/// Destroy the tenant's data key (a drop, before its files go): every copy
+/// of its wrapped form erased from the key store; what it encrypted is
+/// unreadable from then on, wherever a copy of it lies.
+fn destroy_key_of(setup: &TenantSetup, tenant: &TenantId) -> Result<(), ServiceError> {
+    let (Some(registry), Some(keys)) = (&setup.registry, &setup.keys) else {
+        return Err(ServiceError::internal(
+            "encryption is on without a registry",
+        ));
+    };
+    registry.block_on(keys.store.destroy(tenant.as_str()))?;
+    tracing::info!(%tenant, "the tenant's data key was destroyed (drop)");
+    Ok(())
 }
 
 /// Write what the closing actor saw into the tenant's record: with

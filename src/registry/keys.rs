@@ -1,0 +1,245 @@
+//! The tenants' wrapped data keys (`encryption.enabled`): one key per
+//! tenant in a KV bucket of their own, `TENANTVEC_KEYS[_<PREFIX>]`, beside
+//! the registry's records.
+//!
+//! Owns where a wrapped key is kept and how it is destroyed. Apart from the
+//! records because a record is rewritten often (each close of a tenant that
+//! wrote) and JetStream drops a superseded revision without erasing its
+//! bytes from the stream's files: a key kept in the record would leave a
+//! copy in the server's store at every rewrite. Here a key is written once,
+//! replaced only by a rotation, and every revision that goes is erased by
+//! sequence (the server overwrites its bytes), so that destroying a
+//! tenant's key leaves no copy on the server's disks. It must never remove
+//! a key's message without erasing it, and never write a key that is not
+//! wrapped.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures::{StreamExt, TryStreamExt};
+
+use crate::crypto::{DataKey, KeyError, Keyring, WrappedKey};
+use crate::names::keys_bucket;
+use crate::protocol::ServiceError;
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+/// Tries of a revision-checked write that keeps losing to other writers.
+const TRIES: u32 = 16;
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::unavailable(format!(
+        "the tenant key store cannot be reached ({what}: {e}); retry"
+    ))
+}
+
+async fn timed<T, E: std::fmt::Display>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, ServiceError> {
+    match tokio::time::timeout(TIMEOUT, f).await {
+        Ok(r) => r.map_err(|e| unavailable(what, e)),
+        Err(_) => Err(unavailable(what, "timed out")),
+    }
+}
+
+fn refused(tenant: &str, e: KeyError) -> ServiceError {
+    ServiceError::internal(format!(
+        "tenant {tenant}: its data key cannot be opened: {e}"
+    ))
+}
+
+/// The prefix's wrapped data keys.
+#[derive(Clone)]
+pub struct KeyStore {
+    kv: kv::Store,
+    stream: String,
+    js: jetstream::Context,
+}
+
+impl std::fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyStore({})", self.stream)
+    }
+}
+
+/// A wrapped key and the stream sequence it is stored at.
+#[derive(Debug, Clone)]
+pub struct StoredKey {
+    pub wrapped: WrappedKey,
+    pub revision: u64,
+}
+
+impl KeyStore {
+    /// Open the prefix's key bucket, made with `replicas` copies when
+    /// missing. Two revisions a key: while a rotation replaces one, the
+    /// one replaced is still there to be erased.
+    pub async fn open(
+        js: &jetstream::Context,
+        prefix: &str,
+        replicas: usize,
+    ) -> anyhow::Result<Self> {
+        let bucket = keys_bucket(prefix);
+        let kv = match js.get_key_value(&bucket).await {
+            Ok(kv) => kv,
+            Err(_) => {
+                // The stream a KV bucket of two revisions a key is, made
+                // here because a KV bucket's stream is made with deletes
+                // denied, and erasing a key is a delete by sequence.
+                js.get_or_create_stream(jetstream::stream::Config {
+                    name: format!("KV_{bucket}"),
+                    description: Some(
+                        "tenantvec tenants' data keys, wrapped by the master key".into(),
+                    ),
+                    subjects: vec![format!("$KV.{bucket}.>")],
+                    max_messages_per_subject: 2,
+                    allow_rollup: true,
+                    deny_delete: false,
+                    deny_purge: false,
+                    allow_direct: true,
+                    num_replicas: replicas.max(1),
+                    discard: jetstream::stream::DiscardPolicy::New,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot create the key bucket {bucket}: {e}"))?;
+                js.get_key_value(&bucket)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot open the key bucket {bucket}: {e}"))?
+            }
+        };
+        Ok(Self {
+            kv,
+            stream: format!("KV_{bucket}"),
+            js: js.clone(),
+        })
+    }
+
+    /// The tenant's wrapped key, if it has one.
+    pub async fn get(&self, tenant: &str) -> Result<Option<StoredKey>, ServiceError> {
+        let entry = timed("read", self.kv.entry(tenant)).await?;
+        match entry {
+            Some(e) if e.operation == kv::Operation::Put => {
+                let value: serde_json::Value = serde_json::from_slice(&e.value).map_err(|err| {
+                    ServiceError::internal(format!(
+                        "tenant {tenant}: its stored key is invalid: {err}"
+                    ))
+                })?;
+                let wrapped = WrappedKey::from_value(&value).map_err(|err| refused(tenant, err))?;
+                Ok(Some(StoredKey {
+                    wrapped,
+                    revision: e.revision,
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The tenant's data key: its stored one opened, or, when it has none,
+    /// a new one stored (when two workers race, both take the one stored
+    /// first).
+    pub async fn data_key(&self, tenant: &str, keys: &Keyring) -> Result<DataKey, ServiceError> {
+        for _ in 0..TRIES {
+            if let Some(stored) = self.get(tenant).await? {
+                return keys
+                    .open(tenant, &stored.wrapped)
+                    .map_err(|e| refused(tenant, e));
+            }
+            let (key, wrapped) = keys.make(tenant, 1).map_err(|e| refused(tenant, e))?;
+            let body = serde_json::to_vec(&wrapped.to_value()).unwrap_or_default();
+            match tokio::time::timeout(TIMEOUT, self.kv.create(tenant, body.into())).await {
+                Ok(Ok(_)) => return Ok(key),
+                Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
+                Ok(Err(e)) => return Err(unavailable("create", e)),
+                Err(_) => return Err(unavailable("create", "timed out")),
+            }
+        }
+        Err(ServiceError::unavailable(format!(
+            "tenant {tenant}: its key changed under every one of {TRIES} tries; retry"
+        )))
+    }
+
+    /// Replace the tenant's key stored at `revision` with `wrapped`, and
+    /// erase the one replaced. `false`: it changed meanwhile (read again).
+    pub async fn replace(
+        &self,
+        tenant: &str,
+        wrapped: &WrappedKey,
+        revision: u64,
+    ) -> Result<bool, ServiceError> {
+        let body = serde_json::to_vec(&wrapped.to_value()).unwrap_or_default();
+        match tokio::time::timeout(TIMEOUT, self.kv.update(tenant, body.into(), revision)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => return Ok(false),
+            Ok(Err(e)) => return Err(unavailable("update", e)),
+            Err(_) => return Err(unavailable("update", "timed out")),
+        }
+        self.erase(revision).await?;
+        Ok(true)
+    }
+
+    /// Destroy the tenant's key: every revision of it erased from the
+    /// stream (its bytes overwritten on the server), so that no copy of it
+    /// is left. Idempotent.
+    pub async fn destroy(&self, tenant: &str) -> Result<(), ServiceError> {
+        let history = timed("history", self.kv.history(tenant)).await?;
+        let revisions: Vec<u64> = tokio::time::timeout(
+            TIMEOUT,
+            history.map_ok(|e| e.revision).try_collect::<Vec<u64>>(),
+        )
+        .await
+        .map_err(|_| unavailable("history", "timed out"))?
+        .map_err(|e| unavailable("history", e))?;
+        for revision in revisions {
+            self.erase(revision).await?;
+        }
+        Ok(())
+    }
+
+    /// Erase one message of the bucket's stream (a secure delete: the
+    /// server overwrites it).
+    async fn erase(&self, sequence: u64) -> Result<(), ServiceError> {
+        let stream = timed("stream", self.js.get_stream(&self.stream)).await?;
+        match tokio::time::timeout(TIMEOUT, stream.delete_message(sequence)).await {
+            Ok(Ok(_)) => Ok(()),
+            // Gone already (erased by an earlier, interrupted run).
+            Ok(Err(e)) if e.to_string().contains("no message found") => Ok(()),
+            Ok(Err(e)) => Err(unavailable("erase", e)),
+            Err(_) => Err(unavailable("erase", "timed out")),
+        }
+    }
+
+    /// At most `n` tenants that have a key, the first the stream gives.
+    pub async fn first_tenants(&self, n: usize) -> Result<Vec<String>, ServiceError> {
+        let keys = timed("list", self.kv.keys()).await?;
+        tokio::time::timeout(TIMEOUT, keys.take(n).try_collect::<Vec<String>>())
+            .await
+            .map_err(|_| unavailable("list", "timed out"))?
+            .map_err(|e| unavailable("list", e))
+    }
+
+    /// Every tenant that has a key.
+    pub async fn tenants(&self) -> Result<Vec<String>, ServiceError> {
+        let keys = timed("list", self.kv.keys()).await?;
+        let mut ids: Vec<String> =
+            tokio::time::timeout(TIMEOUT * 10, keys.try_collect::<Vec<String>>())
+                .await
+                .map_err(|_| unavailable("list", "timed out"))?
+                .map_err(|e| unavailable("list", e))?;
+        ids.sort_unstable();
+        Ok(ids)
+    }
+}
+
+/// What a worker opens tenants' keys with: its keyring and the key store.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    pub keyring: Keyring,
+    pub store: KeyStore,
+}
+
+impl Keys {
+    /// The tenant's data key, made when it has none.
+    pub async fn data_key(&self, tenant: &str) -> Result<DataKey, ServiceError> {
+        self.store.data_key(tenant, &self.keyring).await
+    }
+}
