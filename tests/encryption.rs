@@ -770,3 +770,59 @@ async fn a_drop_destroys_the_tenants_key_and_every_copy_of_it() {
     assert_eq!(h.ok(Verb::Count, "alice", json!({})).await["count"], 3);
     h.stop_worker().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_runs_on_a_jetstream_server_that_encrypts_its_store() {
+    // The ingest stream holds a document's body until it is applied, and the
+    // registry and key buckets live there too: JetStream's own encryption at
+    // rest (docs/encryption.md) keeps them out of the server's files. The
+    // same run without it is the control: the text is found.
+    for encrypted_store in [false, true] {
+        let conf_dir = tempfile::tempdir().unwrap();
+        let conf = conf_dir.path().join("nats.conf");
+        let jetstream = match encrypted_store {
+            true => "jetstream {\n  cipher: chachapoly\n  key: \"a-test-key-for-jetstream-at-rest-0123\"\n}\n",
+            false => "jetstream {}\n",
+        };
+        std::fs::write(&conf, jetstream).unwrap();
+        let nats = common::NatsServer::start_with_config(conf);
+        let mut h = Harness::start_on(nats, |_| {}).await;
+        // The stream is made; with the worker stopped, a message waits in it.
+        h.stop_worker().unwrap();
+        let js = h.jetstream().await;
+        let body = serde_json::to_vec(&json!({"documents": [
+            {"doc_id": "n1", "text": MARKER, "vector": common::vector(3, 8)}
+        ]}))
+        .unwrap();
+        js.publish("tenantvec.ingest.dora", body.into())
+            .await
+            .unwrap()
+            .await
+            .expect("JetStream stored the message");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut found = jetstream_store_holds(&h, "zebra-marker");
+        while !found && !encrypted_store && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            found = jetstream_store_holds(&h, "zebra-marker");
+        }
+        assert_eq!(
+            found, !encrypted_store,
+            "JetStream encryption at rest {encrypted_store}: the text in the store's files"
+        );
+        // And the worker applies it.
+        h.start_worker().await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let n = h.ok(Verb::Count, "dora", json!({})).await["count"].as_u64();
+            if n == Some(1) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the ingested document never landed"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        h.stop_worker().unwrap();
+    }
+}
