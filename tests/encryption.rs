@@ -143,6 +143,15 @@ impl Drop for Ext4 {
     }
 }
 
+/// A worker process, killed when the test ends (also when it fails).
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        common::kill(&mut self.0);
+    }
+}
+
 fn master_key(dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(name);
     MasterKey::generate().unwrap().write_new(&path).unwrap();
@@ -380,19 +389,19 @@ async fn keys_a_killed_worker_left_are_removed_by_the_next_start() {
         cmd.spawn().expect("start the worker")
     };
     let settings = common::settings(&nats.url(), &fs.data());
-    let mut worker = Some(spawn());
+    let mut worker = KillOnDrop(Some(spawn()));
     common::wait_ready(&settings, || false).await;
     let client = tenantvec::client::Client::connect(&settings).await.unwrap();
     client.tenant(Verb::Upsert, "carol", &docs()).await.unwrap();
     // Killed with the tenant open: its key stays in the filesystem.
-    common::kill(&mut worker);
+    common::kill(&mut worker.0);
     let store = fs.data().join("carol").join("vector_store");
     let open = files(&store);
     assert!(
         open.iter().any(|f| std::fs::read(f).is_ok()),
         "the killed worker's tenant should still be readable until the next start"
     );
-    let mut worker = Some(spawn());
+    let mut worker = KillOnDrop(Some(spawn()));
     common::wait_ready(&settings, || false).await;
     for f in files(&store) {
         let err = std::fs::read(&f).expect_err("a key left by the killed worker is still in");
@@ -413,7 +422,7 @@ async fn keys_a_killed_worker_left_are_removed_by_the_next_start() {
         .await
         .unwrap();
     assert_eq!(found["results"][0]["text"], format!("{MARKER} 0"));
-    common::kill(&mut worker);
+    common::kill(&mut worker.0);
     // The worker's log, at its most detailed, names no document's text.
     let log = std::fs::read_to_string(&log_file).unwrap();
     assert!(log.contains("tenant"), "the log is empty: {log}");
