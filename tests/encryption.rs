@@ -70,7 +70,12 @@ impl Ext4 {
         std::fs::File::create(&image)
             .and_then(|f| f.set_len(96 << 20))
             .expect("image file");
-        let mut mkfs = Command::new("mkfs.ext4");
+        // /usr/sbin may not be on a non-login shell's PATH.
+        let mkfs_bin = ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("mkfs.ext4");
+        let mut mkfs = Command::new(mkfs_bin);
         mkfs.arg("-q").arg("-F");
         if encrypt {
             mkfs.args(["-O", "encrypt"]);
@@ -834,4 +839,42 @@ async fn the_worker_runs_on_a_jetstream_server_that_encrypts_its_store() {
         }
         h.stop_worker().unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_is_sealed_with_the_tenants_key_and_no_longer_restores_after_a_drop() {
+    use tenantvec::client::backup as cli;
+    use tenantvec::tenant::TenantId;
+    let test = "a_backup_is_sealed_with_the_tenants_key_and_no_longer_restores_after_a_drop";
+    let Some(fs) = Ext4::make(test, true) else {
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let key = master_key(keys.path(), "master.key");
+    let h = Harness::start_with(|s| encrypted(s, &fs, &key)).await;
+    let alice = TenantId::parse("alice").unwrap();
+    h.ok(Verb::Upsert, "alice", docs()).await;
+    let backup = cli::backup(&h.client, &alice, Some("before"))
+        .await
+        .unwrap();
+    assert_eq!(backup["documents"], 3, "{backup}");
+    assert!(
+        !jetstream_store_holds(&h, "zebra-marker"),
+        "the backup's text is in clear in the JetStream store"
+    );
+    // It restores while the tenant's key lives.
+    h.ok(Verb::Delete, "alice", json!({"doc_ids": ["note-0"]}))
+        .await;
+    let restored = cli::restore(&h.client, &alice, None, None, false)
+        .await
+        .unwrap();
+    assert_eq!(restored["backup"], "before", "{restored}");
+    assert_eq!(h.ok(Verb::Count, "alice", json!({})).await["count"], 3);
+    // Dropped: its key is destroyed, and the backup no longer opens.
+    h.ok(Verb::Drop, "alice", json!({})).await;
+    let refused = cli::restore(&h.client, &alice, None, None, false)
+        .await
+        .expect_err("a backup restored after its tenant's key was destroyed");
+    assert!(refused.to_string().contains("no longer has"), "{refused}");
+    assert_eq!(h.ok(Verb::Count, "alice", json!({})).await["count"], 0);
 }

@@ -78,8 +78,16 @@ async fn two_workers_writing_one_record_lose_neither_change() {
     };
     let last_set = AtomicU64::new(0);
     let operator = async {
-        // The record exists after the first write.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The record exists after the first write (however long that takes
+        // on a busy machine: the actor's start, the record, the shard).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tenants::one(&client, TenantsOp::Show, "shared", None)
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "the first write made no record");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         for i in 1..=60u64 {
             let mut set = serde_json::Map::new();
             set.insert("max_documents".into(), json!(1000 + i));

@@ -34,6 +34,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::crypto::sealed::{self, Opener, Sealer};
+use crate::crypto::DataKey;
 use crate::embed::record::EmbedderRecord;
 use crate::embed::Embedding;
 use crate::embed::Purpose;
@@ -234,6 +236,7 @@ pub fn export(
     store: &mut dyn TenantStore,
     embedding: &Embedding,
     request: Box<ExportRequest>,
+    key: Option<&DataKey>,
 ) -> Result<Reply, ServiceError> {
     let request = *request;
     let (_, records, tenant) = embedding.parts();
@@ -267,6 +270,13 @@ pub fn export(
                 "format".to_owned(),
                 format!("{}/{}", format::FORMAT, format::VERSION),
             ),
+            (
+                "sealed".to_owned(),
+                match key {
+                    Some(_) => "xchacha20poly1305-stream/1 (the tenant's data key)".to_owned(),
+                    None => "no".to_owned(),
+                },
+            ),
         ]),
         ..Default::default()
     };
@@ -278,10 +288,32 @@ pub fn export(
             .spawn(async move { bucket.put(meta, &mut reader).await })
     };
     let progress = request.progress.as_deref();
-    let mut write = |bytes: &[u8]| {
+    // With the tenant's key, the object is sealed (crypto::sealed): what
+    // is written below is its plaintext.
+    let mut sealer = match key {
+        Some(key) => {
+            let (sealer, head) = Sealer::new(key, 1, tenant.as_str())
+                .map_err(|e| ServiceError::internal(format!("sealing object {name}: {e}")))?;
+            Some((sealer, head))
+        }
+        None => None,
+    };
+    let mut raw = |bytes: &[u8]| {
         backups
             .block_on(writer.write_all(bytes))
             .map_err(|e| ServiceError::internal(format!("writing object {name}: {e}")))
+    };
+    if let Some((_, head)) = &sealer {
+        raw(head)?;
+    }
+    let mut write = |bytes: &[u8]| match sealer.as_mut() {
+        Some((sealer, _)) => {
+            let sealed = sealer
+                .push(bytes)
+                .map_err(|e| ServiceError::internal(format!("sealing object {name}: {e}")))?;
+            raw(&sealed)
+        }
+        None => raw(bytes),
     };
     let written = (|| {
         let head = encode_header(&header);
@@ -311,6 +343,16 @@ pub fn export(
         }
         Ok((docs, bytes))
     })();
+    drop(write);
+    let written = match (written, sealer.as_mut()) {
+        (Ok(done), Some((sealer, _))) => sealer
+            .finish()
+            .map_err(|e| ServiceError::internal(format!("sealing object {name}: {e}")))
+            .and_then(|last| raw(&last))
+            .map(|()| done),
+        (written, _) => written,
+    };
+    drop(raw);
     let _ = backups.block_on(writer.shutdown());
     drop(writer);
     let put = backups.block_on(put);
@@ -353,7 +395,7 @@ pub fn export(
 
 /// An object read as lines from the blocking pool, each at most [`MAX_LINE`].
 struct Lines {
-    reader: std::io::BufReader<BlockingObject>,
+    reader: std::io::BufReader<Box<dyn Read + Send>>,
     line: String,
     /// The number of the last line read (1-based).
     n: u64,
@@ -373,7 +415,14 @@ impl Read for BlockingObject {
 }
 
 impl Lines {
-    fn open(backups: &Backups, bucket: &ObjectStore, name: &str) -> Result<Self, ServiceError> {
+    /// The object's lines: opened with `key` when it is sealed.
+    fn open(
+        backups: &Backups,
+        bucket: &ObjectStore,
+        name: &str,
+        key: Option<&DataKey>,
+        tenant: &TenantId,
+    ) -> Result<Self, ServiceError> {
         let object = {
             let bucket = bucket.clone();
             let name = name.to_owned();
@@ -382,14 +431,33 @@ impl Lines {
         .map_err(|e| {
             ServiceError::bad_request(format!("no object {name} in {}: {e}", backups.bucket))
         })?;
+        let mut object = BlockingObject {
+            object,
+            handle: backups.handle.clone(),
+        };
+        let mut head = Vec::new();
+        (&mut object)
+            .take(sealed::MAGIC.len() as u64)
+            .read_to_end(&mut head)
+            .map_err(|e| ServiceError::bad_request(format!("reading {name}: {e}")))?;
+        let whole = Read::chain(std::io::Cursor::new(head.clone()), object);
+        let reader: Box<dyn Read + Send> = match (sealed::is_sealed(&head), key) {
+            (false, _) => Box::new(whole),
+            (true, Some(key)) => {
+                Box::new(Opener::new(whole, key, tenant.as_str()).map_err(|e| {
+                    ServiceError::bad_request(format!("object {name} does not open: {e}"))
+                })?)
+            }
+            (true, None) => {
+                return Err(ServiceError::bad_request(format!(
+                    "object {name} is sealed with tenant {tenant}'s data key (encryption at \
+                     rest): restore it on a worker with encryption on and the master key \
+                     that holds that key"
+                )))
+            }
+        };
         Ok(Self {
-            reader: std::io::BufReader::with_capacity(
-                PIPE_BYTES,
-                BlockingObject {
-                    object,
-                    handle: backups.handle.clone(),
-                },
-            ),
+            reader: std::io::BufReader::with_capacity(PIPE_BYTES, reader),
             line: String::new(),
             n: 0,
             object: name.to_owned(),
@@ -428,6 +496,7 @@ pub fn import(
     store: &mut dyn TenantStore,
     embedding: &Embedding,
     request: Box<ImportRequest>,
+    key: Option<&DataKey>,
 ) -> Result<Reply, ServiceError> {
     let request = *request;
     let (embedder, records, tenant) = embedding.parts();
@@ -438,7 +507,7 @@ pub fn import(
     let bucket = backups.open(false)?;
 
     // Pass 1: everything checked, nothing changed.
-    let mut lines = Lines::open(&backups, &bucket, &request.object)?;
+    let mut lines = Lines::open(&backups, &bucket, &request.object, key, tenant)?;
     let first = lines
         .next()?
         .ok_or_else(|| ServiceError::bad_request(format!("object {} is empty", request.object)))?;
@@ -492,7 +561,7 @@ pub fn import(
 
     // Pass 2: load.
     let replaced_count = store.count(None)?;
-    let mut lines = Lines::open(&backups, &bucket, &request.object)?;
+    let mut lines = Lines::open(&backups, &bucket, &request.object, key, tenant)?;
     lines.next()?;
     let mut loaded = 0u64;
     let mut next = || -> Result<Option<Vec<Record>>, ServiceError> {

@@ -16,6 +16,7 @@ pub mod fscrypt;
 pub mod keyring;
 pub mod keys_added;
 pub mod master;
+pub mod sealed;
 
 pub use data_key::{DataKey, KeyError, WrappedKey};
 pub use keyring::Keyring;

@@ -21,6 +21,9 @@ pub(super) struct JobLimits {
     pub(super) top_k: usize,
     /// The document quota.
     pub(super) max_documents: Option<u64>,
+    /// The tenant's data key (`encryption.enabled`): exports are sealed
+    /// with it, sealed imports opened.
+    pub(super) key: Option<std::sync::Arc<crate::crypto::DataKey>>,
 }
 
 /// What one job does on the blocking pool.
@@ -45,7 +48,12 @@ impl Work {
             Work::Batch(batch) => {
                 for env in batch {
                     let _entered = env.span.enter();
-                    let result = apply_one(store, embedding, env.command, limits.top_k);
+                    let key = limits.key.as_deref();
+                    let result = match env.command {
+                        Command::Export(r) => crate::backup::export(store, embedding, r, key),
+                        Command::Import(r) => crate::backup::import(store, embedding, r, key),
+                        command => apply_one(store, embedding, command, limits.top_k),
+                    };
                     env.reply.send(result);
                 }
             }
@@ -349,8 +357,10 @@ pub(super) fn apply_one(
             embedding.forget()?;
             Ok(Reply::Dropped { dropped: true })
         }
-        Command::Export(request) => crate::backup::export(store, embedding, request),
-        Command::Import(request) => crate::backup::import(store, embedding, request),
+        // Jobs of their own (`Work::apply`), with the tenant's key.
+        Command::Export(_) | Command::Import(_) => Err(ServiceError::internal(
+            "an export or import outside its job",
+        )),
     }
 }
 

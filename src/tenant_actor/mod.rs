@@ -356,6 +356,7 @@ impl TenantActor {
                 .and_then(|p| p.top_k)
                 .unwrap_or(self.setup.default_top_k),
             max_documents: self.policy.as_ref().ok().and_then(|p| p.max_documents),
+            key: self.data_key.clone(),
         }
     }
 
@@ -429,7 +430,7 @@ impl TenantActor {
         let mut store = self.take_store();
         let setup = self.setup.clone();
         let tenant = self.tenant.clone();
-        let limits = self.job_limits();
+        let mut limits = self.job_limits();
         // A read that opens the store costs the open, not the read: only
         // reads of an open store price the next ones.
         let read =
@@ -477,6 +478,7 @@ impl TenantActor {
             match key_step {
                 Ok(key) if need_key || destroy_key => {
                     store.set_data_key(key.clone());
+                    limits.key = key.clone();
                     new_key = Some(key);
                 }
                 Ok(_) => {}
