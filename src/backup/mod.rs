@@ -343,7 +343,6 @@ pub fn export(
         }
         Ok((docs, bytes))
     })();
-    drop(write);
     let written = match (written, sealer.as_mut()) {
         (Ok(done), Some((sealer, _))) => sealer
             .finish()
@@ -352,7 +351,6 @@ pub fn export(
             .map(|()| done),
         (written, _) => written,
     };
-    drop(raw);
     let _ = backups.block_on(writer.shutdown());
     drop(writer);
     let put = backups.block_on(put);
