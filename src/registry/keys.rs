@@ -13,33 +13,25 @@
 //! a key's message without erasing it, and never write a key that is not
 //! wrapped.
 
-use std::time::Duration;
-
 use async_nats::jetstream::{self, kv};
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 
+use super::{CHANGE_TRIES, TIMEOUT};
 use crate::crypto::{DataKey, KeyError, Keyring, WrappedKey};
 use crate::names::keys_bucket;
 use crate::protocol::ServiceError;
 
-const TIMEOUT: Duration = Duration::from_secs(3);
-/// Tries of a revision-checked write that keeps losing to other writers.
-const TRIES: u32 = 16;
+const KEY_STORE: &str = "the tenant key store";
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> ServiceError {
-    ServiceError::unavailable(format!(
-        "the tenant key store cannot be reached ({what}: {e}); retry"
-    ))
+    super::unreachable(KEY_STORE, what, e)
 }
 
 async fn timed<T, E: std::fmt::Display>(
     what: &str,
     f: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, ServiceError> {
-    match tokio::time::timeout(TIMEOUT, f).await {
-        Ok(r) => r.map_err(|e| unavailable(what, e)),
-        Err(_) => Err(unavailable(what, "timed out")),
-    }
+    super::timed_in(KEY_STORE, what, f).await
 }
 
 fn refused(tenant: &str, e: KeyError) -> ServiceError {
@@ -138,7 +130,7 @@ impl KeyStore {
     /// a new one stored (when two workers race, both take the one stored
     /// first).
     pub async fn data_key(&self, tenant: &str, keys: &Keyring) -> Result<DataKey, ServiceError> {
-        for _ in 0..TRIES {
+        for _ in 0..CHANGE_TRIES {
             if let Some(stored) = self.get(tenant).await? {
                 return keys
                     .open(tenant, &stored.wrapped)
@@ -154,7 +146,7 @@ impl KeyStore {
             }
         }
         Err(ServiceError::unavailable(format!(
-            "tenant {tenant}: its key changed under every one of {TRIES} tries; retry"
+            "tenant {tenant}: its key changed under every one of {CHANGE_TRIES} tries; retry"
         )))
     }
 
@@ -210,21 +202,12 @@ impl KeyStore {
 
     /// At most `n` tenants that have a key, the first the stream gives.
     pub async fn first_tenants(&self, n: usize) -> Result<Vec<String>, ServiceError> {
-        let keys = timed("list", self.kv.keys()).await?;
-        tokio::time::timeout(TIMEOUT, keys.take(n).try_collect::<Vec<String>>())
-            .await
-            .map_err(|_| unavailable("list", "timed out"))?
-            .map_err(|e| unavailable("list", e))
+        super::keys_of(&self.kv, KEY_STORE, n, TIMEOUT).await
     }
 
-    /// Every tenant that has a key.
+    /// Every tenant that has a key, sorted.
     pub async fn tenants(&self) -> Result<Vec<String>, ServiceError> {
-        let keys = timed("list", self.kv.keys()).await?;
-        let mut ids: Vec<String> =
-            tokio::time::timeout(TIMEOUT * 10, keys.try_collect::<Vec<String>>())
-                .await
-                .map_err(|_| unavailable("list", "timed out"))?
-                .map_err(|e| unavailable("list", e))?;
+        let mut ids = super::keys_of(&self.kv, KEY_STORE, usize::MAX, TIMEOUT * 10).await?;
         ids.sort_unstable();
         Ok(ids)
     }

@@ -78,20 +78,50 @@ impl std::fmt::Debug for Registry {
     }
 }
 
+/// `store` (a bucket of the registry's) did not answer `what`.
+fn unreachable(store: &str, what: &str, e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::unavailable(format!("{store} cannot be reached ({what}: {e}); retry"))
+}
+
+/// `f`, an access to `store`, within [`TIMEOUT`]; its failure `unavailable`.
+async fn timed_in<T, E: std::fmt::Display>(
+    store: &str,
+    what: &str,
+    f: impl Future<Output = Result<T, E>>,
+) -> Result<T, ServiceError> {
+    match tokio::time::timeout(TIMEOUT, f).await {
+        Ok(r) => r.map_err(|e| unreachable(store, what, e)),
+        Err(_) => Err(unreachable(store, what, "timed out")),
+    }
+}
+
+const REGISTRY: &str = "the tenant registry";
+
 fn unavailable(what: &str, e: impl std::fmt::Display) -> ServiceError {
-    ServiceError::unavailable(format!(
-        "the tenant registry cannot be reached ({what}: {e}); retry"
-    ))
+    unreachable(REGISTRY, what, e)
 }
 
 async fn timed<T, E: std::fmt::Display>(
     what: &str,
     f: impl Future<Output = Result<T, E>>,
 ) -> Result<T, ServiceError> {
-    match tokio::time::timeout(TIMEOUT, f).await {
-        Ok(r) => r.map_err(|e| unavailable(what, e)),
-        Err(_) => Err(unavailable(what, "timed out")),
-    }
+    timed_in(REGISTRY, what, f).await
+}
+
+/// The keys of `kv` (a bucket of `store`), at most `limit` of them, in the
+/// order of the stream (each key's last message headers only, through one
+/// ordered consumer), all within `within`.
+async fn keys_of(
+    kv: &kv::Store,
+    store: &str,
+    limit: usize,
+    within: Duration,
+) -> Result<Vec<String>, ServiceError> {
+    let keys = timed_in(store, "list", kv.keys()).await?;
+    tokio::time::timeout(within, keys.take(limit).try_collect::<Vec<String>>())
+        .await
+        .map_err(|_| unreachable(store, "list", "timed out"))?
+        .map_err(|e| unreachable(store, "list", e))
 }
 
 impl Registry {
@@ -233,12 +263,7 @@ impl Registry {
     /// Every tenant's id, sorted. Reads each key's last message headers
     /// only (no values), through one ordered consumer.
     pub async fn ids(&self) -> Result<Vec<String>, ServiceError> {
-        let keys = timed("list", self.kv.keys()).await?;
-        let mut ids: Vec<String> =
-            tokio::time::timeout(TIMEOUT * 10, keys.try_collect::<Vec<String>>())
-                .await
-                .map_err(|_| unavailable("list", "timed out"))?
-                .map_err(|e| unavailable("list", e))?;
+        let mut ids = keys_of(&self.kv, REGISTRY, usize::MAX, TIMEOUT * 10).await?;
         ids.sort_unstable();
         Ok(ids)
     }

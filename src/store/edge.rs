@@ -380,19 +380,10 @@ impl EdgeStore {
             let (points, next) = plain.scroll(&who, cursor.take(), 256, None)?;
             done = next.is_none();
             cursor = next;
-            let mut batch = Vec::with_capacity(points.len());
-            for (payload, vector) in points {
-                let doc = shard::to_doc(payload, vector);
-                let vector = doc.vector.ok_or_else(|| {
-                    internal(&who, "encrypt", format!("{:?} has no vector", doc.doc_id))
-                })?;
-                batch.push(Record {
-                    doc_id: doc.doc_id,
-                    text: doc.text,
-                    metadata: doc.metadata,
-                    vector,
-                });
-            }
+            let batch = points
+                .into_iter()
+                .map(|point| stored_record(point, &who, "encrypt"))
+                .collect::<Result<Vec<_>, _>>()?;
             copied += batch.len();
             Ok(Some(batch))
         });
@@ -470,12 +461,7 @@ impl TenantStore for EdgeStore {
         let mut persisted = Vec::with_capacity(points.len());
         for (id, r) in points {
             shard.check_dimension(&r.vector)?;
-            let payload = payload::build(tenant.as_deref(), r.doc_id, r.text, r.metadata);
-            persisted.push(PointStructPersisted::from(PointStruct::new(
-                id,
-                r.vector,
-                serde_json::Value::Object(payload),
-            )));
+            persisted.push(to_point(id, r, tenant.as_deref()));
         }
         shard.upsert(&who, persisted)
     }
@@ -663,16 +649,7 @@ impl EdgeStore {
             {
                 continue;
             }
-            let doc = shard::to_doc(payload, vector);
-            let vector = doc.vector.ok_or_else(|| {
-                internal(&who, "scroll", format!("{:?} has no vector", doc.doc_id))
-            })?;
-            docs.push(Record {
-                doc_id: doc.doc_id,
-                text: doc.text,
-                metadata: doc.metadata,
-                vector,
-            });
+            docs.push(stored_record((payload, vector), &who, "scroll")?);
         }
         let next = match next {
             None => None,
@@ -744,13 +721,7 @@ impl EdgeStore {
                     let mut points = Vec::with_capacity(batch.len());
                     for r in batch {
                         shard.check_dimension(&r.vector)?;
-                        let id = self.point_id(&r.doc_id);
-                        let payload = payload::build(None, r.doc_id, r.text, r.metadata);
-                        points.push(PointStructPersisted::from(PointStruct::new(
-                            id,
-                            r.vector,
-                            serde_json::Value::Object(payload),
-                        )));
+                        points.push(to_point(self.point_id(&r.doc_id), r, None));
                     }
                     shard.upsert(who, points)?;
                 }
@@ -796,6 +767,36 @@ impl EdgeStore {
         }
         Ok(())
     }
+}
+
+/// A document as the point stored for it (`tenant`: the shared layout's
+/// tenant key in its payload).
+fn to_point(id: PointId, r: Record, tenant: Option<&str>) -> PointStructPersisted {
+    let payload = payload::build(tenant, r.doc_id, r.text, r.metadata);
+    PointStructPersisted::from(PointStruct::new(
+        id,
+        r.vector,
+        serde_json::Value::Object(payload),
+    ))
+}
+
+/// A stored point as a document to write again (export, a copy into an
+/// encrypted folder): every stored point has its vector.
+fn stored_record(
+    (payload, vector): shard::StoredPoint,
+    who: &str,
+    what: &str,
+) -> Result<Record, ServiceError> {
+    let doc = shard::to_doc(payload, vector);
+    let vector = doc
+        .vector
+        .ok_or_else(|| internal(who, what, format!("{:?} has no vector", doc.doc_id)))?;
+    Ok(Record {
+        doc_id: doc.doc_id,
+        text: doc.text,
+        metadata: doc.metadata,
+        vector,
+    })
 }
 
 /// Remove a folder and what it holds; a missing one is fine.
