@@ -138,7 +138,7 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
         metrics: metrics.clone(),
         registry: registry.clone(),
         auto_create: settings.tenants.auto_create,
-        keys,
+        keys: keys.clone(),
     });
     let directory = Arc::new(Directory::new(metrics.clone()));
     let supervisor = Supervisor::new(
@@ -195,6 +195,7 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
                     &settings,
                     router.clone(),
                     counters.clone(),
+                    keys.clone(),
                     &shutdown,
                 )
                 .await?;
@@ -224,6 +225,7 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
                 &settings,
                 router.clone(),
                 counters.clone(),
+                keys.clone(),
                 shutdown.clone(),
             ));
         }
@@ -233,6 +235,7 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
                 &settings,
                 router.clone(),
                 counters.clone(),
+                keys.clone(),
             ));
             let pulled = partitions.clone();
             metrics.watch_partitions(counters, move || pulled.consumers());

@@ -492,22 +492,12 @@ async fn a_large_tenant_is_backed_up_in_flat_memory() {
 
 /// `tenantvec <args>` against the harness's NATS server, as a child.
 fn cli_command(h: &Harness, args: &[&str]) -> std::process::Command {
-    let mut cmd = std::process::Command::new(common::tenantvec_bin());
-    cmd.args(args)
-        .env("NATS_URL", h.nats.url())
-        .env("RUST_LOG", "error");
-    cmd
+    common::cli_command(&h.nats.url(), args)
 }
 
 /// [`cli_command`] run to its end, which must be a success: its output.
 fn cli_json(h: &Harness, args: &[&str]) -> Value {
-    let out = cli_command(h, args).output().expect("run tenantvec");
-    assert!(
-        out.status.success(),
-        "tenantvec {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON output")
+    common::json_output(&mut cli_command(h, args))
 }
 
 /// `backup --all` killed half-way and run again backs every tenant of the

@@ -452,19 +452,9 @@ async fn rotate_master_rewraps_every_key_and_the_old_key_opens_nothing() {
     }
     h.stop_worker().unwrap();
     let rotate = || {
-        let out = Command::new(common::tenantvec_bin())
-            .args(["keys", "rotate-master", "--new"])
-            .arg(&new)
-            .env("NATS_URL", h.nats.url())
-            .env("TENANTVEC_MASTER_KEY_FILE", &old)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+        let mut cmd = common::cli_command(&h.nats.url(), &["keys", "rotate-master", "--new"]);
+        cmd.arg(&new).env("TENANTVEC_MASTER_KEY_FILE", &old);
+        common::json_output(&mut cmd)
     };
     let before = sealed_key(&h, "alice").await.expect("alice has a key");
     let first = rotate();
@@ -702,7 +692,7 @@ async fn the_kernel_names_a_key_as_the_code_does() {
     };
     std::fs::create_dir_all(fs.data()).unwrap();
     let fscrypt = Fscrypt::open(&fs.data()).unwrap();
-    let key = tenantvec::crypto::DataKey::generate().unwrap();
+    let key = tenantvec::crypto::DataKey::generate(1).unwrap();
     let id = fscrypt.add_key(&key).unwrap();
     assert_eq!(id, KeyIdentifier::of(&key));
     assert_eq!(fscrypt.key_status(&id).unwrap(), KeyStatus::Present);
@@ -877,4 +867,78 @@ async fn a_backup_is_sealed_with_the_tenants_key_and_no_longer_restores_after_a_
         .expect_err("a backup restored after its tenant's key was destroyed");
     assert!(refused.to_string().contains("no longer has"), "{refused}");
     assert_eq!(h.ok(Verb::Count, "alice", json!({})).await["count"], 0);
+}
+
+/// A dead letter's body is sealed with its tenant's key: the record holds
+/// no byte of it in clear, and `deadletters replay` (which publishes the
+/// sealed body again) lands it once the cause is fixed, opened by the
+/// worker that applies it. The control is tests/ingest.rs's dead-letter
+/// tests, which find the body as it was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_is_sealed_with_the_tenants_key_and_replays() {
+    use base64::Engine as _;
+    let test = "a_dead_letter_is_sealed_with_the_tenants_key_and_replays";
+    let Some(fs) = Ext4::make(test, true) else {
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let key = master_key(keys.path(), "master.key");
+    let mut h = Harness::start_with(|s| encrypted(s, &fs, &key)).await;
+    let js = h.jetstream().await;
+    // Vectors of 4 dimensions to a worker of 8: refused for good.
+    let body = serde_json::to_vec(&json!({"documents": [
+        {"doc_id": "late-1", "text": MARKER, "vector": common::vector(5, 4)}
+    ]}))
+    .unwrap();
+    js.publish("tenantvec.ingest.late", body.into())
+        .await
+        .unwrap()
+        .await
+        .expect("JetStream stored the message");
+    let url = h.nats.url();
+    let cli = |args: &[&str]| common::json_output(&mut common::cli_command(&url, args));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let listed = loop {
+        let listed = cli(&["deadletters", "--tenant", "late"]);
+        if listed["count"] == 1 {
+            break listed;
+        }
+        assert!(std::time::Instant::now() < deadline, "never dead-lettered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let row = &listed["deadletters"][0];
+    assert_eq!(row["error"]["code"], "dimension_mismatch", "{row}");
+    assert_eq!(row["sealed"], true, "{row}");
+    assert_eq!(row["replayable"], true, "{row}");
+
+    // The record as stored: the body is a sealed object, not the message.
+    let stream = js.get_stream("TENANTVEC_DEADLETTER").await.unwrap();
+    let raw = stream
+        .get_last_raw_message_by_subject("tenantvec.deadletter.late")
+        .await
+        .unwrap();
+    let record: Value = serde_json::from_slice(&raw.payload).unwrap();
+    let kept = base64::engine::general_purpose::STANDARD
+        .decode(record["body_base64"].as_str().unwrap())
+        .unwrap();
+    assert!(kept.starts_with(b"tenantvec-e1\n"), "{record}");
+    assert!(!kept.windows(12).any(|w| w == b"zebra-marker"));
+    assert!(!raw.payload.windows(12).any(|w| w == b"zebra-marker"));
+    assert_eq!(record["headers"]["Tenantvec-Sealed"], json!(["1"]));
+
+    // Fixed (the dimension the producer uses), replayed: applied.
+    h.stop_worker().unwrap();
+    h.settings.store.dimension = 4;
+    h.start_worker().await;
+    let replayed = cli(&["deadletters", "replay", "--tenant", "late"]);
+    assert_eq!(replayed["replayed"], 1, "{replayed}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while h.ok(Verb::Count, "late", json!({})).await["count"] != 1 {
+        assert!(std::time::Instant::now() < deadline, "the replay never landed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = h.ok(Verb::Get, "late", json!({"doc_ids": ["late-1"]})).await;
+    assert_eq!(got["documents"][0]["text"], MARKER, "{got}");
+    assert_eq!(cli(&["deadletters"])["count"], 0);
+    h.stop_worker().unwrap();
 }

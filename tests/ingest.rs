@@ -474,17 +474,7 @@ fn ingest_command(h: &Harness, args: &[&str]) -> Value {
 
 /// Run the command line against the harness's nats-server; its JSON output.
 fn cli(h: &Harness, args: &[&str]) -> Value {
-    let out = Command::new(common::tenantvec_bin())
-        .args(args)
-        .env("NATS_URL", h.nats.url())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::json_output(&mut common::cli_command(&h.nats.url(), args))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

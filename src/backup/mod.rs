@@ -292,7 +292,7 @@ pub fn export(
     // is written below is its plaintext.
     let mut sealer = match key {
         Some(key) => {
-            let (sealer, head) = Sealer::new(key, 1, tenant.as_str())
+            let (sealer, head) = Sealer::new(key, tenant.as_str())
                 .map_err(|e| ServiceError::internal(format!("sealing object {name}: {e}")))?;
             Some((sealer, head))
         }

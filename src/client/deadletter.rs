@@ -31,9 +31,16 @@ struct Record {
     time: Option<String>,
     #[serde(default)]
     headers: BTreeMap<String, Vec<String>>,
-    /// Absent in records of versions that did not keep the message.
+    /// Absent in records of versions that did not keep the message, and
+    /// when encryption withheld it.
     #[serde(default)]
     body_base64: Option<String>,
+    /// Sealed with the tenant's data key (opened by the worker that
+    /// applies the replay; the header that says so is among `headers`).
+    #[serde(default)]
+    sealed: bool,
+    #[serde(default)]
+    body_withheld: Option<String>,
 }
 
 /// A record where it is kept: its sequence in the dead-letter stream.
@@ -90,6 +97,8 @@ pub async fn list(client: &Client, tenant: Option<&TenantId>) -> Result<Value, C
                 "time": r.time,
                 "bytes": r.body_base64.as_ref().map(|b| b.len() / 4 * 3),
                 "replayable": r.body_base64.is_some(),
+                "sealed": r.sealed,
+                "body_withheld": r.body_withheld,
             }),
             Err(e) => json!({"seq": s.seq, "unreadable": e}),
         })
@@ -126,7 +135,11 @@ pub async fn replay(
             }
         };
         let Some(body) = &record.body_base64 else {
-            skipped.push(json!({"seq": stored.seq, "why": "the record holds no message"}));
+            let why = match &record.body_withheld {
+                Some(why) => format!("the record holds no message: {why}"),
+                None => "the record holds no message".to_owned(),
+            };
+            skipped.push(json!({"seq": stored.seq, "why": why}));
             continue;
         };
         if !record.subject.starts_with(&ingest_prefix) {

@@ -22,36 +22,46 @@ pub const DATA_KEY_LEN: usize = 64;
 /// The wrapping algorithm's name in a wrapped key.
 pub const WRAP_ALG: &str = "xchacha20poly1305";
 
-/// One tenant's data key, in memory only while its store is open.
-pub struct DataKey(Zeroizing<[u8; DATA_KEY_LEN]>);
+/// One tenant's data key (one version of it), in memory only while its
+/// store is open.
+pub struct DataKey {
+    bytes: Zeroizing<[u8; DATA_KEY_LEN]>,
+    version: u32,
+}
 
 impl std::fmt::Debug for DataKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DataKey(<secret>)")
+        write!(f, "DataKey(version {}, <secret>)", self.version)
     }
 }
 
 impl DataKey {
-    /// A new key from the operating system's random source.
-    pub fn generate() -> Result<Self, KeyError> {
+    /// A new key, version `version` of its tenant's, from the operating
+    /// system's random source.
+    pub fn generate(version: u32) -> Result<Self, KeyError> {
         let mut bytes = Zeroizing::new([0u8; DATA_KEY_LEN]);
         getrandom::fill(&mut bytes[..]).map_err(|e| KeyError::Random(e.to_string()))?;
-        Ok(Self(bytes))
+        Ok(Self { bytes, version })
     }
 
     pub(crate) fn bytes(&self) -> &[u8; DATA_KEY_LEN] {
-        &self.0
+        &self.bytes
     }
 
-    /// Wrap this key under `master` for `tenant` of `prefix`, as version
-    /// `version` of the tenant's key.
+    /// Which of its tenant's keys this is: 1, then one more at each
+    /// `keys rotate`.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Wrap this key under `master` for `tenant` of `prefix`.
     pub fn wrap(
         &self,
         master: &MasterKey,
         prefix: &str,
         tenant: &str,
-        version: u32,
     ) -> Result<WrappedKey, KeyError> {
+        let version = self.version;
         let mut nonce = [0u8; 24];
         getrandom::fill(&mut nonce).map_err(|e| KeyError::Random(e.to_string()))?;
         let aad = associated_data(prefix, tenant, version);
@@ -59,7 +69,7 @@ impl DataKey {
             .encrypt(
                 XNonce::from_slice(&nonce),
                 Payload {
-                    msg: &self.0[..],
+                    msg: &self.bytes[..],
                     aad: &aad,
                 },
             )
@@ -131,7 +141,10 @@ impl WrappedKey {
             .as_slice()
             .try_into()
             .map_err(|_| KeyError::Tampered)?;
-        Ok(DataKey(Zeroizing::new(bytes)))
+        Ok(DataKey {
+            bytes: Zeroizing::new(bytes),
+            version: self.version,
+        })
     }
 
     /// As the record stores it.
@@ -178,12 +191,13 @@ mod tests {
 
     #[test]
     fn a_wrapped_key_opens_for_its_tenant_only() {
-        let key = DataKey::generate().unwrap();
+        let key = DataKey::generate(1).unwrap();
         let m = master(1);
-        let wrapped = key.wrap(&m, "tv", "alice", 1).unwrap();
+        let wrapped = key.wrap(&m, "tv", "alice").unwrap();
         assert_eq!(wrapped.master, m.fingerprint());
         let back = wrapped.unwrap(&m, "tv", "alice").unwrap();
         assert_eq!(back.bytes(), key.bytes());
+        assert_eq!(back.version(), 1);
         // Another tenant, another prefix: does not open.
         assert_eq!(
             wrapped.unwrap(&m, "tv", "bob").unwrap_err(),
@@ -213,9 +227,9 @@ mod tests {
 
     #[test]
     fn another_master_key_is_named_by_both_fingerprints() {
-        let wrapped = DataKey::generate()
+        let wrapped = DataKey::generate(1)
             .unwrap()
-            .wrap(&master(1), "tv", "a", 1)
+            .wrap(&master(1), "tv", "a")
             .unwrap();
         match wrapped.unwrap(&master(2), "tv", "a").unwrap_err() {
             KeyError::OtherMaster { wrapped_with, have } => {
@@ -235,14 +249,14 @@ mod tests {
 
     #[test]
     fn a_wrapped_key_round_trips_through_the_record_and_hides_the_key() {
-        let key = DataKey::generate().unwrap();
-        let wrapped = key.wrap(&master(1), "tv", "a", 3).unwrap();
+        let key = DataKey::generate(3).unwrap();
+        let wrapped = key.wrap(&master(1), "tv", "a").unwrap();
         let value = wrapped.to_value();
         assert_eq!(WrappedKey::from_value(&value).unwrap(), wrapped);
-        assert_eq!(format!("{key:?}"), "DataKey(<secret>)");
+        assert_eq!(format!("{key:?}"), "DataKey(version 3, <secret>)");
         // Two wraps of one key differ (a fresh nonce each).
         assert_ne!(
-            key.wrap(&master(1), "tv", "a", 3).unwrap().sealed,
+            key.wrap(&master(1), "tv", "a").unwrap().sealed,
             wrapped.sealed
         );
     }

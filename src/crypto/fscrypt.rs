@@ -381,7 +381,7 @@ mod tests {
         let id = KeyIdentifier([0xab; KEY_IDENTIFIER_SIZE]);
         assert_eq!(KeyIdentifier::parse(&id.hex()), Some(id));
         assert_eq!(KeyIdentifier::parse("abcd"), None);
-        let key = DataKey::generate().unwrap();
+        let key = DataKey::generate(1).unwrap();
         assert_eq!(KeyIdentifier::of(&key), KeyIdentifier::of(&key));
     }
 }

@@ -28,14 +28,14 @@ impl Keyring {
 
     /// A new data key for `tenant`, and its wrapped form (version `version`).
     pub fn make(&self, tenant: &str, version: u32) -> Result<(DataKey, WrappedKey), KeyError> {
-        let key = DataKey::generate()?;
-        let wrapped = key.wrap(&self.master, &self.prefix, tenant, version)?;
+        let key = DataKey::generate(version)?;
+        let wrapped = key.wrap(&self.master, &self.prefix, tenant)?;
         Ok((key, wrapped))
     }
 
     /// `key` of `tenant` wrapped under this keyring's master key.
-    pub fn wrap(&self, key: &DataKey, tenant: &str, version: u32) -> Result<WrappedKey, KeyError> {
-        key.wrap(&self.master, &self.prefix, tenant, version)
+    pub fn wrap(&self, key: &DataKey, tenant: &str) -> Result<WrappedKey, KeyError> {
+        key.wrap(&self.master, &self.prefix, tenant)
     }
 
     /// `tenant`'s data key from its wrapped form.

@@ -1,4 +1,4 @@
-//! A tenant's backups and exports sealed with its data key: the STREAM
+//! A tenant's backups, exports and dead letters sealed with its data key: the STREAM
 //! construction of RustCrypto's `aead` (Hoang, Reyhanitabar, Rogaway and
 //! Vizár's nonce-based online AEAD) over XChaCha20-Poly1305, in chunks of
 //! 64 KiB, keyed by a subkey of the tenant's data key (HKDF-SHA256).
@@ -55,7 +55,8 @@ pub struct Sealer {
 
 impl Sealer {
     /// A sealer and the object's header (written before anything else).
-    pub fn new(key: &DataKey, key_version: u32, tenant: &str) -> std::io::Result<(Self, Vec<u8>)> {
+    pub fn new(key: &DataKey, tenant: &str) -> std::io::Result<(Self, Vec<u8>)> {
+        let key_version = key.version();
         let mut nonce = [0u8; NONCE];
         getrandom::fill(&mut nonce).map_err(|e| std::io::Error::other(e.to_string()))?;
         let mut header = Vec::with_capacity(HEADER);
@@ -109,6 +110,27 @@ fn finished() -> std::io::Error {
     std::io::Error::other("the sealed stream was finished already")
 }
 
+/// `plain` sealed whole for `tenant` (a small object: a dead letter's body).
+pub fn seal(key: &DataKey, tenant: &str, plain: &[u8]) -> std::io::Result<Vec<u8>> {
+    let (mut sealer, mut out) = Sealer::new(key, tenant)?;
+    out.extend(sealer.push(plain)?);
+    out.extend(sealer.finish()?);
+    Ok(out)
+}
+
+/// The plaintext of a whole sealed object of `tenant`.
+pub fn open(key: &DataKey, tenant: &str, sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
+    let mut opener = Opener::new(sealed, key, tenant)?;
+    let mut out = Vec::new();
+    opener.read_to_end(&mut out).map_err(|e| {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<OpenError>())
+            .cloned()
+            .unwrap_or_else(|| OpenError::Read(e.to_string()))
+    })?;
+    Ok(out)
+}
+
 /// Why a sealed object does not open.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OpenError {
@@ -157,6 +179,10 @@ impl<R: Read> Opener<R> {
         }
         let mut version = [0u8; 4];
         version.copy_from_slice(&header[MAGIC.len()..MAGIC.len() + 4]);
+        let sealed = u32::from_be_bytes(version);
+        if sealed != key.version() {
+            return Err(OpenError::KeyGone { sealed });
+        }
         let mut nonce = [0u8; NONCE];
         nonce.copy_from_slice(&header[MAGIC.len() + 4..HEADER]);
         let dec = DecryptorBE32::from_aead(cipher(key), (&nonce).into());
@@ -170,7 +196,7 @@ impl<R: Read> Opener<R> {
             plain: Vec::new(),
             at: 0,
             first: true,
-            sealed_with: u32::from_be_bytes(version),
+            sealed_with: sealed,
         })
     }
 
@@ -232,8 +258,8 @@ impl<R: Read> Read for Opener<R> {
 mod tests {
     use super::*;
 
-    fn seal(key: &DataKey, tenant: &str, plain: &[u8], step: usize) -> Vec<u8> {
-        let (mut sealer, mut out) = Sealer::new(key, 1, tenant).unwrap();
+    fn seal_in_steps(key: &DataKey, tenant: &str, plain: &[u8], step: usize) -> Vec<u8> {
+        let (mut sealer, mut out) = Sealer::new(key, tenant).unwrap();
         for part in plain.chunks(step.max(1)) {
             out.extend(sealer.push(part).unwrap());
         }
@@ -241,21 +267,14 @@ mod tests {
         out
     }
 
-    fn open(key: &DataKey, tenant: &str, sealed: &[u8]) -> std::io::Result<Vec<u8>> {
-        let mut opener = Opener::new(sealed, key, tenant)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        let mut out = Vec::new();
-        opener.read_to_end(&mut out)?;
-        Ok(out)
-    }
 
     #[test]
     fn sizes_on_and_around_chunk_bounds_round_trip() {
-        let key = DataKey::generate().unwrap();
+        let key = DataKey::generate(1).unwrap();
         for len in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, 3 * CHUNK + 17] {
             let plain: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             for step in [7, 4096, CHUNK + 3] {
-                let sealed = seal(&key, "alice", &plain, step);
+                let sealed = seal_in_steps(&key, "alice", &plain, step);
                 assert!(is_sealed(&sealed));
                 assert_eq!(
                     open(&key, "alice", &sealed).unwrap(),
@@ -267,22 +286,39 @@ mod tests {
     }
 
     #[test]
+    fn a_small_object_seals_whole() {
+        let key = DataKey::generate(4).unwrap();
+        let sealed = seal(&key, "alice", b"{\"docs\": []}").unwrap();
+        assert_eq!(sealed[MAGIC.len()..MAGIC.len() + 4], 4u32.to_be_bytes());
+        assert_eq!(open(&key, "alice", &sealed).unwrap(), b"{\"docs\": []}");
+        assert_eq!(open(&key, "alice", b"plain").unwrap_err(), OpenError::NotSealed);
+    }
+
+    #[test]
     fn another_key_another_tenant_a_cut_or_a_flip_do_not_open() {
-        let key = DataKey::generate().unwrap();
+        let key = DataKey::generate(1).unwrap();
         let plain = vec![42u8; 2 * CHUNK + 10];
-        let sealed = seal(&key, "alice", &plain, 1000);
-        let other = DataKey::generate().unwrap();
+        let sealed = seal_in_steps(&key, "alice", &plain, 1000);
+        let other = DataKey::generate(1).unwrap();
         let e = open(&other, "alice", &sealed).unwrap_err();
         assert!(e.to_string().contains("no longer has"), "{e}");
         assert!(open(&key, "bob", &sealed).is_err());
+        // A newer version of the tenant's key: named as gone at once.
+        let rotated = DataKey::generate(2).unwrap();
+        assert_eq!(
+            open(&rotated, "alice", &sealed).unwrap_err(),
+            OpenError::KeyGone { sealed: 1 }
+        );
         // Cut at a chunk's end: the last chunk seen was not sealed as last.
         let cut = &sealed[..HEADER + CHUNK + TAG];
         assert!(open(&key, "alice", cut).is_err());
         let mut flipped = sealed.clone();
         let at = HEADER + CHUNK + TAG + 5;
         flipped[at] ^= 1;
-        let e = open(&key, "alice", &flipped).unwrap_err();
-        assert!(e.to_string().contains("does not authenticate"), "{e}");
+        assert_eq!(
+            open(&key, "alice", &flipped).unwrap_err(),
+            OpenError::Tampered
+        );
         assert_eq!(
             Opener::new(&b"{\"format\":\"tenantvec.export\"}\n"[..], &key, "alice").err(),
             Some(OpenError::NotSealed)

@@ -79,7 +79,7 @@ async fn rewrap(
         let refused = |e: crate::crypto::KeyError| ServiceError::internal(e.to_string());
         let key = old.open(tenant, &stored.wrapped).map_err(refused)?;
         let again = new
-            .wrap(&key, tenant, stored.wrapped.version)
+            .wrap(&key, tenant)
             .map_err(refused)?;
         if store.replace(tenant, &again, stored.revision).await? {
             return Ok(true);

@@ -405,6 +405,27 @@ pub fn tenantvec_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tenantvec"))
 }
 
+/// `tenantvec <args>` (the command line) against the NATS server at
+/// `nats_url`, as a child.
+pub fn cli_command(nats_url: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(tenantvec_bin());
+    cmd.args(args)
+        .env("NATS_URL", nats_url)
+        .env("RUST_LOG", "error");
+    cmd
+}
+
+/// `cmd` run to its end, which must be a success: its JSON output.
+pub fn json_output(cmd: &mut Command) -> Value {
+    let out = cmd.output().expect("run tenantvec");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON output")
+}
+
 /// The built binary as a worker on `nats`, with `data` as its data root and
 /// vectors of `dim` dimensions.
 pub fn spawn_worker_binary(nats: &NatsServer, data: &Path, dim: usize) -> Child {

@@ -20,6 +20,7 @@ use crate::tenant::TenantId;
 use crate::transport::lanes::{self, Lanes, Outcome, Retry};
 
 use super::deadletter::dead_letter;
+use super::sealing::{is_sealed, open_body};
 use super::order::order_in_stream;
 use super::{confirm, Event, Pending, Shared, ORDER_RECHECK, RATE_LIMIT_RETRY};
 
@@ -110,7 +111,17 @@ pub(super) async fn run_batch(
             awaited.push(Awaited::Written(0));
             continue;
         }
-        let decoded = decode::<UpsertRequest>(&item.message.payload)
+        // A replayed dead letter's body is sealed with the tenant's key.
+        let opened;
+        let body = match is_sealed(item.message.headers.as_ref()) {
+            false => Ok(&item.message.payload[..]),
+            true => {
+                opened = open_body(shared.keys.as_ref(), tenant, &item.message.payload).await;
+                opened.as_deref().map_err(Clone::clone)
+            }
+        };
+        let decoded = body
+            .and_then(decode::<UpsertRequest>)
             .and_then(|req| crate::transport::decode::upsert(req, &shared.settings.limits));
         match decoded {
             Ok(Command::Upsert(docs)) => {

@@ -18,6 +18,7 @@
 
 mod batch;
 mod deadletter;
+mod sealing;
 mod lane;
 mod order;
 mod partitions;
@@ -40,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{IngestSettings, Settings};
 use crate::metrics::IngestCounters;
 use crate::names::Names;
+use crate::registry::keys::Keys;
 use crate::router::Router;
 use crate::tenant::TenantId;
 use crate::transport::lanes::Outcome;
@@ -65,6 +67,8 @@ struct Shared {
     settings: Settings,
     router: Router,
     counters: Arc<IngestCounters>,
+    /// With `encryption.enabled`: what dead letters are sealed with.
+    keys: Option<Keys>,
     in_flight: Arc<Semaphore>,
     /// The permits `in_flight` started with.
     in_flight_limit: usize,
@@ -133,13 +137,14 @@ pub fn start(
     settings: &Settings,
     router: Router,
     counters: Arc<IngestCounters>,
+    keys: Option<Keys>,
     shutdown: CancellationToken,
 ) -> Ingesting {
     let names = Names::new(&settings.nats.prefix);
     let in_flight = settings.ingest.max_ack_pending;
     let budget = PullBudget::new(&settings.ingest, 1, max_payload(&js));
     start_with(
-        js, consumer, names, settings, in_flight, budget, router, counters, shutdown,
+        js, consumer, names, settings, in_flight, budget, router, counters, keys, shutdown,
     )
 }
 
@@ -174,6 +179,7 @@ fn start_with(
     budget: PullBudget,
     router: Router,
     counters: Arc<IngestCounters>,
+    keys: Option<Keys>,
     shutdown: CancellationToken,
 ) -> Ingesting {
     let shared = Arc::new(Shared {
@@ -183,6 +189,7 @@ fn start_with(
         settings: settings.clone(),
         router,
         counters,
+        keys,
         in_flight: Arc::new(Semaphore::new(in_flight)),
         in_flight_limit: in_flight,
     });

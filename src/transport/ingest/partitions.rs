@@ -13,6 +13,7 @@ use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::registry::keys::Keys;
 use crate::router::Router;
 
 use super::setup::consumer_config;
@@ -31,6 +32,7 @@ pub struct PartitionIngest {
     settings: Settings,
     router: Router,
     counters: Arc<IngestCounters>,
+    keys: Option<Keys>,
     /// One for all the partitions this worker holds: it may hold them all.
     budget: PullBudget,
     running: std::sync::Mutex<
@@ -44,6 +46,7 @@ impl PartitionIngest {
         settings: &Settings,
         router: Router,
         counters: Arc<IngestCounters>,
+        keys: Option<Keys>,
     ) -> Self {
         let budget = PullBudget::new(
             &settings.ingest,
@@ -57,6 +60,7 @@ impl PartitionIngest {
             settings: settings.clone(),
             router,
             counters,
+            keys,
             running: Default::default(),
         }
     }
@@ -92,6 +96,7 @@ impl PartitionIngest {
             self.budget.clone(),
             self.router.clone(),
             self.counters.clone(),
+            self.keys.clone(),
             stop.clone(),
         );
         self.running

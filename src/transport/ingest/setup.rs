@@ -209,6 +209,7 @@ pub async fn apply_from_before(
     settings: &Settings,
     router: Router,
     counters: Arc<IngestCounters>,
+    keys: Option<crate::registry::keys::Keys>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let names = Names::new(&settings.nats.prefix);
@@ -224,6 +225,7 @@ pub async fn apply_from_before(
         settings,
         router,
         counters,
+        keys,
         stop.clone(),
     );
     while first_message(&stream, &names.ingest_subjects)
