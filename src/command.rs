@@ -41,6 +41,8 @@ pub enum Command {
     Export(Box<ExportRequest>),
     /// Replace the tenant's documents with an export, as one job.
     Import(Box<ImportRequest>),
+    /// Rotate the tenant's data key (its data encrypted again), as one job.
+    Rekey,
 }
 
 impl Command {

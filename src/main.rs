@@ -58,6 +58,10 @@ enum KeysAction {
         #[arg(long, value_name = "FILE")]
         new: PathBuf,
     },
+    /// A new data key for one tenant (a suspected leak): its data encrypted
+    /// again with it by the worker that serves it, and the old key erased.
+    /// Backups and dead letters of the tenant from before no longer open.
+    Rotate { tenant: String },
 }
 
 #[derive(Subcommand)]
@@ -365,7 +369,9 @@ fn main() -> ExitCode {
                     .unwrap_or(settings.encryption.master_key_file.clone());
                 tenantvec::crypto::MasterKey::load(&path).map(|k| k.fingerprint().to_owned())
             }
-            KeysAction::RotateMaster { .. } => unreachable!("matched above"),
+            KeysAction::RotateMaster { .. } | KeysAction::Rotate { .. } => {
+                unreachable!("matched above")
+            }
         };
         return match done {
             Ok(line) => {
@@ -562,6 +568,9 @@ async fn request_command(command: Command, settings: &Settings) -> Result<Value,
         | Command::Search { tenant, .. }
         | Command::Count { tenant, .. }
         | Command::Drop { tenant }
+        | Command::Keys {
+            action: KeysAction::Rotate { tenant },
+        }
         | Command::Export { tenant, .. }
         | Command::Import { tenant, .. } => Some(tenant.as_str()),
         Command::Backup { tenant, .. } | Command::Restore { tenant, .. } => tenant.as_deref(),
@@ -582,8 +591,25 @@ async fn request_command(command: Command, settings: &Settings) -> Result<Value,
         Command::Serve { .. }
         | Command::Bench { .. }
         | Command::NatsMappings { .. }
-        | Command::Keys { .. } => {
+        | Command::Keys {
+            action: KeysAction::New { .. } | KeysAction::Fingerprint { .. },
+        }
+        | Command::Keys {
+            action: KeysAction::RotateMaster { .. },
+        } => {
             unreachable!("handled before")
+        }
+        Command::Keys {
+            action: KeysAction::Rotate { tenant },
+        } => {
+            // It copies the tenant's data: as long as an import may take.
+            client
+                .request_timeout(
+                    client.subjects().tenant(Verb::Rekey, &tenant),
+                    "{}".into(),
+                    std::time::Duration::from_secs(6 * 3600),
+                )
+                .await
         }
         Command::Upsert { tenant, file } => {
             client

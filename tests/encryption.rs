@@ -934,11 +934,99 @@ async fn a_dead_letter_is_sealed_with_the_tenants_key_and_replays() {
     assert_eq!(replayed["replayed"], 1, "{replayed}");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while h.ok(Verb::Count, "late", json!({})).await["count"] != 1 {
-        assert!(std::time::Instant::now() < deadline, "the replay never landed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replay never landed"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let got = h.ok(Verb::Get, "late", json!({"doc_ids": ["late-1"]})).await;
+    let got = h
+        .ok(Verb::Get, "late", json!({"doc_ids": ["late-1"]}))
+        .await;
     assert_eq!(got["documents"][0]["text"], MARKER, "{got}");
     assert_eq!(cli(&["deadletters"])["count"], 0);
+    h.stop_worker().unwrap();
+}
+
+/// The tenant's entry in the key bucket, as stored.
+async fn key_entry(h: &Harness, tenant: &str) -> Value {
+    let js = h.jetstream().await;
+    let kv = js.get_key_value("TENANTVEC_KEYS").await.unwrap();
+    let entry = kv.entry(tenant).await.unwrap().expect("a key entry");
+    serde_json::from_slice(&entry.value).unwrap()
+}
+
+/// `keys rotate T`: a new key for one tenant, its data encrypted again with
+/// it, every search as before, the old key erased from the key bucket's
+/// files, and a backup sealed with the old key no longer restores. Another
+/// tenant is untouched. A rotation interrupted after its next key was
+/// stored is finished by the tenant's next activation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_a_tenants_key_reencrypts_its_data_and_erases_the_old_key() {
+    use tenantvec::client::backup as cli;
+    use tenantvec::tenant::TenantId;
+    let test = "rotating_a_tenants_key_reencrypts_its_data_and_erases_the_old_key";
+    let Some(fs) = Ext4::make(test, true) else {
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let key = master_key(keys.path(), "master.key");
+    let mut h = Harness::start_with(|s| encrypted(s, &fs, &key)).await;
+    h.ok(Verb::Upsert, "alice", docs()).await;
+    h.ok(Verb::Upsert, "bob", docs()).await;
+    let query = json!({"vector": common::vector(41, 8), "top_k": 3});
+    let before = h.ok(Verb::Search, "alice", query.clone()).await;
+    let alice = TenantId::parse("alice").unwrap();
+    cli::backup(&h.client, &alice, Some("before"))
+        .await
+        .unwrap();
+    let old = key_entry(&h, "alice").await;
+    assert_eq!(old["version"], 1, "{old}");
+    let bob_key = key_entry(&h, "bob").await;
+
+    let url = h.nats.url();
+    let rotated = common::json_output(&mut common::cli_command(&url, &["keys", "rotate", "alice"]));
+    assert_eq!(rotated, json!({"rekeyed": true, "key_version": 2}));
+    let new = key_entry(&h, "alice").await;
+    assert_eq!(new["version"], 2, "{new}");
+    assert!(new.get("next").is_none(), "{new}");
+    assert_eq!(h.ok(Verb::Search, "alice", query.clone()).await, before);
+    assert_eq!(key_entry(&h, "bob").await, bob_key);
+    assert!(
+        !jetstream_store_holds(&h, old["sealed"].as_str().unwrap()),
+        "the old wrapped key is still in the JetStream store's files"
+    );
+    // Sealed with the old key: the backup no longer opens.
+    let refused = cli::restore(&h.client, &alice, None, Some("before"), false)
+        .await
+        .expect_err("a backup sealed with a rotated-out key restored");
+    assert!(refused.to_string().contains("no longer has"), "{refused}");
+    // A restart: the new key opens the data; idle, it cannot be read.
+    h.stop_worker().unwrap();
+    for f in files(&fs.data().join("alice").join("vector_store")) {
+        let err = std::fs::read(&f).expect_err("read without its key");
+        assert_eq!(err.raw_os_error(), Some(ENOKEY), "{}", f.display());
+    }
+    h.start_worker().await;
+    assert_eq!(h.ok(Verb::Search, "alice", query.clone()).await, before);
+
+    // Interrupted: the next key stored beside the current one, the data
+    // not yet copied (a worker killed there). The next activation finishes it.
+    h.stop_worker().unwrap();
+    let js = h.jetstream().await;
+    let store = tenantvec::registry::keys::KeyStore::open(&js, "tenantvec", 1)
+        .await
+        .unwrap();
+    let keyring = tenantvec::crypto::Keyring::new(MasterKey::load(&key).unwrap(), "tenantvec");
+    let half = tenantvec::registry::keys::Keys { keyring, store };
+    let next = half.begin_rotation("alice").await.unwrap();
+    assert_eq!(next.version(), 3);
+    assert_eq!(key_entry(&h, "alice").await["next"]["version"], 3);
+    h.start_worker().await;
+    assert_eq!(h.ok(Verb::Search, "alice", query).await, before);
+    let finished = key_entry(&h, "alice").await;
+    assert_eq!(finished["version"], 3, "{finished}");
+    assert!(finished.get("next").is_none(), "{finished}");
+    // Encryption off on a worker: the verb says what it needs.
     h.stop_worker().unwrap();
 }

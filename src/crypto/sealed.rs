@@ -267,7 +267,6 @@ mod tests {
         out
     }
 
-
     #[test]
     fn sizes_on_and_around_chunk_bounds_round_trip() {
         let key = DataKey::generate(1).unwrap();
@@ -291,7 +290,10 @@ mod tests {
         let sealed = seal(&key, "alice", b"{\"docs\": []}").unwrap();
         assert_eq!(sealed[MAGIC.len()..MAGIC.len() + 4], 4u32.to_be_bytes());
         assert_eq!(open(&key, "alice", &sealed).unwrap(), b"{\"docs\": []}");
-        assert_eq!(open(&key, "alice", b"plain").unwrap_err(), OpenError::NotSealed);
+        assert_eq!(
+            open(&key, "alice", b"plain").unwrap_err(),
+            OpenError::NotSealed
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::protocol::{Addressed, AdminVerb, ErrorCode, Verb};
 
 /// The `verb` label of a request: the tenant verbs, the admin verbs, and
 /// whatever else arrived on the request subject.
-pub(super) const VERBS: [&str; 12] = [
+pub(super) const VERBS: [&str; 13] = [
     "upsert",
     "search",
     "get",
@@ -19,6 +19,7 @@ pub(super) const VERBS: [&str; 12] = [
     "drop",
     "export",
     "import",
+    "rekey",
     "admin_stats",
     "admin_cleanup",
     "admin_evict",
@@ -36,13 +37,14 @@ pub(super) fn verb_index(addressed: Addressed<'_>) -> usize {
             Verb::Drop => 5,
             Verb::Export => 6,
             Verb::Import => 7,
+            Verb::Rekey => 8,
         },
         Addressed::Admin(verb) => match verb {
-            AdminVerb::Stats => 8,
-            AdminVerb::Cleanup => 9,
-            AdminVerb::Evict => 10,
+            AdminVerb::Stats => 9,
+            AdminVerb::Cleanup => 10,
+            AdminVerb::Evict => 11,
         },
-        Addressed::Stream | Addressed::Unknown => 11,
+        Addressed::Stream | Addressed::Unknown => 12,
     }
 }
 

@@ -111,6 +111,10 @@ impl TenantStore for TimedStore {
         self.inner.set_data_key(key)
     }
 
+    fn rekey(&mut self, next: Arc<crate::crypto::DataKey>) -> Result<(), ServiceError> {
+        self.inner.rekey(next)
+    }
+
     fn scroll(&mut self, cursor: Option<&str>, limit: usize) -> Result<Page, ServiceError> {
         self.time(Op::Scroll, |s| s.scroll(cursor, limit))
     }

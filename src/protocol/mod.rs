@@ -159,10 +159,13 @@ pub enum Verb {
     Export,
     /// Replace the tenant's documents with an export from the backup bucket.
     Import,
+    /// Rotate the tenant's data key, its data encrypted again with the new
+    /// one (`encryption.enabled`; `tenantvec keys rotate T`).
+    Rekey,
 }
 
 impl Verb {
-    pub const ALL: [Verb; 8] = [
+    pub const ALL: [Verb; 9] = [
         Verb::Upsert,
         Verb::Search,
         Verb::Get,
@@ -171,6 +174,7 @@ impl Verb {
         Verb::Drop,
         Verb::Export,
         Verb::Import,
+        Verb::Rekey,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -183,7 +187,15 @@ impl Verb {
             Verb::Drop => "drop",
             Verb::Export => "export",
             Verb::Import => "import",
+            Verb::Rekey => "rekey",
         }
+    }
+
+    /// Whether request partitions map the verb: the verbs of a tenant's
+    /// data, not the operator's `rekey`, which arrives unmapped (as admin
+    /// verbs do) and is served all the same.
+    pub fn partitioned(self) -> bool {
+        !matches!(self, Verb::Rekey)
     }
 
     /// The verb a subject token names, if any (case-sensitive, as subjects are).
@@ -473,6 +485,7 @@ pub enum Reply {
     Deleted { deleted: usize },
     Count { count: usize },
     Dropped { dropped: bool },
+    Rekeyed { rekeyed: bool, key_version: u32 },
     Transfer(Value),
 }
 
@@ -660,8 +673,8 @@ mod tests {
         let e = unknown_verb("a.b.frob.alice");
         assert_eq!(e.code, ErrorCode::BadRequest);
         assert!(e.message.contains("frob"), "{}", e.message);
-        assert!(e
-            .message
-            .contains("upsert, search, get, delete, count, drop, export, import, admin.stats"));
+        assert!(e.message.contains(
+            "upsert, search, get, delete, count, drop, export, import, rekey, admin.stats"
+        ));
     }
 }

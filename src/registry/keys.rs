@@ -9,12 +9,16 @@
 //! copy in the server's store at every rewrite. Here a key is written once,
 //! replaced only by a rotation, and every revision that goes is erased by
 //! sequence (the server overwrites its bytes), so that destroying a
-//! tenant's key leaves no copy on the server's disks. It must never remove
-//! a key's message without erasing it, and never write a key that is not
-//! wrapped.
+//! tenant's key leaves no copy on the server's disks. A tenant's key
+//! rotation (`keys rotate T`) keeps the next key beside the current one
+//! until the tenant's data is encrypted with it, so that an interruption
+//! at any step leaves a key that opens the data. It must never remove a
+//! key's message without erasing it, never write a key that is not
+//! wrapped, and never drop a key that may still encrypt data.
 
 use async_nats::jetstream::{self, kv};
 use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
 
 use super::{CHANGE_TRIES, TIMEOUT};
 use crate::crypto::{DataKey, KeyError, Keyring, WrappedKey};
@@ -58,7 +62,28 @@ impl std::fmt::Debug for KeyStore {
 #[derive(Debug, Clone)]
 pub struct StoredKey {
     pub wrapped: WrappedKey,
+    /// The key a rotation begun and not finished encrypts the data with
+    /// next: beside the current one until the data is encrypted with it.
+    pub next: Option<WrappedKey>,
     pub revision: u64,
+}
+
+/// A tenant's entry in the bucket: its wrapped key's fields, and `next`
+/// during a rotation.
+#[derive(Debug, Serialize, Deserialize)]
+struct Entry {
+    #[serde(flatten)]
+    current: WrappedKey,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    next: Option<WrappedKey>,
+}
+
+fn entry_bytes(current: &WrappedKey, next: Option<&WrappedKey>) -> bytes::Bytes {
+    let entry = Entry {
+        current: current.clone(),
+        next: next.cloned(),
+    };
+    serde_json::to_vec(&entry).unwrap_or_default().into()
 }
 
 impl KeyStore {
@@ -111,14 +136,14 @@ impl KeyStore {
         let entry = timed("read", self.kv.entry(tenant)).await?;
         match entry {
             Some(e) if e.operation == kv::Operation::Put => {
-                let value: serde_json::Value = serde_json::from_slice(&e.value).map_err(|err| {
+                let entry: Entry = serde_json::from_slice(&e.value).map_err(|err| {
                     ServiceError::internal(format!(
                         "tenant {tenant}: its stored key is invalid: {err}"
                     ))
                 })?;
-                let wrapped = WrappedKey::from_value(&value).map_err(|err| refused(tenant, err))?;
                 Ok(Some(StoredKey {
-                    wrapped,
+                    wrapped: entry.current,
+                    next: entry.next,
                     revision: e.revision,
                 }))
             }
@@ -137,29 +162,29 @@ impl KeyStore {
                     .map_err(|e| refused(tenant, e));
             }
             let (key, wrapped) = keys.make(tenant, 1).map_err(|e| refused(tenant, e))?;
-            let body = serde_json::to_vec(&wrapped.to_value()).unwrap_or_default();
-            match tokio::time::timeout(TIMEOUT, self.kv.create(tenant, body.into())).await {
+            let body = entry_bytes(&wrapped, None);
+            match tokio::time::timeout(TIMEOUT, self.kv.create(tenant, body)).await {
                 Ok(Ok(_)) => return Ok(key),
                 Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
                 Ok(Err(e)) => return Err(unavailable("create", e)),
                 Err(_) => return Err(unavailable("create", "timed out")),
             }
         }
-        Err(ServiceError::unavailable(format!(
-            "tenant {tenant}: its key changed under every one of {CHANGE_TRIES} tries; retry"
-        )))
+        Err(changed_meanwhile(tenant))
     }
 
-    /// Replace the tenant's key stored at `revision` with `wrapped`, and
-    /// erase the one replaced. `false`: it changed meanwhile (read again).
+    /// Replace the tenant's entry stored at `revision` with `wrapped` (and
+    /// `next`), and erase the one replaced. `false`: it changed meanwhile
+    /// (read again).
     pub async fn replace(
         &self,
         tenant: &str,
         wrapped: &WrappedKey,
+        next: Option<&WrappedKey>,
         revision: u64,
     ) -> Result<bool, ServiceError> {
-        let body = serde_json::to_vec(&wrapped.to_value()).unwrap_or_default();
-        match tokio::time::timeout(TIMEOUT, self.kv.update(tenant, body.into(), revision)).await {
+        let body = entry_bytes(wrapped, next);
+        match tokio::time::timeout(TIMEOUT, self.kv.update(tenant, body, revision)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => return Ok(false),
             Ok(Err(e)) => return Err(unavailable("update", e)),
@@ -220,9 +245,92 @@ pub struct Keys {
     pub store: KeyStore,
 }
 
+/// A tenant's data key, and the next one while a rotation is unfinished.
+#[derive(Debug)]
+pub struct TenantKeys {
+    pub current: DataKey,
+    pub next: Option<DataKey>,
+}
+
 impl Keys {
     /// The tenant's data key, made when it has none.
     pub async fn data_key(&self, tenant: &str) -> Result<DataKey, ServiceError> {
         self.store.data_key(tenant, &self.keyring).await
     }
+
+    /// The tenant's data key (made when it has none), and the next one if
+    /// a rotation of it was begun and not finished.
+    pub async fn tenant_keys(&self, tenant: &str) -> Result<TenantKeys, ServiceError> {
+        let current = self.data_key(tenant).await?;
+        let next = match self.store.get(tenant).await? {
+            Some(StoredKey {
+                next: Some(next), ..
+            }) => Some(self.open(tenant, &next)?),
+            _ => None,
+        };
+        Ok(TenantKeys { current, next })
+    }
+
+    /// Begin a rotation of the tenant's key: the next key (one version on
+    /// from the current), stored beside the current one before anything
+    /// is encrypted with it; the one an unfinished rotation left, if any.
+    pub async fn begin_rotation(&self, tenant: &str) -> Result<DataKey, ServiceError> {
+        for _ in 0..CHANGE_TRIES {
+            let Some(stored) = self.store.get(tenant).await? else {
+                return Err(ServiceError::bad_request(format!(
+                    "tenant {tenant} has no data key: it has written nothing to rotate"
+                )));
+            };
+            if let Some(next) = &stored.next {
+                return self.open(tenant, next);
+            }
+            let version = stored.wrapped.version.saturating_add(1);
+            let (key, wrapped) = self
+                .keyring
+                .make(tenant, version)
+                .map_err(|e| refused(tenant, e))?;
+            if self
+                .store
+                .replace(tenant, &stored.wrapped, Some(&wrapped), stored.revision)
+                .await?
+            {
+                return Ok(key);
+            }
+        }
+        Err(changed_meanwhile(tenant))
+    }
+
+    /// Finish a rotation once the data is encrypted with the next key: it
+    /// becomes the tenant's only key, and the entry that held the old one
+    /// is erased. Done already: nothing to do.
+    pub async fn finish_rotation(&self, tenant: &str) -> Result<(), ServiceError> {
+        for _ in 0..CHANGE_TRIES {
+            let Some(stored) = self.store.get(tenant).await? else {
+                return Ok(());
+            };
+            let Some(next) = &stored.next else {
+                return Ok(());
+            };
+            if self
+                .store
+                .replace(tenant, next, None, stored.revision)
+                .await?
+            {
+                return Ok(());
+            }
+        }
+        Err(changed_meanwhile(tenant))
+    }
+
+    fn open(&self, tenant: &str, wrapped: &WrappedKey) -> Result<DataKey, ServiceError> {
+        self.keyring
+            .open(tenant, wrapped)
+            .map_err(|e| refused(tenant, e))
+    }
+}
+
+fn changed_meanwhile(tenant: &str) -> ServiceError {
+    ServiceError::unavailable(format!(
+        "tenant {tenant}: its key changed under every one of {CHANGE_TRIES} tries; retry"
+    ))
 }

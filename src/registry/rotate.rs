@@ -77,11 +77,17 @@ async fn rewrap(
             return Ok(false);
         }
         let refused = |e: crate::crypto::KeyError| ServiceError::internal(e.to_string());
-        let key = old.open(tenant, &stored.wrapped).map_err(refused)?;
-        let again = new
-            .wrap(&key, tenant)
-            .map_err(refused)?;
-        if store.replace(tenant, &again, stored.revision).await? {
+        let rewrap = |wrapped| {
+            let key = old.open(tenant, wrapped).map_err(refused)?;
+            new.wrap(&key, tenant).map_err(refused)
+        };
+        // The next key of an unfinished rotation is re-wrapped with it.
+        let again = rewrap(&stored.wrapped)?;
+        let next = stored.next.as_ref().map(rewrap).transpose()?;
+        if store
+            .replace(tenant, &again, next.as_ref(), stored.revision)
+            .await?
+        {
             return Ok(true);
         }
     }

@@ -328,7 +328,10 @@ impl EdgeStore {
                     .map_err(|e| internal(&self.who, "read the store folder", e))?;
                 match empty {
                     true => folders.make_dir(&self.dir, &id, &self.who)?,
-                    false => self.encrypt_plaintext(&folders, &id)?,
+                    false => {
+                        let copied = self.copy_into_encrypted(&folders, &id)?;
+                        tracing::info!(tenant = %self.tenant, documents = copied, "a tenant written before encryption was on is now encrypted (copied into an encrypted folder)");
+                    }
                 }
                 Ok(true)
             }
@@ -353,17 +356,19 @@ impl EdgeStore {
         Ok(id)
     }
 
-    /// Copy a tenant written before encryption was on into an encrypted
-    /// folder beside its own, then swap the two and remove the plaintext
-    /// one (its blocks stay in the filesystem's free space until reused).
-    fn encrypt_plaintext(
+    /// Copy the tenant's shard (in clear, written before encryption was on,
+    /// or under its current key, unlocked) into a folder beside its own
+    /// encrypted with key `id`, then swap the two and remove the old one
+    /// (its blocks stay in the filesystem's free space until reused). The
+    /// documents copied.
+    fn copy_into_encrypted(
         &mut self,
         folders: &EncryptedFolders,
         id: &KeyIdentifier,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<usize, ServiceError> {
         let who = self.who.clone();
         let Some(plain) = Shard::open(&self.dir, &self.options, false, &who)? else {
-            return Ok(());
+            return Ok(0);
         };
         let side = self.side_dir();
         remove_dir(&side).map_err(|e| internal(&who, "remove an unfinished copy", e))?;
@@ -390,7 +395,53 @@ impl EdgeStore {
         let closed = plain.close(&who);
         built.and(closed)?;
         self.swap_in(&side)?;
-        tracing::info!(tenant = %self.tenant, documents = copied, "a tenant written before encryption was on is now encrypted (copied into an encrypted folder)");
+        Ok(copied)
+    }
+
+    /// [`TenantStore::rekey`] of the per-tenant layout: with both keys in
+    /// the filesystem, the shard copied into a folder under `next`, swapped
+    /// in, and the old key taken out.
+    fn rekey_own(&mut self, next: Arc<DataKey>) -> Result<(), ServiceError> {
+        let Some(folders) = self.encryption.clone() else {
+            return Err(ServiceError::bad_request(
+                "rotating a tenant's key needs encryption.enabled",
+            ));
+        };
+        let who = self.who.clone();
+        let Slot::Own(open) = &mut self.slot else {
+            return Err(ServiceError::bad_request(
+                "rotating a tenant's key needs the per_tenant layout",
+            ));
+        };
+        if let Some(shard) = open.take() {
+            (*shard).close(&who)?;
+        }
+        let next_id = KeyIdentifier::of(&next);
+        let under = match folders.policy(&self.dir) {
+            Ok(policy) => policy,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(internal(&who, "read the store folder's encryption", e)),
+        };
+        if self.dir.exists() && under != Some(next_id) {
+            self.unlock()?;
+            let unlocked_next = folders.unlock(&next, &who)?;
+            let copied = self.copy_into_encrypted(&folders, &next_id);
+            let old = self.unlocked.replace(unlocked_next);
+            if let Err(e) = copied {
+                // The tenant stays under its current key.
+                if let Some(next) = std::mem::replace(&mut self.unlocked, old) {
+                    let _ = next.release(&who);
+                }
+                return Err(e);
+            }
+            if let Some(old) = old {
+                old.release(&who)?;
+            }
+            tracing::info!(tenant = %self.tenant, documents = copied.unwrap_or(0), "the tenant's data is encrypted with its new key");
+        } else if let Some(old) = self.unlocked.take() {
+            old.release(&who)?;
+        }
+        self.key = Some(next);
         Ok(())
     }
 
@@ -576,6 +627,10 @@ impl TenantStore for EdgeStore {
 
     fn set_data_key(&mut self, key: Option<Arc<DataKey>>) {
         self.key = key;
+    }
+
+    fn rekey(&mut self, next: Arc<DataKey>) -> Result<(), ServiceError> {
+        self.rekey_own(next)
     }
 
     fn close(&mut self) -> Result<(), ServiceError> {

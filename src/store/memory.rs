@@ -113,6 +113,10 @@ impl TenantStore for MemoryStore {
         Ok(())
     }
 
+    fn rekey(&mut self, _next: std::sync::Arc<crate::crypto::DataKey>) -> Result<(), ServiceError> {
+        Err(crate::store::cannot_rekey())
+    }
+
     fn close(&mut self) -> Result<(), ServiceError> {
         Ok(())
     }

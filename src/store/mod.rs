@@ -27,6 +27,14 @@ pub use crate::protocol::internal;
 use crate::protocol::{Doc, Hit, ServiceError};
 use crate::tenant::{TenantId, TenantPaths};
 
+/// The answer of a store that does not encrypt to [`TenantStore::rekey`].
+pub fn cannot_rekey() -> ServiceError {
+    ServiceError::bad_request(
+        "this store does not encrypt tenants' data: rotating a tenant's key needs \
+         encryption.enabled (the edge backend, per_tenant layout)",
+    )
+}
+
 /// A document ready to store: its vector is known and has been checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
@@ -95,6 +103,12 @@ pub trait TenantStore: Send {
     /// before the store's first job that may open its data. Ignored by a
     /// store that does not encrypt.
     fn set_data_key(&mut self, _key: Option<Arc<crate::crypto::DataKey>>) {}
+
+    /// Encrypt the tenant's data with `next` instead of the key it has
+    /// (`keys rotate`), and keep `next` as its key. Idempotent: data under
+    /// `next` already is left as it is. A store that does not encrypt
+    /// answers [`cannot_rekey`].
+    fn rekey(&mut self, next: Arc<crate::crypto::DataKey>) -> Result<(), ServiceError>;
 
     /// Whether a read may run on the actor's own thread rather than the
     /// blocking pool: the data is open in this process and a read does no

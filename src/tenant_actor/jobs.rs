@@ -52,6 +52,15 @@ impl Work {
                     let result = match env.command {
                         Command::Export(r) => crate::backup::export(store, embedding, r, key),
                         Command::Import(r) => crate::backup::import(store, embedding, r, key),
+                        // The rotation itself ran before the job (the
+                        // actor's key step); this answers with its key.
+                        Command::Rekey => match key {
+                            Some(key) => Ok(Reply::Rekeyed {
+                                rekeyed: true,
+                                key_version: key.version(),
+                            }),
+                            None => Err(ServiceError::internal("a key rotation without a key")),
+                        },
                         command => apply_one(store, embedding, command, limits.top_k),
                     };
                     env.reply.send(result);
@@ -358,8 +367,8 @@ pub(super) fn apply_one(
             Ok(Reply::Dropped { dropped: true })
         }
         // Jobs of their own (`Work::apply`), with the tenant's key.
-        Command::Export(_) | Command::Import(_) => Err(ServiceError::internal(
-            "an export or import outside its job",
+        Command::Export(_) | Command::Import(_) | Command::Rekey => Err(ServiceError::internal(
+            "an export, import or key rotation outside its job",
         )),
     }
 }

@@ -22,7 +22,7 @@ use crate::embed::record::Records;
 use crate::embed::{Embedder, Embedding};
 use crate::policy::{RateLimiter, TenantDefaults, TenantPolicy, TenantSettings};
 use crate::protocol::{ErrorCode, ServiceError};
-use crate::registry::keys::Keys;
+use crate::registry::keys::{Keys, TenantKeys};
 use crate::registry::record::CloseWrite;
 use crate::registry::{record, Found, Registry, TenantRecord};
 use crate::store::{StoreFactory, TenantStore};
@@ -211,10 +211,33 @@ impl TenantActor {
             let found = registry
                 .activate(&tenant, &setup.paths, &setup.records)
                 .await;
-            // With encryption, the tenant's data key comes with its record.
+            // With encryption, the tenant's data key comes with its record
+            // (a rotation the last activation left unfinished, finished).
             let key = match (&found, &setup.keys) {
                 (Ok(Found::Record(_) | Found::Migrated(_)), Some(keys)) => {
-                    Some(keys.data_key(tenant.as_str()).await.map(Arc::new))
+                    Some(match keys.tenant_keys(tenant.as_str()).await {
+                        Ok(TenantKeys {
+                            current,
+                            next: None,
+                        }) => Ok(Arc::new(current)),
+                        Ok(TenantKeys {
+                            current,
+                            next: Some(next),
+                        }) => {
+                            let (current, next) = (Arc::new(current), Arc::new(next));
+                            let (setup, tenant) = (setup.clone(), tenant.clone());
+                            tokio::task::spawn_blocking(move || {
+                                finish_rotation(&setup, &tenant, current, next)
+                            })
+                            .await
+                            .unwrap_or_else(|e| {
+                                Err(ServiceError::internal(format!(
+                                    "finishing a key rotation failed: {e}"
+                                )))
+                            })
+                        }
+                        Err(e) => Err(e),
+                    })
                 }
                 _ => None,
             };
@@ -448,6 +471,8 @@ impl TenantActor {
             && matches!(&work, Work::Batch(b) if b.iter().any(|e| e.command.is_write()));
         // A drop destroys the tenant's key before its files go.
         let destroy_key = self.setup.keys.is_some() && is_drop;
+        // `keys rotate`: the data encrypted again, under a new key.
+        let rekey = matches!(&work, Work::Batch(b) if matches!(b[0].command, Command::Rekey));
         if let Work::Batch(b) = &work {
             if b.iter().any(|e| e.command.is_write()) {
                 self.wrote_any = true;
@@ -470,13 +495,14 @@ impl TenantActor {
             let close = matches!(work, Work::Close);
             let created = create && register(&setup, &tenant);
             let mut new_key = None;
-            let key_step = match (need_key, destroy_key) {
-                (true, _) => key_of(&setup, &tenant).map(Some),
-                (_, true) => destroy_key_of(&setup, &tenant).map(|()| None),
+            let key_step = match (need_key, destroy_key, rekey) {
+                (_, _, true) => rotate_key_of(&setup, &tenant, store.as_mut()).map(Some),
+                (true, _, _) => key_of(&setup, &tenant).map(Some),
+                (_, true, _) => destroy_key_of(&setup, &tenant).map(|()| None),
                 _ => Ok(None),
             };
             match key_step {
-                Ok(key) if need_key || destroy_key => {
+                Ok(key) if need_key || destroy_key || rekey => {
                     store.set_data_key(key.clone());
                     limits.key = key.clone();
                     new_key = Some(key);
@@ -599,6 +625,53 @@ fn key_of(setup: &TenantSetup, tenant: &TenantId) -> Result<Arc<DataKey>, Servic
     registry
         .block_on(keys.data_key(tenant.as_str()))
         .map(Arc::new)
+}
+
+/// `keys rotate`: a new data key for the tenant, stored beside the current
+/// one, the tenant's data encrypted again with it, then the old one erased
+/// (an interruption is taken up by the tenant's next activation, see
+/// [`finish_rotation`]); on the blocking pool.
+fn rotate_key_of(
+    setup: &TenantSetup,
+    tenant: &TenantId,
+    store: &mut dyn TenantStore,
+) -> Result<Arc<DataKey>, ServiceError> {
+    let (Some(registry), Some(keys)) = (&setup.registry, &setup.keys) else {
+        return Err(ServiceError::bad_request(format!(
+            "tenant {tenant}: rotating its key needs encryption.enabled"
+        )));
+    };
+    let current = key_of(setup, tenant)?;
+    store.set_data_key(Some(current));
+    let next = Arc::new(registry.block_on(keys.begin_rotation(tenant.as_str()))?);
+    store.rekey(next.clone())?;
+    registry.block_on(keys.finish_rotation(tenant.as_str()))?;
+    tracing::info!(%tenant, key_version = next.version(), "the tenant's data key was rotated: its data is encrypted with the new key, and the old one erased");
+    Ok(next)
+}
+
+/// A rotation of the tenant's key that was interrupted: its data encrypted
+/// with the next key (if it is not already), then the rotation finished.
+/// Run at activation, before the actor serves, with a store of its own.
+fn finish_rotation(
+    setup: &TenantSetup,
+    tenant: &TenantId,
+    current: Arc<DataKey>,
+    next: Arc<DataKey>,
+) -> Result<Arc<DataKey>, ServiceError> {
+    let (Some(registry), Some(keys)) = (&setup.registry, &setup.keys) else {
+        return Err(ServiceError::internal(
+            "encryption is on without a registry",
+        ));
+    };
+    let mut store = setup.factory.open(tenant);
+    store.set_data_key(Some(current));
+    let rekeyed = store.rekey(next.clone());
+    let closed = store.close();
+    rekeyed.and(closed)?;
+    registry.block_on(keys.finish_rotation(tenant.as_str()))?;
+    tracing::info!(%tenant, key_version = next.version(), "an interrupted rotation of the tenant's key was finished");
+    Ok(next)
 }
 
 /// Destroy the tenant's data key (a drop, before its files go): every copy

@@ -61,6 +61,10 @@ pub fn command(verb: Verb, body: &[u8], settings: &Settings) -> Result<Command, 
         }
         Verb::Export => crate::backup::decode_export(body).map(|r| Command::Export(Box::new(r))),
         Verb::Import => crate::backup::decode_import(body).map(|r| Command::Import(Box::new(r))),
+        Verb::Rekey => {
+            decode::<EmptyRequest>(body)?;
+            Ok(Command::Rekey)
+        }
     }
 }
 

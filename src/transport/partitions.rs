@@ -49,13 +49,17 @@ pub fn unpartitioned(subject: &str) -> Option<&str> {
     (!k.is_empty() && k.bytes().all(|b| b.is_ascii_digit())).then_some(original)
 }
 
+/// The tenant verbs request partitions map (see [`Verb::partitioned`]).
+fn mapped_verbs() -> impl Iterator<Item = Verb> {
+    Verb::ALL.into_iter().filter(|v| v.partitioned())
+}
+
 /// The server's subject mappings for `partitions` partitions: one per tenant
-/// verb. Admin verbs and the stream subjects (ingest, dead letters) are not
+/// verb of a tenant's data. Admin verbs and the stream subjects (ingest, dead letters) are not
 /// mapped: the former are served on the main connection, the latter are
 /// JetStream's.
 pub fn mappings(prefix: &str, partitions: usize) -> Vec<(String, String)> {
-    Verb::ALL
-        .iter()
+    mapped_verbs()
         .map(|v| {
             let v = v.as_str();
             (
@@ -117,8 +121,7 @@ fn verdict(found: &Found, prefix: &str, partitions: usize) -> Result<(), String>
         .map(|((v, _), _)| *v)
         .collect();
     let unmapped: Vec<&str> = unmapped.into_iter().collect();
-    let missing: Vec<&str> = Verb::ALL
-        .iter()
+    let missing: Vec<&str> = mapped_verbs()
         .map(|v| v.as_str())
         .filter(|v| (0..PROBES_PER_VERB).any(|i| !found.contains_key(&(*v, i))))
         .collect();
@@ -186,7 +189,7 @@ pub async fn check(
         );
     }
     let mut arrivals = futures::stream::select_all(arrivals);
-    for verb in Verb::ALL {
+    for verb in mapped_verbs() {
         for i in 0..PROBES_PER_VERB {
             let subject = format!("{prefix}.{}.{}", verb.as_str(), probe(i));
             client.publish(subject, Bytes::new()).await?;
@@ -207,7 +210,7 @@ pub async fn check(
     };
     let mut found = Found::new();
     let deadline = tokio::time::Instant::now() + timeout;
-    while found.len() < Verb::ALL.len() * PROBES_PER_VERB {
+    while found.len() < mapped_verbs().count() * PROBES_PER_VERB {
         let next = tokio::select! {
             m = arrivals.next() => m,
             _ = tokio::time::sleep_until(deadline) => None,
@@ -232,8 +235,7 @@ mod tests {
     use super::*;
 
     fn found(mapped: Option<usize>) -> Found {
-        Verb::ALL
-            .iter()
+        mapped_verbs()
             .flat_map(|v| (0..PROBES_PER_VERB).map(move |i| ((v.as_str(), i), mapped)))
             .collect()
     }
@@ -258,7 +260,7 @@ mod tests {
     #[test]
     fn every_tenant_verb_is_mapped_and_nothing_else() {
         let m = mappings("tv", 8);
-        assert_eq!(m.len(), Verb::ALL.len());
+        assert_eq!(m.len(), mapped_verbs().count());
         assert!(m.contains(&(
             "tv.search.*".to_owned(),
             "tv.search.{{wildcard(1)}}.{{partition(8,1)}}".to_owned()

@@ -648,6 +648,10 @@ impl TenantStore for QdrantStore {
         remove_tenant_data(&self.paths, &self.tenant)
     }
 
+    fn rekey(&mut self, _next: std::sync::Arc<crate::crypto::DataKey>) -> Result<(), ServiceError> {
+        Err(crate::store::cannot_rekey())
+    }
+
     fn close(&mut self) -> Result<(), ServiceError> {
         // Nothing is held per tenant: the client and its connections are the
         // factory's, shared by every tenant.

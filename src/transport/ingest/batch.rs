@@ -20,8 +20,8 @@ use crate::tenant::TenantId;
 use crate::transport::lanes::{self, Lanes, Outcome, Retry};
 
 use super::deadletter::dead_letter;
-use super::sealing::{is_sealed, open_body};
 use super::order::order_in_stream;
+use super::sealing::{is_sealed, open_body};
 use super::{confirm, Event, Pending, Shared, ORDER_RECHECK, RATE_LIMIT_RETRY};
 
 /// A message of a running batch.

@@ -57,7 +57,13 @@ pub(super) async fn dead_letter(
 ) -> bool {
     let subject = shared.names.deadletter_subject(tenant);
     let already_sealed = is_sealed(message.headers.as_ref());
-    let kept = match keep_body(shared.keys.as_ref(), tenant, &message.payload, already_sealed).await
+    let kept = match keep_body(
+        shared.keys.as_ref(),
+        tenant,
+        &message.payload,
+        already_sealed,
+    )
+    .await
     {
         Ok(kept) => kept,
         Err(e) => {

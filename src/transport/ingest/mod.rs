@@ -18,10 +18,10 @@
 
 mod batch;
 mod deadletter;
-mod sealing;
 mod lane;
 mod order;
 mod partitions;
+mod sealing;
 mod setup;
 
 use lane::lane_loop;
