@@ -154,6 +154,12 @@ enum Command {
         #[arg(long)]
         tenant: String,
         file: Option<PathBuf>,
+        /// With encryption: write the export in clear, opened here with the
+        /// master key (encryption.master_key_file), to move a tenant to
+        /// another deployment. The worker still seals it; the plaintext is
+        /// only ever in FILE.
+        #[arg(long)]
+        plaintext: bool,
     },
     /// Replace a tenant's documents with an export file.
     Import {
@@ -467,14 +473,58 @@ async fn client_command(command: Command, settings: &Settings) -> Result<String,
     request_command(command, settings).await.map(pretty)
 }
 
+/// The keyring of the master key in `file`, for the settings' prefix.
+fn keyring(
+    settings: &Settings,
+    file: &std::path::Path,
+) -> anyhow::Result<tenantvec::crypto::Keyring> {
+    let master = tenantvec::crypto::MasterKey::load(file)?;
+    Ok(tenantvec::crypto::Keyring::new(
+        master,
+        &settings.nats.prefix,
+    ))
+}
+
+/// The prefix's key store, reached through `client`.
+async fn key_store(
+    settings: &Settings,
+    client: &Client,
+) -> anyhow::Result<tenantvec::registry::keys::KeyStore> {
+    tenantvec::registry::keys::KeyStore::open(
+        &async_nats::jetstream::new(client.nats().clone()),
+        &settings.nats.prefix,
+        settings.nats.replicas,
+    )
+    .await
+}
+
+/// `export --plaintext`: the tenant's data key, opened with the master key.
+async fn tenant_data_key(
+    settings: &Settings,
+    client: &Client,
+    tenant: &tenantvec::tenant::TenantId,
+) -> Result<tenantvec::crypto::DataKey, ClientError> {
+    let keys = keyring(settings, &settings.encryption.master_key_file)?;
+    let stored = key_store(settings, client)
+        .await?
+        .get(tenant.as_str())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "tenant {tenant} has no data key: its exports are not sealed; \
+                 export without --plaintext"
+            )
+        })?;
+    Ok(keys
+        .open(tenant.as_str(), &stored.wrapped)
+        .map_err(|e| anyhow::anyhow!("tenant {tenant}: {e}"))?)
+}
+
 /// `keys rotate-master`: every record's data key under the new master key.
 async fn rotate_master(settings: &Settings, new: &std::path::Path) -> Result<Value, ClientError> {
-    use tenantvec::crypto::{Keyring, MasterKey};
-    let old = Keyring::new(
-        MasterKey::load(&settings.encryption.master_key_file)?,
-        &settings.nats.prefix,
-    );
-    let new = Keyring::new(MasterKey::load(new)?, &settings.nats.prefix);
+    let old = keyring(settings, &settings.encryption.master_key_file)?;
+    let new = keyring(settings, new)?;
     if old.fingerprint() == new.fingerprint() {
         return Err(anyhow::anyhow!(
             "the new master key is the one in use ({})",
@@ -483,12 +533,7 @@ async fn rotate_master(settings: &Settings, new: &std::path::Path) -> Result<Val
         .into());
     }
     let client = Client::connect(settings).await?;
-    let store = tenantvec::registry::keys::KeyStore::open(
-        &async_nats::jetstream::new(client.nats().clone()),
-        &settings.nats.prefix,
-        settings.nats.replicas,
-    )
-    .await?;
+    let store = key_store(settings, &client).await?;
     let progress = indicatif::ProgressBar::new_spinner();
     progress.enable_steady_tick(std::time::Duration::from_millis(200));
     let summary = tenantvec::registry::rotate::rotate_master(&store, &old, &new, |s| {
@@ -699,9 +744,17 @@ async fn request_command(command: Command, settings: &Settings) -> Result<Value,
                 .await
                 .map_err(Into::into)
         }
-        Command::Export { tenant, file } => {
+        Command::Export {
+            tenant,
+            file,
+            plaintext,
+        } => {
             let tenant = tenantvec::client::check_tenant(&tenant)?;
-            backup::export(&client, &tenant, file.as_deref()).await
+            let opener = match plaintext {
+                true => Some(tenant_data_key(settings, &client, &tenant).await?),
+                false => None,
+            };
+            backup::export(&client, &tenant, file.as_deref(), opener).await
         }
         Command::Import {
             tenant,

@@ -72,7 +72,7 @@ async fn round_trip(configure: impl FnOnce(&mut Settings)) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("alice.jsonl");
 
-    let exported = cli::export(&h.client, &tenant("alice"), Some(&file))
+    let exported = cli::export(&h.client, &tenant("alice"), Some(&file), None)
         .await
         .unwrap();
     assert_eq!(exported["documents"], DOCS, "{exported}");
@@ -175,7 +175,7 @@ async fn bad_files_change_nothing(layout: Layout) {
     let before = answers(&h, "alice").await;
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.jsonl");
-    cli::export(&h.client, &tenant("alice"), Some(&good))
+    cli::export(&h.client, &tenant("alice"), Some(&good), None)
         .await
         .unwrap();
     let lines: Vec<String> = std::fs::read_to_string(&good)
@@ -323,7 +323,7 @@ async fn re_embedding_makes_the_worker_s_vectors_from_the_texts() {
         .await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("a.jsonl");
-    cli::export(&h.client, &tenant("alice"), Some(&file))
+    cli::export(&h.client, &tenant("alice"), Some(&file), None)
         .await
         .unwrap();
     // As if another model had made them: refused, unless re-embedded.

@@ -1030,3 +1030,61 @@ async fn rotating_a_tenants_key_reencrypts_its_data_and_erases_the_old_key() {
     // Encryption off on a worker: the verb says what it needs.
     h.stop_worker().unwrap();
 }
+
+/// `export --plaintext`, for an operator who moves a tenant to another
+/// deployment: the export is opened on the operator's side with the master
+/// key, so the plaintext is in the file and never in the bucket, and it
+/// imports into a deployment without the key. Without the flag the file
+/// is sealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_in_clear_is_opened_by_the_operator_and_moves_to_another_deployment() {
+    let test = "an_export_in_clear_is_opened_by_the_operator_and_moves_to_another_deployment";
+    let Some(fs) = Ext4::make(test, true) else {
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let key = master_key(keys.path(), "master.key");
+    let h = Harness::start_with(|s| encrypted(s, &fs, &key)).await;
+    h.ok(Verb::Upsert, "alice", docs()).await;
+    let out = tempfile::tempdir().unwrap();
+    let (sealed, clear) = (out.path().join("sealed"), out.path().join("clear.jsonl"));
+    let url = h.nats.url();
+    let export = |file: &Path, plaintext: bool| {
+        let mut cmd = common::cli_command(&url, &["export", "--tenant", "alice"]);
+        cmd.arg(file).env("TENANTVEC_MASTER_KEY_FILE", &key);
+        if plaintext {
+            cmd.arg("--plaintext");
+        }
+        common::json_output(&mut cmd)
+    };
+    let summary = export(&sealed, false);
+    assert_eq!(summary["sealed"], true, "{summary}");
+    let raw = std::fs::read(&sealed).unwrap();
+    assert!(raw.starts_with(b"tenantvec-e1\n"));
+    assert!(!raw.windows(12).any(|w| w == b"zebra-marker"));
+
+    let summary = export(&clear, true);
+    assert_eq!(summary["opened"], true, "{summary}");
+    let text = std::fs::read_to_string(&clear).unwrap();
+    assert!(
+        text.starts_with("{\"format\":\"tenantvec.export\""),
+        "{text}"
+    );
+    assert!(text.contains(MARKER));
+    assert!(
+        !jetstream_store_holds(&h, "zebra-marker"),
+        "the export's text went through the bucket in clear"
+    );
+
+    // Another deployment, without encryption, takes the file in clear.
+    let other = Harness::start().await;
+    let clear_path = clear.to_string_lossy().into_owned();
+    common::json_output(&mut common::cli_command(
+        &other.nats.url(),
+        &["import", "--tenant", "alice", &clear_path],
+    ));
+    let got = other
+        .ok(Verb::Get, "alice", json!({"doc_ids": ["note-1"]}))
+        .await;
+    assert_eq!(got["documents"][0]["text"], format!("{MARKER} 1"), "{got}");
+}

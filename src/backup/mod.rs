@@ -375,6 +375,7 @@ pub fn export(
             "dimension": dimension,
             "embedder": header.embedder,
             "exported_at": header.exported_at,
+            "sealed": key.is_some(),
             "seconds": started.elapsed().as_secs_f64(),
         }))),
         (written, stored) => {

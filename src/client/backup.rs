@@ -184,19 +184,26 @@ pub async fn export(
     client: &Client,
     tenant: &TenantId,
     file: Option<&Path>,
+    opener: Option<crate::crypto::DataKey>,
 ) -> Result<Value, ClientError> {
     let object = temporary(tenant, "export");
     let mut summary = ask(client, Verb::Export, tenant, &object, false).await?;
     let bucket = bucket(client, false).await?;
+    let sealed = summary["sealed"].as_bool() == Some(true);
     let copied = async {
-        match file {
-            Some(path) => {
+        match (file, opener) {
+            (_, Some(key)) if sealed => {
+                summary["sealed"] = json!(false);
+                summary["opened"] = json!(true);
+                download_opened(&bucket, &object, tenant, file, key).await
+            }
+            (Some(path), _) => {
                 let mut out = tokio::fs::File::create(path)
                     .await
                     .map_err(|e| other(format!("cannot create {}: {e}", path.display())))?;
                 download(&bucket, &object, &mut out).await
             }
-            None => download(&bucket, &object, &mut tokio::io::stdout()).await,
+            (None, _) => download(&bucket, &object, &mut tokio::io::stdout()).await,
         }
     }
     .await;
@@ -205,6 +212,43 @@ pub async fn export(
     summary["object"] = Value::Null;
     summary["file"] = json!(file.map(|f| f.display().to_string()));
     Ok(summary)
+}
+
+/// [`download`] of an object sealed with the tenant's data key, opened
+/// here (`export --plaintext`): the plaintext is only ever in `file` (or
+/// on stdout), never in the bucket. Every chunk is authenticated before it
+/// is written.
+async fn download_opened(
+    bucket: &ObjectStore,
+    name: &str,
+    tenant: &TenantId,
+    file: Option<&Path>,
+    key: crate::crypto::DataKey,
+) -> Result<u64, ClientError> {
+    let object = bucket
+        .get(name)
+        .await
+        .map_err(|e| other(format!("cannot read object {name}: {e}")))?;
+    let input = tokio_util::io::SyncIoBridge::new(object);
+    let tenant = tenant.to_string();
+    let path = file.map(Path::to_owned);
+    let copy = tokio::task::spawn_blocking(move || -> Result<u64, ClientError> {
+        let mut opened = crate::crypto::sealed::Opener::new(input, &key, &tenant)
+            .map_err(|e| other(format!("the export of tenant {tenant}: {e}")))?;
+        let mut out: Box<dyn std::io::Write> = match &path {
+            Some(p) => Box::new(
+                std::fs::File::create(p)
+                    .map_err(|e| other(format!("cannot create {}: {e}", p.display())))?,
+            ),
+            None => Box::new(std::io::stdout().lock()),
+        };
+        let n = std::io::copy(&mut opened, &mut out)
+            .map_err(|e| other(format!("the export of tenant {tenant}: {e}")))?;
+        out.flush()
+            .map_err(|e| other(format!("writing the export: {e}")))?;
+        Ok(n)
+    });
+    copy.await.map_err(other)?
 }
 
 /// `tenantvec import --tenant T FILE`: FILE goes into a temporary object,
