@@ -518,6 +518,7 @@ async fn tenant_data_key(
         })?;
     Ok(keys
         .open(tenant.as_str(), &stored.wrapped)
+        .await
         .map_err(|e| anyhow::anyhow!("tenant {tenant}: {e}"))?)
 }
 

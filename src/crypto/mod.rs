@@ -1,7 +1,8 @@
 //! Per-tenant encryption keys (envelope encryption), and the kernel's
 //! encryption of a tenant's files with its key.
 //!
-//! Owns the key hierarchy: the deployment's master key ([`master`]), each
+//! Owns the key hierarchy: the deployment's master key ([`master`]), held
+//! by a key provider ([`provider`]: a file today, a KMS later), each
 //! tenant's data key and its wrapped form kept in the tenant's registry
 //! record ([`data_key`]); Linux fscrypt v2, which encrypts every file of a
 //! tenant's store folder with that tenant's key ([`fscrypt`]); and the list
@@ -16,11 +17,13 @@ pub mod fscrypt;
 pub mod keyring;
 pub mod keys_added;
 pub mod master;
+pub mod provider;
 pub mod sealed;
 
 pub use data_key::{DataKey, KeyError, WrappedKey};
 pub use keyring::Keyring;
 pub use master::MasterKey;
+pub use provider::KeyProvider;
 
 /// Lower-case hex of `bytes`, for fingerprints and key identifiers.
 pub fn hex(bytes: &[u8]) -> String {

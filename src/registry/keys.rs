@@ -39,9 +39,11 @@ async fn timed<T, E: std::fmt::Display>(
 }
 
 fn refused(tenant: &str, e: KeyError) -> ServiceError {
-    ServiceError::internal(format!(
-        "tenant {tenant}: its data key cannot be opened: {e}"
-    ))
+    let why = format!("tenant {tenant}: its data key cannot be opened: {e}");
+    match e {
+        KeyError::Unreachable(_) => ServiceError::unavailable(why),
+        _ => ServiceError::internal(why),
+    }
 }
 
 /// The prefix's wrapped data keys.
@@ -159,9 +161,10 @@ impl KeyStore {
             if let Some(stored) = self.get(tenant).await? {
                 return keys
                     .open(tenant, &stored.wrapped)
+                    .await
                     .map_err(|e| refused(tenant, e));
             }
-            let (key, wrapped) = keys.make(tenant, 1).map_err(|e| refused(tenant, e))?;
+            let (key, wrapped) = keys.make(tenant, 1).await.map_err(|e| refused(tenant, e))?;
             let body = entry_bytes(&wrapped, None);
             match tokio::time::timeout(TIMEOUT, self.kv.create(tenant, body)).await {
                 Ok(Ok(_)) => return Ok(key),
@@ -265,7 +268,7 @@ impl Keys {
         let next = match self.store.get(tenant).await? {
             Some(StoredKey {
                 next: Some(next), ..
-            }) => Some(self.open(tenant, &next)?),
+            }) => Some(self.open(tenant, &next).await?),
             _ => None,
         };
         Ok(TenantKeys { current, next })
@@ -282,12 +285,13 @@ impl Keys {
                 )));
             };
             if let Some(next) = &stored.next {
-                return self.open(tenant, next);
+                return self.open(tenant, next).await;
             }
             let version = stored.wrapped.version.saturating_add(1);
             let (key, wrapped) = self
                 .keyring
                 .make(tenant, version)
+                .await
                 .map_err(|e| refused(tenant, e))?;
             if self
                 .store
@@ -322,9 +326,10 @@ impl Keys {
         Err(changed_meanwhile(tenant))
     }
 
-    fn open(&self, tenant: &str, wrapped: &WrappedKey) -> Result<DataKey, ServiceError> {
+    async fn open(&self, tenant: &str, wrapped: &WrappedKey) -> Result<DataKey, ServiceError> {
         self.keyring
             .open(tenant, wrapped)
+            .await
             .map_err(|e| refused(tenant, e))
     }
 }

@@ -77,13 +77,16 @@ async fn rewrap(
             return Ok(false);
         }
         let refused = |e: crate::crypto::KeyError| ServiceError::internal(e.to_string());
-        let rewrap = |wrapped| {
-            let key = old.open(tenant, wrapped).map_err(refused)?;
-            new.wrap(&key, tenant).map_err(refused)
+        let rewrap = |wrapped| async move {
+            let key = old.open(tenant, wrapped).await.map_err(refused)?;
+            new.wrap(&key, tenant).await.map_err(refused)
         };
         // The next key of an unfinished rotation is re-wrapped with it.
-        let again = rewrap(&stored.wrapped)?;
-        let next = stored.next.as_ref().map(rewrap).transpose()?;
+        let again = rewrap(&stored.wrapped).await?;
+        let next = match &stored.next {
+            Some(next) => Some(rewrap(next).await?),
+            None => None,
+        };
         if store
             .replace(tenant, &again, next.as_ref(), stored.revision)
             .await?

@@ -78,6 +78,7 @@ pub(super) async fn open_body(
     let key = keys
         .keyring
         .open(tenant.as_str(), &stored.wrapped)
+        .await
         .map_err(|e| ServiceError::unavailable(format!("tenant {tenant}: {e}")))?;
     sealed::open(&key, tenant.as_str(), body)
         .map_err(|e| ServiceError::bad_request(format!("tenant {tenant}: its sealed body: {e}")))
