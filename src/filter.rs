@@ -140,7 +140,8 @@ impl Range {
     }
 }
 
-fn check_key(key: &str) -> Result<String, ServiceError> {
+/// A metadata key a filter may name: 1 to 64 characters of `[A-Za-z0-9_-]`.
+pub fn check_key(key: &str) -> Result<String, ServiceError> {
     let ok = !key.is_empty()
         && key.len() <= MAX_KEY_LEN
         && key

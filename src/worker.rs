@@ -381,9 +381,21 @@ fn encryption_keys(settings: &Settings) -> anyhow::Result<Option<crate::crypto::
     }
     let master = crate::crypto::MasterKey::load(&settings.encryption.master_key_file)?;
     crate::store::create_data_folder(&settings.store.folder)?;
-    // The filesystem can encrypt (else the fix is named), before anything.
-    crate::crypto::fscrypt::Fscrypt::open(&settings.store.folder)?;
-    tracing::info!(master_key = %master.fingerprint(), "encryption at rest: every tenant's folder encrypted with its own key");
+    if settings.encrypts_everything() {
+        // The filesystem can encrypt (else the fix is named), before anything.
+        crate::crypto::fscrypt::Fscrypt::open(&settings.store.folder)?;
+        tracing::info!(master_key = %master.fingerprint(), "encryption at rest: every tenant's folder encrypted with its own key");
+    } else {
+        tracing::warn!(
+            master_key = %master.fingerprint(),
+            backend = ?settings.store.backend,
+            layout = ?settings.store.layout,
+            plaintext_metadata = ?settings.encryption.plaintext_metadata,
+            "encryption at rest: each document's text and metadata sealed with its tenant's key; \
+             the store sees vectors (and the metadata keys listed to filter on): only the edge \
+             per_tenant layout encrypts everything (encryption.require_full refuses this)"
+        );
+    }
     Ok(Some(crate::crypto::Keyring::new(
         master,
         &settings.nats.prefix,

@@ -1088,3 +1088,176 @@ async fn an_export_in_clear_is_opened_by_the_operator_and_moves_to_another_deplo
         .await;
     assert_eq!(got["documents"][0]["text"], format!("{MARKER} 1"), "{got}");
 }
+
+/// Documents of the metadata the next tests seal: a listed key in clear, a
+/// secret one sealed.
+fn docs_with_secrets() -> Value {
+    let docs: Vec<Value> = (0..3)
+        .map(|i| {
+            json!({
+                "doc_id": format!("note-{i}"),
+                "text": format!("{MARKER} {i}"),
+                "metadata": {"kind": "note", "diagnosis": format!("zebra-diagnosis-{i}")},
+                "vector": common::vector(40 + i, 8),
+            })
+        })
+        .collect();
+    json!({ "documents": docs })
+}
+
+fn sealed_documents(s: &mut Settings, key: &Path) {
+    s.encryption.enabled = true;
+    s.encryption.master_key_file = key.to_owned();
+    s.encryption.plaintext_metadata = vec!["kind".into()];
+}
+
+/// What a worker with sealed documents answers: every document whole,
+/// filters on the listed key, a filter on a sealed key refused, a key
+/// rotation and a backup round trip that keep every answer.
+async fn sealed_documents_serve(h: &Harness) {
+    use tenantvec::client::backup as cli;
+    use tenantvec::protocol::ErrorCode;
+    use tenantvec::tenant::TenantId;
+    let query = json!({"vector": common::vector(41, 8), "top_k": 3});
+    let before = h.ok(Verb::Search, "alice", query.clone()).await;
+    assert_eq!(before["results"][0]["doc_id"], "note-1", "{before}");
+    assert_eq!(before["results"][0]["text"], format!("{MARKER} 1"));
+    assert_eq!(
+        before["results"][0]["metadata"],
+        json!({"kind": "note", "diagnosis": "zebra-diagnosis-1"})
+    );
+    let got = h
+        .ok(Verb::Get, "alice", json!({"doc_ids": ["note-2"]}))
+        .await;
+    assert_eq!(
+        got["documents"][0]["metadata"]["diagnosis"],
+        "zebra-diagnosis-2"
+    );
+    let listed = json!({"filter": {"kind": "note"}});
+    assert_eq!(h.ok(Verb::Count, "alice", listed).await["count"], 3);
+    let said = h
+        .fails(
+            Verb::Count,
+            "alice",
+            json!({"filter": {"diagnosis": "zebra-diagnosis-1"}}),
+            ErrorCode::BadRequest,
+        )
+        .await;
+    assert!(said.contains("encrypted"), "{said}");
+    // Another tenant's point: its text is its own.
+    h.ok(Verb::Upsert, "bob", docs()).await;
+    assert_eq!(h.ok(Verb::Count, "alice", json!({})).await["count"], 3);
+
+    let rotated = common::json_output(&mut common::cli_command(
+        &h.nats.url(),
+        &["keys", "rotate", "alice"],
+    ));
+    assert_eq!(rotated["key_version"], 2, "{rotated}");
+    assert_eq!(h.ok(Verb::Search, "alice", query.clone()).await, before);
+    let alice = TenantId::parse("alice").unwrap();
+    cli::backup(&h.client, &alice, Some("sealed"))
+        .await
+        .unwrap();
+    h.ok(Verb::Delete, "alice", json!({"doc_ids": ["note-0"]}))
+        .await;
+    cli::restore(&h.client, &alice, None, None, false)
+        .await
+        .unwrap();
+    assert_eq!(h.ok(Verb::Search, "alice", query).await, before);
+}
+
+/// The edge store's shared layout holds every tenant in one shard, so the
+/// kernel cannot encrypt per tenant: each document's text and metadata are
+/// sealed with its tenant's key instead, but for the keys listed to filter
+/// on. The stored files hold neither the text nor a sealed value; the
+/// control (encryption off) finds both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_the_shared_layout_text_and_metadata_are_sealed_but_listed_keys() {
+    use tenantvec::config::Layout;
+    let keys = tempfile::tempdir().unwrap();
+    let key = master_key(keys.path(), "master.key");
+    for encrypted in [false, true] {
+        let mut h = Harness::start_with(|s| {
+            s.store.layout = Layout::Shared;
+            if encrypted {
+                sealed_documents(s, &key);
+            }
+        })
+        .await;
+        h.ok(Verb::Upsert, "alice", docs_with_secrets()).await;
+        if encrypted {
+            sealed_documents_serve(&h).await;
+        }
+        h.stop_worker().unwrap();
+        let holds = |needle: &str| {
+            files(&h.settings.store.folder).iter().any(|f| {
+                std::fs::read(f)
+                    .map(|raw| raw.windows(needle.len()).any(|w| w == needle.as_bytes()))
+                    .unwrap_or(false)
+            })
+        };
+        assert_eq!(
+            holds("zebra-marker"),
+            !encrypted,
+            "encrypted {encrypted}: the text"
+        );
+        assert_eq!(
+            holds("zebra-diagnosis"),
+            !encrypted,
+            "encrypted {encrypted}: a sealed metadata value"
+        );
+        if encrypted {
+            h.start_worker().await;
+            let found = h
+                .ok(Verb::Get, "alice", json!({"doc_ids": ["note-1"]}))
+                .await;
+            assert_eq!(found["documents"][0]["text"], format!("{MARKER} 1"));
+        }
+    }
+    // require_full refuses the combination, when the settings load.
+    let refused = Settings::load(
+        None,
+        vec![
+            ("store.layout", json!("shared")),
+            ("encryption.enabled", json!(true)),
+            ("encryption.master_key_file", json!(key)),
+            ("encryption.require_full", json!(true)),
+        ],
+    )
+    .expect_err("require_full loaded with the shared layout");
+    let said = format!("{refused:#}");
+    assert!(said.contains("require_full"), "{said}");
+}
+
+/// The same on the Qdrant server (with `QDRANT_URL`): its stored payloads,
+/// as the server returns them, hold no text and no sealed metadata value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_qdrant_server_text_and_metadata_are_sealed_but_listed_keys() {
+    use common::qdrant as server;
+    use tenantvec::config::{Backend, Layout};
+    let test = "on_the_qdrant_server_text_and_metadata_are_sealed_but_listed_keys";
+    let Some(url) = server::url_or_skip(test) else {
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let key = master_key(keys.path(), "master.key");
+    for layout in [Layout::PerTenant, Layout::Shared] {
+        let space = server::Space::new(&url);
+        let h = Harness::start_with(|s| {
+            s.store.backend = Backend::Qdrant;
+            s.store.layout = layout;
+            server::configure(s, &url, &space);
+            sealed_documents(s, &key);
+        })
+        .await;
+        h.ok(Verb::Upsert, "alice", docs_with_secrets()).await;
+        sealed_documents_serve(&h).await;
+        let stored = space.payloads();
+        assert!(
+            stored.contains("note"),
+            "{layout:?}: the listed key's value"
+        );
+        assert!(!stored.contains("zebra-marker"), "{layout:?}: {stored}");
+        assert!(!stored.contains("zebra-diagnosis"), "{layout:?}: {stored}");
+    }
+}

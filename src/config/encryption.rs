@@ -15,4 +15,14 @@ pub struct EncryptionSettings {
     /// The master key: a file of 32 random bytes, mode 0600
     /// (`tenantvec keys new --out FILE`).
     pub master_key_file: PathBuf,
+    /// The shared layout and the Qdrant backend: the metadata keys kept in
+    /// clear (so that filters can use them); every other key, and the text,
+    /// is sealed with the tenant's key.
+    #[serde(default)]
+    pub plaintext_metadata: Vec<String>,
+    /// Refuse to start where anything of a tenant's would be readable to
+    /// the store: the shared layout and the Qdrant backend, which must see
+    /// vectors (and the keys of `plaintext_metadata`).
+    #[serde(default)]
+    pub require_full: bool,
 }

@@ -93,6 +93,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("TENANTVEC_WORKER_THREADS", "worker.threads"),
     ("TENANTVEC_ENCRYPTION", "encryption.enabled"),
     ("TENANTVEC_MASTER_KEY_FILE", "encryption.master_key_file"),
+    (
+        "TENANTVEC_ENCRYPTION_REQUIRE_FULL",
+        "encryption.require_full",
+    ),
     ("RUST_LOG", "log.filter"),
 ];
 
@@ -124,6 +128,14 @@ fn defaults_name() -> std::borrow::Cow<'static, str> {
 pub type Overrides = Vec<(&'static str, serde_json::Value)>;
 
 impl Settings {
+    /// With `encryption.enabled`: whether everything of a tenant's is
+    /// encrypted (the kernel encrypts each tenant's folder: the edge store's
+    /// per_tenant layout), rather than its documents' text and metadata
+    /// only (a store that holds every tenant together).
+    pub fn encrypts_everything(&self) -> bool {
+        self.store.backend == Backend::Edge && self.store.layout == Layout::PerTenant
+    }
+
     /// Defaults, then `file`, then the environment, then `overrides`.
     pub fn load(file: Option<&Path>, overrides: Overrides) -> anyhow::Result<Self> {
         let mut figment = Figment::new().merge(Toml::string(DEFAULT_TOML));

@@ -221,19 +221,23 @@ impl Settings {
                 "needs tenants.registry: each tenant's wrapped key is kept in its record".into()
             })?;
             check(
-                s.store.backend == super::Backend::Edge
-                    && s.store.layout == super::Layout::PerTenant,
-                "encryption.enabled",
+                !e.require_full || s.encrypts_everything(),
+                "encryption.require_full",
                 || {
                     format!(
-                        "is built for the edge store's per_tenant layout (the kernel encrypts each \
-                         tenant's folder); with backend {:?} and layout {:?} the engine holds \
-                         every tenant's data together, and per-tenant encryption of it is not \
-                         built yet: refused rather than left unencrypted",
+                        "with backend {:?} and layout {:?} the store holds every tenant's data \
+                         together and must see vectors to search them (and the metadata keys \
+                         of encryption.plaintext_metadata): only text and metadata are \
+                         encrypted there. Everything is encrypted only in the edge store's \
+                         per_tenant layout; or set encryption.require_full = false",
                         s.store.backend, s.store.layout
                     )
                 },
             )?;
+            for key in &e.plaintext_metadata {
+                crate::filter::check_key(key)
+                    .map_err(|err| Invalid::new("encryption.plaintext_metadata", err.message))?;
+            }
         }
         crate::protocol::check_prefix(&s.nats.prefix)
             .map_err(|m| Invalid::new("nats.prefix", m))?;

@@ -13,6 +13,7 @@
 //! bytes reach a log, an error or a reply: keys print as their fingerprints.
 
 pub mod data_key;
+pub mod document;
 pub mod fscrypt;
 pub mod keyring;
 pub mod keys_added;

@@ -154,7 +154,7 @@ impl EdgeFactory {
                 Some(Arc::new(shard))
             }
         };
-        let encryption = match settings.encryption.enabled {
+        let encryption = match settings.encryption.enabled && settings.encrypts_everything() {
             true => Some(EncryptedFolders::open(root)?),
             false => None,
         };

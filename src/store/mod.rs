@@ -15,6 +15,7 @@ pub mod memory;
 pub mod page_cache;
 pub mod payload;
 pub mod qdrant;
+pub mod sealed;
 pub mod shard;
 
 use std::sync::Arc;
@@ -206,10 +207,19 @@ pub trait StoreFactory: Send + Sync {
 
 /// The factory for the configured backend.
 pub fn factory(settings: &Settings) -> anyhow::Result<Arc<dyn StoreFactory>> {
-    match settings.store.backend {
-        Backend::Edge => Ok(Arc::new(edge::EdgeFactory::new(settings)?)),
-        Backend::Qdrant => Ok(Arc::new(qdrant::QdrantFactory::new(settings)?)),
+    let backend: Arc<dyn StoreFactory> = match settings.store.backend {
+        Backend::Edge => Arc::new(edge::EdgeFactory::new(settings)?),
+        Backend::Qdrant => Arc::new(qdrant::QdrantFactory::new(settings)?),
+    };
+    // Encryption where the kernel cannot encrypt per tenant: each
+    // document's text and metadata sealed before they reach the store.
+    if settings.encryption.enabled && !settings.encrypts_everything() {
+        return Ok(Arc::new(sealed::SealingFactory::new(
+            backend,
+            &settings.encryption.plaintext_metadata,
+        )));
     }
+    Ok(backend)
 }
 
 /// `dimension_mismatch` unless `vector` has the store's `dimension`.

@@ -132,6 +132,30 @@ impl Space {
     }
 }
 
+impl Space {
+    /// Every stored payload of every collection under this prefix, as text
+    /// (the server's own view of what it holds).
+    pub fn payloads(&self) -> String {
+        use qdrant_client::qdrant::ScrollPointsBuilder;
+        let mut out = String::new();
+        for name in self.collections() {
+            let points = with_client(&self.url, |c| async move {
+                c.scroll(
+                    ScrollPointsBuilder::new(name)
+                        .limit(10_000)
+                        .with_payload(true),
+                )
+                .await
+            })
+            .expect("scroll a collection");
+            for p in points.result {
+                out.push_str(&format!("{:?}\n", p.payload));
+            }
+        }
+        out
+    }
+}
+
 impl Drop for Space {
     fn drop(&mut self) {
         if self.url.is_empty() {
