@@ -163,6 +163,26 @@ fn master_key(dir: &Path, name: &str) -> PathBuf {
     path
 }
 
+/// A worker with encryption on, on an encrypted ext4 image of its own,
+/// with a new master key (kept in `keys`).
+struct Encrypted {
+    fs: Ext4,
+    keys: tempfile::TempDir,
+    key: PathBuf,
+    h: Harness,
+}
+
+impl Encrypted {
+    /// `None` when `test` cannot make the image (it said why).
+    async fn start(test: &str) -> Option<Self> {
+        let fs = Ext4::make(test, true)?;
+        let keys = tempfile::tempdir().unwrap();
+        let key = master_key(keys.path(), "master.key");
+        let h = Harness::start_with(|s| encrypted(s, &fs, &key)).await;
+        Some(Self { fs, keys, key, h })
+    }
+}
+
 fn encrypted(s: &mut Settings, fs: &Ext4, key: &Path) {
     s.store.folder = fs.data();
     s.encryption.enabled = true;
@@ -213,12 +233,15 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_is_unreadable_at_rest_and_opens_again_with_its_master_key() {
     let test = "a_tenant_is_unreadable_at_rest_and_opens_again_with_its_master_key";
-    let Some(mut fs) = Ext4::make(test, true) else {
+    let Some(Encrypted {
+        mut fs,
+        keys,
+        key,
+        mut h,
+    }) = Encrypted::start(test).await
+    else {
         return;
     };
-    let keys = tempfile::tempdir().unwrap();
-    let key = master_key(keys.path(), "master.key");
-    let mut h = Harness::start_with(|s| encrypted(s, &fs, &key)).await;
     h.ok(Verb::Upsert, "alice", docs()).await;
     let stored = h
         .ok(
@@ -742,12 +765,15 @@ fn jetstream_store_holds(h: &Harness, needle: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drop_destroys_the_tenants_key_and_every_copy_of_it() {
     let test = "a_drop_destroys_the_tenants_key_and_every_copy_of_it";
-    let Some(fs) = Ext4::make(test, true) else {
+    let Some(Encrypted {
+        fs,
+        keys: _keys,
+        key: _key,
+        mut h,
+    }) = Encrypted::start(test).await
+    else {
         return;
     };
-    let keys = tempfile::tempdir().unwrap();
-    let key = master_key(keys.path(), "master.key");
-    let mut h = Harness::start_with(|s| encrypted(s, &fs, &key)).await;
     h.ok(Verb::Upsert, "alice", docs()).await;
     h.ok(Verb::Upsert, "bob", docs()).await;
     let alice = sealed_key(&h, "alice").await.expect("alice has a key");
@@ -836,12 +862,15 @@ async fn a_backup_is_sealed_with_the_tenants_key_and_no_longer_restores_after_a_
     use tenantvec::client::backup as cli;
     use tenantvec::tenant::TenantId;
     let test = "a_backup_is_sealed_with_the_tenants_key_and_no_longer_restores_after_a_drop";
-    let Some(fs) = Ext4::make(test, true) else {
+    let Some(Encrypted {
+        fs: _fs,
+        keys: _keys,
+        key: _key,
+        h,
+    }) = Encrypted::start(test).await
+    else {
         return;
     };
-    let keys = tempfile::tempdir().unwrap();
-    let key = master_key(keys.path(), "master.key");
-    let h = Harness::start_with(|s| encrypted(s, &fs, &key)).await;
     let alice = TenantId::parse("alice").unwrap();
     h.ok(Verb::Upsert, "alice", docs()).await;
     let backup = cli::backup(&h.client, &alice, Some("before"))
@@ -878,12 +907,15 @@ async fn a_backup_is_sealed_with_the_tenants_key_and_no_longer_restores_after_a_
 async fn a_dead_letter_is_sealed_with_the_tenants_key_and_replays() {
     use base64::Engine as _;
     let test = "a_dead_letter_is_sealed_with_the_tenants_key_and_replays";
-    let Some(fs) = Ext4::make(test, true) else {
+    let Some(Encrypted {
+        fs: _fs,
+        keys: _keys,
+        key: _key,
+        mut h,
+    }) = Encrypted::start(test).await
+    else {
         return;
     };
-    let keys = tempfile::tempdir().unwrap();
-    let key = master_key(keys.path(), "master.key");
-    let mut h = Harness::start_with(|s| encrypted(s, &fs, &key)).await;
     let js = h.jetstream().await;
     // Vectors of 4 dimensions to a worker of 8: refused for good.
     let body = serde_json::to_vec(&json!({"documents": [
@@ -966,12 +998,15 @@ async fn rotating_a_tenants_key_reencrypts_its_data_and_erases_the_old_key() {
     use tenantvec::client::backup as cli;
     use tenantvec::tenant::TenantId;
     let test = "rotating_a_tenants_key_reencrypts_its_data_and_erases_the_old_key";
-    let Some(fs) = Ext4::make(test, true) else {
+    let Some(Encrypted {
+        fs,
+        keys: _keys,
+        key,
+        mut h,
+    }) = Encrypted::start(test).await
+    else {
         return;
     };
-    let keys = tempfile::tempdir().unwrap();
-    let key = master_key(keys.path(), "master.key");
-    let mut h = Harness::start_with(|s| encrypted(s, &fs, &key)).await;
     h.ok(Verb::Upsert, "alice", docs()).await;
     h.ok(Verb::Upsert, "bob", docs()).await;
     let query = json!({"vector": common::vector(41, 8), "top_k": 3});
@@ -1039,12 +1074,15 @@ async fn rotating_a_tenants_key_reencrypts_its_data_and_erases_the_old_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_in_clear_is_opened_by_the_operator_and_moves_to_another_deployment() {
     let test = "an_export_in_clear_is_opened_by_the_operator_and_moves_to_another_deployment";
-    let Some(fs) = Ext4::make(test, true) else {
+    let Some(Encrypted {
+        fs: _fs,
+        keys: _keys,
+        key,
+        h,
+    }) = Encrypted::start(test).await
+    else {
         return;
     };
-    let keys = tempfile::tempdir().unwrap();
-    let key = master_key(keys.path(), "master.key");
-    let h = Harness::start_with(|s| encrypted(s, &fs, &key)).await;
     h.ok(Verb::Upsert, "alice", docs()).await;
     let out = tempfile::tempdir().unwrap();
     let (sealed, clear) = (out.path().join("sealed"), out.path().join("clear.jsonl"));
