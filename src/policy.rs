@@ -197,6 +197,12 @@ impl RateLimiter {
         self.rate
     }
 
+    /// How long until the bucket holds a token again (as of the last try).
+    pub fn wait(&self) -> std::time::Duration {
+        let missing = (1.0 - self.tokens).max(0.0);
+        std::time::Duration::from_secs_f64(missing / self.rate.max(f64::MIN_POSITIVE))
+    }
+
     /// Take one token if there is one.
     pub fn try_acquire(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();

@@ -79,6 +79,7 @@ fn error_name(e: &ClientError) -> String {
     match e {
         ClientError::Service(s) => s.code.to_string(),
         ClientError::NoWorker { .. } => "no_worker".into(),
+        ClientError::TimedOut { .. } => "timeout".into(),
         ClientError::Other(e) => {
             let text = e.to_string();
             if text.contains("timed out") {

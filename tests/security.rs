@@ -25,7 +25,9 @@ fn as_user(base: &Settings, user: &str, password: &str) -> Settings {
 fn refused(outcome: Result<serde_json::Value, ClientError>) -> bool {
     matches!(
         outcome,
-        Err(ClientError::Other(_)) | Err(ClientError::NoWorker { .. })
+        Err(ClientError::Other(_))
+            | Err(ClientError::NoWorker { .. })
+            | Err(ClientError::TimedOut { .. })
     )
 }
 

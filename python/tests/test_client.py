@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from pathlib import Path
 
 import nats
 import pytest
@@ -23,9 +24,9 @@ from tenantvec import (
     TooLarge,
     Unavailable,
 )
-from tenantvec.client import encode_vector_base64
+from tenantvec.client import encode_vector_base64, retry_wait
 
-from .conftest import Worker, free_port, new_tenant
+from .conftest import NatsServer, Worker, _stop, free_port, new_tenant, start_worker
 
 DOCS = [
     {"doc_id": "n1", "text": "slept 8 hours, deep sleep", "metadata": {"category": "health", "hours": 8}},
@@ -165,28 +166,70 @@ def test_quota(text_client: SyncTenantVecClient, text_worker: Worker) -> None:
     assert text_client.count(tenant) == 2
 
 
-def test_rate_limit(text_client: SyncTenantVecClient, text_worker: Worker) -> None:
+def test_rate_limit(text_worker: Worker) -> None:
     tenant = new_tenant("rate")
     text_worker.tenant_config(tenant, {"max_rps": 2})
     limited = None
-    for _ in range(50):
-        try:
-            text_client.count(tenant)
-        except RateLimited as e:
-            limited = e
-            break
-    assert limited is not None, "50 requests at once never hit a limit of 2 per second"
-    assert limited.code == "rate_limited" and limited.status == 429 and limited.retryable
-    time.sleep(1.1)
-    assert text_client.count(tenant) == 0  # the bucket refills
+    with SyncTenantVecClient(url=text_worker.url, prefix=text_worker.prefix, retry_deadline=0) as once:
+        for _ in range(50):
+            try:
+                once.count(tenant)
+            except RateLimited as e:
+                limited = e
+                break
+        assert limited is not None, "50 requests at once never hit a limit of 2 per second"
+        assert limited.code == "rate_limited" and limited.status == 429 and limited.retryable
+        # The worker says when a token is back: within half a second at 2 per second.
+        assert limited.retry_after is not None and 0 < limited.retry_after <= 0.5
+        time.sleep(1.1)
+        assert once.count(tenant) == 0  # the bucket refills
+
+
+def test_a_retrying_client_rides_out_the_rate_limit(text_worker: Worker) -> None:
+    tenant = new_tenant("paced")
+    text_worker.tenant_config(tenant, {"max_rps": 4})
+    with SyncTenantVecClient(url=text_worker.url, prefix=text_worker.prefix, retry_deadline=10) as tv:
+        started = time.monotonic()
+        for _ in range(12):
+            assert tv.count(tenant) == 0  # none refused: each waits its turn
+        took = time.monotonic() - started
+    # 12 requests at 4 per second, 4 of them at once from a full bucket.
+    assert took >= 1.5, took
+
+
+def test_retry_wait() -> None:
+    assert retry_wait(1, 1.0) == pytest.approx(0.05)
+    assert retry_wait(2, 1.0) == pytest.approx(0.1)
+    assert retry_wait(3, 0.5) == pytest.approx(0.1)
+    assert retry_wait(30, 1.0) == pytest.approx(1.0)
+    assert retry_wait(1, 0.0) == 0.0
+    assert retry_wait(1, 1.0, hint=0.7) == pytest.approx(0.7)
 
 
 def test_no_worker(nats_server: object, vec_worker: Worker) -> None:
-    with SyncTenantVecClient(url=vec_worker.url, prefix="nobody-here") as tv, pytest.raises(NoWorker) as e:
+    with (
+        SyncTenantVecClient(url=vec_worker.url, prefix="nobody-here", retry_deadline=0) as tv,
+        pytest.raises(NoWorker) as e,
+    ):
         tv.count("alice")
     assert "nobody-here" in str(e.value) and not e.value.timed_out and e.value.retryable
     with pytest.raises(ConnectError):
         SyncTenantVecClient(url=f"nats://127.0.0.1:{free_port()}", connect_timeout=1)
+
+
+async def test_a_request_sent_before_its_worker_starts_lands_once_it_is_up(
+    nats_server: NatsServer, tmp_root: Path
+) -> None:
+    prefix = "tvlate"
+    async with TenantVecClient(url=nats_server.url, prefix=prefix, retry_deadline=30) as tv:
+        asked = asyncio.create_task(tv.count("alice"))
+        await asyncio.sleep(0.5)
+        assert not asked.done()  # no worker yet: tried again and again
+        worker = await asyncio.to_thread(start_worker, nats_server, tmp_root, prefix, 8)
+        try:
+            assert await asyncio.wait_for(asked, timeout=30) == 0
+        finally:
+            _stop(worker.proc)
 
 
 async def test_reply_timeout(vec_worker: Worker) -> None:
@@ -194,7 +237,7 @@ async def test_reply_timeout(vec_worker: Worker) -> None:
     try:
         await nc.subscribe("silent.count.alice")  # takes the request, never replies
         await nc.flush()
-        async with TenantVecClient(url=vec_worker.url, prefix="silent", request_timeout=0.3) as tv:
+        async with TenantVecClient(url=vec_worker.url, prefix="silent", request_timeout=0.3, retry_deadline=0) as tv:
             with pytest.raises(NoWorker) as e:
                 await tv.count("alice")
         assert e.value.timed_out

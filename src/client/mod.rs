@@ -9,6 +9,7 @@
 pub mod backup;
 pub mod backup_all;
 pub mod deadletter;
+pub mod retry;
 pub mod tenants;
 
 use std::collections::{HashMap, VecDeque};
@@ -45,6 +46,8 @@ pub enum ClientError {
     Service(ServiceError),
     #[error("no tenantvec worker answers on {subject} (is one running with prefix {prefix:?}?)")]
     NoWorker { subject: String, prefix: String },
+    #[error("no reply on {subject} in time (nats.request_timeout): the worker is busy or gone")]
+    TimedOut { subject: String },
     #[error("{0}")]
     Other(#[from] anyhow::Error),
 }
@@ -52,6 +55,9 @@ pub enum ClientError {
 pub struct Client {
     nats: async_nats::Client,
     subjects: Subjects,
+    /// How long after its first try a request safe to repeat is tried
+    /// again while its failure may pass ([`retry`]).
+    retry_deadline: std::time::Duration,
 }
 
 impl Client {
@@ -69,6 +75,7 @@ impl Client {
         Ok(Self {
             nats: crate::transport::connect(&settings.nats).await?,
             subjects: Subjects::new(&settings.nats.prefix),
+            retry_deadline: settings.nats.retry_deadline,
         })
     }
 
@@ -120,6 +127,9 @@ impl Client {
                     prefix: self.subjects.prefix().to_owned(),
                 })
             }
+            Err(e) if e.kind() == async_nats::client::RequestErrorKind::TimedOut => {
+                return Err(ClientError::TimedOut { subject })
+            }
             Err(e) => return Err(anyhow::anyhow!("request on {subject} failed: {e}").into()),
         };
         let is_error = reply
@@ -142,11 +152,47 @@ impl Client {
         body: &Value,
     ) -> Result<Value, ClientError> {
         check_tenant(tenant)?;
-        self.request(self.subjects.tenant(verb, tenant), body).await
+        let subject = self.subjects.tenant(verb, tenant);
+        self.request_as(retry::Request::Tenant(verb), subject, body)
+            .await
     }
 
     pub async fn admin(&self, verb: AdminVerb, body: &Value) -> Result<Value, ClientError> {
-        self.request(self.subjects.admin(verb), body).await
+        let subject = self.subjects.admin(verb);
+        self.request_as(retry::Request::Admin(verb), subject, body)
+            .await
+    }
+
+    /// [`Client::request`] of a `kind` of request, tried again while its
+    /// failure may pass, if it is safe to send twice: after a jittered wait
+    /// (at least what a `rate_limited` reply asks for), as long as the next
+    /// try starts within `nats.retry_deadline` of the first.
+    pub async fn request_as(
+        &self,
+        kind: retry::Request,
+        subject: String,
+        body: &impl serde::Serialize,
+    ) -> Result<Value, ClientError> {
+        let payload = Bytes::from(serde_json::to_vec(body).map_err(anyhow::Error::from)?);
+        let started = Instant::now();
+        let mut tries = 0u32;
+        loop {
+            let error = match self.request_bytes(subject.clone(), payload.clone()).await {
+                Ok(reply) => return Ok(reply),
+                Err(e) => e,
+            };
+            tries += 1;
+            let (passes, hint) = retry::may_pass(&error);
+            if !passes || !retry::safe_to_repeat(kind) {
+                return Err(error);
+            }
+            let wait = retry::wait(tries, retry::jitter(), hint);
+            if started.elapsed() + wait > self.retry_deadline {
+                return Err(error);
+            }
+            tracing::debug!(%subject, tries, ?wait, %error, "retrying");
+            tokio::time::sleep(wait).await;
+        }
     }
 
     /// Upload a `docs.jsonl` file (one document per line) to `tenant` with
@@ -313,7 +359,11 @@ impl Client {
             documents: &documents,
         };
         let reply = self
-            .request(self.subjects.tenant(Verb::Upsert, tenant), &body)
+            .request_as(
+                retry::Request::Tenant(Verb::Upsert),
+                self.subjects.tenant(Verb::Upsert, tenant),
+                &body,
+            )
             .await?;
         Ok(reply["upserted"].as_u64().unwrap_or(0))
     }

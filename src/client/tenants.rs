@@ -7,6 +7,7 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::client::retry::Request;
 use crate::client::{check_tenant, Client, ClientError};
 use crate::protocol::{TenantsOp, MAX_TENANTS_PAGE};
 
@@ -46,7 +47,10 @@ pub async fn one(
     if let Some(settings) = settings {
         body["settings"] = Value::Object(settings);
     }
-    client.request(client.subjects().tenants(op), &body).await
+    let subject = client.subjects().tenants(op);
+    client
+        .request_as(Request::Tenants(op), subject, &body)
+        .await
 }
 
 /// Every record whose id starts with `prefix` (in `state`, if given), page
@@ -67,7 +71,8 @@ pub async fn list(
             "limit": page.clamp(1, MAX_TENANTS_PAGE),
         });
         let reply = client
-            .request(
+            .request_as(
+                Request::Tenants(TenantsOp::List),
                 client.subjects().tenants(TenantsOp::List),
                 &strip_nulls(body),
             )

@@ -54,6 +54,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("NATS_TLS_KEY", "nats.tls_key_file"),
     ("NATS_INBOX_PREFIX", "nats.inbox_prefix"),
     ("TENANTVEC_REQUEST_TIMEOUT", "nats.request_timeout"),
+    ("TENANTVEC_RETRY_DEADLINE", "nats.retry_deadline"),
     ("VECTOR_STORE_POOL_SIZE", "pool.size"),
     ("VECTOR_STORE_TTL_SECONDS", "pool.ttl"),
     ("TENANTVEC_BACKEND", "store.backend"),

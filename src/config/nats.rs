@@ -39,6 +39,11 @@ pub struct NatsSettings {
     pub inbox_prefix: String,
     #[serde(with = "duration")]
     pub request_timeout: Duration,
+    /// Clients: how long after a request's first try it is tried again,
+    /// when it is safe to repeat and its failure may pass (no worker, no
+    /// reply in time, `unavailable`, `rate_limited`); 0 turns retries off.
+    #[serde(with = "duration")]
+    pub retry_deadline: Duration,
     #[serde(with = "duration")]
     pub discovery_timeout: Duration,
     /// Copies JetStream keeps of every stream and bucket the worker creates.

@@ -98,13 +98,34 @@ impl fmt::Display for ErrorCode {
 pub struct ServiceError {
     pub code: ErrorCode,
     pub message: String,
+    /// With `rate_limited`: how long to wait before the next try is
+    /// likely to be admitted, in milliseconds (clients' retries honour it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+impl ServiceError {
+    /// The same error, saying how long to wait before a retry.
+    pub fn retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after_ms = Some(wait.as_millis().clamp(1, u64::MAX as u128) as u64);
+        self
+    }
+
+    /// The same code and hint, with `message` instead.
+    pub fn with_message(&self, message: String) -> Self {
+        Self {
+            code: self.code,
+            message,
+            retry_after_ms: self.retry_after_ms,
+        }
+    }
 }
 
 macro_rules! constructors {
     ($($name:ident => $code:ident),* $(,)?) => {
         impl ServiceError {
             $(pub fn $name(message: impl Into<String>) -> Self {
-                Self { code: ErrorCode::$code, message: message.into() }
+                Self { code: ErrorCode::$code, message: message.into(), retry_after_ms: None }
             })*
         }
     };

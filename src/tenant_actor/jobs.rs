@@ -158,13 +158,10 @@ pub(super) fn apply_upserts(
     for w in writes {
         let _entered = w.span.enter();
         if let Some(e) = w.chain.and_then(|c| stopped.get(&c)) {
-            w.reply.send(Err(ServiceError {
-                code: e.code,
-                message: format!(
-                    "not applied: an earlier message failed first ({})",
-                    e.message
-                ),
-            }));
+            w.reply.send(Err(e.with_message(format!(
+                "not applied: an earlier message failed first ({})",
+                e.message
+            ))));
             continue;
         }
         let n = w.docs.len();

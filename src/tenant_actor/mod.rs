@@ -798,11 +798,12 @@ impl TenantActor {
         let mut env = env;
         if let Some(limiter) = self.limiter.as_mut() {
             let rate = limiter.rate();
-            let limited = || {
+            let tenant = &self.tenant;
+            let limited = |wait| {
                 ServiceError::rate_limited(format!(
-                    "tenant {} sends more than {rate} requests per second",
-                    self.tenant,
+                    "tenant {tenant} sends more than {rate} requests per second",
                 ))
+                .retry_after(wait)
             };
             let now = Instant::now();
             if let Command::Ingest(parts) = &mut env.command {
@@ -813,7 +814,7 @@ impl TenantActor {
                     .iter()
                     .take_while(|_| limiter.try_acquire(now))
                     .count();
-                let limited = limited();
+                let limited = limited(limiter.wait());
                 for part in parts.drain(admitted..) {
                     part.reply.send(Err(limited.clone()));
                 }
@@ -822,7 +823,7 @@ impl TenantActor {
                     return;
                 }
             } else if !limiter.try_acquire(now) {
-                env.reply.send(Err(limited()));
+                env.reply.send(Err(limited(limiter.wait())));
                 return;
             }
         }

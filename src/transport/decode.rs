@@ -97,10 +97,8 @@ fn check_doc(doc: &Doc, limits: &Limits) -> Result<(), ServiceError> {
     }
     check_metadata(doc, limits)?;
     match &doc.vector {
-        Some(v) => check_vector(v).map_err(|e| ServiceError {
-            code: e.code,
-            message: format!("document {:?}: {}", doc.doc_id, e.message),
-        }),
+        Some(v) => check_vector(v)
+            .map_err(|e| e.with_message(format!("document {:?}: {}", doc.doc_id, e.message))),
         None if doc.text.is_none() => Err(ServiceError::bad_request(format!(
             "document {:?} needs text or a vector",
             doc.doc_id

@@ -225,6 +225,8 @@ pub fn settings(nats_url: &str, data: &Path) -> Settings {
     let mut s = Settings::defaults();
     s.nats.url = nats_url.to_owned();
     s.nats.request_timeout = Duration::from_secs(20);
+    // Tests see each failure as it comes; tests/retry.rs turns retries on.
+    s.nats.retry_deadline = Duration::ZERO;
     s.store.folder = data.to_owned();
     s.store.dimension = 8;
     s.worker.threads = 2;

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import enum
 import json
+import random
 import re
 import sys
 import time
@@ -32,8 +33,10 @@ from .errors import (
     ConnectError,
     InvalidTenant,
     NoWorker,
+    RateLimited,
     ServiceError,
     TooLarge,
+    Unavailable,
     error_for,
 )
 from .settings import ConnectionSettings, is_valid_tenant
@@ -404,8 +407,29 @@ class TenantVecClient:
             ) from None
         return _decode_reply(subject, reply)
 
+    async def request_retrying(self, subject: str, body: Mapping[str, Any] | bytes) -> Any:
+        """:meth:`request`, tried again while its failure may pass: no worker
+        answers or no reply in time (:class:`NoWorker`), :class:`Unavailable`,
+        :class:`RateLimited` (after at least the wait the worker asks). The
+        waits are jittered, from 50 ms doubling to 1 s, and a try starts only
+        within ``retry_deadline`` seconds of the first (0: no retries). Only
+        for requests that are safe to send twice: not ``export``, not
+        ``tenants.create`` or ``tenants.delete``."""
+        started = time.monotonic()
+        tries = 0
+        while True:
+            try:
+                return await self.request(subject, body)
+            except (NoWorker, Unavailable, RateLimited) as e:
+                tries += 1
+                hint = e.retry_after if isinstance(e, RateLimited) else None
+                wait = retry_wait(tries, random.random(), hint)
+                if time.monotonic() - started + wait > self.settings.retry_deadline:
+                    raise
+                await asyncio.sleep(wait)
+
     async def _tenant(self, verb: str, tenant: str, body: Mapping[str, Any] | bytes) -> Any:
-        return await self.request(self.subject(verb, tenant), body)
+        return await self.request_retrying(self.subject(verb, tenant), body)
 
     async def upsert(self, tenant: str, documents: Iterable[Mapping[str, Any]]) -> int:
         """Insert or replace documents (by ``doc_id``), acknowledged once durable.
@@ -487,22 +511,25 @@ class TenantVecClient:
 
     async def stats(self) -> dict[str, Any]:
         """The worker's pool statistics (``admin.stats``)."""
-        return dict(await self.request(self.subject("admin", "stats"), {}))
+        return dict(await self.request_retrying(self.subject("admin", "stats"), {}))
 
     async def cleanup(self) -> int:
         """Stop every tenant actor idle longer than the TTL now; returns how many."""
-        reply = await self.request(self.subject("admin", "cleanup"), {})
+        reply = await self.request_retrying(self.subject("admin", "cleanup"), {})
         return int(reply.get("expired", 0))
 
     async def evict(self, tenant: str | None = None) -> int:
         """Stop the actor of ``tenant`` (or of every tenant), keeping its data."""
-        reply = await self.request(self.subject("admin", "evict"), {"tenant": tenant} if tenant else {})
+        reply = await self.request_retrying(self.subject("admin", "evict"), {"tenant": tenant} if tenant else {})
         return int(reply.get("evicted", 0))
 
     # -- the tenant registry ----------------------------------------------
 
     async def _tenants(self, op: str, body: Mapping[str, Any]) -> Any:
-        return await self.request(f"{self.prefix}.admin.tenants.{op}", body)
+        subject = f"{self.prefix}.admin.tenants.{op}"
+        if op in _NOT_SAFE_TO_REPEAT:
+            return await self.request(subject, body)
+        return await self.request_retrying(subject, body)
 
     def _record(self, op: str, reply: Any) -> TenantRecord:
         try:
@@ -755,12 +782,31 @@ class TenantVecClient:
             )
 
 
+_NOT_SAFE_TO_REPEAT: Final = frozenset({"create", "delete"})
+"""Registry operations a retry could turn into a wrong answer: a second
+``create`` finds the tenant the first made, a second ``delete`` finds none."""
+
+_FIRST_WAIT: Final = 0.05
+_MAX_WAIT: Final = 1.0
+
+
+def retry_wait(tries: int, jitter: float, hint: float | None = None) -> float:
+    """Seconds to wait before try ``tries + 1`` after ``tries`` failed ones: a
+    uniform draw (``jitter`` in [0, 1)) up to 50 ms doubled each try, at most
+    1 s, and never less than the worker's ``hint``."""
+    cap = min(_MAX_WAIT, _FIRST_WAIT * 2.0 ** max(0, min(tries - 1, 16)))
+    return max(cap * min(max(jitter, 0.0), 1.0), hint or 0.0)
+
+
 def _decode_reply(subject: str, reply: Msg) -> Any:
     headers = reply.headers or {}
     if HEADER_ERROR_CODE in headers:
+        retry_after: float | None = None
         try:
             err = json.loads(reply.data)["error"]
             code, message = str(err["code"]), str(err["message"])
+            if isinstance(err.get("retry_after_ms"), int):
+                retry_after = err["retry_after_ms"] / 1000.0
         except (ValueError, KeyError, TypeError):
             code = {
                 "400": "bad_request",
@@ -770,7 +816,7 @@ def _decode_reply(subject: str, reply: Msg) -> Any:
                 "503": "unavailable",
             }.get(headers.get(HEADER_ERROR_CODE, ""), "internal")
             message = headers.get(HEADER_ERROR, "") or reply.data.decode(errors="replace")
-        raise error_for(code, message, subject=subject)
+        raise error_for(code, message, subject=subject, retry_after=retry_after)
     try:
         return json.loads(reply.data)
     except ValueError as e:

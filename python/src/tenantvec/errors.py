@@ -23,10 +23,19 @@ class ServiceError(TenantVecError):
     code: ClassVar[str] = ""
     status: ClassVar[int] = 0
 
-    def __init__(self, message: str, *, code: str | None = None, subject: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        subject: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.subject = subject
+        self.retry_after = retry_after
+        """Seconds the worker asks to wait before a retry (``rate_limited``), if it says."""
         if code is not None and code != type(self).code:
             # An unknown code (a newer worker): keep it on the instance.
             self.code = code  # type: ignore[misc]
@@ -125,10 +134,10 @@ ERRORS_BY_CODE: dict[str, type[ServiceError]] = {
 }
 
 
-def error_for(code: str, message: str, subject: str | None = None) -> ServiceError:
+def error_for(code: str, message: str, subject: str | None = None, retry_after: float | None = None) -> ServiceError:
     """The exception for an error ``code`` of the protocol (``ServiceError`` if unknown)."""
     cls = ERRORS_BY_CODE.get(code, ServiceError)
-    return cls(message, code=code, subject=subject)
+    return cls(message, code=code, subject=subject, retry_after=retry_after)
 
 
 class NoWorker(TenantVecError):

@@ -28,7 +28,10 @@ ENV_VARS: dict[str, str] = {
     "NATS_TLS_KEY": "tls_key_file",
     "NATS_INBOX_PREFIX": "inbox_prefix",
     "TENANTVEC_REQUEST_TIMEOUT": "request_timeout",
+    "TENANTVEC_RETRY_DEADLINE": "retry_deadline",
 }
+
+_DURATIONS = frozenset({"request_timeout", "retry_deadline"})
 
 
 def is_valid_tenant(tenant: str) -> bool:
@@ -53,7 +56,8 @@ class ConnectionSettings:
     environment variables as the worker (``NATS_URL``, ``TENANTVEC_PREFIX``,
     ``NATS_USER``/``NATS_PASSWORD``, ``NATS_TOKEN``, ``NATS_NKEY_SEED``,
     ``NATS_CREDS``, ``NATS_TLS_CA``/``NATS_TLS_CERT``/``NATS_TLS_KEY``,
-    ``NATS_INBOX_PREFIX``, ``TENANTVEC_REQUEST_TIMEOUT``).
+    ``NATS_INBOX_PREFIX``, ``TENANTVEC_REQUEST_TIMEOUT``,
+    ``TENANTVEC_RETRY_DEADLINE``).
     """
 
     url: str = DEFAULT_URL
@@ -76,6 +80,9 @@ class ConnectionSettings:
     """Prefix of reply inboxes (``_INBOX_alice`` with per-tenant server permissions)."""
     request_timeout: float = 30.0
     """Seconds a request waits for its reply."""
+    retry_deadline: float = 10.0
+    """Seconds after a request's first try within which it is tried again when
+    its failure may pass and it is safe to send twice (0: no retries)."""
     connect_timeout: float = 5.0
     name: str = "tenantvec-python"
     """Connection name shown by the NATS server's monitoring."""
@@ -88,7 +95,7 @@ class ConnectionSettings:
         for var, name in ENV_VARS.items():
             raw = env.get(var)
             if raw:
-                values[name] = _seconds(raw) if name == "request_timeout" else raw
+                values[name] = _seconds(raw) if name in _DURATIONS else raw
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

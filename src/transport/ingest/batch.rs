@@ -165,10 +165,8 @@ pub(super) async fn run_batch(
             Err(error) if !error.code.is_transient() => to_dead.push((item, error)),
             Err(error) => {
                 if item.delivered >= settings.max_deliver {
-                    let error = ServiceError {
-                        code: error.code,
-                        message: format!("{} (at its last delivery)", error.message),
-                    };
+                    let error =
+                        error.with_message(format!("{} (at its last delivery)", error.message));
                     to_dead.push((item, error));
                 } else if error.code == ErrorCode::Internal
                     && item.attempts + 1 >= settings.max_retries

@@ -144,6 +144,9 @@ const HEADER_HOPS: &str = "Tenantvec-Hops";
 /// Most forwards of one request; past it the request waits for the owners
 /// to settle where it is.
 const MAX_HOPS: u32 = 3;
+/// The wait a tenant whose queue is full is told to take before a retry:
+/// about what a few of its queued requests take to be answered.
+const BACKLOG_RETRY_AFTER: Duration = Duration::from_millis(100);
 
 /// Subscribe the endpoint and start serving. `$SRV.PING.tenantvec` answers
 /// from here on.
@@ -556,7 +559,8 @@ fn dispatch_with(
                 return responder.deliver(Err(ServiceError::rate_limited(format!(
                     "tenant {tenant} has {} requests in flight (limits.tenant_queue); retry later",
                     shared.settings.limits.tenant_queue
-                ))));
+                ))
+                .retry_after(BACKLOG_RETRY_AFTER)));
             }
         },
         _ => None,
