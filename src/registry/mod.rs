@@ -39,6 +39,20 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 /// Tries of a revision-checked change that keeps losing to other writers.
 const CHANGE_TRIES: u32 = 16;
 
+/// The wait after a revision-checked change lost to another writer for the
+/// `tries`-th time: drawn at random up to 2^`tries` ms (at most 64 ms), so
+/// that two writers in step stop reading and losing together (seen: one of
+/// two writers of one record losing 16 times in a row on 2 busy cores).
+fn lost_wait(tries: u32) -> Duration {
+    let cap_us = 1000u64 << tries.min(6);
+    let mut b = [0u8; 8];
+    let draw = match getrandom::fill(&mut b) {
+        Ok(()) => u64::from_le_bytes(b) % cap_us,
+        Err(_) => cap_us / 2,
+    };
+    Duration::from_micros(draw)
+}
+
 /// A record with the revision it was read at.
 #[derive(Debug, Clone)]
 pub struct Versioned {
@@ -208,7 +222,10 @@ impl Registry {
     where
         F: FnMut(&mut TenantRecord) -> Result<(), ServiceError>,
     {
-        for _ in 0..CHANGE_TRIES {
+        for tries in 0..CHANGE_TRIES {
+            if tries > 0 {
+                tokio::time::sleep(lost_wait(tries)).await;
+            }
             let Some(Versioned {
                 mut record,
                 revision,
@@ -323,6 +340,21 @@ impl Registry {
                 Some(v) => Ok(Found::Record(v.record)),
                 None => Ok(Found::Missing),
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_change_waits_a_random_while_growing_to_64_ms() {
+        for tries in 1..20 {
+            let cap = Duration::from_millis(1 << tries.min(6));
+            let waits: Vec<Duration> = (0..50).map(|_| lost_wait(tries)).collect();
+            assert!(waits.iter().all(|w| *w < cap), "{tries}: {waits:?}");
+            assert!(waits.iter().any(|w| *w != waits[0]), "{tries}: not random");
         }
     }
 }
