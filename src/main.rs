@@ -504,22 +504,20 @@ async fn tenant_data_key(
     client: &Client,
     tenant: &tenantvec::tenant::TenantId,
 ) -> Result<tenantvec::crypto::DataKey, ClientError> {
-    let keys = keyring(settings, &settings.encryption.master_key_file)?;
-    let stored = key_store(settings, client)
-        .await?
-        .get(tenant.as_str())
+    let keys = tenantvec::registry::keys::Keys {
+        keyring: keyring(settings, &settings.encryption.master_key_file)?,
+        store: key_store(settings, client).await?,
+    };
+    keys.existing(tenant.as_str())
         .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .map_err(ClientError::Service)?
         .ok_or_else(|| {
             anyhow::anyhow!(
                 "tenant {tenant} has no data key: its exports are not sealed; \
                  export without --plaintext"
             )
-        })?;
-    Ok(keys
-        .open(tenant.as_str(), &stored.wrapped)
-        .await
-        .map_err(|e| anyhow::anyhow!("tenant {tenant}: {e}"))?)
+            .into()
+        })
 }
 
 /// `keys rotate-master`: every record's data key under the new master key.

@@ -1062,7 +1062,6 @@ async fn rotating_a_tenants_key_reencrypts_its_data_and_erases_the_old_key() {
     let finished = key_entry(&h, "alice").await;
     assert_eq!(finished["version"], 3, "{finished}");
     assert!(finished.get("next").is_none(), "{finished}");
-    // Encryption off on a worker: the verb says what it needs.
     h.stop_worker().unwrap();
 }
 

@@ -264,14 +264,29 @@ impl Keys {
     /// The tenant's data key (made when it has none), and the next one if
     /// a rotation of it was begun and not finished.
     pub async fn tenant_keys(&self, tenant: &str) -> Result<TenantKeys, ServiceError> {
-        let current = self.data_key(tenant).await?;
-        let next = match self.store.get(tenant).await? {
-            Some(StoredKey {
-                next: Some(next), ..
-            }) => Some(self.open(tenant, &next).await?),
-            _ => None,
+        // One read of the entry when the tenant has a key (every activation
+        // but its first).
+        let Some(stored) = self.store.get(tenant).await? else {
+            let current = self.data_key(tenant).await?;
+            return Ok(TenantKeys {
+                current,
+                next: None,
+            });
+        };
+        let current = self.open(tenant, &stored.wrapped).await?;
+        let next = match &stored.next {
+            Some(next) => Some(self.open(tenant, next).await?),
+            None => None,
         };
         Ok(TenantKeys { current, next })
+    }
+
+    /// The tenant's data key if it has one (never made here).
+    pub async fn existing(&self, tenant: &str) -> Result<Option<DataKey>, ServiceError> {
+        match self.store.get(tenant).await? {
+            Some(stored) => self.open(tenant, &stored.wrapped).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Begin a rotation of the tenant's key: the next key (one version on

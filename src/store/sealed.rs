@@ -143,6 +143,12 @@ fn refused(tenant: &str, doc_id: &str, e: crate::crypto::KeyError) -> ServiceErr
     ServiceError::internal(format!("tenant {tenant}: document {doc_id:?}: {e}"))
 }
 
+fn no_key(tenant: &str) -> ServiceError {
+    ServiceError::internal(format!(
+        "tenant {tenant}: encryption is on and the tenant's data key was not given"
+    ))
+}
+
 fn sealed_text(text: Option<&str>) -> bool {
     text.is_some_and(is_sealed)
 }
@@ -151,12 +157,7 @@ impl SealedDocuments {
     /// The sealer of the tenant's current key; an error when the key was
     /// not given (encryption is on: nothing is stored or read in clear).
     fn sealer(&self) -> Result<Sealer<'_>, ServiceError> {
-        let cipher = self.cipher.as_ref().ok_or_else(|| {
-            ServiceError::internal(format!(
-                "tenant {}: encryption is on and the tenant's data key was not given",
-                self.tenant
-            ))
-        })?;
+        let cipher = self.cipher.as_ref().ok_or_else(|| no_key(&self.tenant))?;
         Ok(Sealer {
             tenant: &self.tenant,
             clear: &self.clear,
@@ -265,6 +266,11 @@ impl TenantStore for SealedDocuments {
             clear: &self.clear,
             cipher: &next_cipher,
         };
+        let current = self.cipher.as_ref().map(|cipher| Sealer {
+            tenant: &self.tenant,
+            clear: &self.clear,
+            cipher,
+        });
         let mut cursor: Option<String> = None;
         loop {
             let page = self.inner.scroll(cursor.as_deref(), REKEY_PAGE)?;
@@ -274,20 +280,10 @@ impl TenantStore for SealedDocuments {
                 if sealed_with == Some(next_cipher.version()) {
                     continue;
                 }
-                let opened = match (sealed_with, self.cipher.as_ref()) {
+                let opened = match (sealed_with, &current) {
                     (None, _) => r,
-                    (Some(_), Some(cipher)) => Sealer {
-                        tenant: &self.tenant,
-                        clear: &self.clear,
-                        cipher,
-                    }
-                    .open_record(r)?,
-                    (Some(_), None) => {
-                        return Err(ServiceError::internal(format!(
-                            "tenant {}: rotating its key without the current one",
-                            self.tenant
-                        )))
-                    }
+                    (Some(_), Some(current)) => current.open_record(r)?,
+                    (Some(_), None) => return Err(no_key(&self.tenant)),
                 };
                 again.push(resealer.seal(opened)?);
             }
@@ -325,10 +321,8 @@ impl TenantStore for SealedDocuments {
         dimension: usize,
         next: &mut dyn FnMut() -> Result<Option<Vec<Record>>, ServiceError>,
     ) -> Result<Replaced, ServiceError> {
-        self.sealer()?;
-        let Some(cipher) = self.cipher.as_ref() else {
-            return Err(ServiceError::internal("a replace without the tenant's key"));
-        };
+        // From the fields, not `sealer()`: `self.inner` is borrowed below.
+        let cipher = self.cipher.as_ref().ok_or_else(|| no_key(&self.tenant))?;
         let sealer = Sealer {
             tenant: &self.tenant,
             clear: &self.clear,
