@@ -47,10 +47,12 @@
 //!    ([`command::Command`] in an [`command::Envelope`]) and where the reply
 //!    goes ([`command::ReplyTo`]: straight back over NATS, or to a waiting
 //!    task).
-//! 10. [`backup`], [`registry`]: per-tenant export and import (JSON lines)
-//!     through a NATS Object Store bucket, each run by the tenant's actor as
-//!     one job; the tenant registry, a record per tenant in a JetStream KV
-//!     bucket (settings, embedder, sizes, state) that every worker reads.
+//! 10. [`backup`], [`registry`], [`region`]: per-tenant export and import
+//!     (JSON lines) through a NATS Object Store bucket, each run by the
+//!     tenant's actor as one job; the tenant registry, a record per tenant
+//!     in a JetStream KV bucket (settings, embedder, sizes, state, home
+//!     region) that every worker reads; and with regions, where each
+//!     tenant's home is, from a directory of every region's records.
 //! 11. [`metrics`]: the Prometheus figures the layers above record into
 //!     (requests, the pool, store and embedder calls, ingest, memory) and
 //!     the `/metrics` endpoint that serves them.
@@ -111,6 +113,7 @@ pub mod tenant_actor;
 pub mod command;
 
 pub mod backup;
+pub mod region;
 pub mod registry;
 
 pub mod metrics;

@@ -264,6 +264,10 @@ enum TenantsAction {
     Create {
         tenant: String,
         settings: Vec<String>,
+        /// With regions: the tenant's home region (by default the region
+        /// of the worker that answers: the one of the NATS URL given).
+        #[arg(long)]
+        region: Option<String>,
     },
     /// Change a tenant's settings (key=value; key=default puts one back to
     /// the worker's default); it holds from the tenant's next request.
@@ -492,7 +496,7 @@ async fn key_store(
 ) -> anyhow::Result<tenantvec::registry::keys::KeyStore> {
     tenantvec::registry::keys::KeyStore::open(
         &async_nats::jetstream::new(client.nats().clone()),
-        &settings.nats.prefix,
+        &settings.storage_prefix(),
         settings.nats.replicas,
     )
     .await
@@ -566,10 +570,11 @@ async fn import_files(settings: &Settings) -> Result<Value, ClientError> {
     let client = Client::connect(settings).await?;
     let registry = tenantvec::registry::Registry::open(
         &async_nats::jetstream::new(client.nats().clone()),
-        &settings.nats.prefix,
+        &settings.storage_prefix(),
         settings.nats.replicas,
     )
-    .await?;
+    .await?
+    .in_region(settings.worker.region());
     let folder = &settings.store.folder;
     let records = tenantvec::embed::record::Records::new(
         TenantPaths::new(folder),
@@ -725,9 +730,13 @@ async fn request_command(command: Command, settings: &Settings) -> Result<Value,
             TenantsAction::Show { tenant } => {
                 tenants::one(&client, TenantsOp::Show, &tenant, None).await
             }
-            TenantsAction::Create { tenant, settings } => {
+            TenantsAction::Create {
+                tenant,
+                settings,
+                region,
+            } => {
                 let settings = tenants::parse_settings(&settings)?;
-                tenants::one(&client, TenantsOp::Create, &tenant, Some(settings)).await
+                tenants::create(&client, &tenant, settings, region.as_deref()).await
             }
             TenantsAction::Set { tenant, settings } => {
                 let settings = tenants::parse_settings(&settings)?;
@@ -739,7 +748,7 @@ async fn request_command(command: Command, settings: &Settings) -> Result<Value,
             TenantsAction::ImportFiles => unreachable!("handled before"),
         },
         Command::Cluster => {
-            tenantvec::cluster::fleet::describe(client.nats(), &settings.nats.prefix)
+            tenantvec::cluster::fleet::describe(client.nats(), &settings.storage_prefix())
                 .await
                 .map_err(Into::into)
         }

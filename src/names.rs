@@ -146,6 +146,16 @@ impl Names {
     }
 }
 
+/// The prefix a worker names its streams, buckets and stored subjects
+/// from: the subject prefix, and in a region `<prefix>.<region>` (the
+/// region's names never take another region's subjects).
+pub fn storage_prefix(prefix: &str, region: Option<&str>) -> String {
+    match region {
+        Some(r) => format!("{prefix}.{r}"),
+        None => prefix.to_owned(),
+    }
+}
+
 /// The tenant registry's bucket of a prefix: `TENANTVEC_TENANTS`, and for
 /// another prefix `TENANTVEC_TENANTS_<PREFIX>` (as every bucket).
 pub fn tenants_bucket(prefix: &str) -> String {

@@ -386,6 +386,7 @@ impl Supervisor {
             errors: Default::default(),
             cluster: None,
             registry: None,
+            regions: None,
         }
     }
 }

@@ -55,6 +55,7 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
         &client,
         factory.backend(),
         &settings.nats.prefix,
+        &settings.worker.region,
         settings.nats.discovery_timeout,
         settings.cluster.enabled,
     )
@@ -87,10 +88,11 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
         true => Some(
             crate::registry::Registry::open(
                 &async_nats::jetstream::new(client.clone()),
-                &settings.nats.prefix,
+                &settings.storage_prefix(),
                 settings.nats.replicas,
             )
             .await
+            .map(|r| r.in_region(settings.worker.region()))
             .map_err(|e| {
                 e.context(
                     "the tenant registry needs JetStream (nats-server -js); \
@@ -106,7 +108,7 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
         Some(keyring) => {
             let store = crate::registry::keys::KeyStore::open(
                 &async_nats::jetstream::new(client.clone()),
-                &settings.nats.prefix,
+                &settings.storage_prefix(),
                 settings.nats.replicas,
             )
             .await
@@ -168,9 +170,12 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
         // pinned consumer of before (several unclustered workers, one
         // pulling at a time).
         let names = if settings.ingest.partitioned() {
-            crate::names::Names::partitioned(&settings.nats.prefix, settings.cluster.partitions)
+            crate::names::Names::partitioned(
+                &settings.storage_prefix(),
+                settings.cluster.partitions,
+            )
         } else {
-            crate::names::Names::new(&settings.nats.prefix)
+            crate::names::Names::new(&settings.storage_prefix())
         };
         let consumer = transport::ingest::ensure_streams(
             &js,
@@ -253,6 +258,12 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
         Some(_) => CancellationToken::new(),
         None => shutdown.clone(),
     };
+    // With regions: the region's JetStream domain checked, and every
+    // region's tenants read from the directory before the first request.
+    let regions = match settings.worker.region() {
+        Some(own) => Some(crate::region::open(&client, &settings, own, shutdown.clone()).await?),
+        None => None,
+    };
     let serving = transport::service::start(
         client.clone(),
         &settings,
@@ -263,6 +274,7 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
         cluster.clone(),
         request_connections.clone(),
         registry.clone(),
+        regions,
         stop_serving.clone(),
     )
     .await?;

@@ -26,7 +26,7 @@ fn other(e: impl std::fmt::Display) -> ClientError {
 
 /// The bucket; made when `create`, else a clear error when missing.
 pub(super) async fn bucket(client: &Client, create: bool) -> Result<ObjectStore, ClientError> {
-    let name = bucket_name(client.subjects().prefix());
+    let name = bucket_name(client.storage_prefix());
     let js = async_nats::jetstream::new(client.nats().clone());
     match js.get_object_store(&name).await {
         Ok(b) => Ok(b),
@@ -357,7 +357,7 @@ pub async fn list(client: &Client, tenant: Option<&TenantId>) -> Result<Value, C
         })
         .collect();
     Ok(json!({
-        "bucket": bucket_name(client.subjects().prefix()),
+        "bucket": bucket_name(client.storage_prefix()),
         "count": rows.len(),
         "backups": rows,
     }))

@@ -83,7 +83,7 @@ async fn read(
 
 /// `tenantvec deadletters`: one line per record, without the body.
 pub async fn list(client: &Client, tenant: Option<&TenantId>) -> Result<Value, ClientError> {
-    let prefix = client.subjects().prefix().to_owned();
+    let prefix = client.storage_prefix().to_owned();
     let js = jetstream::new(client.nats().clone());
     let records = read(&js, &Names::new(&prefix), &prefix, tenant).await?;
     let rows: Vec<Value> = records
@@ -113,7 +113,7 @@ pub async fn replay(
     tenant: Option<&TenantId>,
     seq: Option<u64>,
 ) -> Result<Value, ClientError> {
-    let prefix = client.subjects().prefix().to_owned();
+    let prefix = client.storage_prefix().to_owned();
     let names = Names::new(&prefix);
     let js = jetstream::new(client.nats().clone());
     let stream = js

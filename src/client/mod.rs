@@ -58,6 +58,7 @@ pub struct Client {
     /// How long after its first try a request safe to repeat is tried
     /// again while its failure may pass ([`retry`]).
     retry_deadline: std::time::Duration,
+    storage: String,
 }
 
 impl Client {
@@ -70,11 +71,19 @@ impl Client {
         &self.subjects
     }
 
+    /// The prefix the deployment's streams and buckets are named from
+    /// ([`Settings::storage_prefix`]): with regions, those of the region
+    /// whose NATS servers this client is connected to.
+    pub fn storage_prefix(&self) -> &str {
+        &self.storage
+    }
+
     pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
         crate::protocol::check_prefix(&settings.nats.prefix).map_err(anyhow::Error::msg)?;
         Ok(Self {
             nats: crate::transport::connect(&settings.nats).await?,
             subjects: Subjects::new(&settings.nats.prefix),
+            storage: settings.storage_prefix(),
             retry_deadline: settings.nats.retry_deadline,
         })
     }

@@ -53,6 +53,25 @@ pub async fn one(
         .await
 }
 
+/// Create `tenant` with `settings`, homed in `region` (with regions; by
+/// default the answering worker's).
+pub async fn create(
+    client: &Client,
+    tenant: &str,
+    settings: Map<String, Value>,
+    region: Option<&str>,
+) -> Result<Value, ClientError> {
+    check_tenant(tenant)?;
+    let mut body = json!({ "tenant": tenant, "settings": settings });
+    if let Some(region) = region {
+        body["region"] = json!(region);
+    }
+    let subject = client.subjects().tenants(TenantsOp::Create);
+    client
+        .request_as(Request::Tenants(TenantsOp::Create), subject, &body)
+        .await
+}
+
 /// Every record whose id starts with `prefix` (in `state`, if given), page
 /// by page in id order.
 pub async fn list(

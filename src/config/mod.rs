@@ -92,6 +92,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("TENANTVEC_REPLICAS", "nats.replicas"),
     ("TENANTVEC_REQUEST_PARTITIONS", "nats.request_partitions"),
     ("TENANTVEC_WORKER_THREADS", "worker.threads"),
+    ("TENANTVEC_REGION", "worker.region"),
+    ("TENANTVEC_REGIONS", "worker.regions"),
     ("TENANTVEC_ENCRYPTION", "encryption.enabled"),
     ("TENANTVEC_MASTER_KEY_FILE", "encryption.master_key_file"),
     (
@@ -135,6 +137,15 @@ impl Settings {
     /// only (a store that holds every tenant together).
     pub fn encrypts_everything(&self) -> bool {
         self.store.backend == Backend::Edge && self.store.layout == Layout::PerTenant
+    }
+
+    /// The prefix the worker's streams, buckets and stored subjects are
+    /// named from: the subject prefix, and with regions `<prefix>.<region>`,
+    /// so that no two regions' streams take the same subjects (a subject
+    /// crosses between regions, and every stream that listens on it in any
+    /// region would store it).
+    pub fn storage_prefix(&self) -> String {
+        crate::names::storage_prefix(&self.nats.prefix, self.worker.region())
     }
 
     /// Defaults, then `file`, then the environment, then `overrides`.

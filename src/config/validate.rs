@@ -201,6 +201,22 @@ impl Settings {
             "worker.shutdown_timeout",
             || "must be positive".into(),
         )?;
+        if !s.worker.region.is_empty() {
+            super::worker::check_region(&s.worker.region)
+                .map_err(|m| Invalid::new("worker.region", m))?;
+            check(s.tenants.registry, "worker.region", || {
+                "needs tenants.registry = true: a tenant's home region is a field of its record"
+                    .into()
+            })?;
+        }
+        for r in &s.worker.regions {
+            super::worker::check_region(r).map_err(|m| Invalid::new("worker.regions", m))?;
+        }
+        check(
+            s.worker.regions.is_empty() || !s.worker.region.is_empty(),
+            "worker.regions",
+            || "lists regions, but worker.region (this worker's) is not set".into(),
+        )?;
         check(
             !s.nats.request_timeout.is_zero(),
             "nats.request_timeout",

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::values::duration;
+use super::values::{duration, keys};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -15,6 +15,50 @@ pub struct WorkerSettings {
     pub threads: usize,
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
+    /// This worker's region (docs/regions.md), which is also the JetStream
+    /// domain of the NATS servers it connects to; empty: no regions.
+    pub region: String,
+    /// Every region of the deployment (this one among them): the regions
+    /// whose tenants this one's directory lists. Empty: this one alone.
+    #[serde(with = "keys")]
+    pub regions: Vec<String>,
+}
+
+impl WorkerSettings {
+    /// The region, when regions are on.
+    pub fn region(&self) -> Option<&str> {
+        Some(self.region.as_str()).filter(|r| !r.is_empty())
+    }
+
+    /// Every region, this one first (empty without regions).
+    pub fn all_regions(&self) -> Vec<String> {
+        let Some(own) = self.region() else {
+            return Vec::new();
+        };
+        let mut all = vec![own.to_owned()];
+        for r in &self.regions {
+            if !all.contains(r) {
+                all.push(r.clone());
+            }
+        }
+        all
+    }
+}
+
+/// Whether `name` can name a region: a subject token and a JetStream
+/// domain, which also goes into stream and bucket names.
+pub fn check_region(name: &str) -> Result<(), String> {
+    let ok = (1..=32).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    match ok {
+        true => Ok(()),
+        false => Err(format!(
+            "{name:?} is not a region name: 1 to 32 of a-z, 0-9 and '-', starting with a letter"
+        )),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -71,6 +71,17 @@ pub struct Metrics {
     ingest: Arc<OnceLock<IngestSource>>,
     /// Set when the worker keeps a registry: read at each scrape.
     census: Arc<OnceLock<CensusSource>>,
+    /// Per region (`worker.regions`): requests and ingest messages sent
+    /// there from this worker, and those that found it unreachable.
+    regions: Vec<RegionCounters>,
+}
+
+/// One region's forwarding figures.
+struct RegionCounters {
+    region: String,
+    /// `[requests, ingest]`.
+    forwarded: [Counter; 2],
+    unreachable: Counter,
 }
 
 impl Metrics {
@@ -180,6 +191,35 @@ impl Metrics {
             ("purpose", &PURPOSES),
         );
 
+        let forwarded = r.add(
+            "tenantvec_region_forwards",
+            "Requests (kind=request) and ingest messages (kind=ingest) this worker sent to a tenant's home region, by region (its own included for ingest)",
+            Family::<Labels2, Counter>::default(),
+        );
+        let unreachable = r.add(
+            "tenantvec_region_unreachable",
+            "Requests and ingest messages answered unavailable because their tenant's home region was unreachable, by region",
+            Family::<Labels1, Counter>::default(),
+        );
+        let regions = settings
+            .worker
+            .all_regions()
+            .into_iter()
+            .map(|region| {
+                // Once per region at start: label values are 'static.
+                let label: &'static str = Box::leak(region.clone().into_boxed_str());
+                RegionCounters {
+                    region,
+                    forwarded: ["request", "ingest"].map(|kind| {
+                        forwarded
+                            .get_or_create(&[("region", label), ("kind", kind)])
+                            .clone()
+                    }),
+                    unreachable: unreachable.get_or_create(&[("region", label)]).clone(),
+                }
+            })
+            .collect();
+
         let ingest = Arc::new(OnceLock::new());
         let Registrar(mut registry) = r;
         registry.register_collector(Box::new(IngestCollector(ingest.clone())));
@@ -209,6 +249,25 @@ impl Metrics {
             embedder_texts,
             ingest,
             census,
+            regions,
+        }
+    }
+
+    fn region(&self, region: &str) -> Option<&RegionCounters> {
+        self.regions.iter().find(|r| r.region == region)
+    }
+
+    /// A request (or, `ingest`, an ingest message) sent to `region`.
+    pub fn region_forwarded(&self, region: &str, ingest: bool) {
+        if let Some(r) = self.region(region) {
+            r.forwarded[usize::from(ingest)].inc();
+        }
+    }
+
+    /// A request or ingest message whose home `region` was unreachable.
+    pub fn region_unreachable(&self, region: &str) {
+        if let Some(r) = self.region(region) {
+            r.unreachable.inc();
         }
     }
 

@@ -360,6 +360,14 @@ impl Subjects {
         Addressed::Unknown
     }
 
+    /// The tenant token of an ingest publish (`<p>.ingest.<tenant>`).
+    pub fn ingest_token<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        subject
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix(".ingest."))
+            .filter(|token| !token.is_empty() && !token.contains('.'))
+    }
+
     /// `<p>.admin.<verb>`
     pub fn admin(&self, verb: AdminVerb) -> String {
         format!("{}.admin.{}", self.prefix, verb.as_str())
@@ -577,6 +585,24 @@ pub struct PoolStats {
     /// With `tenants.registry`: the tenants by state and by size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry: Option<RegistryStats>,
+    /// With regions: this worker's region and every region's tenants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regions: Option<RegionStats>,
+}
+
+/// Regions as one worker's directory sees them (`admin.stats`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegionStats {
+    /// This worker's region.
+    pub region: String,
+    /// Every region of the deployment, with the tenants homed there.
+    pub tenants: std::collections::BTreeMap<String, u64>,
+    /// Whether the directory has been read whole (always, once serving).
+    pub complete: bool,
+    /// Regions whose registry the directory does not read at the moment
+    /// (unreachable, or their registry not made yet): tenants made there
+    /// since are unknown here until it does.
+    pub unlinked: Vec<String>,
 }
 
 /// A fleet member's view of the fleet (`admin.stats`).

@@ -73,6 +73,10 @@ pub struct TenantRequest {
     pub tenant: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<serde_json::Map<String, serde_json::Value>>,
+    /// `create` with regions: the tenant's home region (by default the
+    /// region of the worker that answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 /// The registry as one worker's index of it sees it (`admin.stats`'s

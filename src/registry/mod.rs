@@ -82,6 +82,8 @@ pub struct Registry {
     index: Index,
     /// The runtime of the NATS connection, for callers on the blocking pool.
     handle: tokio::runtime::Handle,
+    /// With regions: this region, every record made here is homed in.
+    region: Option<String>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -166,11 +168,19 @@ impl Registry {
             bucket,
             index: Index::default(),
             handle: tokio::runtime::Handle::current(),
+            region: None,
         })
     }
 
     pub fn bucket(&self) -> &str {
         &self.bucket
+    }
+
+    /// The registry of `region`'s tenants: a record made through it without
+    /// a home is homed there.
+    pub fn in_region(mut self, region: Option<&str>) -> Self {
+        self.region = region.map(str::to_owned);
+        self
     }
 
     /// The live index; complete once [`Registry::follow`] has read the
@@ -199,6 +209,16 @@ impl Registry {
 
     /// Store `record` if its tenant has none; `Ok(None)` when it has one.
     pub async fn create(&self, record: &TenantRecord) -> Result<Option<u64>, ServiceError> {
+        let homed;
+        let record = match (&record.home_region, &self.region) {
+            (None, Some(region)) => {
+                let mut r = record.clone();
+                r.home_region = Some(region.clone());
+                homed = r;
+                &homed
+            }
+            _ => record,
+        };
         match tokio::time::timeout(TIMEOUT, self.kv.create(&record.id, record.encode())).await {
             Ok(Ok(revision)) => {
                 self.index.put(record, revision);

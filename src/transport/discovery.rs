@@ -17,16 +17,21 @@ pub const META_BACKEND: &str = "backend";
 pub const META_PREFIX: &str = "prefix";
 /// The instance's fleet member name; empty without `cluster.enabled`.
 pub const META_CLUSTER: &str = "cluster";
+/// The instance's region (`worker.region`); empty without regions.
+pub const META_REGION: &str = "region";
 
 /// Fails when another instance on `prefix` makes this one unsafe: any other
 /// instance when either side keeps tenants on local disk, unless both are
 /// members of a fleet (`cluster`), whose leases keep one owner per tenant
 /// and whose own checks decide who may join; and any instance whose
-/// `cluster.enabled` differs from ours.
+/// `cluster.enabled` differs from ours. Instances of other regions (which
+/// the regions' joined servers show too) keep their own data and are no
+/// concern.
 pub async fn ensure_compatible(
     client: &async_nats::Client,
     backend: &str,
     prefix: &str,
+    region: &str,
     listen: Duration,
     cluster: bool,
 ) -> anyhow::Result<()> {
@@ -47,7 +52,7 @@ pub async fn ensure_compatible(
         else {
             continue;
         };
-        if other_prefix != prefix {
+        if other_prefix != prefix || meta[META_REGION].as_str().unwrap_or("") != region {
             continue;
         }
         let other_cluster = meta[META_CLUSTER].as_str().is_some_and(|m| !m.is_empty());

@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod embedder;
 pub mod qdrant;
+pub mod regions;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -116,7 +116,7 @@ pub async fn join(
     let js = jetstream::context::ContextBuilder::new()
         .timeout(settings.cluster.tick())
         .build(client.clone());
-    let (fleet_bucket, lease_bucket) = bucket_names(&settings.nats.prefix);
+    let (fleet_bucket, lease_bucket) = bucket_names(&settings.storage_prefix());
     let replicas = settings.nats.replicas;
     let ttl = settings.cluster.lease_ttl;
     let layout = settings.store.layout.name().to_owned();

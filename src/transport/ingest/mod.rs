@@ -140,7 +140,7 @@ pub fn start(
     keys: Option<Keys>,
     shutdown: CancellationToken,
 ) -> Ingesting {
-    let names = Names::new(&settings.nats.prefix);
+    let names = Names::new(&settings.storage_prefix());
     let in_flight = settings.ingest.max_ack_pending;
     let budget = PullBudget::new(&settings.ingest, 1, max_payload(&js));
     start_with(

@@ -56,7 +56,7 @@ impl PartitionIngest {
         Self {
             budget,
             js,
-            names: Names::partitioned(&settings.nats.prefix, settings.cluster.partitions),
+            names: Names::partitioned(&settings.storage_prefix(), settings.cluster.partitions),
             settings: settings.clone(),
             router,
             counters,

@@ -212,7 +212,7 @@ pub async fn apply_from_before(
     keys: Option<crate::registry::keys::Keys>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let names = Names::new(&settings.nats.prefix);
+    let names = Names::new(&settings.storage_prefix());
     let stream = js
         .get_stream(&names.ingest_stream)
         .await

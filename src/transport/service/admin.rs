@@ -30,6 +30,7 @@ pub(super) fn admin(
             let metrics = shared.metrics.clone();
             let cluster = shared.cluster.clone();
             let registry = shared.registry.clone();
+            let regions = shared.regions.clone();
             Ok(async move {
                 let mut stats = stats.await.map_err(unavailable)?;
                 stats.ingest = ingest.as_ref().map(|c| c.snapshot());
@@ -41,6 +42,18 @@ pub(super) fn admin(
                 });
                 stats.errors = metrics.error_counts();
                 stats.registry = registry.map(|r| r.index().census(&stats.keys));
+                stats.regions = regions.map(|r| {
+                    let mut tenants = r.directory().homes();
+                    for region in r.all() {
+                        tenants.entry(region.clone()).or_insert(0);
+                    }
+                    crate::protocol::RegionStats {
+                        region: r.own().to_owned(),
+                        tenants,
+                        complete: r.directory().is_complete(),
+                        unlinked: r.directory().unlinked(),
+                    }
+                });
                 to_json(&stats)
             }
             .boxed())

@@ -32,6 +32,7 @@
 
 mod admin;
 mod placement;
+mod region;
 mod reply;
 mod tenants;
 
@@ -62,12 +63,13 @@ use crate::protocol::{
     unknown_verb, Addressed, AdminVerb, ServiceError, Subjects, TenantsOp, VectorEncoding, Verb,
     SERVICE_NAME,
 };
+use crate::region::{Home, Regions};
 use crate::registry::Registry;
 use crate::router::Router;
 use crate::tenant::TenantId;
 use crate::transport::backlog::SharedBacklog;
 use crate::transport::decode::command;
-use crate::transport::discovery::{META_BACKEND, META_CLUSTER, META_PREFIX};
+use crate::transport::discovery::{META_BACKEND, META_CLUSTER, META_PREFIX, META_REGION};
 use crate::transport::partitions;
 use crate::transport::relay::{self, Relay};
 
@@ -103,6 +105,11 @@ struct Shared {
     relay: Option<Arc<Relay>>,
     /// The tenant registry (`tenants.registry`).
     registry: Option<Registry>,
+    /// With regions (`worker.region`): where each tenant lives.
+    regions: Option<Regions>,
+    /// Sends requests and ingest messages to their tenant's home region and
+    /// relays the answers.
+    region_relay: Option<Arc<Relay>>,
 }
 
 /// The running endpoint; [`Serving::drain`] stops it and waits for the
@@ -116,6 +123,9 @@ pub struct Serving {
     relaying: Option<JoinHandle<()>>,
     /// The registry's operations (`<p>.admin.tenants.*`).
     tenants: JoinHandle<()>,
+    /// Requests forwarded to this region (`<p>._region.<region>.>`).
+    from_regions: Option<JoinHandle<()>>,
+    region_relaying: Option<JoinHandle<()>>,
 }
 
 /// A request as it reached this worker: from the service's endpoint, or a
@@ -132,6 +142,13 @@ impl Incoming {
     fn message(&self) -> &async_nats::Message {
         match self {
             Incoming::Service(r) => &r.message,
+            Incoming::Bare(m, _) => m,
+        }
+    }
+
+    fn into_message(self) -> async_nats::Message {
+        match self {
+            Incoming::Service(r) => r.message,
             Incoming::Bare(m, _) => m,
         }
     }
@@ -161,12 +178,14 @@ pub async fn start(
     cluster: Option<Arc<Cluster>>,
     partitions: Vec<async_nats::Client>,
     registry: Option<Registry>,
+    regions: Option<Regions>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Serving> {
     let subjects = Subjects::new(&settings.nats.prefix);
     let metadata = HashMap::from([
         (META_BACKEND.to_owned(), backend.to_owned()),
         (META_PREFIX.to_owned(), settings.nats.prefix.clone()),
+        (META_REGION.to_owned(), settings.worker.region.clone()),
         (
             META_CLUSTER.to_owned(),
             cluster.as_ref().map_or(String::new(), |c| c.member.clone()),
@@ -221,7 +240,7 @@ pub async fn start(
         metrics,
         backups: crate::backup::Backups::new(
             client.clone(),
-            &settings.nats.prefix,
+            &settings.storage_prefix(),
             settings.nats.replicas,
         ),
         cluster: cluster.clone(),
@@ -230,7 +249,44 @@ pub async fn start(
             .as_ref()
             .map(|_| Arc::new(Relay::new(client.clone()))),
         registry,
+        region_relay: regions
+            .as_ref()
+            .map(|_| Arc::new(Relay::new(client.clone()))),
+        regions: regions.clone(),
     });
+    let region_relaying = match &shared.region_relay {
+        Some(relay) => {
+            let replies = relay.subscribe().await?;
+            let (unreached, late) = (shared.clone(), shared.clone());
+            Some(tokio::spawn(relay::run(
+                relay.clone(),
+                replies,
+                settings.nats.request_timeout,
+                |_| false,
+                move |f| region::answer_unreached(f.message, &f.owner, false, &unreached),
+                move |f| region::answer_unreached(f.message, &f.owner, true, &late),
+            )))
+        }
+        None => None,
+    };
+    let from_regions = match &regions {
+        Some(r) => {
+            let subject = format!(
+                "{}.>",
+                crate::region::forward_prefix(&settings.nats.prefix, r.own())
+            );
+            let subscriber = client
+                .queue_subscribe(subject.clone(), format!("{SERVICE_NAME}-region"))
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot subscribe {subject}: {e}"))?;
+            Some(tokio::spawn(serve_region(
+                subscriber,
+                shared.clone(),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     let relaying = match &shared.relay {
         Some(relay) => {
             let replies = relay.subscribe().await?;
@@ -316,6 +372,8 @@ pub async fn start(
         shared,
         relaying,
         tenants,
+        from_regions,
+        region_relaying,
     })
 }
 
@@ -325,6 +383,9 @@ impl Serving {
     pub async fn drain(self, timeout: Duration) {
         let _ = self.task.await;
         let _ = self.tenants.await;
+        if let Some(task) = self.from_regions {
+            let _ = task.await;
+        }
         for task in self.partitioned {
             let _ = task.await;
         }
@@ -333,7 +394,7 @@ impl Serving {
             Ok(_) => tracing::info!("every request in flight was answered"),
             Err(_) => tracing::warn!(?timeout, "requests still in flight at the shutdown timeout"),
         }
-        if let Some(relaying) = self.relaying {
+        for relaying in [self.relaying, self.region_relaying].into_iter().flatten() {
             relaying.abort();
         }
         if let Err(e) = self.service.stop().await {
@@ -452,6 +513,50 @@ async fn serve_partition(
     drain(&mut subscriber, take).await;
 }
 
+/// Take the requests other regions forward to this one
+/// (`<p>._region.<region>.<original subject>`) until shutdown, then
+/// unsubscribe and answer what was already delivered: each is served as if
+/// it had come to this region (the registry's operations too).
+async fn serve_region(
+    mut subscriber: async_nats::Subscriber,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let Some(own) = shared.regions.as_ref().map(|r| r.own().to_owned()) else {
+        return;
+    };
+    let prefix = shared.settings.nats.prefix.clone();
+    let take = |mut m: async_nats::Message| {
+        let Some(original) = crate::region::original_subject(&prefix, &own, m.subject.as_str())
+        else {
+            return;
+        };
+        m.subject = original.to_owned().into();
+        let incoming = Incoming::Bare(m, shared.client.clone());
+        if tenants::is_tenants_subject(&shared.subjects, incoming.message().subject.as_str()) {
+            tenants::handle(incoming, shared.clone());
+        } else {
+            dispatch(incoming, &shared);
+        }
+    };
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            next = subscriber.next() => match next {
+                Some(m) => {
+                    let size = m.payload.len();
+                    take(m);
+                    pace(size).await;
+                }
+                None => return,
+            },
+        }
+    }
+    let _ = subscriber.unsubscribe().await;
+    drain(&mut subscriber, take).await;
+}
+
 /// The next forwarded message, or never without a subscription.
 async fn next_forwarded(
     forwarded: &mut Option<async_nats::Subscriber>,
@@ -497,7 +602,27 @@ fn dispatch_with(
         return;
     }
     if addressed == Addressed::Stream {
-        // A JetStream publish the stream stores (ingest) or keeps (dead
+        // With regions, an ingest publish no stream takes: sent on to the
+        // stream of its tenant's home region, whose ack answers it.
+        if let Some(regions) = &shared.regions {
+            if let Some(token) = shared.subjects.ingest_token(subject.as_str()) {
+                let home = match regions.home_of(token) {
+                    Home::Local => regions.own().to_owned(),
+                    Home::Remote(r) => r,
+                };
+                let Ok(permit) = permit() else {
+                    return region::answer_unreached(request.into_message(), &home, true, shared);
+                };
+                return region::forward_ingest(
+                    request.into_message(),
+                    token,
+                    &home,
+                    shared,
+                    permit,
+                );
+            }
+        }
+        // Else a JetStream publish the stream stores (ingest) or keeps (dead
         // letters); its publisher waits for the stream's PubAck on this reply
         // subject, so any answer from us would be taken for it. Dropped
         // without a word.
@@ -528,6 +653,17 @@ fn dispatch_with(
         Addressed::Tenant(_, token) => Some(TenantId::parse(token)),
         _ => None,
     };
+    // With regions, the tenant's home region serves it.
+    if let (Some(regions), Some(Ok(tenant))) = (&shared.regions, &parsed) {
+        if hops(responder.request.message()) < MAX_HOPS {
+            if let Home::Remote(home) = regions.home_of(tenant.as_str()) {
+                let Ok(permit) = permit() else {
+                    return responder.deliver(Err(busy(shared)));
+                };
+                return region::forward_request(responder.request, &home, shared, permit);
+            }
+        }
+    }
     // With a fleet, the partition's owner serves the request; the entry
     // holds the partition here until the reply is out.
     let entry = match (&shared.cluster, &parsed) {

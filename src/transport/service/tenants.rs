@@ -19,9 +19,10 @@ use super::reply::respond;
 use super::{Incoming, Shared};
 use crate::policy::{TenantPolicy, TenantSettings};
 use crate::protocol::{
-    decode, unknown_verb, ErrorBody, ServiceError, TenantRequest, TenantsListRequest, TenantsOp,
-    Verb, HEADER_ERROR_CODE, MAX_TENANTS_PAGE,
+    decode, unknown_verb, ErrorBody, ServiceError, Subjects, TenantRequest, TenantsListRequest,
+    TenantsOp, Verb, HEADER_ERROR_CODE, MAX_TENANTS_PAGE,
 };
+use crate::region::Home;
 use crate::registry::{record, Registry, TenantRecord, TenantState};
 use crate::supervisor::{ActiveAmong, GetStats, NewRecord};
 use crate::tenant::{TenantId, TenantPaths};
@@ -44,21 +45,134 @@ pub(super) async fn serve(
                 None => return,
             },
         };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let subject = request.message.subject.to_string();
-            let body = request.message.payload.clone();
-            let op = subject.rsplit('.').next().and_then(TenantsOp::parse);
-            let outcome = match (op, shared.registry.clone()) {
-                (None, _) => Err(unknown_verb(&subject)),
-                (Some(_), None) => Err(ServiceError::bad_request(
-                    "this worker keeps no tenant registry (tenants.registry = false)",
-                )),
-                (Some(op), Some(registry)) => operate(op, &body, &shared, &registry).await,
-            };
-            respond(&Incoming::Service(request), outcome).await;
-        });
+        handle(Incoming::Service(request), shared.clone());
     }
+}
+
+/// Whether `subject` is one of the registry's operations.
+pub(super) fn is_tenants_subject(subjects: &Subjects, subject: &str) -> bool {
+    subject
+        .strip_prefix(subjects.tenants_requests().trim_end_matches('*'))
+        .is_some_and(|op| TenantsOp::parse(op).is_some())
+}
+
+/// Answer one operation in a task of its own: here, or, with regions, in
+/// the region where its tenant lives (or, for `create --region`, will).
+pub(super) fn handle(request: Incoming, shared: Arc<Shared>) {
+    tokio::spawn(async move {
+        let subject = request.message().subject.to_string();
+        let body = request.message().payload.clone();
+        let op = subject.rsplit('.').next().and_then(TenantsOp::parse);
+        let elsewhere = match op {
+            Some(op) => home_elsewhere(op, &body, &shared, request.message()),
+            None => None,
+        };
+        let outcome = match (op, shared.registry.clone(), elsewhere) {
+            (None, _, _) => Err(unknown_verb(&subject)),
+            (Some(_), None, _) => Err(ServiceError::bad_request(
+                "this worker keeps no tenant registry (tenants.registry = false)",
+            )),
+            (Some(_), Some(_), Some(region)) => {
+                in_region(&region, request.message(), &shared).await
+            }
+            (Some(op), Some(registry), None) => operate(op, &body, &shared, &registry).await,
+        };
+        respond(&request, outcome).await;
+    });
+}
+
+/// With regions, the region other than this one that must answer: the
+/// tenant's home, or the region a `create` asks for (unless the tenant
+/// lives somewhere already: its home then says it exists). `None`: here.
+/// A request forwarded once is answered where it arrived.
+fn home_elsewhere(
+    op: TenantsOp,
+    body: &[u8],
+    shared: &Shared,
+    message: &async_nats::Message,
+) -> Option<String> {
+    let regions = shared.regions.as_ref()?;
+    if op == TenantsOp::List || super::placement::hops(message) > 0 {
+        return None;
+    }
+    let req: TenantRequest = decode(body).ok()?;
+    let target = match (regions.home_of(&req.tenant), req.region) {
+        (Home::Remote(home), _) => home,
+        (Home::Local, Some(asked)) if op == TenantsOp::Create => asked,
+        (Home::Local, _) => return None,
+    };
+    (target != regions.own()).then_some(target)
+}
+
+/// The operation answered by a worker of `region`, its reply as it comes.
+async fn in_region(
+    region: &str,
+    message: &async_nats::Message,
+    shared: &Shared,
+) -> Result<Bytes, ServiceError> {
+    let unknown_region = shared
+        .regions
+        .as_ref()
+        .is_some_and(|r| !r.all().iter().any(|known| known == region));
+    if unknown_region {
+        return Err(ServiceError::bad_request(format!(
+            "region {region:?} is not one of this deployment's ({}: worker.regions)",
+            shared
+                .regions
+                .as_ref()
+                .map(|r| r.all().join(", "))
+                .unwrap_or_default()
+        )));
+    }
+    let subject = format!(
+        "{}.{}",
+        crate::region::forward_prefix(&shared.settings.nats.prefix, region),
+        message.subject
+    );
+    let mut headers = message.headers.clone().unwrap_or_default();
+    headers.insert(super::HEADER_HOPS, "1");
+    let request = async_nats::Request::new()
+        .payload(message.payload.clone())
+        .headers(headers)
+        .timeout(Some(shared.settings.nats.request_timeout));
+    shared.metrics.region_forwarded(region, false);
+    let unreachable = |what: String| {
+        shared.metrics.region_unreachable(region);
+        ServiceError::unavailable(format!("region {region} {what}; retry later"))
+    };
+    let reply = shared
+        .client
+        .send_request(subject, request)
+        .await
+        .map_err(|e| match e.kind() {
+            async_nats::client::RequestErrorKind::NoResponders => {
+                unreachable("is unreachable (no worker of it answers)".into())
+            }
+            _ => unreachable(format!("did not answer: {e}")),
+        })?;
+    let failed = reply
+        .headers
+        .as_ref()
+        .is_some_and(|h| h.get(HEADER_ERROR_CODE).is_some());
+    if failed {
+        let body: ErrorBody = serde_json::from_slice(&reply.payload).map_err(|e| {
+            ServiceError::internal(format!("region {region}'s error reply is unreadable: {e}"))
+        })?;
+        return Err(body.error);
+    }
+    // A tenant made there is known here at once (the directory's copy
+    // follows a moment later).
+    if let (Some(regions), Ok(record)) = (
+        &shared.regions,
+        serde_json::from_slice::<TenantRecord>(&reply.payload),
+    ) {
+        if message.subject.ends_with(TenantsOp::Create.as_str()) {
+            regions
+                .directory()
+                .note(region, &record.id, record.home_region.clone());
+        }
+    }
+    Ok(reply.payload)
 }
 
 async fn operate(
@@ -103,7 +217,7 @@ async fn operate(
             to_json(&json!({ "tenants": records, "next": next }))
         }
         TenantsOp::Show => {
-            let (tenant, _) = tenant_of(body, false)?;
+            let (tenant, _, _) = tenant_of(body, false, false)?;
             let mut record = registry
                 .get(tenant.as_str())
                 .await?
@@ -113,7 +227,7 @@ async fn operate(
             to_json(&record)
         }
         TenantsOp::Create => {
-            let (tenant, changes) = tenant_of(body, true)?;
+            let (tenant, changes, asked) = tenant_of(body, true, true)?;
             let mut settings = TenantSettings::default();
             settings
                 .apply(&changes)
@@ -121,6 +235,15 @@ async fn operate(
                 .map_err(ServiceError::bad_request)?;
             let mut record = TenantRecord::new(&tenant, &record::now());
             record.settings = settings;
+            record.home_region = match (&shared.regions, asked) {
+                (Some(regions), _) => Some(regions.own().to_owned()),
+                (None, Some(_)) => {
+                    return Err(ServiceError::bad_request(
+                        "region: this deployment has no regions (worker.region is not set)",
+                    ))
+                }
+                (None, None) => None,
+            };
             if registry.create(&record).await?.is_none() {
                 return Err(ServiceError::bad_request(format!(
                     "tenant {tenant} exists already (tenants set changes its settings)"
@@ -131,7 +254,7 @@ async fn operate(
             to_json(&record)
         }
         TenantsOp::Set => {
-            let (tenant, changes) = tenant_of(body, true)?;
+            let (tenant, changes, _) = tenant_of(body, true, false)?;
             if changes.is_empty() {
                 return Err(ServiceError::bad_request(
                     "settings: give at least one of top_k, max_documents, max_rps",
@@ -151,7 +274,7 @@ async fn operate(
             to_json(&record)
         }
         TenantsOp::Delete => {
-            let (tenant, _) = tenant_of(body, false)?;
+            let (tenant, _, _) = tenant_of(body, false, false)?;
             registry
                 .update(tenant.as_str(), |r| {
                     r.state = TenantState::Dropping;
@@ -186,19 +309,27 @@ fn unknown(tenant: &TenantId) -> ServiceError {
     ServiceError::unknown_tenant(format!("tenant {tenant} has no record in the registry"))
 }
 
-/// The tenant a body names, and its settings changes (refused unless
-/// `with_settings`).
+/// A tenant, its settings changes and the region asked for.
+type Asked = (TenantId, Map<String, Value>, Option<String>);
+
+/// The tenant a body names, its settings changes (refused unless
+/// `with_settings`) and the region asked for (refused unless
+/// `with_region`).
 fn tenant_of(
     body: &[u8],
     with_settings: bool,
-) -> Result<(TenantId, Map<String, Value>), ServiceError> {
+    with_region: bool,
+) -> Result<Asked, ServiceError> {
     let req: TenantRequest = decode(body)?;
     let tenant = TenantId::parse(&req.tenant)?;
+    if req.region.is_some() && !with_region {
+        return Err(ServiceError::bad_request("region is for tenants.create"));
+    }
     match (req.settings, with_settings) {
         (Some(_), false) => Err(ServiceError::bad_request(
             "settings are for tenants.create and tenants.set",
         )),
-        (settings, _) => Ok((tenant, settings.unwrap_or_default())),
+        (settings, _) => Ok((tenant, settings.unwrap_or_default(), req.region)),
     }
 }
 

@@ -1,0 +1,116 @@
+//! A request or an ingest message of a tenant homed in another region: sent
+//! there, and its answer relayed back.
+//!
+//! Owns the hop between regions. A request goes to
+//! `<p>._region.<home>.<original subject>`, which the home region's workers
+//! take as their own; an ingest message (a JetStream publish on
+//! `<p>.ingest.<tenant>`, which no stream of a region takes) is published
+//! to the home region's stream subject, `<p>.<home>.ingest.<tenant>`, and
+//! the stream's acknowledgement goes back to the producer as it came, so
+//! that the producer's ack means "stored in the home region". Both leave
+//! through the relay in arrival order. It must never store a tenant's
+//! message outside its home, and never leave a sender waiting on a region
+//! that is gone: NATS answers a forward to a region without workers (its
+//! servers down, or cut off) with "no responders", and the sender is
+//! answered `unavailable`, naming the region, at once.
+
+use std::sync::Arc;
+
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::placement::hops;
+use super::{reply_now, Incoming, Shared, HEADER_HOPS};
+use crate::names::{storage_prefix, Names};
+use crate::protocol::{Addressed, ServiceError};
+use crate::region::forward_prefix;
+
+/// Send `request` to `region`, which holds its tenant.
+pub(super) fn forward_request(
+    request: Incoming,
+    region: &str,
+    shared: &Arc<Shared>,
+    permit: OwnedSemaphorePermit,
+) {
+    let message = request.into_message();
+    let subject = format!(
+        "{}.{}",
+        forward_prefix(&shared.settings.nats.prefix, region),
+        message.subject
+    );
+    let mut headers = message.headers.clone().unwrap_or_default();
+    headers.insert(HEADER_HOPS, (hops(&message) + 1).to_string().as_str());
+    shared.metrics.region_forwarded(region, false);
+    send(shared, subject, region, headers, message, permit);
+}
+
+/// Publish an ingest message of `tenant` (the token of its subject) to the
+/// stream of its home `region`, headers and body as they came.
+pub(super) fn forward_ingest(
+    message: async_nats::Message,
+    tenant: &str,
+    region: &str,
+    shared: &Arc<Shared>,
+    permit: OwnedSemaphorePermit,
+) {
+    let names = Names::new(&storage_prefix(&shared.settings.nats.prefix, Some(region)));
+    let subject = names.ingest_subject(tenant);
+    let headers = message.headers.clone().unwrap_or_default();
+    shared.metrics.region_forwarded(region, true);
+    send(shared, subject, region, headers, message, permit);
+}
+
+fn send(
+    shared: &Arc<Shared>,
+    subject: String,
+    region: &str,
+    headers: async_nats::HeaderMap,
+    message: async_nats::Message,
+    permit: OwnedSemaphorePermit,
+) {
+    let Some(relay) = &shared.region_relay else {
+        return;
+    };
+    relay.forward(subject, region, headers, message, permit, &shared.runtime);
+}
+
+/// Answer a forward to `region` that did not arrive (no worker listens
+/// there) or was not answered in time: `unavailable`, naming the region; to
+/// a producer, in the shape of a JetStream error, which its client raises.
+pub(super) fn answer_unreached(
+    message: async_nats::Message,
+    region: &str,
+    answered_late: bool,
+    shared: &Arc<Shared>,
+) {
+    shared.metrics.region_unreachable(region);
+    let tenant = crate::protocol::tenant_token(message.subject.as_str()).to_owned();
+    let what = match answered_late {
+        true => format!(
+            "did not answer in {:?}",
+            shared.settings.nats.request_timeout
+        ),
+        false => "is unreachable (no worker of it answers)".to_owned(),
+    };
+    let error = ServiceError::unavailable(format!(
+        "tenant {tenant:?} lives in region {region}, which {what}; retry later"
+    ));
+    let addressed = shared.subjects.classify(message.subject.as_str());
+    if addressed == Addressed::Stream {
+        let Some(reply) = message.reply.clone() else {
+            return;
+        };
+        let body = serde_json::json!({
+            "error": {"code": 503, "err_code": 10000, "description": error.message},
+        });
+        let client = shared.client.clone();
+        shared.runtime.spawn(async move {
+            let _ = client.publish(reply, body.to_string().into()).await;
+        });
+        return;
+    }
+    reply_now(
+        Incoming::Bare(message, shared.client.clone()),
+        shared,
+        error,
+    );
+}
