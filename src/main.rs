@@ -278,6 +278,14 @@ enum TenantsAction {
     },
     /// Erase a tenant: its data (as drop) and its record.
     Delete { tenant: String },
+    /// With regions: move a tenant's home to another region (its data
+    /// copied there, the record flipped, the old copy erased; its writes
+    /// wait meanwhile).
+    Move {
+        tenant: String,
+        #[arg(long)]
+        region: String,
+    },
     /// Make the record of every tenant of this machine's data folder
     /// (store.folder) written before the registry, from its tenant.json and
     /// embedder.json; run where the worker's data is. A worker does the same
@@ -744,6 +752,9 @@ async fn request_command(command: Command, settings: &Settings) -> Result<Value,
             }
             TenantsAction::Delete { tenant } => {
                 tenants::one(&client, TenantsOp::Delete, &tenant, None).await
+            }
+            TenantsAction::Move { tenant, region } => {
+                tenants::move_to(&client, &tenant, &region).await
             }
             TenantsAction::ImportFiles => unreachable!("handled before"),
         },

@@ -125,6 +125,16 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
         }
         None => None,
     };
+    // With regions: the region's JetStream domain checked, and every
+    // region's tenants read from the directory before the first request.
+    let regions = match settings.worker.region() {
+        Some(own) => Some(crate::region::open(&client, &settings, own, shutdown.clone()).await?),
+        None => None,
+    };
+    let tenancy = transport::ingest::Tenancy {
+        keys: keys.clone(),
+        regions: regions.clone(),
+    };
     let setup = Arc::new(TenantSetup {
         factory: factory.clone(),
         embedder,
@@ -200,7 +210,7 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
                     &settings,
                     router.clone(),
                     counters.clone(),
-                    keys.clone(),
+                    tenancy.clone(),
                     &shutdown,
                 )
                 .await?;
@@ -230,7 +240,7 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
                 &settings,
                 router.clone(),
                 counters.clone(),
-                keys.clone(),
+                tenancy.clone(),
                 shutdown.clone(),
             ));
         }
@@ -240,7 +250,7 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
                 &settings,
                 router.clone(),
                 counters.clone(),
-                keys.clone(),
+                tenancy.clone(),
             ));
             let pulled = partitions.clone();
             metrics.watch_partitions(counters, move || pulled.consumers());
@@ -257,12 +267,6 @@ pub async fn run(mut settings: Settings, shutdown: CancellationToken) -> anyhow:
     let stop_serving = match &cluster {
         Some(_) => CancellationToken::new(),
         None => shutdown.clone(),
-    };
-    // With regions: the region's JetStream domain checked, and every
-    // region's tenants read from the directory before the first request.
-    let regions = match settings.worker.region() {
-        Some(own) => Some(crate::region::open(&client, &settings, own, shutdown.clone()).await?),
-        None => None,
     };
     let serving = transport::service::start(
         client.clone(),

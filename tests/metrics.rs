@@ -492,7 +492,7 @@ async fn the_registry_census_counts_tenants_by_state_and_size() {
     assert_eq!(registry["tenants"], 3, "{registry:#}");
     assert_eq!(
         registry["states"],
-        json!({"idle": 2, "active": 1, "dropping": 0}),
+        json!({"idle": 2, "active": 1, "dropping": 0, "moving": 0}),
         "{registry:#}"
     );
     assert_eq!(registry["documents_unknown"], 1, "carol never closed");

@@ -365,3 +365,119 @@ async fn losing_a_region_costs_only_its_tenants_and_nothing_acknowledged() {
     assert_eq!(version_of(&eu, "bob", "d").await, Some(acked));
     assert_eq!(count(&eu, "bob").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_a_tenant_under_load_loses_and_reorders_nothing() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let mut world = World::start(&["eu", "us"], 1).await;
+    json_output(&mut world.region("eu").cli(&["tenants", "create", "carol"]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (upserted, ingested) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    // Requests from eu, each retried until acknowledged.
+    let writer = {
+        let client = world.region("eu").client().await;
+        let (stop, upserted) = (stop.clone(), upserted.clone());
+        tokio::spawn(async move {
+            let mut v = 0;
+            while !stop.load(Ordering::Relaxed) {
+                v += 1;
+                let body = json!({"documents": [doc("d", v, "request")]});
+                loop {
+                    match client.tenant(Verb::Upsert, "carol", &body).await {
+                        Ok(_) => break,
+                        Err(ClientError::Service(e)) if e.code == ErrorCode::Unavailable => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => panic!("upsert v{v}: {e}"),
+                    }
+                }
+                upserted.store(v, Ordering::Relaxed);
+            }
+        })
+    };
+    // Ingest from us, each message published again until stored.
+    let producer = {
+        let url = world.region("us").url();
+        let (stop, ingested) = (stop.clone(), ingested.clone());
+        tokio::spawn(async move {
+            let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+            let mut v = 0;
+            while !stop.load(Ordering::Relaxed) {
+                v += 1;
+                let body = json!({"documents": [doc("i", v, "ingest"), doc(&format!("m{v}"), v, "ingest")]});
+                let payload: bytes::Bytes = serde_json::to_vec(&body).unwrap().into();
+                loop {
+                    let stored = match js.publish("tenantvec.ingest.carol", payload.clone()).await {
+                        Ok(ack) => ack.await.is_ok(),
+                        Err(_) => false,
+                    };
+                    if stored {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                ingested.store(v, Ordering::Relaxed);
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let moved = json_output(
+        &mut world
+            .region("eu")
+            .cli(&["tenants", "move", "carol", "--region", "us"]),
+    );
+    assert_eq!(moved["moved"], "carol", "{moved}");
+    assert_eq!(moved["erased"], true, "{moved}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    producer.await.unwrap();
+    let (last_upsert, last_ingest) = (
+        upserted.load(Ordering::Relaxed),
+        ingested.load(Ordering::Relaxed),
+    );
+    assert!(last_upsert > 0 && last_ingest > 0);
+
+    let eu = world.region("eu").client().await;
+    wait_for(
+        "every acknowledged write applied in us",
+        Duration::from_secs(60),
+        async || count(&eu, "carol").await == 2 + last_ingest,
+    )
+    .await;
+    assert_eq!(
+        version_of(&eu, "carol", "d").await,
+        Some(last_upsert),
+        "the last acknowledged upsert"
+    );
+    assert_eq!(
+        version_of(&eu, "carol", "i").await,
+        Some(last_ingest),
+        "the last acknowledged ingest"
+    );
+    let shown = eu
+        .request(
+            eu.subjects().tenants(tenantvec::protocol::TenantsOp::Show),
+            &json!({"tenant": "carol"}),
+        )
+        .await
+        .expect("show");
+    assert_eq!(shown["home_region"], "us", "{shown}");
+    assert!(
+        shown["state"] == "idle" || shown["state"] == "active",
+        "{shown}"
+    );
+    assert!(
+        !world
+            .region("eu")
+            .data
+            .path()
+            .join("carol")
+            .join("vector_store")
+            .exists(),
+        "the old copy is erased"
+    );
+    assert!(world.region("us").data.path().join("carol").exists());
+}

@@ -140,6 +140,10 @@ impl Backups {
 pub struct ExportRequest {
     pub object: String,
     pub progress: Option<String>,
+    /// `tenants move`: the region the tenant leaves for. From this export
+    /// on, the tenant's writes are refused here (retryably), so the export
+    /// holds every write this region acknowledged.
+    pub moving_to: Option<String>,
     /// Set by the transport ([`crate::command::Command::with_backups`]).
     pub backups: Option<Backups>,
 }
@@ -163,6 +167,8 @@ struct Body {
     progress: Option<String>,
     #[serde(default)]
     re_embed: bool,
+    #[serde(default)]
+    moving_to: Option<String>,
 }
 
 fn body(raw: &[u8]) -> Result<Body, ServiceError> {
@@ -189,6 +195,7 @@ pub fn decode_export(raw: &[u8]) -> Result<ExportRequest, ServiceError> {
     Ok(ExportRequest {
         object: b.object,
         progress: b.progress,
+        moving_to: b.moving_to,
         backups: None,
     })
 }
@@ -196,6 +203,9 @@ pub fn decode_export(raw: &[u8]) -> Result<ExportRequest, ServiceError> {
 /// An import request from its body; the bucket is attached later.
 pub fn decode_import(raw: &[u8]) -> Result<ImportRequest, ServiceError> {
     let b = body(raw)?;
+    if b.moving_to.is_some() {
+        return Err(ServiceError::bad_request("moving_to is for export"));
+    }
     Ok(ImportRequest {
         object: b.object,
         re_embed: b.re_embed,

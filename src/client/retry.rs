@@ -34,7 +34,9 @@ pub fn safe_to_repeat(request: Request) -> bool {
     match request {
         Request::Tenant(verb) => !matches!(verb, Verb::Export | Verb::Rekey),
         Request::Admin(_) => true,
-        Request::Tenants(op) => !matches!(op, TenantsOp::Create | TenantsOp::Delete),
+        Request::Tenants(op) => {
+            !matches!(op, TenantsOp::Create | TenantsOp::Delete | TenantsOp::Move)
+        }
     }
 }
 

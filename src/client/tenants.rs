@@ -72,6 +72,19 @@ pub async fn create(
         .await
 }
 
+/// How long `tenants move` waits for the move (an export and an import).
+const MOVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Move `tenant`'s home to `region`; what was moved.
+pub async fn move_to(client: &Client, tenant: &str, region: &str) -> Result<Value, ClientError> {
+    check_tenant(tenant)?;
+    let body = json!({ "tenant": tenant, "region": region });
+    let subject = client.subjects().tenants(TenantsOp::Move);
+    client
+        .request_timeout(subject, body.to_string().into(), MOVE_TIMEOUT)
+        .await
+}
+
 /// Every record whose id starts with `prefix` (in `state`, if given), page
 /// by page in id order.
 pub async fn list(

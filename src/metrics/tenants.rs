@@ -69,6 +69,7 @@ impl Collector for TenantsCollector {
                 "dropping",
                 stats.states.get("dropping").copied().unwrap_or(0),
             ),
+            ("moving", stats.states.get("moving").copied().unwrap_or(0)),
         ] {
             let labels = [("state", state)];
             let metric = family.encode_family(&labels)?;

@@ -15,15 +15,18 @@ pub enum TenantsOp {
     Create,
     Set,
     Delete,
+    /// With regions: the tenant's home moved to another region.
+    Move,
 }
 
 impl TenantsOp {
-    pub const ALL: [TenantsOp; 5] = [
+    pub const ALL: [TenantsOp; 6] = [
         TenantsOp::List,
         TenantsOp::Show,
         TenantsOp::Create,
         TenantsOp::Set,
         TenantsOp::Delete,
+        TenantsOp::Move,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -33,6 +36,7 @@ impl TenantsOp {
             TenantsOp::Create => "create",
             TenantsOp::Set => "set",
             TenantsOp::Delete => "delete",
+            TenantsOp::Move => "move",
         }
     }
 
@@ -73,8 +77,8 @@ pub struct TenantRequest {
     pub tenant: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<serde_json::Map<String, serde_json::Value>>,
-    /// `create` with regions: the tenant's home region (by default the
-    /// region of the worker that answers).
+    /// With regions: for `create`, the tenant's home region (by default
+    /// the region of the worker that answers); for `move`, where it goes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
 }

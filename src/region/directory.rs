@@ -20,6 +20,8 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::names::{name_suffix, storage_prefix, tenants_bucket};
+use crate::region::Claim;
+use crate::registry::TenantState;
 
 /// The directory bucket of a region: `TENANTVEC_DIRECTORY` and the
 /// suffix of its storage prefix.
@@ -49,17 +51,29 @@ pub fn source(prefix: &str, region: &str, own: &str, directory: &str) -> stream:
     }
 }
 
-/// What the directory keeps of a record: the region named its home.
+/// What the directory reads of a record.
 #[derive(Deserialize)]
-struct Claim {
+struct Stored {
     #[serde(default)]
     home_region: Option<String>,
+    #[serde(default)]
+    state: TenantState,
+}
+
+impl Stored {
+    fn claim(self) -> Claim {
+        Claim {
+            home: self.home_region,
+            arriving: self.state == TenantState::Arriving,
+            in_transit: matches!(self.state, TenantState::Moving | TenantState::Arriving),
+        }
+    }
 }
 
 #[derive(Default)]
 struct Inner {
-    /// Tenant → region holding a record of it → the home that record names.
-    claims: HashMap<String, BTreeMap<String, Option<String>>>,
+    /// Tenant → region holding a record of it → what that record says.
+    claims: HashMap<String, BTreeMap<String, Claim>>,
     complete: bool,
 }
 
@@ -224,14 +238,29 @@ impl Directory {
         Ok(())
     }
 
-    /// The tenant's record, made in `region` through this worker, known
-    /// here at once (the directory's copy follows).
-    pub fn note(&self, region: &str, tenant: &str, home: Option<String>) {
-        self.lock()
-            .claims
-            .entry(tenant.to_owned())
-            .or_default()
-            .insert(region.to_owned(), home);
+    /// The tenant's record in `region`, written through this worker, known
+    /// here at once (the directory's copy follows); `None`: removed.
+    pub fn note(&self, region: &str, tenant: &str, record: Option<&crate::registry::TenantRecord>) {
+        let mut inner = self.lock();
+        match record {
+            Some(r) => {
+                let claim = Stored {
+                    home_region: r.home_region.clone(),
+                    state: r.state,
+                }
+                .claim();
+                inner
+                    .claims
+                    .entry(tenant.to_owned())
+                    .or_default()
+                    .insert(region.to_owned(), claim);
+            }
+            None => {
+                if let Some(c) = inner.claims.get_mut(tenant) {
+                    c.remove(region);
+                }
+            }
+        }
     }
 
     pub fn bucket(&self) -> &str {
@@ -243,13 +272,9 @@ impl Directory {
     }
 
     /// `f` of the records the regions hold of `tenant`.
-    pub fn with_claims<T>(
-        &self,
-        tenant: &str,
-        f: impl FnOnce(&BTreeMap<String, Option<String>>) -> T,
-    ) -> T {
+    pub fn with_claims<T>(&self, tenant: &str, f: impl FnOnce(&BTreeMap<String, Claim>) -> T) -> T {
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        static NONE: BTreeMap<String, Option<String>> = BTreeMap::new();
+        static NONE: BTreeMap<String, Claim> = BTreeMap::new();
         f(inner.claims.get(tenant).unwrap_or(&NONE))
     }
 
@@ -292,13 +317,13 @@ impl Directory {
             return;
         };
         let mut inner = self.lock();
-        match value.map(serde_json::from_slice::<Claim>) {
-            Some(Ok(claim)) => {
+        match value.map(serde_json::from_slice::<Stored>) {
+            Some(Ok(stored)) => {
                 inner
                     .claims
                     .entry(tenant.to_owned())
                     .or_default()
-                    .insert(region.to_owned(), claim.home_region);
+                    .insert(region.to_owned(), stored.claim());
             }
             Some(Err(e)) => {
                 tracing::warn!(%key, error = %e, "directory record unreadable");

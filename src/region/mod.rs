@@ -149,24 +149,43 @@ impl Regions {
         self.directory
             .with_claims(tenant, |claims| resolve(&self.own, claims))
     }
+
+    /// Whether `tenant` is being moved between regions (a record of it is
+    /// `moving` or `arriving`): its writes wait until the move ends.
+    pub fn in_transit(&self, tenant: &str) -> bool {
+        self.directory
+            .with_claims(tenant, |claims| claims.values().any(|c| c.in_transit))
+    }
+}
+
+/// What a region's record of a tenant says of its home.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Claim {
+    /// The `home_region` it names (`None`: written before regions).
+    pub home: Option<String>,
+    /// It is `arriving`: a move is copying the tenant there, which is not
+    /// its home yet.
+    pub arriving: bool,
+    /// It is `moving` or `arriving`.
+    pub in_transit: bool,
 }
 
 /// The home of a tenant from the records the regions hold of it
-/// (`claims`: the region that holds a record, and the `home_region` the
-/// record names, `None` in a record written before regions).
+/// (`claims`: the region that holds a record, and what it says).
 ///
-/// A record that names its own region (or none) is a home. With none, the
-/// tenant is new: local. With two (two first writes in two regions within
-/// the directory's lag, or a move caught between its steps), the first
-/// region by name wins, in every region alike, so that no two regions both
-/// serve the tenant. A record that names another region (a tenant moved
-/// away, its old record not yet erased) points there.
-pub fn resolve(own: &str, claims: &BTreeMap<String, Option<String>>) -> Home {
+/// A record that names its own region (or none) is a home, unless it is
+/// `arriving` (a move's copy, not the home yet). With none, the tenant is
+/// new: local. With two (two first writes in two regions within the
+/// directory's lag), the first region by name wins, in every region alike,
+/// so that no two regions both serve the tenant. A record that names
+/// another region (a tenant moved away, its old record not yet erased)
+/// points there.
+pub fn resolve(own: &str, claims: &BTreeMap<String, Claim>) -> Home {
     let home_claim = claims
         .iter()
-        .find(|(held, named)| named.as_deref().is_none_or(|n| n == held.as_str()))
+        .find(|(held, c)| !c.arriving && c.home.as_deref().is_none_or(|n| n == held.as_str()))
         .map(|(held, _)| held.as_str());
-    let pointed = claims.values().flatten().next().map(String::as_str);
+    let pointed = claims.values().find_map(|c| c.home.as_deref());
     match home_claim.or(pointed) {
         None => Home::Local,
         Some(r) if r == own => Home::Local,
@@ -195,10 +214,16 @@ pub fn original_subject<'a>(prefix: &str, region: &str, subject: &'a str) -> Opt
 mod tests {
     use super::*;
 
-    fn claims(items: &[(&str, Option<&str>)]) -> BTreeMap<String, Option<String>> {
+    fn claims(items: &[(&str, Option<&str>)]) -> BTreeMap<String, Claim> {
         items
             .iter()
-            .map(|(held, named)| ((*held).to_owned(), named.map(str::to_owned)))
+            .map(|(held, named)| {
+                let claim = Claim {
+                    home: named.map(str::to_owned),
+                    ..Claim::default()
+                };
+                ((*held).to_owned(), claim)
+            })
             .collect()
     }
 
@@ -237,6 +262,17 @@ mod tests {
             resolve("us", &claims(&[("eu", Some("us")), ("us", Some("us"))])),
             Home::Local
         );
+    }
+
+    #[test]
+    fn an_arriving_copy_is_not_a_home_until_the_old_one_points_to_it() {
+        let mut during = claims(&[("eu", Some("eu")), ("us", Some("us"))]);
+        during.get_mut("us").unwrap().arriving = true;
+        assert_eq!(resolve("us", &during), Home::Remote("eu".into()));
+        // The flip: the old record points at the arriving one.
+        during.get_mut("eu").unwrap().home = Some("us".into());
+        assert_eq!(resolve("eu", &during), Home::Remote("us".into()));
+        assert_eq!(resolve("us", &during), Home::Local);
     }
 
     #[test]

@@ -162,7 +162,7 @@ impl Index {
             ..RegistryStats::default()
         };
         let mut counts = [0u64; DOCUMENT_BOUNDS.len() + 1];
-        let (mut idle, mut dropping) = (0u64, 0u64);
+        let (mut idle, mut dropping, mut moving) = (0u64, 0u64, 0u64);
         for e in inner.entries.values() {
             let Some((state, documents)) = e.kept else {
                 continue;
@@ -177,6 +177,7 @@ impl Index {
             }
             match state {
                 TenantState::Dropping => dropping += 1,
+                TenantState::Moving | TenantState::Arriving => moving += 1,
                 _ => idle += 1,
             }
         }
@@ -194,6 +195,7 @@ impl Index {
             .insert("idle".into(), idle.saturating_sub(held));
         stats.states.insert("active".into(), held);
         stats.states.insert("dropping".into(), dropping);
+        stats.states.insert("moving".into(), moving);
         stats.documents = counts
             .iter()
             .enumerate()

@@ -33,6 +33,12 @@ pub enum TenantState {
     Active,
     /// `tenants delete` is erasing it.
     Dropping,
+    /// `tenants move` is copying it to another region (`moving_to`): its
+    /// writes are refused (retryably) until the move ends.
+    Moving,
+    /// `tenants move` is copying it here: its record made, its data on
+    /// the way; not its home yet.
+    Arriving,
 }
 
 impl TenantState {
@@ -41,6 +47,8 @@ impl TenantState {
             "idle" => Some(Self::Idle),
             "active" => Some(Self::Active),
             "dropping" => Some(Self::Dropping),
+            "moving" => Some(Self::Moving),
+            "arriving" => Some(Self::Arriving),
             _ => None,
         }
     }
@@ -76,6 +84,9 @@ pub struct TenantRecord {
     /// Its data key, wrapped (kept for per-tenant encryption).
     #[serde(default)]
     pub key: Option<Value>,
+    /// In state `moving`: the region it is being moved to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving_to: Option<String>,
     /// Fields of a later version, kept as they are.
     #[serde(flatten)]
     pub later: Map<String, Value>,
@@ -97,6 +108,7 @@ impl TenantRecord {
             last_active: None,
             home_region: None,
             key: None,
+            moving_to: None,
             later: Map::new(),
         }
     }

@@ -128,6 +128,9 @@ pub struct TenantActor {
     wrote_any: bool,
     /// The record's `last_active` as the actor read it.
     last_active: Option<String>,
+    /// The region the tenant is being moved to (`tenants move`): its
+    /// writes are refused meanwhile.
+    moving: Option<String>,
     limiter: Option<RateLimiter>,
     /// `None` only while a job has it on the blocking pool.
     store: Option<Box<dyn TenantStore>>,
@@ -172,6 +175,7 @@ impl TenantActor {
             dropped: false,
             wrote_any: false,
             last_active: None,
+            moving: None,
             limiter: None,
             store: Some(store),
             data_key: None,
@@ -307,6 +311,10 @@ impl TenantActor {
     /// Take the settings of the tenant's record.
     fn adopt(&mut self, record: &TenantRecord) {
         self.registered = true;
+        self.moving = match record.state {
+            crate::registry::TenantState::Moving => record.moving_to.clone(),
+            _ => None,
+        };
         self.last_active = record.last_active.clone();
         let policy =
             TenantPolicy::resolve(&record.settings, &self.setup.defaults, self.setup.max_top_k)
@@ -794,6 +802,26 @@ impl TenantActor {
         if let Err(e) = &self.policy {
             env.fail(e.clone());
             return;
+        }
+        // A move's export: every write queued before it goes with the
+        // tenant, every write after it is refused until the move ends.
+        if let Command::Export(export) = &env.command {
+            if let Some(to) = &export.moving_to {
+                self.moving = Some(to.clone());
+            }
+        }
+        if let Some(to) = &self.moving {
+            let refused = env.command.is_write() && !matches!(env.command, Command::Drop);
+            if refused {
+                env.fail(
+                    ServiceError::unavailable(format!(
+                        "tenant {} is moving to region {to}; retry in a moment",
+                        self.tenant
+                    ))
+                    .retry_after(std::time::Duration::from_millis(500)),
+                );
+                return;
+            }
         }
         let mut env = env;
         if let Some(limiter) = self.limiter.as_mut() {

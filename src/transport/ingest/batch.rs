@@ -33,6 +33,20 @@ pub(super) struct BatchItem {
     applied: bool,
 }
 
+impl BatchItem {
+    pub(super) fn message(&self) -> &jetstream::Message {
+        &self.message
+    }
+
+    pub(super) fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub(super) fn applied(&self) -> bool {
+        self.applied
+    }
+}
+
 pub(super) fn spawn_batch(
     shared: &Arc<Shared>,
     lanes: &Lanes<Pending>,
@@ -102,6 +116,15 @@ pub(super) async fn run_batch(
         }
     };
 
+    // A tenant moved to another region while these waited: sent there.
+    if let Some(regions) = &shared.tenancy.regions {
+        if let crate::region::Home::Remote(home) = regions.home_of(tenant.as_str()) {
+            let mut sent = super::moved::send_on(shared, tenant, &home, &items).await;
+            sent.checked = checked;
+            return sent;
+        }
+    }
+
     // Decode and route what has not been written yet, as one command.
     let span = tracing::info_span!("ingest", %tenant, first_seq = first);
     let mut parts = Vec::new();
@@ -116,7 +139,8 @@ pub(super) async fn run_batch(
         let body = match is_sealed(item.message.headers.as_ref()) {
             false => Ok(&item.message.payload[..]),
             true => {
-                opened = open_body(shared.keys.as_ref(), tenant, &item.message.payload).await;
+                opened =
+                    open_body(shared.tenancy.keys.as_ref(), tenant, &item.message.payload).await;
                 opened.as_deref().map_err(Clone::clone)
             }
         };

@@ -58,7 +58,7 @@ pub(super) async fn dead_letter(
     let subject = shared.names.deadletter_subject(tenant);
     let already_sealed = is_sealed(message.headers.as_ref());
     let kept = match keep_body(
-        shared.keys.as_ref(),
+        shared.tenancy.keys.as_ref(),
         tenant,
         &message.payload,
         already_sealed,

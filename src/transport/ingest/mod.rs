@@ -19,6 +19,7 @@
 mod batch;
 mod deadletter;
 mod lane;
+mod moved;
 mod order;
 mod partitions;
 mod sealing;
@@ -67,8 +68,8 @@ struct Shared {
     settings: Settings,
     router: Router,
     counters: Arc<IngestCounters>,
-    /// With `encryption.enabled`: what dead letters are sealed with.
-    keys: Option<Keys>,
+    /// Tenants' keys and home regions.
+    tenancy: Tenancy,
     in_flight: Arc<Semaphore>,
     /// The permits `in_flight` started with.
     in_flight_limit: usize,
@@ -124,6 +125,17 @@ struct Pending {
     _permit: OwnedSemaphorePermit,
 }
 
+/// What the ingest knows of tenants beyond their actors.
+#[derive(Clone, Default)]
+pub struct Tenancy {
+    /// With `encryption.enabled`: what dead letters are sealed with.
+    pub keys: Option<Keys>,
+    /// With regions: where each tenant lives; a message of a tenant that
+    /// has moved away is sent on to its new home's stream, never applied
+    /// here.
+    pub regions: Option<crate::region::Regions>,
+}
+
 enum Event {
     /// Boxed: a message is large next to a finished batch's outcome.
     Arrived(Box<jetstream::Message>, OwnedSemaphorePermit),
@@ -137,14 +149,14 @@ pub fn start(
     settings: &Settings,
     router: Router,
     counters: Arc<IngestCounters>,
-    keys: Option<Keys>,
+    tenancy: Tenancy,
     shutdown: CancellationToken,
 ) -> Ingesting {
     let names = Names::new(&settings.storage_prefix());
     let in_flight = settings.ingest.max_ack_pending;
     let budget = PullBudget::new(&settings.ingest, 1, max_payload(&js));
     start_with(
-        js, consumer, names, settings, in_flight, budget, router, counters, keys, shutdown,
+        js, consumer, names, settings, in_flight, budget, router, counters, tenancy, shutdown,
     )
 }
 
@@ -179,7 +191,7 @@ fn start_with(
     budget: PullBudget,
     router: Router,
     counters: Arc<IngestCounters>,
-    keys: Option<Keys>,
+    tenancy: Tenancy,
     shutdown: CancellationToken,
 ) -> Ingesting {
     let shared = Arc::new(Shared {
@@ -189,7 +201,7 @@ fn start_with(
         settings: settings.clone(),
         router,
         counters,
-        keys,
+        tenancy,
         in_flight: Arc::new(Semaphore::new(in_flight)),
         in_flight_limit: in_flight,
     });

@@ -13,11 +13,10 @@ use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::registry::keys::Keys;
 use crate::router::Router;
 
 use super::setup::consumer_config;
-use super::{max_payload, partition_share, start_with, Ingesting, PullBudget};
+use super::{max_payload, partition_share, start_with, Ingesting, PullBudget, Tenancy};
 use crate::metrics::IngestCounters;
 use crate::names::Names;
 
@@ -32,7 +31,7 @@ pub struct PartitionIngest {
     settings: Settings,
     router: Router,
     counters: Arc<IngestCounters>,
-    keys: Option<Keys>,
+    tenancy: Tenancy,
     /// One for all the partitions this worker holds: it may hold them all.
     budget: PullBudget,
     running: std::sync::Mutex<
@@ -46,7 +45,7 @@ impl PartitionIngest {
         settings: &Settings,
         router: Router,
         counters: Arc<IngestCounters>,
-        keys: Option<Keys>,
+        tenancy: Tenancy,
     ) -> Self {
         let budget = PullBudget::new(
             &settings.ingest,
@@ -60,7 +59,7 @@ impl PartitionIngest {
             settings: settings.clone(),
             router,
             counters,
-            keys,
+            tenancy,
             running: Default::default(),
         }
     }
@@ -96,7 +95,7 @@ impl PartitionIngest {
             self.budget.clone(),
             self.router.clone(),
             self.counters.clone(),
-            self.keys.clone(),
+            self.tenancy.clone(),
             stop.clone(),
         );
         self.running

@@ -209,7 +209,7 @@ pub async fn apply_from_before(
     settings: &Settings,
     router: Router,
     counters: Arc<IngestCounters>,
-    keys: Option<crate::registry::keys::Keys>,
+    tenancy: super::Tenancy,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let names = Names::new(&settings.storage_prefix());
@@ -225,7 +225,7 @@ pub async fn apply_from_before(
         settings,
         router,
         counters,
-        keys,
+        tenancy,
         stop.clone(),
     );
     while first_message(&stream, &names.ingest_subjects)

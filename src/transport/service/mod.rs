@@ -31,6 +31,7 @@
 //! partition's connection only. Admin verbs stay on the endpoint.
 
 mod admin;
+mod moving;
 mod placement;
 mod region;
 mod reply;
@@ -606,6 +607,12 @@ fn dispatch_with(
         // stream of its tenant's home region, whose ack answers it.
         if let Some(regions) = &shared.regions {
             if let Some(token) = shared.subjects.ingest_token(subject.as_str()) {
+                if regions.in_transit(token) {
+                    let refusal = format!(
+                        "tenant {token:?} is moving between regions; publish again in a moment"
+                    );
+                    return region::refuse_publish(request.into_message(), refusal, shared);
+                }
                 let home = match regions.home_of(token) {
                     Home::Local => regions.own().to_owned(),
                     Home::Remote(r) => r,
@@ -655,7 +662,8 @@ fn dispatch_with(
     };
     // With regions, the tenant's home region serves it.
     if let (Some(regions), Some(Ok(tenant))) = (&shared.regions, &parsed) {
-        if hops(responder.request.message()) < MAX_HOPS {
+        let message = responder.request.message();
+        if hops(message) < MAX_HOPS && !region::served_here(message) {
             if let Home::Remote(home) = regions.home_of(tenant.as_str()) {
                 let Ok(permit) = permit() else {
                     return responder.deliver(Err(busy(shared)));

@@ -96,17 +96,7 @@ pub(super) fn answer_unreached(
     ));
     let addressed = shared.subjects.classify(message.subject.as_str());
     if addressed == Addressed::Stream {
-        let Some(reply) = message.reply.clone() else {
-            return;
-        };
-        let body = serde_json::json!({
-            "error": {"code": 503, "err_code": 10000, "description": error.message},
-        });
-        let client = shared.client.clone();
-        shared.runtime.spawn(async move {
-            let _ = client.publish(reply, body.to_string().into()).await;
-        });
-        return;
+        return refuse_publish(message, error.message, shared);
     }
     reply_now(
         Incoming::Bare(message, shared.client.clone()),
@@ -114,3 +104,30 @@ pub(super) fn answer_unreached(
         error,
     );
 }
+
+/// Answer a JetStream publish that no stream stored, as a stream answers
+/// one it cannot take (status 503, which the producer's client raises).
+pub(super) fn refuse_publish(message: async_nats::Message, description: String, shared: &Shared) {
+    let Some(reply) = message.reply else {
+        return;
+    };
+    let body = serde_json::json!({
+        "error": {"code": 503, "err_code": 10000, "description": description},
+    });
+    let client = shared.client.clone();
+    shared.runtime.spawn(async move {
+        let _ = client.publish(reply, body.to_string().into()).await;
+    });
+}
+
+/// Whether `message` was sent by a move to be served in this region,
+/// whatever the directory says (its copy of the tenant is arriving here).
+pub(super) fn served_here(message: &async_nats::Message) -> bool {
+    message
+        .headers
+        .as_ref()
+        .is_some_and(|h| h.get(HEADER_HERE).is_some())
+}
+
+/// The header a move puts on the requests it sends to one region's copy.
+pub const HEADER_HERE: &str = "Tenantvec-Region-Here";

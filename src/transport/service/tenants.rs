@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -131,10 +132,15 @@ async fn in_region(
     );
     let mut headers = message.headers.clone().unwrap_or_default();
     headers.insert(super::HEADER_HOPS, "1");
+    // A move is an export and an import: it takes as long as they do.
+    let timeout = match message.subject.ends_with(TenantsOp::Move.as_str()) {
+        true => Duration::from_secs(3600),
+        false => shared.settings.nats.request_timeout,
+    };
     let request = async_nats::Request::new()
         .payload(message.payload.clone())
         .headers(headers)
-        .timeout(Some(shared.settings.nats.request_timeout));
+        .timeout(Some(timeout));
     shared.metrics.region_forwarded(region, false);
     let unreachable = |what: String| {
         shared.metrics.region_unreachable(region);
@@ -167,9 +173,7 @@ async fn in_region(
         serde_json::from_slice::<TenantRecord>(&reply.payload),
     ) {
         if message.subject.ends_with(TenantsOp::Create.as_str()) {
-            regions
-                .directory()
-                .note(region, &record.id, record.home_region.clone());
+            regions.directory().note(region, &record.id, Some(&record));
         }
     }
     Ok(reply.payload)
@@ -200,7 +204,7 @@ async fn operate(
                 None => true,
                 Some(TenantState::Active) => held.contains(id),
                 Some(TenantState::Idle) => stored == TenantState::Idle && !held.contains(id),
-                Some(TenantState::Dropping) => stored == TenantState::Dropping,
+                Some(other) => stored == other,
             };
             let prefix = req.prefix.as_deref().unwrap_or("");
             let (page, next) = registry
@@ -273,6 +277,11 @@ async fn operate(
             pass_on(&record, shared).await;
             to_json(&record)
         }
+        TenantsOp::Move => {
+            let (tenant, _, to) = tenant_of(body, false, true)?;
+            let to = to.ok_or_else(|| ServiceError::bad_request("move: give the region"))?;
+            super::moving::move_tenant(&tenant, &to, shared, registry).await
+        }
         TenantsOp::Delete => {
             let (tenant, _, _) = tenant_of(body, false, false)?;
             registry
@@ -301,7 +310,9 @@ async fn operate(
 
 fn parse_state(raw: &str) -> Result<TenantState, ServiceError> {
     TenantState::parse(raw).ok_or_else(|| {
-        ServiceError::bad_request(format!("state {raw:?} is none of idle, active, dropping"))
+        ServiceError::bad_request(format!(
+            "state {raw:?} is none of idle, active, dropping, moving, arriving"
+        ))
     })
 }
 
@@ -315,15 +326,13 @@ type Asked = (TenantId, Map<String, Value>, Option<String>);
 /// The tenant a body names, its settings changes (refused unless
 /// `with_settings`) and the region asked for (refused unless
 /// `with_region`).
-fn tenant_of(
-    body: &[u8],
-    with_settings: bool,
-    with_region: bool,
-) -> Result<Asked, ServiceError> {
+fn tenant_of(body: &[u8], with_settings: bool, with_region: bool) -> Result<Asked, ServiceError> {
     let req: TenantRequest = decode(body)?;
     let tenant = TenantId::parse(&req.tenant)?;
     if req.region.is_some() && !with_region {
-        return Err(ServiceError::bad_request("region is for tenants.create"));
+        return Err(ServiceError::bad_request(
+            "region is for tenants.create and tenants.move",
+        ));
     }
     match (req.settings, with_settings) {
         (Some(_), false) => Err(ServiceError::bad_request(
@@ -360,7 +369,7 @@ async fn mark_active(records: &mut [TenantRecord], shared: &Shared) {
 /// A tenant active here takes its new record before the reply goes out,
 /// so the asker's next request sees it; other workers of a fleet take it
 /// from the registry's changes.
-async fn pass_on(record: &TenantRecord, shared: &Shared) {
+pub(super) async fn pass_on(record: &TenantRecord, shared: &Shared) {
     let _ = shared
         .router
         .supervisor()
