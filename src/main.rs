@@ -268,13 +268,20 @@ enum TenantsAction {
         /// of the worker that answers: the one of the NATS URL given).
         #[arg(long)]
         region: Option<String>,
+        /// With regions: its disaster-recovery region (its backups are
+        /// copied there; `tenants failover` restores it there).
+        #[arg(long)]
+        dr_region: Option<String>,
     },
     /// Change a tenant's settings (key=value; key=default puts one back to
     /// the worker's default); it holds from the tenant's next request.
     Set {
         tenant: String,
-        #[arg(required = true)]
+        #[arg(required_unless_present = "dr_region")]
         settings: Vec<String>,
+        /// With regions: its disaster-recovery region ("" for none).
+        #[arg(long)]
+        dr_region: Option<String>,
     },
     /// Erase a tenant: its data (as drop) and its record.
     Delete { tenant: String },
@@ -286,6 +293,10 @@ enum TenantsAction {
         #[arg(long)]
         region: String,
     },
+    /// With regions, against the tenant's DR region when its home region
+    /// is gone: restore it there from its latest backup, as its new home.
+    /// Writes after that backup are lost (docs/regions.md).
+    Failover { tenant: String },
     /// Make the record of every tenant of this machine's data folder
     /// (store.folder) written before the registry, from its tenant.json and
     /// embedder.json; run where the worker's data is. A worker does the same
@@ -742,14 +753,24 @@ async fn request_command(command: Command, settings: &Settings) -> Result<Value,
                 tenant,
                 settings,
                 region,
+                dr_region,
             } => {
                 let settings = tenants::parse_settings(&settings)?;
-                tenants::create(&client, &tenant, settings, region.as_deref()).await
+                let regions = tenants::Regions {
+                    home: region,
+                    dr: dr_region,
+                };
+                tenants::create(&client, &tenant, settings, regions).await
             }
-            TenantsAction::Set { tenant, settings } => {
+            TenantsAction::Set {
+                tenant,
+                settings,
+                dr_region,
+            } => {
                 let settings = tenants::parse_settings(&settings)?;
-                tenants::one(&client, TenantsOp::Set, &tenant, Some(settings)).await
+                tenants::set(&client, &tenant, settings, dr_region).await
             }
+            TenantsAction::Failover { tenant } => tenants::failover(&client, &tenant).await,
             TenantsAction::Delete { tenant } => {
                 tenants::one(&client, TenantsOp::Delete, &tenant, None).await
             }

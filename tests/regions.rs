@@ -481,3 +481,100 @@ async fn moving_a_tenant_under_load_loses_and_reorders_nothing() {
     );
     assert!(world.region("us").data.path().join("carol").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_restores_the_dr_copy_which_wins_when_the_old_home_returns() {
+    let mut world = World::start(&["eu", "us"], 1).await;
+    let made = json_output(&mut world.region("eu").cli(&[
+        "tenants",
+        "create",
+        "dave",
+        "--dr-region",
+        "us",
+    ]));
+    assert_eq!(made["dr_region"], "us", "{made}");
+    let eu = world.region("eu").client().await;
+    for v in 1..=5 {
+        eu.tenant(
+            Verb::Upsert,
+            "dave",
+            &json!({"documents": [doc("d", v, "backed up")]}),
+        )
+        .await
+        .expect("upsert");
+    }
+    let backup = json_output(
+        &mut world
+            .region("eu")
+            .cli(&["backup", "--tenant", "dave", "--name", "b1"]),
+    );
+    assert_eq!(backup["dr_copy"], "us", "{backup}");
+    // After the backup: lost in a failover, as the README says.
+    eu.tenant(
+        Verb::Upsert,
+        "dave",
+        &json!({"documents": [doc("d", 6, "after the backup")]}),
+    )
+    .await
+    .expect("upsert");
+    // While its home answers, a failover is refused.
+    let refused = world
+        .region("us")
+        .cli(&["tenants", "failover", "dave"])
+        .output()
+        .expect("run");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("answers"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    world.region("eu").lose();
+    let done = json_output(&mut world.region("us").cli(&["tenants", "failover", "dave"]));
+    assert_eq!(done["to"], "us", "{done}");
+    assert_eq!(done["backup"], "dave/b1", "{done}");
+    let us = world.region("us").client().await;
+    assert_eq!(
+        version_of(&us, "dave", "d").await,
+        Some(5),
+        "served from the backup"
+    );
+    us.tenant(
+        Verb::Upsert,
+        "dave",
+        &json!({"documents": [doc("d", 7, "after the failover")]}),
+    )
+    .await
+    .expect("upsert in us");
+
+    // eu returns: the failed-over copy is the home, for eu's clients too.
+    {
+        let eu = world.region("eu");
+        eu.nats.restart();
+        eu.start_worker(Vec::new());
+    }
+    world.wait_joined(2).await;
+    let eu = world.region("eu").client().await;
+    wait_for(
+        "eu sees the failover",
+        Duration::from_secs(60),
+        async || {
+            let stats = eu.admin(AdminVerb::Stats, &json!({})).await.expect("stats");
+            stats["regions"]["unlinked"]
+                .as_array()
+                .is_some_and(Vec::is_empty)
+        },
+    )
+    .await;
+    assert_eq!(version_of(&eu, "dave", "d").await, Some(7));
+    let shown = eu
+        .request(
+            eu.subjects().tenants(tenantvec::protocol::TenantsOp::Show),
+            &json!({"tenant": "dave"}),
+        )
+        .await
+        .expect("show");
+    assert_eq!(shown["home_region"], "us", "{shown}");
+    assert_eq!(shown["home_epoch"], 1, "{shown}");
+}

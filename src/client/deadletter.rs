@@ -160,8 +160,15 @@ pub async fn replay(
                 headers.append(name.as_str(), value.as_str());
             }
         }
+        // With regions, to the public subject: the workers send it to the
+        // tenant's home, wherever that is now.
+        let subject = match prefix == client.subjects().prefix() {
+            true => record.subject.clone(),
+            false => Names::new(client.subjects().prefix())
+                .ingest_subject(crate::protocol::tenant_token(&record.subject)),
+        };
         let ack = js
-            .publish_with_headers(record.subject.clone(), headers, body.into())
+            .publish_with_headers(subject, headers, body.into())
             .await
             .map_err(|e| anyhow::anyhow!("replay of record {}: {e}", stored.seq))?
             .await

@@ -34,9 +34,10 @@ pub fn safe_to_repeat(request: Request) -> bool {
     match request {
         Request::Tenant(verb) => !matches!(verb, Verb::Export | Verb::Rekey),
         Request::Admin(_) => true,
-        Request::Tenants(op) => {
-            !matches!(op, TenantsOp::Create | TenantsOp::Delete | TenantsOp::Move)
-        }
+        Request::Tenants(op) => !matches!(
+            op,
+            TenantsOp::Create | TenantsOp::Delete | TenantsOp::Move | TenantsOp::Failover
+        ),
     }
 }
 

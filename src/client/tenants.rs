@@ -53,22 +53,62 @@ pub async fn one(
         .await
 }
 
-/// Create `tenant` with `settings`, homed in `region` (with regions; by
-/// default the answering worker's).
+/// With regions: a tenant's home region and its DR region, each as asked
+/// (none: the default).
+#[derive(Debug, Default)]
+pub struct Regions {
+    pub home: Option<String>,
+    pub dr: Option<String>,
+}
+
+/// Create `tenant` with `settings`, homed in `regions.home` (with regions;
+/// by default the answering worker's).
 pub async fn create(
     client: &Client,
     tenant: &str,
     settings: Map<String, Value>,
-    region: Option<&str>,
+    regions: Regions,
 ) -> Result<Value, ClientError> {
     check_tenant(tenant)?;
     let mut body = json!({ "tenant": tenant, "settings": settings });
-    if let Some(region) = region {
+    if let Some(region) = regions.home {
         body["region"] = json!(region);
+    }
+    if let Some(dr) = regions.dr {
+        body["dr_region"] = json!(dr);
     }
     let subject = client.subjects().tenants(TenantsOp::Create);
     client
         .request_as(Request::Tenants(TenantsOp::Create), subject, &body)
+        .await
+}
+
+/// Change `tenant`'s settings, and with regions its DR region (`""`: none).
+pub async fn set(
+    client: &Client,
+    tenant: &str,
+    settings: Map<String, Value>,
+    dr_region: Option<String>,
+) -> Result<Value, ClientError> {
+    check_tenant(tenant)?;
+    let mut body = json!({ "tenant": tenant, "settings": settings });
+    if let Some(dr) = dr_region {
+        body["dr_region"] = json!(dr);
+    }
+    let subject = client.subjects().tenants(TenantsOp::Set);
+    client
+        .request_as(Request::Tenants(TenantsOp::Set), subject, &body)
+        .await
+}
+
+/// Restore `tenant` in the region of the worker that answers (its DR
+/// region) from its latest backup there.
+pub async fn failover(client: &Client, tenant: &str) -> Result<Value, ClientError> {
+    check_tenant(tenant)?;
+    let body = json!({ "tenant": tenant });
+    let subject = client.subjects().tenants(TenantsOp::Failover);
+    client
+        .request_timeout(subject, body.to_string().into(), MOVE_TIMEOUT)
         .await
 }
 

@@ -17,16 +17,20 @@ pub enum TenantsOp {
     Delete,
     /// With regions: the tenant's home moved to another region.
     Move,
+    /// With regions, asked of a worker of the tenant's DR region when its
+    /// home is gone: restored there from its latest backup.
+    Failover,
 }
 
 impl TenantsOp {
-    pub const ALL: [TenantsOp; 6] = [
+    pub const ALL: [TenantsOp; 7] = [
         TenantsOp::List,
         TenantsOp::Show,
         TenantsOp::Create,
         TenantsOp::Set,
         TenantsOp::Delete,
         TenantsOp::Move,
+        TenantsOp::Failover,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -37,6 +41,7 @@ impl TenantsOp {
             TenantsOp::Set => "set",
             TenantsOp::Delete => "delete",
             TenantsOp::Move => "move",
+            TenantsOp::Failover => "failover",
         }
     }
 
@@ -81,6 +86,10 @@ pub struct TenantRequest {
     /// the region of the worker that answers); for `move`, where it goes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// With regions, for `create` and `set`: the tenant's disaster-recovery
+    /// region (`""` for none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dr_region: Option<String>,
 }
 
 /// The registry as one worker's index of it sees it (`admin.stats`'s

@@ -58,6 +58,8 @@ struct Stored {
     home_region: Option<String>,
     #[serde(default)]
     state: TenantState,
+    #[serde(default)]
+    home_epoch: u64,
 }
 
 impl Stored {
@@ -66,6 +68,7 @@ impl Stored {
             home: self.home_region,
             arriving: self.state == TenantState::Arriving,
             in_transit: matches!(self.state, TenantState::Moving | TenantState::Arriving),
+            epoch: self.home_epoch,
         }
     }
 }
@@ -247,6 +250,7 @@ impl Directory {
                 let claim = Stored {
                     home_region: r.home_region.clone(),
                     state: r.state,
+                    home_epoch: r.home_epoch,
                 }
                 .claim();
                 inner
@@ -276,6 +280,26 @@ impl Directory {
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
         static NONE: BTreeMap<String, Claim> = BTreeMap::new();
         f(inner.claims.get(tenant).unwrap_or(&NONE))
+    }
+
+    /// `region`'s record of `tenant`, as the directory holds it.
+    pub async fn record(
+        &self,
+        region: &str,
+        tenant: &str,
+    ) -> Result<Option<crate::registry::TenantRecord>, crate::protocol::ServiceError> {
+        let entry = self
+            .kv
+            .get(format!("{region}.{tenant}"))
+            .await
+            .map_err(|e| {
+                crate::protocol::ServiceError::unavailable(format!(
+                    "the region directory cannot be read: {e}"
+                ))
+            })?;
+        entry
+            .map(|raw| crate::registry::TenantRecord::decode(tenant, &raw))
+            .transpose()
     }
 
     /// Tenants homed in each region, as far as the directory knows.

@@ -150,6 +150,22 @@ impl Regions {
             .with_claims(tenant, |claims| resolve(&self.own, claims))
     }
 
+    /// The region that took `tenant` over from this one (a failover): this
+    /// region holds it as its home, but another one does with a higher
+    /// epoch. `None` when this region's copy is the home, or it has none.
+    pub fn superseded_by(&self, tenant: &str) -> Option<String> {
+        self.directory.with_claims(tenant, |claims| {
+            let mine = claims.get(&self.own)?;
+            if mine.arriving || mine.home.as_deref().is_some_and(|h| h != self.own) {
+                return None;
+            }
+            match resolve(&self.own, claims) {
+                Home::Remote(r) => Some(r),
+                Home::Local => None,
+            }
+        })
+    }
+
     /// Whether `tenant` is being moved between regions (a record of it is
     /// `moving` or `arriving`): its writes wait until the move ends.
     pub fn in_transit(&self, tenant: &str) -> bool {
@@ -168,6 +184,8 @@ pub struct Claim {
     pub arriving: bool,
     /// It is `moving` or `arriving`.
     pub in_transit: bool,
+    /// The record's `home_epoch` (raised by a failover).
+    pub epoch: u64,
 }
 
 /// The home of a tenant from the records the regions hold of it
@@ -175,15 +193,20 @@ pub struct Claim {
 ///
 /// A record that names its own region (or none) is a home, unless it is
 /// `arriving` (a move's copy, not the home yet). With none, the tenant is
-/// new: local. With two (two first writes in two regions within the
-/// directory's lag), the first region by name wins, in every region alike,
-/// so that no two regions both serve the tenant. A record that names
-/// another region (a tenant moved away, its old record not yet erased)
-/// points there.
+/// new: local. With two, the higher `home_epoch` wins (a failover's copy
+/// over the old home that returned); of equal epochs (two first writes in
+/// two regions within the directory's lag) the first region by name, in
+/// every region alike, so that no two regions both serve the tenant. A
+/// record that names another region (a tenant moved away, its old record
+/// not yet erased) points there.
 pub fn resolve(own: &str, claims: &BTreeMap<String, Claim>) -> Home {
     let home_claim = claims
         .iter()
-        .find(|(held, c)| !c.arriving && c.home.as_deref().is_none_or(|n| n == held.as_str()))
+        .filter(|(held, c)| !c.arriving && c.home.as_deref().is_none_or(|n| n == held.as_str()))
+        // The highest epoch; the first by name among equals (max_by_key
+        // keeps the last of equals, so the order is reversed).
+        .rev()
+        .max_by_key(|(_, c)| c.epoch)
         .map(|(held, _)| held.as_str());
     let pointed = claims.values().find_map(|c| c.home.as_deref());
     match home_claim.or(pointed) {
@@ -273,6 +296,14 @@ mod tests {
         during.get_mut("eu").unwrap().home = Some("us".into());
         assert_eq!(resolve("eu", &during), Home::Remote("us".into()));
         assert_eq!(resolve("us", &during), Home::Local);
+    }
+
+    #[test]
+    fn a_failed_over_copy_wins_over_the_old_home() {
+        let mut both = claims(&[("eu", Some("eu")), ("us", Some("us"))]);
+        both.get_mut("us").unwrap().epoch = 1;
+        assert_eq!(resolve("eu", &both), Home::Remote("us".into()));
+        assert_eq!(resolve("us", &both), Home::Local);
     }
 
     #[test]

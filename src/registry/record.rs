@@ -87,9 +87,22 @@ pub struct TenantRecord {
     /// In state `moving`: the region it is being moved to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moving_to: Option<String>,
+    /// Its disaster-recovery region: its backups are copied there, and
+    /// `tenants failover` restores it there when its home is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dr_region: Option<String>,
+    /// Raised by each failover: of two regions that both hold the tenant as
+    /// its home, the one with the higher epoch is (the failed-over copy
+    /// wins over the old home when that returns).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub home_epoch: u64,
     /// Fields of a later version, kept as they are.
     #[serde(flatten)]
     pub later: Map<String, Value>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl TenantRecord {
@@ -109,6 +122,8 @@ impl TenantRecord {
             home_region: None,
             key: None,
             moving_to: None,
+            dr_region: None,
+            home_epoch: 0,
             later: Map::new(),
         }
     }

@@ -118,6 +118,11 @@ pub(super) async fn run_batch(
 
     // A tenant moved to another region while these waited: sent there.
     if let Some(regions) = &shared.tenancy.regions {
+        if let Some(winner) = regions.superseded_by(tenant.as_str()) {
+            let mut aside = super::moved::set_aside(shared, tenant, &winner, &items).await;
+            aside.checked = checked;
+            return aside;
+        }
         if let crate::region::Home::Remote(home) = regions.home_of(tenant.as_str()) {
             let mut sent = super::moved::send_on(shared, tenant, &home, &items).await;
             sent.checked = checked;

@@ -1,11 +1,15 @@
-//! Messages of a tenant whose home is now another region (it was moved
-//! while they waited in this region's stream): sent on, in order, to the
-//! stream of its new home, then acked here.
+//! Messages of a tenant whose home is now another region: moved while they
+//! waited in this region's stream, they are sent on, in order, to the
+//! stream of its new home, then acked here; failed over to its DR region
+//! (this region's copy superseded), they are set aside as dead letters.
 //!
 //! Owns that hand-over. It must never apply such a message here (the
-//! tenant's data is no longer here), never ack one before the new home's
-//! stream has stored it, and never let a later one overtake an earlier
-//! one: each is published and its acknowledgement awaited before the next.
+//! tenant's data is no longer served here), never ack one before the new
+//! home's stream has stored it, never let a later one overtake an earlier
+//! one (each is published and its acknowledgement awaited before the
+//! next), and never send a superseded copy's messages on: the failed-over
+//! tenant has lived on from a backup since, and an old write arriving now
+//! would overwrite a newer one. They stay here, replayable.
 
 use async_nats::jetstream::AckKind;
 
@@ -63,6 +67,35 @@ pub(super) async fn send_on(
             // Stored there already; de-duplicated there if it has an id,
             // else the new home holds it twice (an upsert: the same
             // version again).
+            outcome.retry = Some(Retry {
+                after: std::time::Duration::from_secs(1),
+                count: false,
+            });
+            return outcome;
+        }
+    }
+    outcome
+}
+
+/// Dead-letter `items` of a tenant that `winner` took over in a failover.
+pub(super) async fn set_aside(
+    shared: &Shared,
+    tenant: &TenantId,
+    winner: &str,
+    items: &[BatchItem],
+) -> Outcome {
+    let error = crate::protocol::ServiceError::bad_request(format!(
+        "tenant {tenant} failed over to region {winner}; this message was stored in its old \
+         home before the failover and was never applied there (replay it if it should still \
+         apply: it then goes to the tenant's home)"
+    ));
+    let mut outcome = Outcome::default();
+    for item in items {
+        if super::deadletter::dead_letter(shared, item.message(), Some(tenant), item.seq(), &error)
+            .await
+        {
+            outcome.settled.push(item.seq());
+        } else {
             outcome.retry = Some(Retry {
                 after: std::time::Duration::from_secs(1),
                 count: false,

@@ -31,6 +31,7 @@
 //! partition's connection only. Admin verbs stay on the endpoint.
 
 mod admin;
+mod disaster;
 mod moving;
 mod placement;
 mod region;
@@ -726,6 +727,22 @@ fn dispatch_with(
             match decoded {
                 Ok((tenant, command)) => {
                     responder.encoding = command.vector_encoding();
+                    // A backup of a tenant with a DR region is answered
+                    // once it is copied there too.
+                    if let Some(object) = disaster::backup_object(&command, shared) {
+                        let reply = disaster::AfterBackup {
+                            responder,
+                            shared: shared.clone(),
+                            tenant: tenant.clone(),
+                            object,
+                        };
+                        return shared.router.route(Envelope {
+                            tenant,
+                            command,
+                            reply: ReplyTo::direct(Box::new(reply)),
+                            span,
+                        });
+                    }
                     shared.router.route(Envelope {
                         tenant,
                         command,

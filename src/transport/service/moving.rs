@@ -87,7 +87,7 @@ pub(super) async fn move_tenant(
         .directory()
         .note(&own, tenant.as_str(), Some(&record));
     let there = remote_registry(shared, to).await?;
-    let object = format!("{tenant}/move-{}", nuid::next());
+    let object = format!("{tenant}/_move/{}", nuid::next());
     let copied = copy(tenant, to, &record, &object, shared, &there).await;
     let documents = match copied {
         Ok(documents) => documents,
@@ -125,10 +125,10 @@ pub(super) async fn move_tenant(
     regions.directory().note(to, tenant.as_str(), Some(&home));
     // 5. The copy here erased.
     let erased = erase(tenant, shared, registry).await;
-    if let Some(b) = bucket(shared, &own).await {
+    if let Some(b) = super::region::bucket(shared, &own).await {
         let _ = b.delete(&object).await;
     }
-    if let Some(b) = bucket(shared, to).await {
+    if let Some(b) = super::region::bucket(shared, to).await {
         let _ = b.delete(&object).await;
     }
     if let Some(regions) = &shared.regions {
@@ -200,37 +200,14 @@ async fn copy(
         json!({"object": object, "moving_to": to}),
     )
     .await?;
-    let from = bucket(shared, &own)
-        .await
-        .ok_or_else(|| ServiceError::internal("the export's bucket is gone"))?;
-    let into = async_nats::jetstream::with_domain(shared.client.clone(), to);
-    let name = crate::backup::bucket_name(&storage_prefix(&shared.settings.nats.prefix, Some(to)));
-    let into = match into.get_object_store(&name).await {
-        Ok(b) => b,
-        Err(_) => into
-            .create_object_store(async_nats::jetstream::object_store::Config {
-                bucket: name.clone(),
-                description: Some("tenantvec backups and exports".into()),
-                num_replicas: shared.settings.nats.replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| ServiceError::unavailable(format!("region {to}'s backup bucket: {e}")))?,
-    };
-    let mut reader = from
-        .get(object)
-        .await
-        .map_err(|e| ServiceError::internal(format!("reading the export {object}: {e}")))?;
-    into.put(object, &mut reader).await.map_err(|e| {
-        ServiceError::unavailable(format!("copying the export to region {to}: {e}"))
-    })?;
+    super::region::copy_object(shared, object, &own, to).await?;
     ask(shared, to, Verb::Import, tenant, json!({"object": object})).await?;
     Ok(exported["documents"].as_u64().unwrap_or(0))
 }
 
 /// `verb` of `tenant` served in `region` itself (never sent on by the
 /// directory), its reply.
-async fn ask(
+pub(super) async fn ask(
     shared: &Shared,
     region: &str,
     verb: Verb,
@@ -273,17 +250,6 @@ async fn ask(
     serde_json::from_slice(&reply.payload).map_err(|e| {
         ServiceError::internal(format!("an unreadable reply from region {region}: {e}"))
     })
-}
-
-/// The backup bucket of `region`, if it has one.
-async fn bucket(
-    shared: &Shared,
-    region: &str,
-) -> Option<async_nats::jetstream::object_store::ObjectStore> {
-    let js = async_nats::jetstream::with_domain(shared.client.clone(), region);
-    let name =
-        crate::backup::bucket_name(&storage_prefix(&shared.settings.nats.prefix, Some(region)));
-    js.get_object_store(&name).await.ok()
 }
 
 /// After the flip: wait until this region's ingest stream holds no message

@@ -131,3 +131,50 @@ pub(super) fn served_here(message: &async_nats::Message) -> bool {
 
 /// The header a move puts on the requests it sends to one region's copy.
 pub const HEADER_HERE: &str = "Tenantvec-Region-Here";
+
+/// The backup bucket of `region` (this one's too, through its domain), if
+/// it has one.
+pub(super) async fn bucket(
+    shared: &Shared,
+    region: &str,
+) -> Option<async_nats::jetstream::object_store::ObjectStore> {
+    let js = async_nats::jetstream::with_domain(shared.client.clone(), region);
+    let name =
+        crate::backup::bucket_name(&storage_prefix(&shared.settings.nats.prefix, Some(region)));
+    js.get_object_store(&name).await.ok()
+}
+
+/// Copy `object` from `from`'s backup bucket to `to`'s (made when missing).
+pub(super) async fn copy_object(
+    shared: &Shared,
+    object: &str,
+    from: &str,
+    to: &str,
+) -> Result<(), ServiceError> {
+    let source = bucket(shared, from)
+        .await
+        .ok_or_else(|| ServiceError::internal(format!("region {from} has no backup bucket")))?;
+    let js = async_nats::jetstream::with_domain(shared.client.clone(), to);
+    let name = crate::backup::bucket_name(&storage_prefix(&shared.settings.nats.prefix, Some(to)));
+    let target = match js.get_object_store(&name).await {
+        Ok(b) => b,
+        Err(_) => js
+            .create_object_store(async_nats::jetstream::object_store::Config {
+                bucket: name.clone(),
+                description: Some("tenantvec backups and exports".into()),
+                num_replicas: shared.settings.nats.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ServiceError::unavailable(format!("region {to}'s backup bucket: {e}")))?,
+    };
+    let mut reader = source
+        .get(object)
+        .await
+        .map_err(|e| ServiceError::internal(format!("reading {object} in region {from}: {e}")))?;
+    target
+        .put(object, &mut reader)
+        .await
+        .map_err(|e| ServiceError::unavailable(format!("copying {object} to region {to}: {e}")))?;
+    Ok(())
+}

@@ -93,7 +93,9 @@ fn home_elsewhere(
     message: &async_nats::Message,
 ) -> Option<String> {
     let regions = shared.regions.as_ref()?;
-    if op == TenantsOp::List || super::placement::hops(message) > 0 {
+    // A failover is asked of the DR region itself, whatever the directory
+    // says of the tenant's home.
+    if matches!(op, TenantsOp::List | TenantsOp::Failover) || super::placement::hops(message) > 0 {
         return None;
     }
     let req: TenantRequest = decode(body).ok()?;
@@ -248,6 +250,9 @@ async fn operate(
                 }
                 (None, None) => None,
             };
+            if let Some(dr) = dr_region_of(body, shared)? {
+                record.dr_region = dr;
+            }
             if registry.create(&record).await?.is_none() {
                 return Err(ServiceError::bad_request(format!(
                     "tenant {tenant} exists already (tenants set changes its settings)"
@@ -259,13 +264,22 @@ async fn operate(
         }
         TenantsOp::Set => {
             let (tenant, changes, _) = tenant_of(body, true, false)?;
-            if changes.is_empty() {
+            let dr = dr_region_of(body, shared)?;
+            if changes.is_empty() && dr.is_none() {
                 return Err(ServiceError::bad_request(
-                    "settings: give at least one of top_k, max_documents, max_rps",
+                    "settings: give at least one of top_k, max_documents, max_rps (or dr_region)",
                 ));
             }
             let record = registry
                 .update(tenant.as_str(), |r| {
+                    if let Some(dr) = &dr {
+                        if dr.as_deref() == r.home_region.as_deref() && dr.is_some() {
+                            return Err(ServiceError::bad_request(
+                                "dr_region: the tenant's home region cannot be its DR region",
+                            ));
+                        }
+                        r.dr_region = dr.clone();
+                    }
                     r.settings
                         .apply(&changes)
                         .and_then(|()| r.settings.check(max_top_k))
@@ -281,6 +295,10 @@ async fn operate(
             let (tenant, _, to) = tenant_of(body, false, true)?;
             let to = to.ok_or_else(|| ServiceError::bad_request("move: give the region"))?;
             super::moving::move_tenant(&tenant, &to, shared, registry).await
+        }
+        TenantsOp::Failover => {
+            let (tenant, _, _) = tenant_of(body, false, false)?;
+            super::disaster::failover(&tenant, shared, registry).await
         }
         TenantsOp::Delete => {
             let (tenant, _, _) = tenant_of(body, false, false)?;
@@ -318,6 +336,35 @@ fn parse_state(raw: &str) -> Result<TenantState, ServiceError> {
 
 fn unknown(tenant: &TenantId) -> ServiceError {
     ServiceError::unknown_tenant(format!("tenant {tenant} has no record in the registry"))
+}
+
+/// The DR region a `create` or `set` asks for: `Some(None)` to clear it,
+/// `None` when the body does not say.
+fn dr_region_of(body: &[u8], shared: &Shared) -> Result<Option<Option<String>>, ServiceError> {
+    let req: TenantRequest = decode(body)?;
+    let Some(dr) = req.dr_region else {
+        return Ok(None);
+    };
+    if dr.is_empty() {
+        return Ok(Some(None));
+    }
+    let Some(regions) = &shared.regions else {
+        return Err(ServiceError::bad_request(
+            "dr_region: this deployment has no regions (worker.region is not set)",
+        ));
+    };
+    if !regions.all().contains(&dr) {
+        return Err(ServiceError::bad_request(format!(
+            "dr_region {dr:?} is not one of this deployment's regions ({})",
+            regions.all().join(", ")
+        )));
+    }
+    if dr == regions.own() {
+        return Err(ServiceError::bad_request(
+            "dr_region: the tenant's home region cannot be its DR region",
+        ));
+    }
+    Ok(Some(Some(dr)))
 }
 
 /// A tenant, its settings changes and the region asked for.
