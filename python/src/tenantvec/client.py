@@ -156,6 +156,11 @@ class TenantRecord:
     last_active: datetime | None = None
     """When the tenant was last unloaded after serving requests."""
     home_region: str | None = None
+    """With regions: the region whose workers alone hold the tenant's data."""
+    dr_region: str | None = None
+    """With regions: its disaster-recovery region, where its backups are copied."""
+    home_epoch: int = 0
+    """With regions: how many times it was failed over."""
     schema: int = 1
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -184,6 +189,8 @@ class TenantRecord:
             bytes=_optional(int, data.get("bytes")),
             last_active=_timestamp(data["last_active"]) if data.get("last_active") else None,
             home_region=_optional(str, data.get("home_region")),
+            dr_region=_optional(str, data.get("dr_region")),
+            home_epoch=int(data.get("home_epoch") or 0),
             schema=int(data.get("schema", 1)),
             raw=dict(data),
         )
@@ -612,17 +619,36 @@ class TenantVecClient:
         top_k: int | None = None,
         max_documents: int | None = None,
         max_rps: float | None = None,
+        region: str | None = None,
+        dr_region: str | None = None,
     ) -> TenantRecord:
         """Create the tenant's record, with settings of its own (``None``: the
-        worker's default); returns the new record. :class:`BadRequest` if it
-        exists already, or a setting is out of range."""
+        worker's default); returns the new record. With regions, ``region`` is
+        its home (by default the region of the worker that answers) and
+        ``dr_region`` its disaster-recovery region. :class:`BadRequest` if it
+        exists already, or a setting or region is not valid."""
         check_tenant(tenant)
         given = {"top_k": top_k, "max_documents": max_documents, "max_rps": max_rps}
         settings = {key: value for key, value in given.items() if value is not None}
         body: dict[str, Any] = {"tenant": tenant}
         if settings:
             body["settings"] = settings
+        if region is not None:
+            body["region"] = region
+        if dr_region is not None:
+            body["dr_region"] = dr_region
         return self._record("create", await self._tenants("create", body))
+
+    async def move_tenant(self, tenant: str, region: str, *, timeout: float = 3600.0) -> dict[str, Any]:
+        """With regions: move the tenant's home to ``region`` (its data copied
+        there, the old copy erased; its writes wait meanwhile, refused with
+        :class:`Unavailable`, which :meth:`request_retrying` retries). Returns
+        what was moved. Never retried: run it again after a failure, which
+        leaves the tenant where it was."""
+        check_tenant(tenant)
+        subject = f"{self.prefix}.admin.tenants.move"
+        reply: dict[str, Any] = await self.request(subject, {"tenant": tenant, "region": region}, timeout=timeout)
+        return reply
 
     async def update_tenant(
         self,
@@ -692,13 +718,17 @@ class TenantVecClient:
         check_tenant(tenant)
         js = self.nats.jetstream()
         subject = self.subject("ingest", tenant)
-        deadletters = None
+        deadletters: list[Any] = []
         if wait:
-            deadletters = await self.nats.subscribe(self.subject("deadletter", tenant))
+            # Without regions on <prefix>.deadletter.<tenant>; with them, the
+            # home region's <prefix>.<region>.deadletter.<tenant>.
+            deadletters.append(await self.nats.subscribe(self.subject("deadletter", tenant)))
+            deadletters.append(await self.nats.subscribe(f"{self.prefix}.*.deadletter.{tenant}"))
             await self.nats.flush()
         try:
             result = IngestResult(documents=0, messages=0)
             stream = ""
+            domain: str | None = None
             for n, body in document_batches(documents, min(batch_size, MAX_DOCUMENTS_PER_REQUEST), self._max_bytes()):
                 try:
                     ack = await js.publish(subject, body, timeout=self.settings.request_timeout)
@@ -711,24 +741,26 @@ class TenantVecClient:
                 except nats.errors.MaxPayloadError as e:
                     raise TooLarge(f"ingest message over the server's max_payload: {e}", subject=subject) from None
                 stream = ack.stream
+                # With regions, the home region's JetStream domain.
+                domain = ack.domain or None
                 result.stream_seqs.append(ack.seq)
                 result.documents += n
                 result.messages += 1
                 if on_published is not None:
                     on_published(n)
-            if deadletters is not None and result.stream_seqs:
-                await self._wait_committed(stream, result.stream_seqs, timeout)
+            if deadletters and result.stream_seqs:
+                await self._wait_committed(stream, result.stream_seqs, timeout, domain)
                 await self._raise_dead_letters(deadletters, set(result.stream_seqs), result.messages)
                 result.committed = True
             elif wait:
                 result.committed = True
             return result
         finally:
-            if deadletters is not None:
-                await deadletters.unsubscribe()
+            for sub in deadletters:
+                await sub.unsubscribe()
 
-    async def _wait_committed(self, stream: str, seqs: list[int], timeout: float) -> None:
-        js = self.nats.jetstream()
+    async def _wait_committed(self, stream: str, seqs: list[int], timeout: float, domain: str | None) -> None:
+        js = self.nats.jetstream(domain=domain) if domain else self.nats.jetstream()
         pending = sorted(seqs)
         deadline = time.monotonic() + timeout
         pause = 0.01
@@ -756,21 +788,22 @@ class TenantVecClient:
             return True
         return False
 
-    async def _raise_dead_letters(self, sub: Any, seqs: set[int], messages: int) -> None:
-        # A record is stored (and so delivered to this subscription) before
+    async def _raise_dead_letters(self, subs: list[Any], seqs: set[int], messages: int) -> None:
+        # A record is stored (and so delivered to these subscriptions) before
         # its message is terminated, so every record of ours is queued here.
         failed: list[dict[str, Any]] = []
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=0.05)
-            except nats.errors.TimeoutError:
-                break
-            try:
-                record = json.loads(msg.data)
-            except ValueError:
-                continue
-            if record.get("stream_seq") in seqs:
-                failed.append(record)
+        for sub in subs:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=0.05)
+                except nats.errors.TimeoutError:
+                    break
+                try:
+                    record = json.loads(msg.data)
+                except ValueError:
+                    continue
+                if record.get("stream_seq") in seqs:
+                    failed.append(record)
         if failed:
             first = failed[0]
             err = first.get("error") or {}
@@ -782,7 +815,7 @@ class TenantVecClient:
             )
 
 
-_NOT_SAFE_TO_REPEAT: Final = frozenset({"create", "delete"})
+_NOT_SAFE_TO_REPEAT: Final = frozenset({"create", "delete", "move", "failover"})
 """Registry operations a retry could turn into a wrong answer: a second
 ``create`` finds the tenant the first made, a second ``delete`` finds none."""
 

@@ -177,8 +177,23 @@ class SyncTenantVecClient:
         top_k: int | None = None,
         max_documents: int | None = None,
         max_rps: float | None = None,
+        region: str | None = None,
+        dr_region: str | None = None,
     ) -> TenantRecord:
-        return self.run(self.aclient.create_tenant(tenant, top_k=top_k, max_documents=max_documents, max_rps=max_rps))
+        return self.run(
+            self.aclient.create_tenant(
+                tenant,
+                top_k=top_k,
+                max_documents=max_documents,
+                max_rps=max_rps,
+                region=region,
+                dr_region=dr_region,
+            )
+        )
+
+    def move_tenant(self, tenant: str, region: str, *, timeout: float = 3600.0) -> dict[str, Any]:
+        """With regions: move the tenant's home to ``region``."""
+        return self.run(self.aclient.move_tenant(tenant, region, timeout=timeout))
 
     def update_tenant(
         self,
