@@ -137,7 +137,8 @@ enum Command {
     },
     /// The fleet of a prefix (cluster.enabled): its settings, its members
     /// with the partitions each serves and hands over, and every
-    /// partition's owner, as the leases say.
+    /// partition's owner, as the leases say. With regions: every region,
+    /// its workers and its tenants' count.
     Cluster,
     /// The dead-letter records of the ingest stream (without their bodies);
     /// `deadletters replay` publishes them to ingest again.
@@ -779,6 +780,9 @@ async fn request_command(command: Command, settings: &Settings) -> Result<Value,
             }
             TenantsAction::ImportFiles => unreachable!("handled before"),
         },
+        Command::Cluster if settings.worker.region().is_some() => {
+            tenantvec::client::regions::describe(&client).await
+        }
         Command::Cluster => {
             tenantvec::cluster::fleet::describe(client.nats(), &settings.storage_prefix())
                 .await

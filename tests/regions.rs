@@ -578,3 +578,89 @@ async fn a_failover_restores_the_dr_copy_which_wins_when_the_old_home_returns() 
     assert_eq!(shown["home_region"], "us", "{shown}");
     assert_eq!(shown["home_epoch"], 1, "{shown}");
 }
+
+/// The cost of a request and of an ingest ack for a tenant homed in the
+/// other region against one homed in the asker's, interleaved in one run.
+/// A measurement, not a check: `cargo test --release --test regions --
+/// --ignored --nocapture cross_region_cost` prints the figures for
+/// BENCHMARKS.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run it by name"]
+async fn cross_region_cost() {
+    const ROUNDS: usize = 2000;
+    let mut world = World::start(&["eu", "us"], 1).await;
+    json_output(&mut world.region("eu").cli(&["tenants", "create", "near"]));
+    json_output(
+        &mut world
+            .region("eu")
+            .cli(&["tenants", "create", "far", "--region", "us"]),
+    );
+    let eu = world.region("eu").client().await;
+    let docs: Vec<Value> = (0..200)
+        .map(|i| doc(&format!("d{i}"), i, "bench"))
+        .collect();
+    for t in ["near", "far"] {
+        eu.tenant(Verb::Upsert, t, &json!({"documents": docs}))
+            .await
+            .expect("upsert");
+    }
+    let js =
+        async_nats::jetstream::new(async_nats::connect(world.region("eu").url()).await.unwrap());
+    let mut requests: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut acks: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..(ROUNDS + 200) {
+        for (k, t) in ["near", "far"].into_iter().enumerate() {
+            let started = Instant::now();
+            eu.tenant(
+                Verb::Search,
+                t,
+                &json!({"vector": vector(round as u64, DIM), "top_k": 5}),
+            )
+            .await
+            .expect("search");
+            let took = started.elapsed().as_secs_f64() * 1e3;
+            let body = serde_json::to_vec(&json!({"documents": [doc("i", round as u64, "bench")]}))
+                .unwrap();
+            let started = Instant::now();
+            js.publish(format!("tenantvec.ingest.{t}"), body.into())
+                .await
+                .expect("publish")
+                .await
+                .expect("stored");
+            let acked = started.elapsed().as_secs_f64() * 1e3;
+            if round >= 200 {
+                requests[k].push(took);
+                acks[k].push(acked);
+            }
+        }
+    }
+    let pct = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[((v.len() as f64 - 1.0) * p).round() as usize]
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    println!(
+        "machine: {} cores, {cpu}",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("{ROUNDS} of each, interleaved, from a client of region eu (ms):");
+    println!("| what | same region p50 | p99 | other region p50 | p99 |");
+    println!("| --- | --- | --- | --- | --- |");
+    for (what, v) in [("search request", &mut requests), ("ingest ack", &mut acks)] {
+        let [near, far] = v;
+        println!(
+            "| {what} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            pct(near, 0.5),
+            pct(near, 0.99),
+            pct(far, 0.5),
+            pct(far, 0.99)
+        );
+    }
+}

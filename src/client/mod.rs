@@ -9,6 +9,7 @@
 pub mod backup;
 pub mod backup_all;
 pub mod deadletter;
+pub mod regions;
 pub mod retry;
 pub mod tenants;
 

@@ -34,16 +34,12 @@ pub(super) struct BatchItem {
 }
 
 impl BatchItem {
-    pub(super) fn message(&self) -> &jetstream::Message {
-        &self.message
-    }
-
-    pub(super) fn seq(&self) -> u64 {
-        self.seq
-    }
-
-    pub(super) fn applied(&self) -> bool {
-        self.applied
+    fn handed(&self) -> super::moved::Handed<'_> {
+        super::moved::Handed {
+            message: &self.message,
+            seq: self.seq,
+            applied: self.applied,
+        }
     }
 }
 
@@ -119,12 +115,14 @@ pub(super) async fn run_batch(
     // A tenant moved to another region while these waited: sent there.
     if let Some(regions) = &shared.tenancy.regions {
         if let Some(winner) = regions.superseded_by(tenant.as_str()) {
-            let mut aside = super::moved::set_aside(shared, tenant, &winner, &items).await;
+            let handed: Vec<_> = items.iter().map(BatchItem::handed).collect();
+            let mut aside = super::moved::set_aside(shared, tenant, &winner, &handed).await;
             aside.checked = checked;
             return aside;
         }
         if let crate::region::Home::Remote(home) = regions.home_of(tenant.as_str()) {
-            let mut sent = super::moved::send_on(shared, tenant, &home, &items).await;
+            let handed: Vec<_> = items.iter().map(BatchItem::handed).collect();
+            let mut sent = super::moved::send_on(shared, tenant, &home, &handed).await;
             sent.checked = checked;
             return sent;
         }

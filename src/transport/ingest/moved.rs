@@ -13,29 +13,36 @@
 
 use async_nats::jetstream::AckKind;
 
-use super::batch::BatchItem;
 use super::{confirm, Shared};
 use crate::names::{storage_prefix, Names};
 use crate::tenant::TenantId;
 use crate::transport::lanes::{Outcome, Retry};
+
+/// A message of a batch, as the hand-over sees it.
+pub(super) struct Handed<'a> {
+    pub message: &'a async_nats::jetstream::Message,
+    pub seq: u64,
+    /// Written here already (its ack was lost).
+    pub applied: bool,
+}
 
 /// Send `items` (a batch, in stream order) to `region`'s stream.
 pub(super) async fn send_on(
     shared: &Shared,
     tenant: &TenantId,
     region: &str,
-    items: &[BatchItem],
+    items: &[Handed<'_>],
 ) -> Outcome {
     let subject = Names::new(&storage_prefix(&shared.settings.nats.prefix, Some(region)))
         .ingest_subject(tenant.as_str());
     let mut outcome = Outcome::default();
     for item in items {
-        let message = item.message();
+        let message = item.message;
         // Written here before the move (its ack was lost): in the export,
         // so only acked.
-        if item.applied() {
+        if item.applied {
             if confirm(message, AckKind::Ack).await {
-                outcome.settled.push(item.seq());
+                outcome.settled.push(item.seq);
                 continue;
             }
             outcome.retry = Some(Retry {
@@ -54,7 +61,7 @@ pub(super) async fn send_on(
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = stored {
-            tracing::warn!(%tenant, %region, seq = item.seq(), error = %e, "cannot send an ingest message on to the tenant's new home; retrying");
+            tracing::warn!(%tenant, %region, seq = item.seq, error = %e, "cannot send an ingest message on to the tenant's new home; retrying");
             outcome.retry = Some(Retry {
                 after: std::time::Duration::from_secs(1),
                 count: false,
@@ -62,7 +69,7 @@ pub(super) async fn send_on(
             return outcome;
         }
         if confirm(message, AckKind::Ack).await {
-            outcome.settled.push(item.seq());
+            outcome.settled.push(item.seq);
         } else {
             // Stored there already; de-duplicated there if it has an id,
             // else the new home holds it twice (an upsert: the same
@@ -82,7 +89,7 @@ pub(super) async fn set_aside(
     shared: &Shared,
     tenant: &TenantId,
     winner: &str,
-    items: &[BatchItem],
+    items: &[Handed<'_>],
 ) -> Outcome {
     let error = crate::protocol::ServiceError::bad_request(format!(
         "tenant {tenant} failed over to region {winner}; this message was stored in its old \
@@ -91,10 +98,10 @@ pub(super) async fn set_aside(
     ));
     let mut outcome = Outcome::default();
     for item in items {
-        if super::deadletter::dead_letter(shared, item.message(), Some(tenant), item.seq(), &error)
+        if super::deadletter::dead_letter(shared, item.message, Some(tenant), item.seq, &error)
             .await
         {
-            outcome.settled.push(item.seq());
+            outcome.settled.push(item.seq);
         } else {
             outcome.retry = Some(Retry {
                 after: std::time::Duration::from_secs(1),

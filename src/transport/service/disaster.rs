@@ -187,7 +187,7 @@ pub(super) async fn failover(
     regions
         .directory()
         .note(&own, tenant.as_str(), Some(&home_now));
-    super::tenants::pass_on(&home_now, shared).await;
+    super::pass_on(&home_now, shared).await;
     tracing::warn!(%tenant, from = %home, to = %own, backup = %object, "tenant failed over to its DR region; writes since its backup are lost");
     Ok(Bytes::from(
         json!({

@@ -772,6 +772,17 @@ fn dispatch_with(
     }
 }
 
+/// A tenant active here takes its new record before the reply goes out,
+/// so the asker's next request sees it; other workers of a fleet take it
+/// from the registry's changes.
+async fn pass_on(record: &crate::registry::TenantRecord, shared: &Shared) {
+    let _ = shared
+        .router
+        .supervisor()
+        .send(crate::supervisor::NewRecord(record.clone()))
+        .await;
+}
+
 /// The refusal of a request past `limits.max_in_flight`.
 fn busy(shared: &Shared) -> ServiceError {
     ServiceError::unavailable(format!(

@@ -82,7 +82,7 @@ pub(super) async fn move_tenant(
         })
         .await?
         .ok_or_else(|| ServiceError::unknown_tenant(format!("tenant {tenant} has no record")))?;
-    super::tenants::pass_on(&record, shared).await;
+    super::pass_on(&record, shared).await;
     regions
         .directory()
         .note(&own, tenant.as_str(), Some(&record));
@@ -316,7 +316,7 @@ async fn undo(tenant: &TenantId, to: &str, shared: &Shared, registry: &Registry,
         .await
     {
         Ok(Some(record)) => {
-            super::tenants::pass_on(&record, shared).await;
+            super::pass_on(&record, shared).await;
             if let Some(regions) = &shared.regions {
                 regions
                     .directory()

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::admin::to_json;
 use super::reply::respond;
-use super::{Incoming, Shared};
+use super::{pass_on, Incoming, Shared};
 use crate::policy::{TenantPolicy, TenantSettings};
 use crate::protocol::{
     decode, unknown_verb, ErrorBody, ServiceError, Subjects, TenantRequest, TenantsListRequest,
@@ -25,7 +25,7 @@ use crate::protocol::{
 };
 use crate::region::Home;
 use crate::registry::{record, Registry, TenantRecord, TenantState};
-use crate::supervisor::{ActiveAmong, GetStats, NewRecord};
+use crate::supervisor::{ActiveAmong, GetStats};
 use crate::tenant::{TenantId, TenantPaths};
 
 /// Records per page of `tenants.list` when the request gives none.
@@ -411,17 +411,6 @@ async fn mark_active(records: &mut [TenantRecord], shared: &Shared) {
             r.state = TenantState::Active;
         }
     }
-}
-
-/// A tenant active here takes its new record before the reply goes out,
-/// so the asker's next request sees it; other workers of a fleet take it
-/// from the registry's changes.
-pub(super) async fn pass_on(record: &TenantRecord, shared: &Shared) {
-    let _ = shared
-        .router
-        .supervisor()
-        .send(NewRecord(record.clone()))
-        .await;
 }
 
 /// Erase the tenant's data through its `drop` request, which reaches the
