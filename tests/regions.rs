@@ -608,6 +608,8 @@ async fn cross_region_cost() {
         async_nats::jetstream::new(async_nats::connect(world.region("eu").url()).await.unwrap());
     let mut requests: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     let mut acks: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    // Two passes, each interleaving the tenants: a search right behind an
+    // ingest message of its tenant would wait for that message's write.
     for round in 0..(ROUNDS + 200) {
         for (k, t) in ["near", "far"].into_iter().enumerate() {
             let started = Instant::now();
@@ -618,7 +620,13 @@ async fn cross_region_cost() {
             )
             .await
             .expect("search");
-            let took = started.elapsed().as_secs_f64() * 1e3;
+            if round >= 200 {
+                requests[k].push(started.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    for round in 0..(ROUNDS + 200) {
+        for (k, t) in ["near", "far"].into_iter().enumerate() {
             let body = serde_json::to_vec(&json!({"documents": [doc("i", round as u64, "bench")]}))
                 .unwrap();
             let started = Instant::now();
@@ -627,10 +635,8 @@ async fn cross_region_cost() {
                 .expect("publish")
                 .await
                 .expect("stored");
-            let acked = started.elapsed().as_secs_f64() * 1e3;
             if round >= 200 {
-                requests[k].push(took);
-                acks[k].push(acked);
+                acks[k].push(started.elapsed().as_secs_f64() * 1e3);
             }
         }
     }
