@@ -45,11 +45,7 @@ pub(super) async fn send_on(
                 outcome.settled.push(item.seq);
                 continue;
             }
-            outcome.retry = Some(Retry {
-                after: std::time::Duration::from_secs(1),
-                count: false,
-            });
-            return outcome;
+            return again_soon(outcome);
         }
         let headers = message.headers.clone().unwrap_or_default();
         let stored = match shared
@@ -62,11 +58,7 @@ pub(super) async fn send_on(
         };
         if let Err(e) = stored {
             tracing::warn!(%tenant, %region, seq = item.seq, error = %e, "cannot send an ingest message on to the tenant's new home; retrying");
-            outcome.retry = Some(Retry {
-                after: std::time::Duration::from_secs(1),
-                count: false,
-            });
-            return outcome;
+            return again_soon(outcome);
         }
         if confirm(message, AckKind::Ack).await {
             outcome.settled.push(item.seq);
@@ -74,13 +66,19 @@ pub(super) async fn send_on(
             // Stored there already; de-duplicated there if it has an id,
             // else the new home holds it twice (an upsert: the same
             // version again).
-            outcome.retry = Some(Retry {
-                after: std::time::Duration::from_secs(1),
-                count: false,
-            });
-            return outcome;
+            return again_soon(outcome);
         }
     }
+    outcome
+}
+
+/// What was settled so far; the rest tried again in a second (a failure
+/// that does not count as a try of the message).
+fn again_soon(mut outcome: Outcome) -> Outcome {
+    outcome.retry = Some(Retry {
+        after: std::time::Duration::from_secs(1),
+        count: false,
+    });
     outcome
 }
 
@@ -103,11 +101,7 @@ pub(super) async fn set_aside(
         {
             outcome.settled.push(item.seq);
         } else {
-            outcome.retry = Some(Retry {
-                after: std::time::Duration::from_secs(1),
-                count: false,
-            });
-            return outcome;
+            return again_soon(outcome);
         }
     }
     outcome

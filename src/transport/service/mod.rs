@@ -485,7 +485,7 @@ async fn drain<S: futures::Stream + Unpin>(delivered: &mut S, mut take: impl FnM
 /// its own) until shutdown, then unsubscribe and answer what was already
 /// delivered: [`serve`] for the requests the server mapped to partition k.
 async fn serve_partition(
-    mut subscriber: async_nats::Subscriber,
+    subscriber: async_nats::Subscriber,
     connection: async_nats::Client,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
@@ -497,6 +497,16 @@ async fn serve_partition(
         }
         dispatch(Incoming::Bare(m, connection.clone()), &shared);
     };
+    take_until(subscriber, shutdown, take).await;
+}
+
+/// Hand every message of `subscriber` to `take` until shutdown, then
+/// unsubscribe and take what was already delivered.
+async fn take_until(
+    mut subscriber: async_nats::Subscriber,
+    shutdown: CancellationToken,
+    mut take: impl FnMut(async_nats::Message),
+) {
     loop {
         tokio::select! {
             biased;
@@ -520,7 +530,7 @@ async fn serve_partition(
 /// unsubscribe and answer what was already delivered: each is served as if
 /// it had come to this region (the registry's operations too).
 async fn serve_region(
-    mut subscriber: async_nats::Subscriber,
+    subscriber: async_nats::Subscriber,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
@@ -541,22 +551,7 @@ async fn serve_region(
             dispatch(incoming, &shared);
         }
     };
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            next = subscriber.next() => match next {
-                Some(m) => {
-                    let size = m.payload.len();
-                    take(m);
-                    pace(size).await;
-                }
-                None => return,
-            },
-        }
-    }
-    let _ = subscriber.unsubscribe().await;
-    drain(&mut subscriber, take).await;
+    take_until(subscriber, shutdown, take).await;
 }
 
 /// The next forwarded message, or never without a subscription.

@@ -28,7 +28,7 @@ use serde_json::json;
 use super::region::HEADER_HERE;
 use super::Shared;
 use crate::names::{storage_prefix, Names};
-use crate::protocol::{ErrorBody, ServiceError, Verb, HEADER_ERROR_CODE};
+use crate::protocol::{ServiceError, Verb};
 use crate::registry::{record, Registry, TenantRecord, TenantState};
 use crate::tenant::TenantId;
 
@@ -235,18 +235,7 @@ pub(super) async fn ask(
                 verb.as_str()
             ))
         })?;
-    let failed = reply
-        .headers
-        .as_ref()
-        .is_some_and(|h| h.get(HEADER_ERROR_CODE).is_some());
-    if failed {
-        let body: ErrorBody = serde_json::from_slice(&reply.payload).map_err(|e| {
-            ServiceError::internal(format!(
-                "an unreadable error reply from region {region}: {e}"
-            ))
-        })?;
-        return Err(body.error);
-    }
+    super::reply::error_in(&reply, &format!("region {region}"))?;
     serde_json::from_slice(&reply.payload).map_err(|e| {
         ServiceError::internal(format!("an unreadable reply from region {region}: {e}"))
     })

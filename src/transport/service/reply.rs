@@ -158,3 +158,19 @@ pub(super) async fn send(
         }
     }
 }
+
+/// The error a worker's reply carries, if it is an error reply (its
+/// Services API error header set); `from` names who answered, for a body
+/// that cannot be read.
+pub(super) fn error_in(reply: &async_nats::Message, from: &str) -> Result<(), ServiceError> {
+    let failed = reply
+        .headers
+        .as_ref()
+        .is_some_and(|h| h.get(HEADER_ERROR_CODE).is_some());
+    if !failed {
+        return Ok(());
+    }
+    let body: ErrorBody = serde_json::from_slice(&reply.payload)
+        .map_err(|e| ServiceError::internal(format!("{from}: an unreadable error reply: {e}")))?;
+    Err(body.error)
+}

@@ -20,8 +20,8 @@ use super::reply::respond;
 use super::{pass_on, Incoming, Shared};
 use crate::policy::{TenantPolicy, TenantSettings};
 use crate::protocol::{
-    decode, unknown_verb, ErrorBody, ServiceError, Subjects, TenantRequest, TenantsListRequest,
-    TenantsOp, Verb, HEADER_ERROR_CODE, MAX_TENANTS_PAGE,
+    decode, unknown_verb, ServiceError, Subjects, TenantRequest, TenantsListRequest, TenantsOp,
+    Verb, MAX_TENANTS_PAGE,
 };
 use crate::region::Home;
 use crate::registry::{record, Registry, TenantRecord, TenantState};
@@ -158,16 +158,7 @@ async fn in_region(
             }
             _ => unreachable(format!("did not answer: {e}")),
         })?;
-    let failed = reply
-        .headers
-        .as_ref()
-        .is_some_and(|h| h.get(HEADER_ERROR_CODE).is_some());
-    if failed {
-        let body: ErrorBody = serde_json::from_slice(&reply.payload).map_err(|e| {
-            ServiceError::internal(format!("region {region}'s error reply is unreadable: {e}"))
-        })?;
-        return Err(body.error);
-    }
+    super::reply::error_in(&reply, &format!("region {region}"))?;
     // A tenant made there is known here at once (the directory's copy
     // follows a moment later).
     if let (Some(regions), Ok(record)) = (
@@ -426,17 +417,6 @@ async fn drop_data(tenant: &TenantId, shared: &Shared) -> Result<(), ServiceErro
     .map_err(|e| {
         ServiceError::unavailable(format!("tenant {tenant}: its drop failed: {e}; retry"))
     })?;
-    let failed = reply
-        .headers
-        .as_ref()
-        .is_some_and(|h| h.get(HEADER_ERROR_CODE).is_some());
-    if failed {
-        let body: ErrorBody = serde_json::from_slice(&reply.payload).map_err(|e| {
-            ServiceError::internal(format!(
-                "tenant {tenant}: its drop's reply is unreadable: {e}"
-            ))
-        })?;
-        return Err(body.error);
-    }
+    super::reply::error_in(&reply, &format!("tenant {tenant}'s drop"))?;
     Ok(())
 }
