@@ -113,9 +113,7 @@ pub(super) async fn failover(
     shared: &Shared,
     registry: &Registry,
 ) -> Result<Bytes, ServiceError> {
-    let regions = shared.regions.as_ref().ok_or_else(|| {
-        ServiceError::bad_request("this deployment has no regions (worker.region is not set)")
-    })?;
+    let regions = super::region::regions_of(shared)?;
     let own = regions.own().to_owned();
     let Home::Remote(home) = regions.home_of(tenant.as_str()) else {
         return Err(ServiceError::bad_request(format!(
@@ -175,18 +173,7 @@ pub(super) async fn failover(
             )));
         }
     };
-    let home_now = registry
-        .update(tenant.as_str(), |r| {
-            r.state = TenantState::Idle;
-            Ok(())
-        })
-        .await?
-        .ok_or_else(|| {
-            ServiceError::internal(format!("tenant {tenant}: its new record vanished"))
-        })?;
-    regions
-        .directory()
-        .note(&own, tenant.as_str(), Some(&home_now));
+    let home_now = super::moving::home_from_now(tenant, &own, registry, shared).await?;
     super::pass_on(&home_now, shared).await;
     tracing::warn!(%tenant, from = %home, to = %own, backup = %object, "tenant failed over to its DR region; writes since its backup are lost");
     Ok(Bytes::from(

@@ -45,9 +45,7 @@ pub(super) async fn move_tenant(
     shared: &Shared,
     registry: &Registry,
 ) -> Result<Bytes, ServiceError> {
-    let regions = shared.regions.as_ref().ok_or_else(|| {
-        ServiceError::bad_request("this deployment has no regions (worker.region is not set)")
-    })?;
+    let regions = super::region::regions_of(shared)?;
     let own = regions.own().to_owned();
     if !regions.all().iter().any(|r| r == to) {
         return Err(ServiceError::bad_request(format!(
@@ -113,16 +111,7 @@ pub(super) async fn move_tenant(
         .note(&own, tenant.as_str(), Some(&flipped));
     tracing::info!(%tenant, from = %own, %to, "tenant's home flipped");
     let handed = handover(tenant, shared).await;
-    let home = there
-        .update(tenant.as_str(), |r| {
-            r.state = TenantState::Idle;
-            Ok(())
-        })
-        .await?
-        .ok_or_else(|| {
-            ServiceError::internal(format!("tenant {tenant}: its new record vanished"))
-        })?;
-    regions.directory().note(to, tenant.as_str(), Some(&home));
+    home_from_now(tenant, to, &there, shared).await?;
     // 5. The copy here erased.
     let erased = erase(tenant, shared, registry).await;
     if let Some(b) = super::region::bucket(shared, &own).await {
@@ -147,6 +136,31 @@ pub(super) async fn move_tenant(
         })
         .to_string(),
     ))
+}
+
+/// `region`'s `arriving` record of `tenant` made its home (`idle`), and
+/// known so here at once.
+pub(super) async fn home_from_now(
+    tenant: &TenantId,
+    region: &str,
+    registry: &Registry,
+    shared: &Shared,
+) -> Result<TenantRecord, ServiceError> {
+    let home = registry
+        .update(tenant.as_str(), |r| {
+            r.state = TenantState::Idle;
+            Ok(())
+        })
+        .await?
+        .ok_or_else(|| {
+            ServiceError::internal(format!("tenant {tenant}: its new record vanished"))
+        })?;
+    if let Some(regions) = &shared.regions {
+        regions
+            .directory()
+            .note(region, tenant.as_str(), Some(&home));
+    }
+    Ok(home)
 }
 
 /// The registry of `region`, through its JetStream domain.

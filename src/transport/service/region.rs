@@ -132,6 +132,13 @@ pub(super) fn served_here(message: &async_nats::Message) -> bool {
 /// The header a move puts on the requests it sends to one region's copy.
 pub const HEADER_HERE: &str = "Tenantvec-Region-Here";
 
+/// The worker's regions, or the refusal of an operation that needs them.
+pub(super) fn regions_of(shared: &Shared) -> Result<&crate::region::Regions, ServiceError> {
+    shared.regions.as_ref().ok_or_else(|| {
+        ServiceError::bad_request("this deployment has no regions (worker.region is not set)")
+    })
+}
+
 /// The backup bucket of `region` (this one's too, through its domain), if
 /// it has one.
 pub(super) async fn bucket(
