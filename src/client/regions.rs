@@ -8,12 +8,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures::StreamExt;
 use serde_json::{json, Value};
 
 use super::{Client, ClientError};
-use crate::protocol::{AdminVerb, SERVICE_NAME};
-use crate::transport::discovery::{META_CLUSTER, META_PREFIX, META_REGION};
+use crate::protocol::AdminVerb;
+use crate::transport::discovery::{instances, META_CLUSTER, META_PREFIX, META_REGION};
 
 /// How long the workers' service infos are awaited.
 const LISTEN: Duration = Duration::from_millis(500);
@@ -28,21 +27,11 @@ pub async fn describe(client: &Client) -> Result<Value, ClientError> {
         )
         .into());
     }
-    let nats = client.nats();
-    let inbox = nats.new_inbox();
-    let mut replies = nats
-        .subscribe(inbox.clone())
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot subscribe {inbox}: {e}"))?;
-    nats.publish_with_reply(format!("$SRV.INFO.{SERVICE_NAME}"), inbox, "".into())
+    let mut workers: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let infos = instances(client.nats(), LISTEN)
         .await
         .map_err(|e| anyhow::anyhow!("cannot ask for the workers: {e}"))?;
-    let mut workers: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    let deadline = tokio::time::Instant::now() + LISTEN;
-    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, replies.next()).await {
-        let Ok(info) = serde_json::from_slice::<Value>(&m.payload) else {
-            continue;
-        };
+    for info in infos {
         let meta = &info["metadata"];
         if meta[META_PREFIX].as_str() != Some(client.subjects().prefix()) {
             continue;

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 pub use directory::Directory;
 
 use crate::config::Settings;
+use crate::protocol::ServiceError;
 
 /// How often a worker looks at its directory's sources (a region whose
 /// registry appeared, or a source JetStream lost).
@@ -138,6 +139,18 @@ impl Regions {
     /// Every region of the deployment, this one first.
     pub fn all(&self) -> &[String] {
         &self.all
+    }
+
+    /// `region` if it is one of the deployment's, else the refusal naming
+    /// them (`what`: the field that named it).
+    pub fn known(&self, what: &str, region: &str) -> Result<(), ServiceError> {
+        match self.all.iter().any(|r| r == region) {
+            true => Ok(()),
+            false => Err(ServiceError::bad_request(format!(
+                "{what} {region:?} is not one of this deployment's regions ({}: worker.regions)",
+                self.all.join(", ")
+            ))),
+        }
     }
 
     pub fn directory(&self) -> &Directory {

@@ -27,6 +27,28 @@ pub const META_REGION: &str = "region";
 /// `cluster.enabled` differs from ours. Instances of other regions (which
 /// the regions' joined servers show too) keep their own data and are no
 /// concern.
+/// The service infos of every tenantvec instance that answers
+/// `$SRV.INFO.tenantvec` within `listen` (every region's, with regions).
+pub async fn instances(
+    client: &async_nats::Client,
+    listen: Duration,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await?;
+    client
+        .publish_with_reply(format!("$SRV.INFO.{SERVICE_NAME}"), inbox, "".into())
+        .await?;
+    client.flush().await?;
+    let deadline = tokio::time::Instant::now() + listen;
+    let mut infos = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, replies.next()).await {
+        if let Ok(info) = serde_json::from_slice::<serde_json::Value>(&msg.payload) {
+            infos.push(info);
+        }
+    }
+    Ok(infos)
+}
+
 pub async fn ensure_compatible(
     client: &async_nats::Client,
     backend: &str,
@@ -35,17 +57,7 @@ pub async fn ensure_compatible(
     listen: Duration,
     cluster: bool,
 ) -> anyhow::Result<()> {
-    let inbox = client.new_inbox();
-    let mut replies = client.subscribe(inbox.clone()).await?;
-    client
-        .publish_with_reply(format!("$SRV.INFO.{SERVICE_NAME}"), inbox, "".into())
-        .await?;
-    client.flush().await?;
-    let deadline = tokio::time::Instant::now() + listen;
-    while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, replies.next()).await {
-        let Ok(info) = serde_json::from_slice::<serde_json::Value>(&msg.payload) else {
-            continue;
-        };
+    for info in instances(client, listen).await? {
         let meta = &info["metadata"];
         let (Some(other_backend), Some(other_prefix)) =
             (meta[META_BACKEND].as_str(), meta[META_PREFIX].as_str())

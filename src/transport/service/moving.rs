@@ -47,12 +47,7 @@ pub(super) async fn move_tenant(
 ) -> Result<Bytes, ServiceError> {
     let regions = super::region::regions_of(shared)?;
     let own = regions.own().to_owned();
-    if !regions.all().iter().any(|r| r == to) {
-        return Err(ServiceError::bad_request(format!(
-            "region {to:?} is not one of this deployment's ({})",
-            regions.all().join(", ")
-        )));
-    }
+    regions.known("region", to)?;
     if to == own {
         return Err(ServiceError::bad_request(format!(
             "tenant {tenant} lives in region {own} already"
@@ -228,28 +223,24 @@ pub(super) async fn ask(
     tenant: &TenantId,
     body: serde_json::Value,
 ) -> Result<serde_json::Value, ServiceError> {
-    let subject = format!(
-        "{}.{}",
-        crate::region::forward_prefix(&shared.settings.nats.prefix, region),
-        shared.subjects.tenant(verb, tenant.as_str())
-    );
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(HEADER_HERE, "1");
-    let request = async_nats::Request::new()
-        .payload(Bytes::from(body.to_string()))
-        .headers(headers)
-        .timeout(Some(JOB_TIMEOUT));
-    let reply = shared
-        .client
-        .send_request(subject, request)
-        .await
-        .map_err(|e| {
-            ServiceError::unavailable(format!(
-                "{} of tenant {tenant} in region {region}: {e}",
-                verb.as_str()
-            ))
-        })?;
-    super::reply::error_in(&reply, &format!("region {region}"))?;
+    let reply = super::region::request_in(
+        shared,
+        region,
+        &shared.subjects.tenant(verb, tenant.as_str()),
+        Bytes::from(body.to_string()),
+        headers,
+        JOB_TIMEOUT,
+    )
+    .await
+    .map_err(|e| {
+        e.with_message(format!(
+            "{} of tenant {tenant} in region {region}: {}",
+            verb.as_str(),
+            e.message
+        ))
+    })?;
     serde_json::from_slice(&reply.payload).map_err(|e| {
         ServiceError::internal(format!("an unreadable reply from region {region}: {e}"))
     })

@@ -32,10 +32,7 @@ pub(super) fn forward(
     shared: &Arc<Shared>,
     permit: OwnedSemaphorePermit,
 ) {
-    let message = match request {
-        Incoming::Service(r) => r.message,
-        Incoming::Bare(m, _) => m,
-    };
+    let message = request.into_message();
     let Some(relay) = &shared.relay else {
         return;
     };

@@ -132,6 +132,48 @@ pub(super) fn served_here(message: &async_nats::Message) -> bool {
 /// The header a move puts on the requests it sends to one region's copy.
 pub const HEADER_HERE: &str = "Tenantvec-Region-Here";
 
+/// `subject` (an original one) asked of a worker of `region` on its region
+/// subject, the reply once it is known not to be an error reply. A region
+/// without workers is `unavailable`, naming it, at once.
+pub(super) async fn request_in(
+    shared: &Shared,
+    region: &str,
+    subject: &str,
+    payload: bytes::Bytes,
+    headers: async_nats::HeaderMap,
+    timeout: std::time::Duration,
+) -> Result<async_nats::Message, ServiceError> {
+    let request = async_nats::Request::new()
+        .payload(payload)
+        .headers(headers)
+        .timeout(Some(timeout));
+    // Counted as a forward only when it leaves this region (a move also
+    // asks its own region's copy).
+    if shared.regions.as_ref().is_some_and(|r| r.own() != region) {
+        shared.metrics.region_forwarded(region, false);
+    }
+    let unreachable = |what: String| {
+        shared.metrics.region_unreachable(region);
+        ServiceError::unavailable(format!("region {region} {what}; retry later"))
+    };
+    let forwarded = format!(
+        "{}.{subject}",
+        forward_prefix(&shared.settings.nats.prefix, region)
+    );
+    let reply = shared
+        .client
+        .send_request(forwarded, request)
+        .await
+        .map_err(|e| match e.kind() {
+            async_nats::client::RequestErrorKind::NoResponders => {
+                unreachable("is unreachable (no worker of it answers)".into())
+            }
+            _ => unreachable(format!("did not answer: {e}")),
+        })?;
+    super::reply::error_in(&reply, &format!("region {region}"))?;
+    Ok(reply)
+}
+
 /// The worker's regions, or the refusal of an operation that needs them.
 pub(super) fn regions_of(shared: &Shared) -> Result<&crate::region::Regions, ServiceError> {
     shared.regions.as_ref().ok_or_else(|| {

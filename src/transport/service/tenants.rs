@@ -113,25 +113,9 @@ async fn in_region(
     message: &async_nats::Message,
     shared: &Shared,
 ) -> Result<Bytes, ServiceError> {
-    let unknown_region = shared
-        .regions
-        .as_ref()
-        .is_some_and(|r| !r.all().iter().any(|known| known == region));
-    if unknown_region {
-        return Err(ServiceError::bad_request(format!(
-            "region {region:?} is not one of this deployment's ({}: worker.regions)",
-            shared
-                .regions
-                .as_ref()
-                .map(|r| r.all().join(", "))
-                .unwrap_or_default()
-        )));
+    if let Some(regions) = &shared.regions {
+        regions.known("region", region)?;
     }
-    let subject = format!(
-        "{}.{}",
-        crate::region::forward_prefix(&shared.settings.nats.prefix, region),
-        message.subject
-    );
     let mut headers = message.headers.clone().unwrap_or_default();
     headers.insert(super::HEADER_HOPS, "1");
     // A move is an export and an import: it takes as long as they do.
@@ -139,26 +123,15 @@ async fn in_region(
         true => Duration::from_secs(3600),
         false => shared.settings.nats.request_timeout,
     };
-    let request = async_nats::Request::new()
-        .payload(message.payload.clone())
-        .headers(headers)
-        .timeout(Some(timeout));
-    shared.metrics.region_forwarded(region, false);
-    let unreachable = |what: String| {
-        shared.metrics.region_unreachable(region);
-        ServiceError::unavailable(format!("region {region} {what}; retry later"))
-    };
-    let reply = shared
-        .client
-        .send_request(subject, request)
-        .await
-        .map_err(|e| match e.kind() {
-            async_nats::client::RequestErrorKind::NoResponders => {
-                unreachable("is unreachable (no worker of it answers)".into())
-            }
-            _ => unreachable(format!("did not answer: {e}")),
-        })?;
-    super::reply::error_in(&reply, &format!("region {region}"))?;
+    let reply = super::region::request_in(
+        shared,
+        region,
+        &message.subject,
+        message.payload.clone(),
+        headers,
+        timeout,
+    )
+    .await?;
     // A tenant made there is known here at once (the directory's copy
     // follows a moment later).
     if let (Some(regions), Ok(record)) = (
@@ -344,12 +317,7 @@ fn dr_region_of(body: &[u8], shared: &Shared) -> Result<Option<Option<String>>, 
             "dr_region: this deployment has no regions (worker.region is not set)",
         ));
     };
-    if !regions.all().contains(&dr) {
-        return Err(ServiceError::bad_request(format!(
-            "dr_region {dr:?} is not one of this deployment's regions ({})",
-            regions.all().join(", ")
-        )));
-    }
+    regions.known("dr_region", &dr)?;
     if dr == regions.own() {
         return Err(ServiceError::bad_request(
             "dr_region: the tenant's home region cannot be its DR region",
