@@ -94,6 +94,9 @@ impl Command {
 pub struct IngestPart {
     pub docs: Vec<Doc>,
     pub reply: ReplyTo,
+    /// The message itself (its stream and sequence): the tenant's applied
+    /// mark once it is written, and what says it was written already.
+    pub message: crate::store::AppliedMark,
 }
 
 #[derive(Debug)]

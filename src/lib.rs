@@ -66,12 +66,13 @@
 //! 14. [`policy`]: a tenant's default `top_k`, document quota and request
 //!     rate.
 //! 15. [`protocol`], [`names`], [`vector`], [`filter`], [`tenant`],
-//!     [`partition`], [`shutdown`], [`memory`], [`crypto`]: the wire
-//!     contract, the NATS names of a prefix, vectors on the wire (JSON
+//!     [`partition`], [`shutdown`], [`memory`], [`crypto`], [`crash`]: the
+//!     wire contract, the NATS names of a prefix, vectors on the wire (JSON
 //!     arrays or base64 f32), metadata filters, the tenant id rule with the
 //!     tenant's paths, a tenant's partition, signals to a cancellation, a
-//!     process's memory as the kernel reports it, and per-tenant keys (the
-//!     master key, wrapped data keys, the kernel's fscrypt).
+//!     process's memory as the kernel reports it, per-tenant keys (the
+//!     master key, wrapped data keys, the kernel's fscrypt), and the crash
+//!     tests' crash points (nothing outside their own build).
 //!
 //! The end-to-end benchmark is a tool, not part of the library: it lives
 //! with the command line (`src/bench/`, modules of the binary), a client of
@@ -125,6 +126,7 @@ pub mod config;
 
 pub mod policy;
 
+pub mod crash;
 pub mod crypto;
 pub mod filter;
 pub mod memory;

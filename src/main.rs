@@ -320,6 +320,9 @@ enum DeadletterAction {
 }
 
 fn main() -> ExitCode {
+    // The crash tests' binary: the points its FAILPOINTS switches on.
+    #[cfg(feature = "failpoints")]
+    let _crash_points = fail::FailScenario::setup();
     let cli = Cli::parse();
     let mut overrides: Overrides = Vec::new();
     if let Some(url) = &cli.nats_url {

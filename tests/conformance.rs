@@ -20,7 +20,7 @@ use tenantvec::filter::Filter;
 use tenantvec::protocol::ErrorCode;
 use tenantvec::store::edge::EdgeFactory;
 use tenantvec::store::qdrant::QdrantFactory;
-use tenantvec::store::{Record, SearchQuery, Selector, StoreFactory, TenantStore};
+use tenantvec::store::{AppliedMark, Record, SearchQuery, Selector, StoreFactory, TenantStore};
 use tenantvec::tenant::TenantId;
 
 use common::qdrant as server;
@@ -111,6 +111,7 @@ conformance!(
     a_large_upsert_lands_whole,
     filters_match_brute_force,
     tenants_stay_isolated,
+    the_applied_mark_is_kept_with_its_write_and_nowhere_in_sight,
 );
 
 fn record(id: &str, vector: [f32; DIM], meta: Value) -> Record {
@@ -359,6 +360,72 @@ fn drop_erases_one_tenant_only(s: &Subject) {
         a.get(&["same".into()], false).unwrap()[0].metadata["t"],
         "a"
     );
+}
+
+/// The applied mark of ingest: written with its documents, read back by a
+/// store opened afresh (another worker, after a crash), never seen by a
+/// count, a search, a get, an export or a delete by filter, left by a
+/// request's upsert, kept by an import, gone with `drop`, and one per tenant.
+fn the_applied_mark_is_kept_with_its_write_and_nowhere_in_sight(s: &Subject) {
+    let mark = |seq| AppliedMark::new("STREAM@1".into(), seq);
+    let mut a = s.store("marked");
+    assert_eq!(a.applied_mark().unwrap(), None);
+    a.upsert_applied(
+        vec![
+            record("one", [1.0, 0.0, 0.0, 0.0], json!({"k": 1})),
+            record("two", [0.0, 1.0, 0.0, 0.0], json!({"k": 2})),
+        ],
+        &mark(7),
+    )
+    .unwrap();
+    a.close().unwrap();
+    let mut a = s.store("marked");
+    assert_eq!(a.applied_mark().unwrap(), Some(mark(7)), "read back afresh");
+    assert_eq!(a.count(None).unwrap(), 2);
+    let not_one = filter(json!({"k": [2, 3]}));
+    assert_eq!(a.count(Some(&not_one)).unwrap(), 1);
+    let mut found = search(a.as_mut(), [0.5, 0.5, 0.5, 0.5], 10, None);
+    found.sort();
+    assert_eq!(
+        found,
+        vec!["one".to_owned(), "two".to_owned()],
+        "no search finds it"
+    );
+    let page = a.scroll(None, 100).unwrap();
+    assert_eq!(
+        ids(&page.docs, |r| &r.doc_id).len(),
+        2,
+        "an export holds documents only"
+    );
+    // A request's upsert leaves the mark; a later one moves it.
+    a.upsert(vec![record("three", [0.0, 0.0, 1.0, 0.0], json!({"k": 3}))])
+        .unwrap();
+    assert_eq!(a.applied_mark().unwrap(), Some(mark(7)));
+    a.upsert_applied(vec![], &mark(9)).unwrap();
+    assert_eq!(a.applied_mark().unwrap(), Some(mark(9)), "a mark alone");
+    assert_eq!(a.count(None).unwrap(), 3);
+    // A delete by a filter that matches everything else leaves the mark.
+    let everything_but = filter(json!({"k": [2, 3]}));
+    assert_eq!(
+        a.delete(&Selector::Filter(everything_but)).unwrap(),
+        2,
+        "documents only"
+    );
+    assert_eq!(a.applied_mark().unwrap(), Some(mark(9)));
+    // An import replaces the documents and keeps the mark.
+    let mut batches = vec![vec![record("new", [0.0, 0.0, 0.0, 1.0], json!({}))]].into_iter();
+    a.replace(DIM, &mut || Ok(batches.next())).unwrap();
+    assert_eq!(a.count(None).unwrap(), 1);
+    assert_eq!(a.applied_mark().unwrap(), Some(mark(9)));
+    // One mark per tenant.
+    let mut b = s.store("unmarked");
+    b.upsert(vec![record("x", [1.0, 0.0, 0.0, 0.0], json!({}))])
+        .unwrap();
+    assert_eq!(b.applied_mark().unwrap(), None);
+    assert_eq!(b.count(None).unwrap(), 1);
+    a.drop_tenant().unwrap();
+    assert_eq!(a.applied_mark().unwrap(), None, "gone with drop");
+    assert_eq!(a.count(None).unwrap(), 0);
 }
 
 fn wrong_dimension_is_refused(s: &Subject) {

@@ -75,6 +75,18 @@ impl TenantStore for TimedStore {
         self.time(Op::Upsert, |s| s.upsert(records))
     }
 
+    fn upsert_applied(
+        &mut self,
+        records: Vec<Record>,
+        mark: &crate::store::AppliedMark,
+    ) -> Result<(), ServiceError> {
+        self.time(Op::Upsert, |s| s.upsert_applied(records, mark))
+    }
+
+    fn applied_mark(&mut self) -> Result<Option<crate::store::AppliedMark>, ServiceError> {
+        self.time(Op::Get, |s| s.applied_mark())
+    }
+
     fn search(&mut self, query: &SearchQuery) -> Result<Vec<Hit>, ServiceError> {
         self.time(Op::Search, |s| s.search(query))
     }

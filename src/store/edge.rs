@@ -32,6 +32,7 @@ use crate::crypto::DataKey;
 use crate::filter::Filter;
 use crate::protocol::{Doc, Hit, ServiceError};
 use crate::store::encrypted::{EncryptedFolders, Unlocked};
+use crate::store::mark::{self, AppliedMark};
 use crate::store::shard::{self, Shard, ShardOptions};
 use crate::store::{
     create_data_folder, internal, payload, remove_tenant_data, unique, Record, SearchQuery,
@@ -375,14 +376,20 @@ impl EdgeStore {
         folders.make_dir(&side, id, &who)?;
         let mut options = self.options.clone();
         options.dimension = plain.dimension();
+        let mark_id = self.mark_id();
+        let mark = plain
+            .retrieve(&who, &[mark_id], false)?
+            .first()
+            .and_then(|(payload, _)| shard::stored_mark(payload.as_ref()));
+        let documents = shard::without_mark(None, mark_id);
         let mut cursor = None;
         let mut copied = 0usize;
         let mut done = false;
-        let built = self.build_aside(&side, &options, &mut || {
+        let built = self.build_aside(&side, &options, mark.as_ref(), &mut || {
             if done {
                 return Ok(None);
             }
-            let (points, next) = plain.scroll(&who, cursor.take(), 256, None)?;
+            let (points, next) = plain.scroll(&who, cursor.take(), 256, Some(documents.clone()))?;
             done = next.is_none();
             cursor = next;
             let batch = points
@@ -465,6 +472,59 @@ impl EdgeStore {
         shard::to_edge_filter(filter, self.scope())
     }
 
+    /// The id of the tenant's applied mark ([`mark`]): in its own shard
+    /// beside its documents, or in the shared shard under the tenant value
+    /// no tenant's reads include.
+    fn mark_id(&self) -> PointId {
+        let key = mark::point_uuid(self.scope());
+        PointId::Uuid(EdgeUuid::from_bytes(key.into_bytes()))
+    }
+
+    /// [`Self::filter`] for what goes through every point rather than
+    /// nearest vectors (count, delete, scroll): in the tenant's own shard,
+    /// without its mark. A search needs no such condition: the mark has no
+    /// vector.
+    fn docs_filter(
+        &self,
+        filter: Option<&Filter>,
+    ) -> Result<Option<qdrant_edge::Filter>, ServiceError> {
+        let scoped = self.filter(filter)?;
+        Ok(match self.is_shared() {
+            true => scoped,
+            false => Some(shard::without_mark(scoped, self.mark_id())),
+        })
+    }
+
+    /// Write `records`, and `mark` with them in the same engine write.
+    fn write(
+        &mut self,
+        records: Vec<Record>,
+        mark: Option<&AppliedMark>,
+    ) -> Result<(), ServiceError> {
+        if records.is_empty() && mark.is_none() {
+            return Ok(());
+        }
+        let points: Vec<(PointId, Record)> = records
+            .into_iter()
+            .map(|r| (self.point_id(&r.doc_id), r))
+            .collect();
+        let tenant = self.scope().map(str::to_owned);
+        let mark_id = self.mark_id();
+        let who = self.who.clone();
+        let shard = self
+            .shard(true)?
+            .ok_or_else(|| internal(&who, "create shard", "shard missing after create"))?;
+        let mut persisted = Vec::with_capacity(points.len() + 1);
+        for (id, r) in points {
+            shard.check_dimension(&r.vector)?;
+            persisted.push(to_point(id, r, tenant.as_deref()));
+        }
+        if let Some(mark) = mark {
+            persisted.push(shard::mark_point(mark_id, mark, tenant.as_deref()));
+        }
+        shard.upsert(&who, persisted)
+    }
+
     /// Points among `doc_ids` that exist and belong to this tenant.
     fn existing(
         &mut self,
@@ -497,24 +557,27 @@ impl TenantStore for EdgeStore {
     }
 
     fn upsert(&mut self, records: Vec<Record>) -> Result<(), ServiceError> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let points: Vec<(PointId, Record)> = records
-            .into_iter()
-            .map(|r| (self.point_id(&r.doc_id), r))
-            .collect();
-        let tenant = self.scope().map(str::to_owned);
+        self.write(records, None)
+    }
+
+    fn upsert_applied(
+        &mut self,
+        records: Vec<Record>,
+        mark: &AppliedMark,
+    ) -> Result<(), ServiceError> {
+        self.write(records, Some(mark))
+    }
+
+    fn applied_mark(&mut self) -> Result<Option<AppliedMark>, ServiceError> {
+        let id = self.mark_id();
         let who = self.who.clone();
-        let shard = self
-            .shard(true)?
-            .ok_or_else(|| internal(&who, "create shard", "shard missing after create"))?;
-        let mut persisted = Vec::with_capacity(points.len());
-        for (id, r) in points {
-            shard.check_dimension(&r.vector)?;
-            persisted.push(to_point(id, r, tenant.as_deref()));
-        }
-        shard.upsert(&who, persisted)
+        let Some(shard) = self.shard(false)? else {
+            return Ok(None);
+        };
+        Ok(shard
+            .retrieve(&who, &[id], false)?
+            .first()
+            .and_then(|(payload, _)| shard::stored_mark(payload.as_ref())))
     }
 
     fn search(&mut self, query: &SearchQuery) -> Result<Vec<Hit>, ServiceError> {
@@ -556,7 +619,7 @@ impl TenantStore for EdgeStore {
                 Ok(found.len())
             }
             Selector::Filter(f) => {
-                let filter = self.filter(Some(f))?;
+                let filter = self.docs_filter(Some(f))?;
                 let who = self.who.clone();
                 let Some(shard) = self.shard(false)? else {
                     return Ok(0);
@@ -571,7 +634,17 @@ impl TenantStore for EdgeStore {
     }
 
     fn count(&mut self, filter: Option<&Filter>) -> Result<usize, ServiceError> {
-        let scoped = self.filter(filter)?;
+        // Every point of the tenant's own shard, counted without a filter
+        // (the engine knows that number), less its mark if it has one.
+        if filter.is_none() && !self.is_shared() {
+            let marks = usize::from(self.applied_mark()?.is_some());
+            let who = self.who.clone();
+            let Some(shard) = self.shard(false)? else {
+                return Ok(0);
+            };
+            return Ok(shard.count(&who, None)?.saturating_sub(marks));
+        }
+        let scoped = self.docs_filter(filter)?;
         let who = self.who.clone();
         let Some(shard) = self.shard(false)? else {
             return Ok(0);
@@ -592,8 +665,10 @@ impl TenantStore for EdgeStore {
                 )
             })?;
             let who = self.who.clone();
+            let mark = self.mark_id();
             if let Some(shard) = self.shard(true)? {
                 shard.delete_filter(&who, everything)?;
+                shard.delete_ids(&who, vec![mark])?;
             }
         }
         // A broken shard cannot be closed cleanly, and its files go anyway.
@@ -690,7 +765,7 @@ impl EdgeStore {
                     .map_err(|e| ServiceError::bad_request(format!("bad page cursor {c:?}: {e}")))
             })
             .transpose()?;
-        let filter = self.filter(None)?;
+        let filter = self.docs_filter(None)?;
         let tenant = self.scope().map(str::to_owned);
         let who = self.who.clone();
         let Some(shard) = self.shard(false)? else {
@@ -738,6 +813,9 @@ impl EdgeStore {
             .check_tenant_dir(&self.tenant)
             .map_err(|e| internal(&who, "tenant folder", e))?;
         crate::store::refuse_seed_index(&self.paths, &self.tenant)?;
+        // The mark stays: an ingest message applied before the import is
+        // still applied, and must not be written again over it.
+        let mark = self.applied_mark()?;
         let side = self.side_dir();
         remove_dir(&side).map_err(|e| internal(&who, "remove an unfinished import", e))?;
         if let Some(folders) = self.encryption.clone() {
@@ -746,7 +824,7 @@ impl EdgeStore {
         }
         let mut options = self.options.clone();
         options.dimension = dimension;
-        self.build_aside(&side, &options, next)?;
+        self.build_aside(&side, &options, mark.as_ref(), next)?;
         self.swap_in(&side)?;
         Ok(crate::store::Replaced {
             atomic: true,
@@ -759,12 +837,13 @@ impl EdgeStore {
         self.dir.with_file_name("vector_store.import")
     }
 
-    /// Build a shard in `side` from the batches `next` yields, and close
-    /// it; on failure, remove it.
+    /// Build a shard in `side` from the batches `next` yields, with the
+    /// tenant's `mark` last, and close it; on failure, remove it.
     fn build_aside(
         &self,
         side: &std::path::Path,
         options: &ShardOptions,
+        mark: Option<&AppliedMark>,
         next: &mut dyn FnMut() -> Result<Option<Vec<Record>>, ServiceError>,
     ) -> Result<(), ServiceError> {
         let who = &self.who;
@@ -779,6 +858,9 @@ impl EdgeStore {
                         points.push(to_point(self.point_id(&r.doc_id), r, None));
                     }
                     shard.upsert(who, points)?;
+                }
+                if let Some(mark) = mark {
+                    shard.upsert(who, vec![shard::mark_point(self.mark_id(), mark, None)])?;
                 }
                 Ok(())
             };

@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 
 use crate::filter::Filter;
 use crate::protocol::{Doc, Hit, ServiceError};
-use crate::store::{check_dimension, unique, Page, Record, SearchQuery, Selector, TenantStore};
+use crate::store::{
+    check_dimension, unique, AppliedMark, Page, Record, SearchQuery, Selector, TenantStore,
+};
 
 /// One tenant's documents, by `doc_id`.
 #[derive(Debug, Default)]
@@ -20,6 +22,8 @@ pub struct MemoryStore {
     docs: BTreeMap<String, Record>,
     /// Writes applied, for tests that count group commits.
     pub writes: usize,
+    /// The applied mark, kept like a backend keeps it: with the write.
+    pub mark: Option<AppliedMark>,
 }
 
 impl MemoryStore {
@@ -68,6 +72,20 @@ impl TenantStore for MemoryStore {
         Ok(())
     }
 
+    fn upsert_applied(
+        &mut self,
+        records: Vec<Record>,
+        mark: &AppliedMark,
+    ) -> Result<(), ServiceError> {
+        self.upsert(records)?;
+        self.mark = Some(mark.clone());
+        Ok(())
+    }
+
+    fn applied_mark(&mut self) -> Result<Option<AppliedMark>, ServiceError> {
+        Ok(self.mark.clone())
+    }
+
     fn search(&mut self, query: &SearchQuery) -> Result<Vec<Hit>, ServiceError> {
         check_dimension(&query.vector, self.dimension)?;
         let mut hits: Vec<Hit> = self
@@ -110,6 +128,7 @@ impl TenantStore for MemoryStore {
 
     fn drop_tenant(&mut self) -> Result<(), ServiceError> {
         self.docs.clear();
+        self.mark = None;
         Ok(())
     }
 

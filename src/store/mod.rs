@@ -10,6 +10,7 @@
 
 pub mod edge;
 pub mod encrypted;
+pub mod mark;
 #[cfg(test)]
 pub mod memory;
 pub mod page_cache;
@@ -27,6 +28,7 @@ use crate::filter::Filter;
 pub use crate::protocol::internal;
 use crate::protocol::{Doc, Hit, ServiceError};
 use crate::tenant::{TenantId, TenantPaths};
+pub use mark::AppliedMark;
 
 /// The answer of a store that does not encrypt to [`TenantStore::rekey`].
 pub fn cannot_rekey() -> ServiceError {
@@ -75,6 +77,21 @@ pub trait TenantStore: Send {
 
     /// Insert or replace by `doc_id`; durable when it returns.
     fn upsert(&mut self, records: Vec<Record>) -> Result<(), ServiceError>;
+
+    /// [`TenantStore::upsert`] that also moves the tenant's [`AppliedMark`]
+    /// to `mark`, in the same write: the documents and the mark are durable
+    /// together or not at all (where a backend splits a large write, the
+    /// mark goes with its last part). No default: a store that wraps
+    /// another must pass the mark on, never drop it.
+    fn upsert_applied(
+        &mut self,
+        records: Vec<Record>,
+        mark: &AppliedMark,
+    ) -> Result<(), ServiceError>;
+
+    /// The tenant's [`AppliedMark`]: the newest ingest message its store
+    /// holds; `None` for a tenant that no ingest message has reached.
+    fn applied_mark(&mut self) -> Result<Option<AppliedMark>, ServiceError>;
 
     fn search(&mut self, query: &SearchQuery) -> Result<Vec<Hit>, ServiceError>;
 

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use crate::command::{Command, Envelope, QueryInput, ReplyTo};
 use crate::embed::Embedding;
 use crate::protocol::{Doc, Reply, ServiceError};
-use crate::store::{Record, SearchQuery, TenantStore};
+use crate::store::{AppliedMark, Record, SearchQuery, TenantStore};
 use crate::tenant::TenantId;
 
 /// The tenant's limits a job applies.
@@ -88,6 +88,8 @@ pub(super) struct Write {
     /// The ingest envelope it came from: a transient failure stops the
     /// later parts of the same envelope.
     chain: Option<usize>,
+    /// The ingest message it is (none for a request's upsert).
+    message: Option<AppliedMark>,
 }
 
 /// Split a batch of upsert and ingest envelopes into their writes, in order.
@@ -102,6 +104,7 @@ pub(super) fn writes(batch: Vec<Envelope>) -> (Vec<Write>, Vec<ReplyTo>) {
                 reply: env.reply,
                 span: env.span,
                 chain: None,
+                message: None,
             }),
             Command::Ingest(parts) => {
                 for part in parts {
@@ -110,6 +113,7 @@ pub(super) fn writes(batch: Vec<Envelope>) -> (Vec<Write>, Vec<ReplyTo>) {
                         reply: part.reply,
                         span: env.span.clone(),
                         chain: Some(i),
+                        message: Some(part.message),
                     });
                 }
                 envelope_replies.push(env.reply);
@@ -126,6 +130,11 @@ pub(super) fn writes(batch: Vec<Envelope>) -> (Vec<Write>, Vec<ReplyTo>) {
 /// request gets the outcome of that one write. The quota counts a request's
 /// documents only once it has passed every other check, so a refused
 /// request never uses up room a later one needs.
+///
+/// Ingest messages move the tenant's applied mark in the same write; one
+/// the mark covers already (written before, by this worker or one that
+/// died before its ack) is answered as written and not written again, so
+/// an old version never lands over a newer one.
 pub(super) fn apply_upserts(
     tenant: &TenantId,
     store: &mut dyn TenantStore,
@@ -151,6 +160,14 @@ pub(super) fn apply_upserts(
         Ok(q) => q,
         Err(e) => return fail_all(writes, envelope_replies, &e),
     };
+    let stored = match writes.iter().any(|w| w.message.is_some()) {
+        true => match store.applied_mark() {
+            Ok(m) => m,
+            Err(e) => return fail_all(writes, envelope_replies, &e),
+        },
+        false => None,
+    };
+    let mut mark = None;
     let mut records = Vec::new();
     let mut accepted = Vec::with_capacity(writes.len());
     // Ingest envelopes stopped by a transient failure, with that failure.
@@ -165,6 +182,18 @@ pub(super) fn apply_upserts(
             continue;
         }
         let n = w.docs.len();
+        if let (Some(m), Some(s)) = (&w.message, &stored) {
+            if s.covers(&m.stream, m.seq) {
+                tracing::warn!(
+                    %tenant,
+                    seq = m.seq,
+                    applied = s.seq,
+                    "an ingest message the store holds already came again; answered as written, not written again"
+                );
+                w.reply.send(Ok(Reply::Upserted { upserted: n }));
+                continue;
+            }
+        }
         let checked = to_records(w.docs, dimension, embedding).and_then(|r| {
             if let Some(q) = quota.as_mut() {
                 q.admit(store, &r)?;
@@ -175,6 +204,9 @@ pub(super) fn apply_upserts(
             Ok(mut r) => {
                 records.append(&mut r);
                 accepted.push((w.reply, n));
+                if let Some(m) = &w.message {
+                    mark = Some(AppliedMark::advanced(mark.as_ref().or(stored.as_ref()), m));
+                }
             }
             Err(e) => {
                 if let (Some(c), true) = (w.chain, e.code.is_transient()) {
@@ -202,7 +234,11 @@ pub(super) fn apply_upserts(
             .collect()
     };
     let outcome = write_span
-        .in_scope(|| store.upsert(records))
+        .in_scope(|| match &mark {
+            Some(mark) => store.upsert_applied(records, mark),
+            None if records.is_empty() => Ok(()),
+            None => store.upsert(records),
+        })
         .and_then(|()| embedding.record());
     let mut total = 0;
     for (reply, n) in accepted {
@@ -530,7 +566,12 @@ mod tests {
             vec![doc("e", DIM)],
         ] {
             let (reply, outcome) = ReplyTo::channel();
-            parts.push(IngestPart { docs, reply });
+            let message = AppliedMark::new("S@1".into(), replies.len() as u64 + 1);
+            parts.push(IngestPart {
+                docs,
+                reply,
+                message,
+            });
             replies.push(outcome);
         }
         let (env, _) = envelope(&tenant, Command::Ingest(parts));
@@ -707,6 +748,98 @@ mod tests {
                 apply_one(&mut store, &embedding, Command::Count(None), 5),
                 Ok(Reply::Count { count: 2 })
             );
+        }
+
+        /// Ingest messages as one command, each a version of document `d`.
+        fn ingest(
+            tenant: &TenantId,
+            stream: &str,
+            seqs: &[u64],
+        ) -> (Envelope, Vec<tokio::sync::oneshot::Receiver<ReplyOutcome>>) {
+            let mut parts = Vec::new();
+            let mut replies = Vec::new();
+            for &seq in seqs {
+                let (reply, outcome) = ReplyTo::channel();
+                parts.push(IngestPart {
+                    docs: vec![text_doc("d", &format!("version {seq}"))],
+                    reply,
+                    message: AppliedMark::new(stream.into(), seq),
+                });
+                replies.push(outcome);
+            }
+            (envelope(tenant, Command::Ingest(parts)).0, replies)
+        }
+
+        fn text_of_d(store: &mut MemoryStore) -> String {
+            store.get(&["d".into()], false).unwrap()[0]
+                .text
+                .clone()
+                .unwrap()
+        }
+
+        /// The applied mark moves with the write that holds its messages;
+        /// a message it covers (its ack was lost, and it came again after
+        /// later ones) is answered as written and never lands over them.
+        #[test]
+        fn a_message_the_mark_covers_is_answered_and_not_written_again() {
+            let (_dir, tenant, embedder, records) = setup();
+            let embedding = Embedding::new(&embedder, &records, &tenant);
+            let mut store = MemoryStore::new(DIM);
+            let (batch, replies) = ingest(&tenant, "S@1", &[4, 7]);
+            apply_upserts(&tenant, &mut store, &embedding, vec![batch], None);
+            assert!(replies
+                .into_iter()
+                .all(|r| r.blocking_recv().unwrap().is_ok()));
+            assert_eq!(store.mark, Some(AppliedMark::new("S@1".into(), 7)));
+            assert_eq!(
+                (text_of_d(&mut store), store.writes),
+                ("version 7".into(), 1)
+            );
+
+            // 4 comes again alone: answered as written, no write at all.
+            let (again, replies) = ingest(&tenant, "S@1", &[4]);
+            apply_upserts(&tenant, &mut store, &embedding, vec![again], None);
+            let answer = replies.into_iter().next().unwrap().blocking_recv().unwrap();
+            assert_eq!(answer, Ok(Reply::Upserted { upserted: 1 }));
+            assert_eq!(
+                (text_of_d(&mut store), store.writes),
+                ("version 7".into(), 1)
+            );
+
+            // 7 again beside the new 9: only 9 is written, and the mark moves to it.
+            let (mixed, _) = ingest(&tenant, "S@1", &[7, 9]);
+            apply_upserts(&tenant, &mut store, &embedding, vec![mixed], None);
+            assert_eq!(text_of_d(&mut store), "version 9");
+            assert_eq!(store.mark, Some(AppliedMark::new("S@1".into(), 9)));
+        }
+
+        /// A stream made again starts its sequences over: the old mark says
+        /// nothing of its messages, which are written.
+        #[test]
+        fn a_mark_of_another_stream_covers_nothing() {
+            let (_dir, tenant, embedder, records) = setup();
+            let embedding = Embedding::new(&embedder, &records, &tenant);
+            let mut store = MemoryStore::new(DIM);
+            let (old, _) = ingest(&tenant, "S@1", &[50]);
+            apply_upserts(&tenant, &mut store, &embedding, vec![old], None);
+            let (new, _) = ingest(&tenant, "S@2", &[3]);
+            apply_upserts(&tenant, &mut store, &embedding, vec![new], None);
+            assert_eq!(text_of_d(&mut store), "version 3");
+            assert_eq!(store.mark, Some(AppliedMark::new("S@2".into(), 3)));
+        }
+
+        /// A request's upsert leaves the mark where it was.
+        #[test]
+        fn a_request_s_upsert_keeps_the_mark() {
+            let (_dir, tenant, embedder, records) = setup();
+            let embedding = Embedding::new(&embedder, &records, &tenant);
+            let mut store = MemoryStore::new(DIM);
+            let (batch, _) = ingest(&tenant, "S@1", &[5]);
+            apply_upserts(&tenant, &mut store, &embedding, vec![batch], None);
+            let (upsert, _) = envelope(&tenant, Command::Upsert(vec![text_doc("d", "request")]));
+            apply_upserts(&tenant, &mut store, &embedding, vec![upsert], None);
+            assert_eq!(text_of_d(&mut store), "request");
+            assert_eq!(store.mark, Some(AppliedMark::new("S@1".into(), 5)));
         }
     }
 }

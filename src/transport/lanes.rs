@@ -42,6 +42,10 @@ pub struct Held<M> {
     /// next batch acks it without writing it again (which would put it
     /// after the later messages of that same batch).
     pub applied: bool,
+    /// Failed for good, but its dead letter was not stored: the next batch
+    /// dead-letters it again and never sends it to the store (whose applied
+    /// mark may be past it by then, from the later messages of its batch).
+    pub doomed: Option<crate::protocol::ServiceError>,
 }
 
 #[derive(Debug)]
@@ -78,6 +82,9 @@ pub struct Outcome {
     pub settled: Vec<u64>,
     /// Sequences written but not acked: kept, and never written again.
     pub applied: Vec<u64>,
+    /// Sequences failed for good whose dead letter was not stored, with why:
+    /// kept, and dead-lettered again (see [`Held::doomed`]).
+    pub doomed: Vec<(u64, crate::protocol::ServiceError)>,
     /// Try the unsettled ones again after this long. `count` says whether the
     /// failure counts as a try of the oldest of them (a wait for an earlier
     /// message or for the rate limit does not).
@@ -220,6 +227,7 @@ impl<M> Lanes<M> {
                 message,
                 attempts: 0,
                 applied: false,
+                doomed: None,
             },
         );
         (Arrival::Held, None)
@@ -280,6 +288,11 @@ impl<M> Lanes<M> {
         for seq in &outcome.applied {
             if let Some(held) = lane.held.get_mut(seq) {
                 held.applied = true;
+            }
+        }
+        for (seq, error) in outcome.doomed {
+            if let Some(held) = lane.held.get_mut(&seq) {
+                held.doomed = Some(error);
             }
         }
         if let Some(retry) = outcome.retry {

@@ -45,6 +45,7 @@ use serde_json::Map;
 use crate::config::{Layout, Settings, StoreSettings};
 use crate::filter::Filter;
 use crate::protocol::{Doc, Hit, ServiceError};
+use crate::store::mark::{self, AppliedMark};
 use crate::store::payload::{self, IndexKind, IndexPolicy, TENANT};
 use crate::store::{
     check_dimension, create_data_folder, internal, remove_tenant_data, unique, Record, SearchQuery,
@@ -196,6 +197,7 @@ impl StoreFactory for QdrantFactory {
             paths: self.paths.clone(),
             indexes: self.indexes.clone(),
             known,
+            mark: None,
         })
     }
 
@@ -235,6 +237,9 @@ pub struct QdrantStore {
     indexes: Arc<IndexPolicy>,
     /// Shared by every store of the shared layout, own in `per_tenant`.
     known: Arc<Mutex<Known>>,
+    /// The tenant's applied mark as last read or written (`None`: not read
+    /// yet). This store is its only writer while the tenant is active here.
+    mark: Option<Option<AppliedMark>>,
 }
 
 impl QdrantStore {
@@ -419,6 +424,38 @@ impl QdrantStore {
         to_qdrant_filter(filter, self.scope.as_deref())
     }
 
+    /// The id of the tenant's applied mark ([`mark`]): in its own
+    /// collection beside its documents, or in the shared one under the
+    /// tenant value no tenant's reads include.
+    fn mark_id(&self) -> QPointId {
+        QPointId::from(mark::point_uuid(self.scope.as_deref()).to_string())
+    }
+
+    /// [`Self::filter`] for what goes through every point rather than
+    /// nearest vectors (count, delete, scroll): in the tenant's own
+    /// collection, without its mark. A search needs no such condition: the
+    /// mark has no vector.
+    fn docs_filter(&self, filter: Option<&Filter>) -> Option<QFilter> {
+        let scoped = self.filter(filter);
+        if self.scope.is_some() {
+            return scoped;
+        }
+        let mut filter = scoped.unwrap_or_default();
+        filter
+            .must_not
+            .push(qdrant_client::qdrant::Condition::has_id([self.mark_id()]));
+        Some(filter)
+    }
+
+    /// The mark's point: no vector, the mark in its payload.
+    fn mark_point(&self, mark: &AppliedMark) -> PointStruct {
+        PointStruct::new(
+            self.mark_id(),
+            HashMap::<String, Vec<f32>>::new(),
+            Payload::from(mark.to_payload(self.scope.as_deref())),
+        )
+    }
+
     /// The documents among `doc_ids` that exist and belong to this tenant,
     /// in request order.
     fn existing(&self, doc_ids: &[String], with_vectors: bool) -> Result<Vec<Doc>, ServiceError> {
@@ -487,8 +524,22 @@ impl QdrantStore {
     /// a failure part way through leaves the same result as one request
     /// would have. Points are built per request, so a retry needs no copy
     /// made in advance.
-    fn upsert_records(&self, records: &[Record]) -> Result<(), QdrantError> {
+    /// The tenant's `mark`, when given, goes in the last request: it is
+    /// never durable before every document it covers.
+    fn upsert_records(
+        &self,
+        records: &[Record],
+        mark: Option<&AppliedMark>,
+    ) -> Result<(), QdrantError> {
         let mut rest = records;
+        if rest.is_empty() {
+            if let Some(mark) = mark {
+                let request =
+                    UpsertPointsBuilder::new(&self.collection, vec![self.mark_point(mark)])
+                        .wait(true);
+                self.run(self.client.upsert_points(request))?;
+            }
+        }
         while !rest.is_empty() {
             let mut bytes = 0;
             let n = rest
@@ -500,10 +551,47 @@ impl QdrantStore {
                 .count()
                 .max(1);
             let (batch, tail) = rest.split_at(n);
-            let points: Vec<PointStruct> = batch.iter().map(|r| self.point(r)).collect();
+            let mut points: Vec<PointStruct> = batch.iter().map(|r| self.point(r)).collect();
+            if let (true, Some(mark)) = (tail.is_empty(), mark) {
+                points.push(self.mark_point(mark));
+            }
             let request = UpsertPointsBuilder::new(&self.collection, points).wait(true);
             self.run(self.client.upsert_points(request))?;
             rest = tail;
+        }
+        Ok(())
+    }
+
+    /// Write `records`, and `mark` with the last of them.
+    fn write(
+        &mut self,
+        records: Vec<Record>,
+        mark: Option<&AppliedMark>,
+    ) -> Result<(), ServiceError> {
+        if records.is_empty() && mark.is_none() {
+            return Ok(());
+        }
+        let dimension = self.ensure_collection()?;
+        for r in &records {
+            check_dimension(&r.vector, dimension)?;
+        }
+        // A mark sent is unknown until its write is known to have gone through.
+        if mark.is_some() {
+            self.mark = None;
+        }
+        match self.upsert_records(&records, mark) {
+            Ok(()) => {}
+            // Dropped by another worker since we looked: make it again, once.
+            Err(e) if is_missing(&e) => {
+                self.forget();
+                self.ensure_collection()?;
+                self.upsert_records(&records, mark)
+                    .map_err(|e| self.fail("upsert", e))?;
+            }
+            Err(e) => return Err(self.fail("upsert", e)),
+        }
+        if let Some(mark) = mark {
+            self.mark = Some(Some(mark.clone()));
         }
         Ok(())
     }
@@ -538,24 +626,30 @@ impl TenantStore for QdrantStore {
     }
 
     fn upsert(&mut self, records: Vec<Record>) -> Result<(), ServiceError> {
-        if records.is_empty() {
-            return Ok(());
+        self.write(records, None)
+    }
+
+    fn upsert_applied(
+        &mut self,
+        records: Vec<Record>,
+        mark: &AppliedMark,
+    ) -> Result<(), ServiceError> {
+        self.write(records, Some(mark))
+    }
+
+    fn applied_mark(&mut self) -> Result<Option<AppliedMark>, ServiceError> {
+        if let Some(known) = &self.mark {
+            return Ok(known.clone());
         }
-        let dimension = self.ensure_collection()?;
-        for r in &records {
-            check_dimension(&r.vector, dimension)?;
-        }
-        match self.upsert_records(&records) {
-            Ok(()) => Ok(()),
-            // Dropped by another worker since we looked: make it again, once.
-            Err(e) if is_missing(&e) => {
-                self.forget();
-                self.ensure_collection()?;
-                self.upsert_records(&records)
-                    .map_err(|e| self.fail("upsert", e))
-            }
-            Err(e) => Err(self.fail("upsert", e)),
-        }
+        let request = GetPointsBuilder::new(&self.collection, vec![self.mark_id()])
+            .with_payload(true)
+            .with_vectors(false);
+        let found = self
+            .unless_missing("get", self.client.get_points(request))?
+            .and_then(|reply| reply.result.into_iter().next())
+            .and_then(|p| AppliedMark::from_payload(&Map::from(Payload::from(p.payload))));
+        self.mark = Some(found.clone());
+        Ok(found)
     }
 
     fn search(&mut self, query: &SearchQuery) -> Result<Vec<Hit>, ServiceError> {
@@ -605,7 +699,7 @@ impl TenantStore for QdrantStore {
                 if !self.ensure_indexes(Some(f))? {
                     return Ok(0);
                 }
-                let Some(filter) = self.filter(Some(f)) else {
+                let Some(filter) = self.docs_filter(Some(f)) else {
                     return Ok(0);
                 };
                 let n = self.count_matching(Some(filter.clone()))?;
@@ -621,7 +715,13 @@ impl TenantStore for QdrantStore {
         if !self.ensure_indexes(filter)? {
             return Ok(0);
         }
-        self.count_matching(self.filter(filter))
+        // Every point of the tenant's own collection, counted without a
+        // filter, less its mark if it has one.
+        if filter.is_none() && self.scope.is_none() {
+            let marks = usize::from(self.applied_mark()?.is_some());
+            return Ok(self.count_matching(None)?.saturating_sub(marks));
+        }
+        self.count_matching(self.docs_filter(filter))
     }
 
     fn drop_tenant(&mut self) -> Result<(), ServiceError> {
@@ -636,6 +736,9 @@ impl TenantStore for QdrantStore {
                         )
                     })?;
                     self.delete_points(everything)?;
+                    self.delete_points(PointsIdsList {
+                        ids: vec![self.mark_id()],
+                    })?;
                 }
             }
             None => {
@@ -645,6 +748,7 @@ impl TenantStore for QdrantStore {
                 self.forget();
             }
         }
+        self.mark = None;
         remove_tenant_data(&self.paths, &self.tenant)
     }
 
@@ -654,7 +758,9 @@ impl TenantStore for QdrantStore {
 
     fn close(&mut self) -> Result<(), ServiceError> {
         // Nothing is held per tenant: the client and its connections are the
-        // factory's, shared by every tenant.
+        // factory's, shared by every tenant. The mark is read again when the
+        // tenant is next active (another worker may have written it since).
+        self.mark = None;
         Ok(())
     }
 
@@ -671,7 +777,7 @@ impl TenantStore for QdrantStore {
         if let Some(c) = cursor {
             request = request.offset(QPointId::from(c.to_owned()));
         }
-        if let Some(f) = self.filter(None) {
+        if let Some(f) = self.docs_filter(None) {
             request = request.filter(f);
         }
         let Some(reply) = self.unless_missing("scroll", self.client.scroll(request))? else {

@@ -17,7 +17,7 @@ mod terms;
 
 use disk::{check_room, compact_wal, lock};
 use terms::{json_path, schema_type};
-pub use terms::{to_doc, to_edge_filter};
+pub use terms::{mark_point, stored_mark, to_doc, to_edge_filter, without_mark};
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -220,6 +220,7 @@ impl Shard {
         // segment, fsyncs included), here where a panic is contained. A
         // flush before it would double the fsyncs of every close, the cost
         // of a cold activation that evicts another tenant.
+        crate::crash_point!("shard-close");
         let outcome = match usable {
             Ok(()) => match catch_unwind(AssertUnwindSafe(|| drop(engine))) {
                 Ok(()) => compact_wal(&self.dir).map_err(|e| internal(who, "compact WAL", e)),

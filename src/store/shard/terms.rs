@@ -7,13 +7,14 @@
 
 use qdrant_edge::external::ordered_float::OrderedFloat;
 use qdrant_edge::{
-    Condition as EdgeCondition, FieldCondition, Filter as EdgeFilter, Match, Payload,
-    PayloadSchemaType, Range as EdgeRange, ValueVariants, VectorInternal, VectorStructInternal,
-    DEFAULT_VECTOR_NAME,
+    Condition as EdgeCondition, FieldCondition, Filter as EdgeFilter, HasIdCondition, Match,
+    Payload, PayloadSchemaType, PointId, PointStructPersisted, Range as EdgeRange, ValueVariants,
+    VectorInternal, VectorStructInternal, VectorStructPersisted, DEFAULT_VECTOR_NAME,
 };
 
 use crate::filter::{Condition, Filter, Scalar};
 use crate::protocol::{Doc, ServiceError};
+use crate::store::mark::AppliedMark;
 use crate::store::payload::{self, metadata_path, IndexKind, TENANT};
 
 pub(super) fn json_path(path: &str) -> Result<qdrant_edge::JsonPath, ServiceError> {
@@ -75,6 +76,37 @@ pub fn to_edge_filter(
         must: Some(must),
         must_not: None,
     }))
+}
+
+/// `filter` that also leaves out the point `mark` (a tenant's applied
+/// mark, kept beside its documents in its own shard).
+pub fn without_mark(filter: Option<EdgeFilter>, mark: PointId) -> EdgeFilter {
+    let mut filter = filter.unwrap_or(EdgeFilter {
+        should: None,
+        min_should: None,
+        must: None,
+        must_not: None,
+    });
+    filter
+        .must_not
+        .get_or_insert_with(Vec::new)
+        .push(EdgeCondition::HasId(HasIdCondition::from_iter([mark])));
+    filter
+}
+
+/// The point that stores a tenant's applied mark: no vector (a search
+/// never finds it), the mark in its payload.
+pub fn mark_point(id: PointId, mark: &AppliedMark, shared: Option<&str>) -> PointStructPersisted {
+    PointStructPersisted {
+        id,
+        vector: VectorStructPersisted::Named(Default::default()),
+        payload: Some(Payload(mark.to_payload(shared))),
+    }
+}
+
+/// The mark a stored point holds, if it is a mark.
+pub fn stored_mark(payload: Option<&Payload>) -> Option<AppliedMark> {
+    AppliedMark::from_payload(&payload?.0)
 }
 
 pub(super) fn scalar_condition(path: &qdrant_edge::JsonPath, s: &Scalar) -> EdgeCondition {

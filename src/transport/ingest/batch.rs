@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::command::{Command, Envelope, IngestPart, ReplyTo};
 use crate::config::IngestSettings;
 use crate::protocol::{decode, ErrorCode, ServiceError, UpsertRequest};
+use crate::store::AppliedMark;
 use crate::tenant::TenantId;
 use crate::transport::lanes::{self, Lanes, Outcome, Retry};
 
@@ -31,6 +32,7 @@ pub(super) struct BatchItem {
     delivered: i64,
     attempts: u32,
     applied: bool,
+    doomed: Option<ServiceError>,
 }
 
 impl BatchItem {
@@ -59,6 +61,7 @@ pub(super) fn spawn_batch(
             delivered: held.message.delivered,
             attempts: held.attempts,
             applied: held.applied,
+            doomed: held.doomed.clone(),
         })
         .collect();
     let shared = shared.clone();
@@ -128,6 +131,13 @@ pub(super) async fn run_batch(
         }
     }
 
+    let stream = match shared.stream_id().await {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::warn!(%tenant, error = %e, "cannot read the ingest stream's identity; waiting");
+            return wait(Duration::from_secs(1));
+        }
+    };
     // Decode and route what has not been written yet, as one command.
     let span = tracing::info_span!("ingest", %tenant, first_seq = first);
     let mut parts = Vec::new();
@@ -135,6 +145,10 @@ pub(super) async fn run_batch(
     for item in &items {
         if item.applied {
             awaited.push(Awaited::Written(0));
+            continue;
+        }
+        if let Some(error) = &item.doomed {
+            awaited.push(Awaited::Doomed(error.clone()));
             continue;
         }
         // A replayed dead letter's body is sealed with the tenant's key.
@@ -154,7 +168,11 @@ pub(super) async fn run_batch(
             Ok(Command::Upsert(docs)) => {
                 let (reply, outcome) = ReplyTo::channel();
                 awaited.push(Awaited::Routed(outcome, docs.len() as u64));
-                parts.push(IngestPart { docs, reply });
+                parts.push(IngestPart {
+                    docs,
+                    reply,
+                    message: AppliedMark::new(stream.clone(), item.seq),
+                });
             }
             Ok(_) => awaited.push(Awaited::Failed(ServiceError::internal(
                 "an ingest message decoded to something other than an upsert",
@@ -178,6 +196,12 @@ pub(super) async fn run_batch(
         let result = match p {
             Awaited::Written(n) => Ok(n),
             Awaited::Failed(e) => Err(e),
+            Awaited::Doomed(e) => {
+                if retry.is_none() {
+                    to_dead.push((item, e));
+                }
+                continue;
+            }
             Awaited::Routed(outcome, n) => outcome
                 .await
                 .unwrap_or_else(|_| Err(ServiceError::internal("the tenant's job failed")))
@@ -218,10 +242,15 @@ pub(super) async fn run_batch(
         }
     }
 
+    // Written and not acked yet: a crash here leaves messages in the stream
+    // that the tenant's applied mark covers.
+    crate::crash_point!("ingest-after-write");
+    let last = to_ack.len().saturating_sub(1);
     let acks = join_all(
         to_ack
             .iter()
-            .map(|(item, _)| confirm(&item.message, AckKind::Ack)),
+            .enumerate()
+            .map(|(i, (item, _))| ack_written(&item.message, i < last)),
     );
     let deads =
         join_all(to_dead.iter().map(|(item, error)| {
@@ -245,11 +274,16 @@ pub(super) async fn run_batch(
             outcome.applied.push(item.seq);
         }
     }
-    for ((item, _), ok) in to_dead.iter().zip(dead) {
-        if ok {
-            outcome.settled.push(item.seq);
+    for ((item, error), ok) in to_dead.iter().zip(dead) {
+        match ok {
+            true => outcome.settled.push(item.seq),
+            false => outcome.doomed.push((item.seq, error.clone())),
         }
     }
+    // Between this batch's acks and the tenant's next batch; and the same
+    // where an ack of this batch was lost, the later ones confirmed.
+    crate::crash_point!("ingest-after-acks");
+    crate::crash_point!("ingest-after-lost-ack", !outcome.applied.is_empty());
     if outcome.retry.is_none() && outcome.settled.len() < items.len() {
         // An ack or a dead letter did not go through: try those again soon
         // (written messages are acked, not written again).
@@ -261,9 +295,21 @@ pub(super) async fn run_batch(
     outcome
 }
 
+/// Ack a written message and wait for the server's confirmation. The crash
+/// tests lose an ack here (`ingest-lose-ack`, of a message that a later one
+/// of its batch follows), as a connection cut between the worker and the
+/// server would.
+#[cfg_attr(not(feature = "failpoints"), allow(unused_variables))]
+async fn ack_written(message: &jetstream::Message, followed: bool) -> bool {
+    fail::fail_point!("ingest-lose-ack", followed, |_| false);
+    confirm(message, AckKind::Ack).await
+}
+
 /// What became of one message of a batch while the tenant's actor works.
 pub(super) enum Awaited {
     Written(u64),
+    /// Failed for good before; its dead letter is to be stored again.
+    Doomed(ServiceError),
     Routed(
         oneshot::Receiver<Result<crate::protocol::Reply, ServiceError>>,
         u64,

@@ -75,6 +75,33 @@ struct Shared {
     in_flight_limit: usize,
     /// What this consumer shares with the others the worker pulls.
     budget: PullBudget,
+    /// The stream as tenants' applied marks name it, read on first use.
+    stream_id: tokio::sync::OnceCell<Arc<str>>,
+}
+
+impl Shared {
+    /// The ingest stream as an applied mark names it: its name and the
+    /// moment it was made, so that a stream deleted and made again (its
+    /// sequences starting over) never matches a mark of the old one.
+    async fn stream_id(&self) -> Result<Arc<str>, String> {
+        self.stream_id
+            .get_or_try_init(|| async {
+                let stream = self
+                    .js
+                    .get_stream(&self.names.ingest_stream)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let created = stream.cached_info().created.unix_timestamp_nanos();
+                Ok::<_, String>(Arc::from(stream_id(&self.names.ingest_stream, created)))
+            })
+            .await
+            .cloned()
+    }
+}
+
+/// See [`Shared::stream_id`].
+fn stream_id(name: &str, created_unix_nanos: i128) -> String {
+    format!("{name}@{created_unix_nanos}")
 }
 
 /// The bytes the server may have on their way to a worker at once, shared
@@ -204,6 +231,7 @@ fn start_with(
         tenancy,
         in_flight: Arc::new(Semaphore::new(in_flight)),
         in_flight_limit: in_flight,
+        stream_id: tokio::sync::OnceCell::new(),
     });
     let (events, inbox) = mpsc::channel(in_flight.max(16));
     let pull = tokio::spawn(pull_loop(
