@@ -529,7 +529,14 @@ async fn fleet_scenarios(backend: Vec<(String, String)>) {
     fleet
         .wait_all_served(&client, Duration::from_secs(30))
         .await;
-    let load = start_load(&settings).await;
+    // The load's clients retry as users' do (every verb here is safe to
+    // retry): a reply lost with a killed worker or node is asked again
+    // after 3 s, within the 30 s that a lease election and a partition's
+    // take-over fit in.
+    let mut retrying = settings.clone();
+    retrying.nats.request_timeout = Duration::from_secs(3);
+    retrying.nats.retry_deadline = Duration::from_secs(30);
+    let load = start_load(&retrying).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let warmup = load.take_tally();
     assert!(warmup.ok > 0, "no request succeeded under the steady load");
@@ -543,7 +550,19 @@ async fn fleet_scenarios(backend: Vec<(String, String)>) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let joined = load.take_tally();
     report("join", &joined, &format!(", rebalanced in {took:?}"));
-    let described = cluster_command(&nats.node_url(0));
+    // Partitions still moving to the new member are between owners for a
+    // moment (released by one, not yet taken by the other): the fleet
+    // settles with none unowned.
+    let settling = Instant::now();
+    let described = loop {
+        let described = cluster_command(&nats.node_url(0));
+        let settled = described["members"].as_array().map(Vec::len) == Some(4)
+            && described["unowned"] == json!([]);
+        if settled || settling.elapsed() > Duration::from_secs(20) {
+            break described;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     assert_eq!(
         described["members"].as_array().map(Vec::len),
         Some(4),
@@ -620,34 +639,22 @@ async fn fleet_scenarios(backend: Vec<(String, String)>) {
     );
     check_writes(&client, &acked, "after all scenarios", true).await;
 
-    // Goals: no failure when a worker joins or restarts; after a SIGKILL
-    // only retryable `unavailable` besides what was inside the killed
-    // worker (the relay keeps most from failing at all). The NATS node's loss is reported, not asserted: requests whose
-    // replies were on their way through the killed node are lost, and while
-    // the lease bucket elects a new leader no lease moves (docs/scaling.md, "Tested").
-    for (name, tally) in [("join", &joined), ("rolling restart", &rolled)] {
+    // Goal: clients that retry ride out everything the fleet survives: a
+    // worker joining, every worker restarted, one SIGKILLed, a NATS node
+    // lost and back. Not one request fails.
+    for (name, tally) in [
+        ("join", &joined),
+        ("rolling restart", &rolled),
+        ("SIGKILL", &crashed),
+        ("NATS node restart", &node),
+    ] {
         assert!(
             tally.failed.is_empty(),
-            "{name}: requests failed: {:?}",
-            tally.failed
+            "{name}: requests failed although the clients retry: {:?} (e.g. {:?})",
+            tally.failed,
+            tally.examples
         );
     }
-    // A SIGKILL loses what was inside the killed worker at that moment
-    // (at most one request per client: each waits for its reply); every
-    // other failure must be a retryable `unavailable`.
-    assert!(
-        crashed
-            .failed
-            .keys()
-            .all(|k| k == "unavailable" || k == "timeout"),
-        "SIGKILL: failures other than unavailable: {:?}",
-        crashed.failed
-    );
-    let lost = crashed.failed.get("timeout").copied().unwrap_or(0);
-    assert!(
-        lost <= TENANTS as u64,
-        "SIGKILL: {lost} requests timed out, more than were in flight"
-    );
 }
 
 /// The edge store's shared layout in a fleet: a shard per partition, which
