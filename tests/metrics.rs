@@ -538,3 +538,30 @@ async fn the_registry_census_counts_tenants_by_state_and_size() {
         assert!(!text.contains(tenant), "a tenant named in /metrics");
     }
 }
+
+/// Two workers on one host with the default metrics address (a second
+/// worker started to scale out): the second finds the default port taken
+/// and serves on one of the next ones, saying so in its log, instead of
+/// refusing to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_default_metrics_port_moves_to_the_next_free_one() {
+    let default = tenantvec::config::Settings::defaults().metrics.listen;
+    let port: u16 = default.rsplit(':').next().unwrap().parse().unwrap();
+    // Taken here, or by someone already: taken either way.
+    let _first = std::net::TcpListener::bind(("127.0.0.1", port));
+    let nats = common::NatsServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let mut s = common::settings(&nats.url(), data.path());
+    s.metrics.listen = default;
+    let worker = tenantvec::worker::spawn(s.clone());
+    common::wait_ready(&s, || worker.is_finished()).await;
+    let served = (port + 1..=port + 16).find(|p| {
+        http_get(*p, "/metrics")
+            .is_ok_and(|(status, body)| status == 200 && body.contains("tenantvec_pool_active"))
+    });
+    assert!(
+        served.is_some(),
+        "no worker's /metrics on the ports after {port}"
+    );
+    worker.stop().unwrap();
+}

@@ -331,3 +331,52 @@ fn drop_keeps_the_tenant_s_configuration() {
     plain.drop_tenant().unwrap();
     assert!(!dir.path().join("plain").exists());
 }
+
+/// What the applied mark costs a group commit of ingest (BENCHMARKS.md):
+/// the same writes of 8 documents to one per-tenant shard, alternately
+/// without the mark and with it (the mark read back first, as the tenant's
+/// actor does before each batch of ingest), in one run on one shard.
+#[test]
+#[ignore = "a measurement; run it by name"]
+fn applied_mark_cost() {
+    const ROUNDS: usize = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let f = factory(dir.path());
+    let mut store = f.open(&TenantId::parse("costly").unwrap());
+    let batch = |round: usize| -> Vec<Record> {
+        (0..8)
+            .map(|i| {
+                record(
+                    &format!("d{}", (round * 8 + i) % 512),
+                    [1.0, i as f32, 0.5, 0.0],
+                )
+            })
+            .collect()
+    };
+    let (mut plain, mut marked) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let started = std::time::Instant::now();
+        if round % 2 == 0 {
+            store.upsert(batch(round)).unwrap();
+            plain.push(started.elapsed());
+        } else {
+            let mark = tenantvec::store::AppliedMark::new("S@1".into(), round as u64);
+            let _ = store.applied_mark().unwrap();
+            store.upsert_applied(batch(round), &mark).unwrap();
+            marked.push(started.elapsed());
+        }
+    }
+    let pct = |v: &mut Vec<std::time::Duration>, p: f64| {
+        v.sort();
+        v[((v.len() as f64 - 1.0) * p) as usize].as_secs_f64() * 1e3
+    };
+    eprintln!(
+        "group commit of 8 documents, {} each: without the mark p50 {:.3} ms p99 {:.3} ms; \
+         with it (read, then written with the documents) p50 {:.3} ms p99 {:.3} ms",
+        ROUNDS / 2,
+        pct(&mut plain, 0.5),
+        pct(&mut plain, 0.99),
+        pct(&mut marked, 0.5),
+        pct(&mut marked, 0.99),
+    );
+}

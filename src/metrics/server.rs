@@ -32,12 +32,17 @@ impl Metrics {
         else {
             return Ok(None);
         };
-        let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| {
-            anyhow::anyhow!(
-                "setting metrics.listen: cannot serve the metrics endpoint on {address}: {e} \
-                 (set another address:port, or an empty one to turn it off)"
-            )
-        })?;
+        let default = settings.metrics.listen == Settings::defaults().metrics.listen;
+        let listener = match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => listener,
+            // Another worker on this host has the default port: the next
+            // free one of the few after it, said in the log, rather than a
+            // worker that cannot start.
+            Err(e) if default && e.kind() == std::io::ErrorKind::AddrInUse => {
+                next_free(address).await.ok_or_else(|| taken(address, &e))?
+            }
+            Err(e) => return Err(taken(address, &e)),
+        };
         let address = listener.local_addr()?;
         let stop = CancellationToken::new();
         tokio::spawn(accept(listener, self.clone(), stop.clone()));
@@ -47,6 +52,37 @@ impl Metrics {
             _stop: stop.drop_guard(),
         }))
     }
+}
+
+/// How many ports after the default one a worker tries when the default
+/// is taken (several workers on one host).
+const DEFAULT_PORT_TRIES: u16 = 16;
+
+/// A listener on the first free port of the [`DEFAULT_PORT_TRIES`] after
+/// `address`'s.
+async fn next_free(address: SocketAddr) -> Option<tokio::net::TcpListener> {
+    for step in 1..=DEFAULT_PORT_TRIES {
+        let port = address.port().checked_add(step)?;
+        let next = SocketAddr::new(address.ip(), port);
+        if let Ok(listener) = tokio::net::TcpListener::bind(next).await {
+            tracing::warn!(
+                taken = %address,
+                "the default metrics port is taken (another worker on this host?); \
+                 serving on {next} instead: set TENANTVEC_METRICS_LISTEN to choose"
+            );
+            return Some(listener);
+        }
+    }
+    None
+}
+
+/// The error of an address the endpoint cannot take, in one line with
+/// what to do.
+fn taken(address: SocketAddr, e: &std::io::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "setting metrics.listen: cannot serve the metrics endpoint on {address}: {e}; set \
+         TENANTVEC_METRICS_LISTEN to another address:port, or to \"\" to turn it off"
+    )
 }
 
 /// The running `/metrics` server; stops when dropped.

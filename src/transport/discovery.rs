@@ -71,16 +71,23 @@ pub async fn ensure_compatible(
         if other_cluster != cluster {
             anyhow::bail!(
                 "another tenantvec worker (id {}) serves prefix {prefix:?} with cluster.enabled = \
-                 {other_cluster}, this one has {cluster}; every worker of a prefix must agree",
-                info["id"].as_str().unwrap_or("?")
+                 {other_cluster}, this one has {cluster}; every worker of a prefix must agree{}",
+                info["id"].as_str().unwrap_or("?"),
+                match other_cluster {
+                    true => " (start this one with TENANTVEC_CLUSTER=true to join its fleet)",
+                    false => "",
+                }
             );
         }
         if !cluster && (backend == "edge" || other_backend == "edge") {
             anyhow::bail!(
                 "another tenantvec worker (id {}, backend {other_backend}) already serves \
                  prefix {prefix:?}; with the edge store each worker keeps tenants on its own \
-                 disk, so a second one would split them. Stop it, choose another prefix, or \
-                 use the qdrant backend for several workers",
+                 disk, so a second one would split them. To scale out, run every worker of \
+                 the prefix as a fleet: restart that one and start this one with \
+                 TENANTVEC_CLUSTER=true (cluster.enabled; a fleet splits tenants by partition \
+                 and hands them over as workers come and go, docs/scaling.md). Or stop it, or \
+                 choose another prefix",
                 info["id"].as_str().unwrap_or("?")
             );
         }
