@@ -370,12 +370,12 @@ fn the_applied_mark_is_kept_with_its_write_and_nowhere_in_sight(s: &Subject) {
     let mark = |seq| AppliedMark::new("STREAM@1".into(), seq);
     let mut a = s.store("marked");
     assert_eq!(a.applied_mark().unwrap(), None);
-    a.upsert_applied(
+    a.write(
         vec![
             record("one", [1.0, 0.0, 0.0, 0.0], json!({"k": 1})),
             record("two", [0.0, 1.0, 0.0, 0.0], json!({"k": 2})),
         ],
-        &mark(7),
+        Some(&mark(7)),
     )
     .unwrap();
     a.close().unwrap();
@@ -401,7 +401,7 @@ fn the_applied_mark_is_kept_with_its_write_and_nowhere_in_sight(s: &Subject) {
     a.upsert(vec![record("three", [0.0, 0.0, 1.0, 0.0], json!({"k": 3}))])
         .unwrap();
     assert_eq!(a.applied_mark().unwrap(), Some(mark(7)));
-    a.upsert_applied(vec![], &mark(9)).unwrap();
+    a.write(vec![], Some(&mark(9))).unwrap();
     assert_eq!(a.applied_mark().unwrap(), Some(mark(9)), "a mark alone");
     assert_eq!(a.count(None).unwrap(), 3);
     // A delete by a filter that matches everything else leaves the mark.

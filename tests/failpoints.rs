@@ -24,7 +24,6 @@ use serde_json::{json, Value};
 use tenantvec::protocol::Verb;
 
 const DIM: usize = 8;
-const STREAM: &str = "TENANTVEC_INGEST";
 
 /// The worker with crash points, or `None` after saying why not.
 fn failpoints_bin(test: &str) -> Option<PathBuf> {
@@ -106,6 +105,24 @@ impl Setup {
         cmd.spawn().expect("start the worker")
     }
 
+    /// The worker with crash points `failpoints` on, until it dies of one.
+    fn crash(&self, bin: &Path, failpoints: &str) {
+        wait_killed(
+            self.spawn(bin, failpoints, "crashed.log"),
+            self,
+            "crashed.log",
+        );
+    }
+
+    /// A worker without crash points on the same data and stream, once it
+    /// serves and the stream is empty; and a client.
+    async fn recover(&self, js: &jetstream::Context) -> (Worker, tenantvec::client::Client) {
+        let worker = Worker(self.spawn(&common::tenantvec_bin(), "", "after.log"));
+        self.wait_ready().await;
+        wait_drained(js, self, "after.log").await;
+        (worker, self.client().await)
+    }
+
     fn log(&self, log: &str) -> String {
         std::fs::read_to_string(self.data.path().join(log)).unwrap_or_default()
     }
@@ -126,6 +143,16 @@ impl Setup {
         tenantvec::client::Client::connect(&settings)
             .await
             .expect("client connects")
+    }
+}
+
+/// A worker process, killed when dropped.
+struct Worker(Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -195,28 +222,13 @@ fn wait_killed(mut worker: Child, setup: &Setup, log: &str) {
     }
 }
 
-/// Messages left in the ingest stream.
 async fn left(js: &jetstream::Context) -> u64 {
-    match js.get_stream(STREAM).await {
-        Ok(mut s) => s.info().await.map_or(u64::MAX, |i| i.state.messages),
-        Err(_) => u64::MAX,
-    }
+    common::ingest_left(js).await
 }
 
 async fn wait_drained(js: &jetstream::Context, setup: &Setup, log: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let n = left(js).await;
-        if n == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{n} ingest messages never acked; the worker's log:\n{}",
-            setup.log(log)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let context = || format!("; the worker's log:\n{}", setup.log(log));
+    common::wait_ingest_empty(js, Duration::from_secs(60), context).await
 }
 
 /// The version each of `docs` of `tenant` is at (`None`: missing).
@@ -260,18 +272,13 @@ async fn a_lost_ack_then_a_crash_never_puts_an_old_version_back(setup: Setup, te
     publish(&js, "t", &bulk, 1).await;
     publish(&js, "t", &["d"], 2).await;
     publish(&js, "t", &["d"], 3).await;
-    let worker = setup.spawn(
+    setup.crash(
         &bin,
         "ingest-lose-ack=1*return;ingest-after-lost-ack=return",
-        "crashed.log",
     );
-    wait_killed(worker, &setup, "crashed.log");
     assert!(left(&js).await > 0, "nothing was left to come again");
 
-    let mut worker = setup.spawn(&common::tenantvec_bin(), "", "after.log");
-    setup.wait_ready().await;
-    wait_drained(&js, &setup, "after.log").await;
-    let client = setup.client().await;
+    let (_worker, client) = setup.recover(&js).await;
     assert_eq!(
         versions(&client, "t", &["d"]).await,
         vec![Some(3)],
@@ -289,8 +296,6 @@ async fn a_lost_ack_then_a_crash_never_puts_an_old_version_back(setup: Setup, te
         log.contains("not written again"),
         "the lost ack's message never came again to the new worker; its log:\n{log}"
     );
-    worker.kill().ok();
-    worker.wait().ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,13 +347,9 @@ async fn a_crash_after_the_write_before_the_ack_loses_and_reorders_nothing() {
     for v in 1..=30u64 {
         publish(&js, "t", &docs[..(v % 3 + 1) as usize], v).await;
     }
-    let worker = setup.spawn(&bin, "ingest-after-write=return", "crashed.log");
-    wait_killed(worker, &setup, "crashed.log");
+    setup.crash(&bin, "ingest-after-write=return");
 
-    let mut worker = setup.spawn(&common::tenantvec_bin(), "", "after.log");
-    setup.wait_ready().await;
-    wait_drained(&js, &setup, "after.log").await;
-    let client = setup.client().await;
+    let (_worker, client) = setup.recover(&js).await;
     // The last message to write each: a at 30 (30 % 3 = 0 writes a), b at
     // 29, c at 29 (29 % 3 = 2 writes all three).
     assert_eq!(
@@ -360,8 +361,6 @@ async fn a_crash_after_the_write_before_the_ack_loses_and_reorders_nothing() {
         "the batch written before the crash never came again; its log:\n{}",
         setup.log("after.log")
     );
-    worker.kill().ok();
-    worker.wait().ok();
 }
 
 /// Killed between one batch's acks and the next batch: what was acked is
@@ -378,17 +377,13 @@ async fn a_crash_between_batches_loses_and_reorders_nothing() {
     for v in 1..=40u64 {
         publish(&js, &format!("t{}", v % 2), &["a", "b"], v).await;
     }
-    let worker = setup.spawn(&bin, "ingest-after-acks=1*off->return", "crashed.log");
-    wait_killed(worker, &setup, "crashed.log");
+    setup.crash(&bin, "ingest-after-acks=1*off->return");
     assert!(
         left(&js).await > 0,
         "everything was written before the crash"
     );
 
-    let mut worker = setup.spawn(&common::tenantvec_bin(), "", "after.log");
-    setup.wait_ready().await;
-    wait_drained(&js, &setup, "after.log").await;
-    let client = setup.client().await;
+    let (_worker, client) = setup.recover(&js).await;
     assert_eq!(
         versions(&client, "t0", &["a", "b"]).await,
         vec![Some(40), Some(40)]
@@ -397,8 +392,6 @@ async fn a_crash_between_batches_loses_and_reorders_nothing() {
         versions(&client, "t1", &["a", "b"]).await,
         vec![Some(39), Some(39)]
     );
-    worker.kill().ok();
-    worker.wait().ok();
 }
 
 /// Killed in the middle of a shard's close (an eviction: the pool holds one
@@ -430,12 +423,9 @@ async fn a_crash_during_a_close_loses_nothing() {
         .await;
     wait_killed(worker, &setup, "crashed.log");
 
-    let mut worker = setup.spawn(&common::tenantvec_bin(), "", "after.log");
-    setup.wait_ready().await;
+    let (_worker, client) = setup.recover(&js).await;
     assert_eq!(
         versions(&client, "first", &["a", "b"]).await,
         vec![Some(10), Some(10)]
     );
-    worker.kill().ok();
-    worker.wait().ok();
 }

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tenantvec::protocol::{AdminVerb, Verb};
 
 const DIM: usize = 8;
-const STREAM: &str = "TENANTVEC_INGEST";
+const STREAM: &str = common::INGEST_STREAM;
 
 fn docs(prefix: &str, n: u64, seed: u64) -> Value {
     let docs: Vec<Value> = (0..n)
@@ -41,30 +41,12 @@ async fn publish_many(js: &jetstream::Context, prefix: &str, total: u64, per_mes
     }
 }
 
-/// Messages left in the ingest stream.
 async fn pending(js: &jetstream::Context) -> u64 {
-    match js.get_stream(STREAM).await {
-        Ok(mut s) => match s.info().await {
-            Ok(info) => info.state.messages,
-            Err(_) => u64::MAX,
-        },
-        Err(_) => u64::MAX,
-    }
+    common::ingest_left(js).await
 }
 
 async fn wait_drained(js: &jetstream::Context, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let left = pending(js).await;
-        if left == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{left} ingest messages never acked"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::wait_ingest_empty(js, limit, String::new).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -362,7 +362,7 @@ fn applied_mark_cost() {
         } else {
             let mark = tenantvec::store::AppliedMark::new("S@1".into(), round as u64);
             let _ = store.applied_mark().unwrap();
-            store.upsert_applied(batch(round), &mark).unwrap();
+            store.write(batch(round), Some(&mark)).unwrap();
             marked.push(started.elapsed());
         }
     }

@@ -71,16 +71,12 @@ impl TenantStore for TimedStore {
         self.time(Op::Dimension, |s| s.dimension())
     }
 
-    fn upsert(&mut self, records: Vec<Record>) -> Result<(), ServiceError> {
-        self.time(Op::Upsert, |s| s.upsert(records))
-    }
-
-    fn upsert_applied(
+    fn write(
         &mut self,
         records: Vec<Record>,
-        mark: &crate::store::AppliedMark,
+        mark: Option<&crate::store::AppliedMark>,
     ) -> Result<(), ServiceError> {
-        self.time(Op::Upsert, |s| s.upsert_applied(records, mark))
+        self.time(Op::Upsert, |s| s.write(records, mark))
     }
 
     fn applied_mark(&mut self) -> Result<Option<crate::store::AppliedMark>, ServiceError> {

@@ -495,36 +495,6 @@ impl EdgeStore {
         })
     }
 
-    /// Write `records`, and `mark` with them in the same engine write.
-    fn write(
-        &mut self,
-        records: Vec<Record>,
-        mark: Option<&AppliedMark>,
-    ) -> Result<(), ServiceError> {
-        if records.is_empty() && mark.is_none() {
-            return Ok(());
-        }
-        let points: Vec<(PointId, Record)> = records
-            .into_iter()
-            .map(|r| (self.point_id(&r.doc_id), r))
-            .collect();
-        let tenant = self.scope().map(str::to_owned);
-        let mark_id = self.mark_id();
-        let who = self.who.clone();
-        let shard = self
-            .shard(true)?
-            .ok_or_else(|| internal(&who, "create shard", "shard missing after create"))?;
-        let mut persisted = Vec::with_capacity(points.len() + 1);
-        for (id, r) in points {
-            shard.check_dimension(&r.vector)?;
-            persisted.push(to_point(id, r, tenant.as_deref()));
-        }
-        if let Some(mark) = mark {
-            persisted.push(shard::mark_point(mark_id, mark, tenant.as_deref()));
-        }
-        shard.upsert(&who, persisted)
-    }
-
     /// Points among `doc_ids` that exist and belong to this tenant.
     fn existing(
         &mut self,
@@ -556,16 +526,33 @@ impl TenantStore for EdgeStore {
         Ok(self.shard(false)?.map_or(default, |s| s.dimension()))
     }
 
-    fn upsert(&mut self, records: Vec<Record>) -> Result<(), ServiceError> {
-        self.write(records, None)
-    }
-
-    fn upsert_applied(
+    fn write(
         &mut self,
         records: Vec<Record>,
-        mark: &AppliedMark,
+        mark: Option<&AppliedMark>,
     ) -> Result<(), ServiceError> {
-        self.write(records, Some(mark))
+        if records.is_empty() && mark.is_none() {
+            return Ok(());
+        }
+        let points: Vec<(PointId, Record)> = records
+            .into_iter()
+            .map(|r| (self.point_id(&r.doc_id), r))
+            .collect();
+        let tenant = self.scope().map(str::to_owned);
+        let mark_id = self.mark_id();
+        let who = self.who.clone();
+        let shard = self
+            .shard(true)?
+            .ok_or_else(|| internal(&who, "create shard", "shard missing after create"))?;
+        let mut persisted = Vec::with_capacity(points.len() + 1);
+        for (id, r) in points {
+            shard.check_dimension(&r.vector)?;
+            persisted.push(to_point(id, r, tenant.as_deref()));
+        }
+        if let Some(mark) = mark {
+            persisted.push(shard::mark_point(mark_id, mark, tenant.as_deref()));
+        }
+        shard.upsert(&who, persisted)
     }
 
     fn applied_mark(&mut self) -> Result<Option<AppliedMark>, ServiceError> {

@@ -61,7 +61,11 @@ impl TenantStore for MemoryStore {
         Ok(self.dimension)
     }
 
-    fn upsert(&mut self, records: Vec<Record>) -> Result<(), ServiceError> {
+    fn write(
+        &mut self,
+        records: Vec<Record>,
+        mark: Option<&AppliedMark>,
+    ) -> Result<(), ServiceError> {
         for r in &records {
             check_dimension(&r.vector, self.dimension)?;
         }
@@ -69,16 +73,9 @@ impl TenantStore for MemoryStore {
         for r in records {
             self.docs.insert(r.doc_id.clone(), r);
         }
-        Ok(())
-    }
-
-    fn upsert_applied(
-        &mut self,
-        records: Vec<Record>,
-        mark: &AppliedMark,
-    ) -> Result<(), ServiceError> {
-        self.upsert(records)?;
-        self.mark = Some(mark.clone());
+        if let Some(mark) = mark {
+            self.mark = Some(mark.clone());
+        }
         Ok(())
     }
 

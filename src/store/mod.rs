@@ -75,19 +75,22 @@ pub trait TenantStore: Send {
     /// configured one for a tenant that has none yet.
     fn dimension(&mut self) -> Result<usize, ServiceError>;
 
-    /// Insert or replace by `doc_id`; durable when it returns.
-    fn upsert(&mut self, records: Vec<Record>) -> Result<(), ServiceError>;
-
-    /// [`TenantStore::upsert`] that also moves the tenant's [`AppliedMark`]
-    /// to `mark`, in the same write: the documents and the mark are durable
-    /// together or not at all (where a backend splits a large write, the
-    /// mark goes with its last part). No default: a store that wraps
-    /// another must pass the mark on, never drop it.
-    fn upsert_applied(
+    /// Insert or replace by `doc_id`, and with `mark` move the tenant's
+    /// [`AppliedMark`] to it in the same write: the documents and the mark
+    /// are durable together or not at all (where a backend splits a large
+    /// write, the mark goes with its last part). Durable when it returns.
+    /// The one write a store implements: a store that wraps another passes
+    /// the mark on with the documents.
+    fn write(
         &mut self,
         records: Vec<Record>,
-        mark: &AppliedMark,
+        mark: Option<&AppliedMark>,
     ) -> Result<(), ServiceError>;
+
+    /// Insert or replace by `doc_id` (the mark stays); durable when it returns.
+    fn upsert(&mut self, records: Vec<Record>) -> Result<(), ServiceError> {
+        self.write(records, None)
+    }
 
     /// The tenant's [`AppliedMark`]: the newest ingest message its store
     /// holds; `None` for a tenant that no ingest message has reached.

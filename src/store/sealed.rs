@@ -189,30 +189,22 @@ impl SealedDocuments {
     }
 }
 
-impl SealedDocuments {
-    fn seal_all(&self, records: Vec<Record>) -> Result<Vec<Record>, ServiceError> {
-        let sealer = self.sealer()?;
-        records.into_iter().map(|r| sealer.seal(r)).collect()
-    }
-}
-
 impl TenantStore for SealedDocuments {
     fn dimension(&mut self) -> Result<usize, ServiceError> {
         self.inner.dimension()
     }
 
-    fn upsert(&mut self, records: Vec<Record>) -> Result<(), ServiceError> {
-        let sealed = self.seal_all(records)?;
-        self.inner.upsert(sealed)
-    }
-
-    fn upsert_applied(
+    fn write(
         &mut self,
         records: Vec<Record>,
-        mark: &crate::store::AppliedMark,
+        mark: Option<&crate::store::AppliedMark>,
     ) -> Result<(), ServiceError> {
-        let sealed = self.seal_all(records)?;
-        self.inner.upsert_applied(sealed, mark)
+        let sealer = self.sealer()?;
+        let sealed = records
+            .into_iter()
+            .map(|r| sealer.seal(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.inner.write(sealed, mark)
     }
 
     fn applied_mark(&mut self) -> Result<Option<crate::store::AppliedMark>, ServiceError> {

@@ -234,10 +234,9 @@ pub(super) fn apply_upserts(
             .collect()
     };
     let outcome = write_span
-        .in_scope(|| match &mark {
-            Some(mark) => store.upsert_applied(records, mark),
-            None if records.is_empty() => Ok(()),
-            None => store.upsert(records),
+        .in_scope(|| match (&mark, records.is_empty()) {
+            (None, true) => Ok(()),
+            (mark, _) => store.write(records, mark.as_ref()),
         })
         .and_then(|()| embedding.record());
     let mut total = 0;

@@ -465,3 +465,36 @@ macro_rules! both_layouts {
         }
     )*};
 }
+
+/// The default prefix's ingest stream.
+pub const INGEST_STREAM: &str = "TENANTVEC_INGEST";
+
+/// Messages left in the ingest stream (`u64::MAX` while it cannot be read).
+pub async fn ingest_left(js: &async_nats::jetstream::Context) -> u64 {
+    match js.get_stream(INGEST_STREAM).await {
+        Ok(mut s) => s.info().await.map_or(u64::MAX, |i| i.state.messages),
+        Err(_) => u64::MAX,
+    }
+}
+
+/// Wait until the ingest stream is empty (every message acked), at most
+/// `limit`; a failure says how many were left, then `context()`.
+pub async fn wait_ingest_empty(
+    js: &async_nats::jetstream::Context,
+    limit: Duration,
+    context: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = ingest_left(js).await;
+        if left == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} ingest messages never acked{}",
+            context()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -562,7 +562,35 @@ impl QdrantStore {
         Ok(())
     }
 
-    /// Write `records`, and `mark` with the last of them.
+    fn point(&self, r: &Record) -> PointStruct {
+        let payload = payload::build(
+            self.scope.as_deref(),
+            r.doc_id.clone(),
+            r.text.clone(),
+            r.metadata.clone(),
+        );
+        PointStruct::new(
+            self.point_id(&r.doc_id),
+            r.vector.clone(),
+            Payload::from(payload),
+        )
+    }
+}
+
+/// About how many bytes a record takes in an upsert request.
+fn approx_bytes(r: &Record) -> usize {
+    r.vector.len() * 4
+        + r.text.as_ref().map_or(0, String::len)
+        + serde_json::to_vec(&r.metadata).map_or(0, |m| m.len())
+        + r.doc_id.len()
+        + 64
+}
+
+impl TenantStore for QdrantStore {
+    fn dimension(&mut self) -> Result<usize, ServiceError> {
+        Ok(self.existing_dimension()?.unwrap_or(self.dimension))
+    }
+
     fn write(
         &mut self,
         records: Vec<Record>,
@@ -594,47 +622,6 @@ impl QdrantStore {
             self.mark = Some(Some(mark.clone()));
         }
         Ok(())
-    }
-
-    fn point(&self, r: &Record) -> PointStruct {
-        let payload = payload::build(
-            self.scope.as_deref(),
-            r.doc_id.clone(),
-            r.text.clone(),
-            r.metadata.clone(),
-        );
-        PointStruct::new(
-            self.point_id(&r.doc_id),
-            r.vector.clone(),
-            Payload::from(payload),
-        )
-    }
-}
-
-/// About how many bytes a record takes in an upsert request.
-fn approx_bytes(r: &Record) -> usize {
-    r.vector.len() * 4
-        + r.text.as_ref().map_or(0, String::len)
-        + serde_json::to_vec(&r.metadata).map_or(0, |m| m.len())
-        + r.doc_id.len()
-        + 64
-}
-
-impl TenantStore for QdrantStore {
-    fn dimension(&mut self) -> Result<usize, ServiceError> {
-        Ok(self.existing_dimension()?.unwrap_or(self.dimension))
-    }
-
-    fn upsert(&mut self, records: Vec<Record>) -> Result<(), ServiceError> {
-        self.write(records, None)
-    }
-
-    fn upsert_applied(
-        &mut self,
-        records: Vec<Record>,
-        mark: &AppliedMark,
-    ) -> Result<(), ServiceError> {
-        self.write(records, Some(mark))
     }
 
     fn applied_mark(&mut self) -> Result<Option<AppliedMark>, ServiceError> {
