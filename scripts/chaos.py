@@ -4,12 +4,14 @@ NATS server restarted once; at the end, every acknowledged write checked.
 Run by ``scripts/chaos`` (which builds the worker and finds the tools):
 
     scripts/chaos [--minutes 10] [--tenants 8] [--seed 1] [--out FILE]
+                  [--backend qdrant --qdrant-url http://127.0.0.1:6334]
 
 What runs, for ``--minutes``:
 
 * a nats-server with JetStream (its store in a temporary folder, kept
-  across its restart) and one worker (the release binary, edge store, its
-  data in a temporary folder);
+  across its restart) and one worker (the release binary; the edge store
+  with its data in a temporary folder, or a Qdrant server's collections
+  under a prefix of the run's own);
 * per tenant, a client of the Python package (it retries as users' do)
   that upserts a new version of one of its documents ``r0``..``r9`` and
   then searches, one request at a time; an acknowledged upsert is recorded
@@ -97,8 +99,9 @@ class Ledger:
 class Processes:
     """The nats-server and the worker, started and killed by the run."""
 
-    def __init__(self, root: Path, worker_bin: str, nats_bin: str) -> None:
+    def __init__(self, root: Path, worker_bin: str, nats_bin: str, store_env: dict[str, str]) -> None:
         self.root = root
+        self.store_env = store_env
         self.worker_bin = worker_bin
         self.nats_bin = nats_bin
         self.port = free_port()
@@ -135,6 +138,7 @@ class Processes:
             TENANTVEC_METRICS_LISTEN="",
             RUST_LOG="warn",
         )
+        env.update(self.store_env)
         self.worker = subprocess.Popen(
             [self.worker_bin, "--config", str(self.root / "worker.toml"), "serve"],
             env=env,
@@ -278,7 +282,16 @@ async def run(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     tenants = [f"chaos{i}" for i in range(args.tenants)]
     root = Path(tempfile.mkdtemp(prefix="tenantvec-chaos-"))
-    procs = Processes(root, args.worker, args.nats_server)
+    store_env: dict[str, str] = {}
+    if args.backend == "qdrant":
+        if not args.qdrant_url:
+            raise SystemExit("--backend qdrant needs --qdrant-url (or QDRANT_URL): a Qdrant server's gRPC URL")
+        store_env = {
+            "TENANTVEC_BACKEND": "qdrant",
+            "QDRANT_URL": args.qdrant_url,
+            "QDRANT_COLLECTION_PREFIX": f"chaos{os.getpid()}_",
+        }
+    procs = Processes(root, args.worker, args.nats_server, store_env)
     procs.start_nats()
     procs.start_worker()
     settings = ConnectionSettings(url=procs.url, request_timeout=3.0, retry_deadline=args.retry_deadline)
@@ -301,6 +314,7 @@ async def run(args: argparse.Namespace) -> int:
     report = {
         "minutes": round(ran / 60, 2),
         "tenants": len(tenants),
+        "backend": args.backend,
         "seed": args.seed,
         **events,
         "requests_ok": ledger.requests_ok,
@@ -326,6 +340,8 @@ def main() -> None:
     p.add_argument("--tenants", type=int, default=8)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--retry-deadline", type=float, default=30.0, help="the clients' retry deadline, seconds")
+    p.add_argument("--backend", choices=["edge", "qdrant"], default="edge")
+    p.add_argument("--qdrant-url", default=os.environ.get("QDRANT_URL"), help="with --backend qdrant")
     p.add_argument("--out", help="also write the JSON report here")
     p.add_argument("--worker", required=True, help="the tenantvec binary")
     p.add_argument("--nats-server", required=True, help="the nats-server binary")
