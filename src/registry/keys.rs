@@ -168,7 +168,7 @@ impl KeyStore {
             let body = entry_bytes(&wrapped, None);
             match tokio::time::timeout(TIMEOUT, self.kv.create(tenant, body)).await {
                 Ok(Ok(_)) => return Ok(key),
-                Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
+                Ok(Err(e)) if super::is_taken(&e) => continue,
                 Ok(Err(e)) => return Err(unavailable("create", e)),
                 Err(_) => return Err(unavailable("create", "timed out")),
             }
@@ -189,7 +189,7 @@ impl KeyStore {
         let body = entry_bytes(wrapped, next);
         match tokio::time::timeout(TIMEOUT, self.kv.update(tenant, body, revision)).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => return Ok(false),
+            Ok(Err(e)) if super::is_revision_conflict(&e) => return Ok(false),
             Ok(Err(e)) => return Err(unavailable("update", e)),
             Err(_) => return Err(unavailable("update", "timed out")),
         }

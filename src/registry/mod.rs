@@ -28,6 +28,23 @@ use futures::{StreamExt, TryStreamExt};
 pub use index::Index;
 pub use record::{TenantRecord, TenantState};
 
+/// Whether a KV update failed because the key moved past the revision it
+/// expected (another writer came first): a conflict to read again and
+/// retry, never an outage. async-nats 0.51 names it `WrongLastRevision`
+/// only for the server's error code 10071; nats-server 2.15 also answers
+/// 10164 ("wrong last sequence", seen under load in a 3-node cluster),
+/// which reaches us as `Other`.
+pub fn is_revision_conflict(e: &kv::UpdateError) -> bool {
+    e.kind() == kv::UpdateErrorKind::WrongLastRevision
+        || e.to_string().contains("wrong last sequence")
+}
+
+/// Whether a KV create failed because the key exists (see
+/// [`is_revision_conflict`] for the second error code).
+pub fn is_taken(e: &kv::CreateError) -> bool {
+    e.kind() == kv::CreateErrorKind::AlreadyExists || e.to_string().contains("wrong last sequence")
+}
+
 use crate::embed::record::Records;
 use crate::names::tenants_bucket;
 use crate::policy::TenantSettings;
@@ -224,7 +241,7 @@ impl Registry {
                 self.index.put(record, revision);
                 Ok(Some(revision))
             }
-            Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Ok(Err(e)) if is_taken(&e) => Ok(None),
             Ok(Err(e)) => Err(unavailable("create", e)),
             Err(_) => Err(unavailable("create", "timed out")),
         }
@@ -262,7 +279,7 @@ impl Registry {
                     self.index.put(&record, revision);
                     return Ok(Some(record));
                 }
-                Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Ok(Err(e)) if is_revision_conflict(&e) => continue,
                 Ok(Err(e)) => return Err(unavailable("update", e)),
                 Err(_) => return Err(unavailable("update", "timed out")),
             }
@@ -367,6 +384,28 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_codes_of_a_key_that_moved_are_conflicts_and_an_outage_is_not() {
+        let code_10071 = kv::UpdateError::new(kv::UpdateErrorKind::WrongLastRevision);
+        let code_10164 = kv::UpdateError::with_source(
+            kv::UpdateErrorKind::Other,
+            "publish failed: wrong last sequence (code 400, error code 10164)",
+        );
+        let outage = kv::UpdateError::with_source(kv::UpdateErrorKind::Other, "timed out");
+        assert!(is_revision_conflict(&code_10071));
+        assert!(is_revision_conflict(&code_10164));
+        assert!(!is_revision_conflict(&outage));
+        let taken = kv::CreateError::with_source(
+            kv::CreateErrorKind::Other,
+            "publish failed: wrong last sequence (code 400, error code 10164)",
+        );
+        assert!(is_taken(&taken));
+        assert!(is_taken(&kv::CreateError::new(
+            kv::CreateErrorKind::AlreadyExists
+        )));
+        assert!(!is_taken(&kv::CreateError::new(kv::CreateErrorKind::Other)));
+    }
 
     #[test]
     fn a_lost_change_waits_a_random_while_growing_to_64_ms() {

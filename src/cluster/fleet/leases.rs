@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::{json, lease_key, member_key, read_members, read_owners, Member, Partitions};
 use crate::cluster::assign::partitions_of;
 use crate::cluster::Cluster;
+use crate::registry::is_revision_conflict;
 
 /// A lease this worker holds.
 pub(super) struct Held {
@@ -186,7 +187,7 @@ impl Run {
         .await;
         let mut fence = Vec::new();
         for (p, sent, mut outcome) in renewals {
-            if matches!(&outcome, Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision) {
+            if matches!(&outcome, Err(e) if is_revision_conflict(e)) {
                 // A renewal that timed out may have been stored all the
                 // same, and then this one expected the revision before it.
                 // The name is this worker's alone (new at every start), so
@@ -207,7 +208,7 @@ impl Run {
                     held.renewed = sent;
                     self.cluster.gate(p).extend(sent + self.safe());
                 }
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                Err(e) if is_revision_conflict(&e) => {
                     tracing::error!(
                         partition = p,
                         "partition lease lost (it expired unrenewed, or another worker holds it); fencing"
@@ -252,7 +253,7 @@ impl Run {
             .await
         {
             Ok(r) => r,
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => return,
+            Err(e) if crate::registry::is_taken(&e) => return,
             Err(e) => {
                 tracing::warn!(partition = p, error = %e, "cannot take a partition lease");
                 return;

@@ -179,13 +179,13 @@ pub async fn join(
     leases
         .create(&key, json(&me))
         .await
-        .map_err(|e| match e.kind() {
-            kv::CreateErrorKind::AlreadyExists => anyhow::anyhow!(
+        .map_err(|e| match crate::registry::is_taken(&e) {
+            true => anyhow::anyhow!(
                 "another live worker of prefix {:?} is named {:?} (cluster.member); names must be unique",
                 settings.nats.prefix,
                 me.member
             ),
-            _ => anyhow::anyhow!("cannot join the fleet (bucket {lease_bucket}): {e}"),
+            false => anyhow::anyhow!("cannot join the fleet (bucket {lease_bucket}): {e}"),
         })?;
     let nudges = client
         .subscribe(format!("{}._fleet.nudge.*", settings.nats.prefix))
@@ -331,7 +331,7 @@ async fn open_bucket(
 async fn agree(fleet: &kv::Store, ours: &FleetConfig) -> anyhow::Result<()> {
     match fleet.create("config", json(ours)).await {
         Ok(_) => return Ok(()),
-        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+        Err(e) if crate::registry::is_taken(&e) => {}
         Err(e) => anyhow::bail!("cannot record the fleet's settings: {e}"),
     }
     let theirs: FleetConfig = fleet
